@@ -1,0 +1,298 @@
+"""Parallel, resumable, deterministic collection of random-push episodes into an EpisodeStore.
+
+Episode i is simulated from a seed derived from (seed, i, attempt) alone, and episodes are written in index
+order, so a dataset is bit-identical whatever the number of workers and however often it was resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from keydyn.data.store import EpisodeStore, StoreError, encode_frames
+from keydyn.sim.config import TASK_NAMES, TaskConfig, task_config
+from keydyn.sim.env import PushingEnv
+from keydyn.sim.policy import RandomPushConfig, RandomPushPolicy
+
+TERMINATIONS = ("", "out_of_bounds", "tipped_over")  # meta/termination codes
+
+
+@dataclass(frozen=True)
+class EpisodeFilter:
+    """Which episodes to keep. An episode ends early (the offending frame dropped) when the object or pusher
+    nears the table edge or the object tips over; it is discarded, and re-drawn with the next attempt seed,
+    if fewer than `min_steps` actions remain or the object moved less than `min_translation` metres and
+    turned less than `min_rotation_deg` degrees."""
+
+    min_steps: int = 10
+    min_translation: float = 0.005
+    min_rotation_deg: float = 3.0
+    max_attempts: int = 50
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Collect random-push episodes of a task into a zarr store."""
+
+    out: Path
+    """Directory of the new dataset (or of the one to resume)."""
+    task: Literal["top_down", "angled", "occlusions", "mugs"] = "top_down"
+    episodes: int = 10
+    """Number of episodes the dataset should hold."""
+    steps: int = 40
+    """Actions per episode (an episode stores steps + 1 observations unless it was cut short)."""
+    seed: int = 0
+    width: int = 320
+    height: int = 240
+    workers: int = 1
+    """Parallel worker processes (the dataset does not depend on it)."""
+    resume: bool = False
+    """Continue an interrupted collection in --out (same task and settings)."""
+    mug_split: Literal["train", "test"] = "train"
+    policy: RandomPushConfig = field(default_factory=RandomPushConfig)
+    filter: EpisodeFilter = field(default_factory=EpisodeFilter)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_NAMES:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASK_NAMES)}")
+        if self.episodes < 1:
+            raise ValueError(f"--episodes must be at least 1, got {self.episodes}")
+        if self.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {self.steps}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.filter.min_steps > self.steps:
+            raise ValueError(
+                f"--filter.min-steps ({self.filter.min_steps}) exceeds --steps ({self.steps}): every episode "
+                "would be discarded; lower --filter.min-steps"
+            )
+
+    def task_config(self) -> TaskConfig:
+        return task_config(self.task, width=self.width, height=self.height, mug_split=self.mug_split)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed collection must share with the stored one."""
+        return {
+            "task": self.task_config().to_dict(),
+            "steps": self.steps,
+            "seed": self.seed,
+            "policy": dataclasses.asdict(self.policy),
+            "filter": dataclasses.asdict(self.filter),
+        }
+
+
+def episode_seed(seed: int, episode: int, attempt: int) -> int:
+    """The simulation seed of an attempt at an episode (a 63-bit int)."""
+    return int(np.random.SeedSequence([seed, episode, attempt]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def field_specs(task: TaskConfig, state_size: int) -> tuple[dict, dict]:
+    """(per-frame fields, per-episode fields) of a store for `task`: name -> (shape, dtype)."""
+    h, w = task.height, task.width
+    frame: dict[str, tuple[tuple[int, ...], str]] = {
+        "action": ((2,), "float32"),
+        "pusher_position": ((2,), "float32"),
+        "pusher_velocity": ((2,), "float32"),
+        "object_position": ((3,), "float64"),
+        "object_quaternion": ((4,), "float64"),
+        "object_yaw": ((), "float64"),
+        "sim_state": ((state_size,), "float64"),
+    }
+    for name in task.camera_names:
+        frame[f"{name}/rgb"] = ((h, w, 3), "uint8")
+        frame[f"{name}/depth"] = ((h, w), "float32")
+        frame[f"{name}/mask"] = ((h, w), "uint8")
+    episode = {
+        "seed": ((), "int64"),
+        "attempts": ((), "int32"),
+        "termination": ((), "int8"),
+        "mug_instance": ((), "int32"),
+        "mug_material": ((), "int32"),
+        "mug_rgba": ((4,), "float32"),
+    }
+    return frame, episode
+
+
+def simulate_episode(
+    env: PushingEnv, policy_config: RandomPushConfig, steps: int, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Run one random-push episode from `seed`.
+
+    Returns:
+        frames: per-frame arrays, (T+1, ...) each; `action[t]` is applied after frame t, the last action row
+            is zero. T < steps when the episode ended early (the terminating frame is not included).
+        meta: termination code and the mug's instance, material and colour.
+    """
+    obs, info = env.reset(seed=seed)
+    policy = RandomPushPolicy(policy_config, np.random.default_rng(np.random.SeedSequence([seed, 1])))
+    policy.reset(obs["pusher_position"], info["object_position"])
+    records: list[tuple[dict[str, np.ndarray], dict[str, Any]]] = [(obs, info)]
+    actions: list[np.ndarray] = []
+    termination = ""
+    for _ in range(steps):
+        action = policy()
+        obs, _, terminated, _, step_info = env.step(action)
+        if terminated:
+            termination = step_info["termination"]
+            break
+        actions.append(action)
+        records.append((obs, step_info))
+    actions.append(np.zeros(2, dtype=np.float32))
+    frames: dict[str, np.ndarray] = {"action": np.stack(actions)}
+    for key in ("pusher_position", "pusher_velocity"):
+        frames[key] = np.stack([o[key] for o, _ in records])
+    for key in ("object_position", "object_quaternion", "object_yaw", "sim_state"):
+        frames[key] = np.stack([np.asarray(i[key]) for _, i in records])
+    for name in env.task.camera_names:
+        for kind in ("rgb", "depth", "mask"):
+            frames[f"{name}/{kind}"] = np.stack([o[f"{name}/{kind}"] for o, _ in records])
+    meta = {
+        "termination": TERMINATIONS.index(termination),
+        "mug_instance": info["mug_instance"],
+        "mug_material": info["mug_material"],
+        "mug_rgba": info["mug_rgba"],
+    }
+    return frames, meta
+
+
+def episode_is_kept(frames: dict[str, np.ndarray], rule: EpisodeFilter) -> bool:
+    """Whether an episode has enough steps and object motion to be kept."""
+    if len(frames["action"]) - 1 < rule.min_steps:
+        return False
+    position = frames["object_position"]
+    translation = float(np.max(np.linalg.norm(position[:, :2] - position[0, :2], axis=1)))
+    yaw = frames["object_yaw"]
+    rotation = float(np.max(np.abs(np.angle(np.exp(1j * (yaw - yaw[0]))))))
+    return translation >= rule.min_translation or rotation >= math.radians(rule.min_rotation_deg)
+
+
+def collect_episode(env: PushingEnv, config: CollectConfig, index: int) -> tuple[dict, dict]:
+    """Episode `index` of the dataset: the first attempt that passes the filter."""
+    for attempt in range(config.filter.max_attempts):
+        seed = episode_seed(config.seed, index, attempt)
+        frames, meta = simulate_episode(env, config.policy, config.steps, seed)
+        if episode_is_kept(frames, config.filter):
+            return frames, {**meta, "seed": seed, "attempts": attempt + 1}
+    raise RuntimeError(
+        f"episode {index}: no attempt out of {config.filter.max_attempts} passed the episode filter "
+        f"{config.filter}; loosen --filter.* or check the task's start distribution"
+    )
+
+
+class _Worker:
+    """Per-process simulation state of a collection worker."""
+
+    env: PushingEnv | None = None
+    config: CollectConfig | None = None
+
+
+def _init_worker(config: CollectConfig) -> None:
+    _Worker.config = config
+    _Worker.env = PushingEnv(config.task_config())
+
+
+def _worker_episode(index: int) -> tuple[dict, dict]:
+    assert _Worker.env is not None and _Worker.config is not None
+    return _encode_images(*collect_episode(_Worker.env, _Worker.config, index))
+
+
+def _encode_images(frames: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple[dict, dict]:
+    """Compress the image arrays where the episode was simulated (in parallel workers)."""
+    return {k: encode_frames(v) if v.ndim >= 3 else v for k, v in frames.items()}, meta
+
+
+def _episodes(config: CollectConfig, indices: range) -> Iterator[tuple[dict, dict]]:
+    if config.workers == 1:
+        env = PushingEnv(config.task_config())
+        try:
+            for index in indices:
+                yield _encode_images(*collect_episode(env, config, index))
+        finally:
+            env.close()
+        return
+    # Spawned (not forked) workers: an OpenGL context must not be shared with a parent.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(config.workers, initializer=_init_worker, initargs=(config,)) as pool:
+        yield from pool.imap(_worker_episode, indices, chunksize=1)
+
+
+def _open_for_collection(config: CollectConfig) -> EpisodeStore:
+    task = config.task_config()
+    if config.resume:
+        if not config.out.exists():
+            raise StoreError(f"--resume given but {config.out} does not exist; drop --resume to start a new dataset")
+        store = EpisodeStore.open(config.out, mode="a")
+        stored = store.attrs.get("collection", {})
+        expected = config.identity()
+        different = sorted(k for k in expected if stored.get(k) != _jsonable(expected[k]))
+        if different:
+            raise StoreError(
+                f"cannot resume {config.out}: its {', '.join(different)} differ from this command's; resume "
+                "with the original settings or collect into a new --out"
+            )
+        return store
+    env = PushingEnv(task)
+    try:
+        obs, _ = env.reset(seed=config.seed)
+        state_size = env.sim_state().shape[0]
+        cameras = {
+            name: {
+                "width": task.width,
+                "height": task.height,
+                "intrinsics": obs[f"{name}/intrinsics"].astype(float).tolist(),
+                "pose": obs[f"{name}/pose"].astype(float).tolist(),
+            }
+            for name in task.camera_names
+        }
+    finally:
+        env.close()
+    frame_fields, episode_fields = field_specs(task, state_size)
+    attributes = {
+        "task": config.task,
+        "task_config": _jsonable(task.to_dict()),
+        "cameras": cameras,
+        "collection": _jsonable(config.identity()),
+        "target_episodes": config.episodes,
+        "terminations": list(TERMINATIONS),
+        "sim_state_spec": "mjSTATE_INTEGRATION",
+    }
+    return EpisodeStore.create(config.out, attributes, frame_fields, episode_fields)
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists (as JSON stores them), recursively."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def collect(config: CollectConfig) -> EpisodeStore:
+    """Collect (or resume collecting) `config.episodes` episodes into `config.out`; returns the store."""
+    store = _open_for_collection(config)
+    done = store.num_episodes
+    if done >= config.episodes:
+        return store
+    store.update_attrs({"target_episodes": max(config.episodes, store.attrs.get("target_episodes", 0))})
+    indices = range(done, config.episodes)
+    with tqdm(
+        total=config.episodes,
+        initial=done,
+        unit="episode",
+        disable=not config.progress,
+        desc=f"collect {config.task}",
+    ) as bar:
+        for frames, meta in _episodes(config, indices):
+            store.append_episode(frames, meta)
+            bar.update(1)
+    return store

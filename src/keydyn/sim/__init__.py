@@ -1,0 +1,27 @@
+"""Simulated pushing tasks (MuJoCo) with the gymnasium API.
+
+Each task of the paper is registered as a gymnasium environment: ``gymnasium.make("keydyn/top_down-v0")``,
+and likewise ``angled``, ``occlusions`` and ``mugs``; keyword arguments override task options
+(``width=640, height=480``).
+"""
+
+import gymnasium as gym
+
+from keydyn.sim.config import TASK_NAMES, CameraSpec, TaskConfig, task_config
+from keydyn.sim.env import PushingEnv
+from keydyn.sim.policy import RandomPushConfig, RandomPushPolicy
+
+for _name in TASK_NAMES:
+    _id = f"keydyn/{_name}-v0"
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point="keydyn.sim.env:PushingEnv", kwargs={"task": _name})
+
+__all__ = [
+    "TASK_NAMES",
+    "CameraSpec",
+    "PushingEnv",
+    "RandomPushConfig",
+    "RandomPushPolicy",
+    "TaskConfig",
+    "task_config",
+]

@@ -1,0 +1,145 @@
+"""Task configuration: frozen dataclasses for cameras, objects and the four pushing tasks of the paper."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SUGAR_BOX_SIZE = (0.0867, 0.1703, 0.0391)  # metres, YCB 004 sugar box collision box (x, y, z)
+SUGAR_BOX_MASS = 0.514  # kg
+
+TASK_NAMES = ("top_down", "angled", "occlusions", "mugs")
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """A pinhole camera looking from `position` at `target` (world frame, metres).
+
+    `up` is the world direction that appears upwards in the image; rotating it turns the camera about its
+    optical axis. `fovy_deg` is the vertical field of view (the RealSense D415 colour camera's is ~40.4 deg).
+    """
+
+    name: str
+    position: tuple[float, float, float]
+    target: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    up: tuple[float, float, float] = (0.0, 1.0, 0.0)
+    fovy_deg: float = 40.4
+
+
+@dataclass(frozen=True)
+class StartDistribution:
+    """Random start states, as in the original code (metres, radians).
+
+    The object is placed at a uniform position within +-object_xy_range and uniform yaw; the pusher is put
+    `pusher_behind` behind it along a uniform random push heading, with a lateral offset in +-pusher_lateral.
+    """
+
+    object_xy_range: float = 0.25
+    pusher_behind: tuple[float, float] = (0.15, 0.16)
+    pusher_lateral: float = 0.08
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Everything that defines a pushing task. Units: metres, seconds, kilograms, pixels.
+
+    `width` x `height` defaults to 320x240: a quarter of the paper's 640x480 pixels, which renders ~3x faster
+    on a CPU (measured in benchmarks/collect.py) and keeps the box ~45 px long in the top-down view, enough for
+    dense descriptors; 640x480 works unchanged.
+    """
+
+    name: str
+    object: Literal["sugar_box", "mug"] = "sugar_box"
+    resting_face: Literal["flat", "on_side"] = "flat"
+    cameras: tuple[CameraSpec, ...] = ()
+    width: int = 320
+    height: int = 240
+    control_dt: float = 0.1
+    physics_dt: float = 0.002
+    max_speed: float = 0.3  # m/s, per axis clip of the pusher velocity command
+    pusher_radius: float = 0.01
+    pusher_mass: float = 10.0
+    pusher_gain: float = 2000.0  # N s/m, velocity servo gain
+    table_size: float = 0.8  # square table, metres
+    boundary_margin: float = 0.03  # episode ends when the object or pusher is this close to the table edge
+    object_friction: float = 0.9
+    pusher_friction: float = 0.9
+    mug_mass: float = 0.35
+    mug_split: Literal["train", "test"] = "train"
+    mug_train_instances: int = 10
+    mug_test_instances: int = 5
+    mug_textures: int = 8
+    shadows: bool = False  # shadows halve the CPU rendering rate (shared/reference/measurements.md)
+    settle_time: float = 0.3  # seconds simulated with zero action after placing the object
+    start: StartDistribution = field(default_factory=StartDistribution)
+
+    def __post_init__(self) -> None:
+        if self.width < 16 or self.height < 16:
+            raise ValueError(f"image size {self.width}x{self.height} is too small; use at least 16x16 pixels")
+        if not self.cameras:
+            raise ValueError(f"task {self.name!r} has no cameras; give at least one CameraSpec")
+        steps = self.control_dt / self.physics_dt
+        if abs(steps - round(steps)) > 1e-6 or steps < 1:
+            raise ValueError(f"control_dt={self.control_dt} must be a whole multiple of physics_dt={self.physics_dt}")
+
+    @property
+    def substeps(self) -> int:
+        return round(self.control_dt / self.physics_dt)
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.cameras)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> TaskConfig:
+        data = dict(data)
+        data["cameras"] = tuple(
+            CameraSpec(**{**c, "position": tuple(c["position"]), "target": tuple(c["target"]), "up": tuple(c["up"])})
+            for c in data["cameras"]
+        )
+        start = dict(data.get("start", {}))
+        if "pusher_behind" in start:
+            start["pusher_behind"] = tuple(start["pusher_behind"])
+        data["start"] = StartDistribution(**start)
+        return TaskConfig(**data)
+
+
+_TOP_DOWN_CAMERAS = (
+    CameraSpec("top_down", position=(0.0, 0.0, 1.2), up=(0.0, 1.0, 0.0)),
+    # Same place, turned 90 degrees about the optical axis, slightly offset for parallax.
+    CameraSpec("top_down_rotated", position=(0.04, 0.0, 1.2), target=(0.04, 0.0, 0.0), up=(-1.0, 0.0, 0.0)),
+)
+_ANGLED_CAMERAS = (
+    # Two adjacent sides of the table, pitched 45 degrees down at the table centre, 1.2 m away.
+    CameraSpec("angled", position=(0.0, -0.8485, 0.8485), up=(0.0, 0.0, 1.0)),
+    CameraSpec("angled_side", position=(0.8485, 0.0, 0.8485), up=(0.0, 0.0, 1.0)),
+)
+
+
+def task_config(name: str, **overrides: Any) -> TaskConfig:
+    """The preset of a task of the paper, with field overrides (e.g. width=640, height=480).
+
+    Raises:
+        ValueError: unknown task name or field.
+    """
+    presets = {
+        "top_down": TaskConfig(name="top_down", cameras=_TOP_DOWN_CAMERAS),
+        "angled": TaskConfig(name="angled", cameras=_ANGLED_CAMERAS),
+        # On its side the box is 8.7 cm tall on a 3.9 cm footprint: with the table friction of the flat task
+        # a push tips it over, so the friction is that of cardboard on a smooth table.
+        "occlusions": TaskConfig(
+            name="occlusions", resting_face="on_side", cameras=_ANGLED_CAMERAS, object_friction=0.35
+        ),
+        "mugs": TaskConfig(name="mugs", object="mug", cameras=_TOP_DOWN_CAMERAS, object_friction=0.4),
+    }
+    if name not in presets:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")
+    known = {f.name for f in dataclasses.fields(TaskConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown task option(s) {sorted(unknown)}; valid options: {sorted(known)}")
+    return dataclasses.replace(presets[name], **overrides)

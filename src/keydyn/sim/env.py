@@ -1,0 +1,307 @@
+"""The pushing environment: a gymnasium Env over a MuJoCo scene with two RGB-D cameras."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from keydyn.sim.config import SUGAR_BOX_SIZE, TaskConfig, task_config
+from keydyn.sim.meshes import MugShape, sample_mug_shape
+from keydyn.sim.render import RgbdRenderer, camera_intrinsics, camera_pose
+from keydyn.sim.scene import SceneHandles, build_scene
+
+STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION  # everything needed to replay a frame bit-exactly
+_MUG_SHAPE_SEED = 20200607  # the mug set is fixed: instance k is always the same mug
+
+
+def mug_instances(task: TaskConfig) -> tuple[int, ...]:
+    """Instance ids of the task's mug split: training instances first, then the held-out ones."""
+    if task.mug_split == "train":
+        return tuple(range(task.mug_train_instances))
+    return tuple(range(task.mug_train_instances, task.mug_train_instances + task.mug_test_instances))
+
+
+def mug_shape(instance: int) -> MugShape:
+    """The fixed procedural shape of mug `instance`."""
+    return sample_mug_shape(np.random.default_rng([_MUG_SHAPE_SEED, instance]))
+
+
+def yaw_quaternion(yaw: float) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) of a rotation by `yaw` radians about world z."""
+    return np.array([math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)])
+
+
+def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a * b of (w, x, y, z) quaternions."""
+    out = np.empty(4)
+    mujoco.mju_mulQuat(out, np.asarray(a, dtype=float), np.asarray(b, dtype=float))
+    return out
+
+
+def object_yaw(quaternion: np.ndarray) -> float:
+    """Yaw of the object about world z, radians in [-pi, pi).
+
+    The body y axis is horizontal in every resting face (flat, on its side, a standing mug), so the yaw is
+    its heading minus 90 degrees; it is 0 when the object was placed with yaw 0.
+    """
+    rotation = np.empty(9)
+    mujoco.mju_quat2Mat(rotation, np.asarray(quaternion, dtype=float))
+    heading = math.atan2(rotation[4], rotation[1])  # body y axis = column 1 of the rotation matrix
+    return (heading - math.pi / 2 + math.pi) % (2 * math.pi) - math.pi
+
+
+class PushingEnv(gym.Env):
+    """Push an object on a table with a cylindrical pusher, observed by RGB-D cameras.
+
+    Action: (2,) float32 pusher velocity (vx, vy) in m/s in the world frame, clipped to +-max_speed and held
+    for one control step (`control_dt`, 0.1 s by default).
+
+    Observation (dict):
+        pusher_position: (2,) float32, metres, world xy of the pusher axis.
+        pusher_velocity: (2,) float32, m/s.
+        For each camera NAME:
+        NAME/rgb: (H, W, 3) uint8.
+        NAME/depth: (H, W) float32, z-depth in metres.
+        NAME/mask: (H, W) uint8, 1 where the object is visible.
+        NAME/intrinsics: (3, 3) float32 pinhole K in pixels.
+        NAME/pose: (4, 4) float32 T_world_camera (OpenCV camera frame), metres.
+
+    Info (ground truth, for evaluation and baselines only): object_position (3,) metres, object_quaternion
+    (4,) (w, x, y, z), object_yaw (radians), sim_state (float64 vector of mjSTATE_INTEGRATION), mug_instance,
+    mug_material, mug_rgba, and on termination `termination` ("out_of_bounds" or "tipped_over").
+
+    The episode terminates when the object or the pusher comes within `boundary_margin` of the table edge,
+    or the object tips over (more than 30 degrees from its resting face).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, task: TaskConfig | str = "top_down", render_mode: str | None = "rgb_array", **overrides):
+        self.task = task_config(task, **overrides) if isinstance(task, str) else task
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode {render_mode!r} is not supported; use 'rgb_array' or None")
+        self.render_mode = render_mode
+        self._scenes: dict[int, tuple[mujoco.MjModel, mujoco.MjData, SceneHandles]] = {}
+        if self.task.object == "mug":
+            self._instances = mug_instances(self.task)
+        else:
+            self._instances = (-1,)
+        self._instance = self._instances[0]
+        self._model, self._data, self._handles = self._scene(self._instance)
+        self._renderer: RgbdRenderer | None = None
+        self._mug_material = -1
+        self._mug_rgba = np.ones(4)
+        self._resting_quaternion = self._resting_face_quaternion()
+        self._rest_height = self._rest_z()
+        w, h = self.task.width, self.task.height
+        max_speed = np.float32(self.task.max_speed)
+        self.action_space = spaces.Box(-max_speed, max_speed, shape=(2,), dtype=np.float32)
+        half = np.float32(self.task.table_size / 2)
+        fields: dict[str, spaces.Space] = {
+            "pusher_position": spaces.Box(-half, half, shape=(2,), dtype=np.float32),
+            "pusher_velocity": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
+        }
+        for camera in self.task.cameras:
+            fields[f"{camera.name}/rgb"] = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
+            fields[f"{camera.name}/depth"] = spaces.Box(0, np.inf, shape=(h, w), dtype=np.float32)
+            fields[f"{camera.name}/mask"] = spaces.Box(0, 1, shape=(h, w), dtype=np.uint8)
+            fields[f"{camera.name}/intrinsics"] = spaces.Box(-np.inf, np.inf, shape=(3, 3), dtype=np.float32)
+            fields[f"{camera.name}/pose"] = spaces.Box(-np.inf, np.inf, shape=(4, 4), dtype=np.float32)
+        self.observation_space = spaces.Dict(fields)
+
+    # -- scene management -------------------------------------------------------------------------------
+    def _scene(self, instance: int) -> tuple[mujoco.MjModel, mujoco.MjData, SceneHandles]:
+        if instance not in self._scenes:
+            model, handles = build_scene(self.task, mug_shape(instance) if instance >= 0 else None)
+            self._scenes[instance] = (model, mujoco.MjData(model), handles)
+        return self._scenes[instance]
+
+    def _resting_face_quaternion(self) -> np.ndarray:
+        if self.task.resting_face == "on_side":  # body x axis vertical: 8.7 cm tall, 3.9 x 17 cm footprint
+            return np.array([math.cos(math.pi / 4), 0.0, math.sin(math.pi / 4), 0.0])
+        return np.array([1.0, 0.0, 0.0, 0.0])
+
+    def _rest_z(self) -> float:
+        if self.task.object == "mug":
+            return 0.0
+        index = 0 if self.task.resting_face == "on_side" else 2
+        return SUGAR_BOX_SIZE[index] / 2
+
+    @property
+    def model(self) -> mujoco.MjModel:
+        return self._model
+
+    @property
+    def data(self) -> mujoco.MjData:
+        return self._data
+
+    @property
+    def handles(self) -> SceneHandles:
+        return self._handles
+
+    # -- gymnasium API ----------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode.
+
+        Options:
+            start: dict with object_xy (2,), object_yaw (rad), pusher_xy (2,) to place the scene exactly;
+                otherwise a start is drawn from `task.start` with the env's random generator.
+            mug_instance: which mug to use (mug task); otherwise drawn from the split.
+            sim_state: a saved `sim_state` vector (from `info`) to restore instead of placing anything.
+        """
+        super().reset(seed=seed)
+        options = dict(options or {})
+        rng = self.np_random
+        if self.task.object == "mug":
+            instance = int(options.get("mug_instance", rng.choice(self._instances)))
+            if instance not in self._instances:
+                raise ValueError(
+                    f"mug_instance {instance} is not in the {self.task.mug_split!r} split {self._instances}"
+                )
+            self._instance = instance
+            self._model, self._data, self._handles = self._scene(instance)
+            self._mug_material = int(options.get("mug_material", rng.integers(len(self._handles.mug_materials))))
+            self._mug_rgba = np.asarray(
+                options.get("mug_rgba", np.append(rng.uniform(0.15, 1.0, size=3), 1.0)), dtype=float
+            )
+            self._model.geom_matid[self._handles.object_visual_geom] = self._handles.mug_materials[self._mug_material]
+            self._model.mat_rgba[self._handles.mug_materials[self._mug_material]] = self._mug_rgba
+        mujoco.mj_resetData(self._model, self._data)
+        if "sim_state" in options:
+            self.set_sim_state(np.asarray(options["sim_state"]))
+        else:
+            start = options.get("start") or self.sample_start(rng)
+            self._place(start)
+            settle_steps = round(self.task.settle_time / self.task.physics_dt)
+            self._data.ctrl[:] = 0.0
+            mujoco.mj_step(self._model, self._data, nstep=max(settle_steps, 1))
+            self._data.time = 0.0
+        return self._observation(), self._info()
+
+    def sample_start(self, rng: np.random.Generator) -> dict[str, Any]:
+        """Draw a start state: object xy and yaw, pusher xy behind the object along a random push heading."""
+        dist = self.task.start
+        object_xy = rng.uniform(-dist.object_xy_range, dist.object_xy_range, size=2)
+        yaw = float(rng.uniform(0.0, 2 * math.pi))
+        heading = float(rng.uniform(0.0, 2 * math.pi))
+        behind = rng.uniform(*dist.pusher_behind)
+        lateral = rng.uniform(-dist.pusher_lateral, dist.pusher_lateral)
+        forward = np.array([math.cos(heading), math.sin(heading)])
+        left = np.array([-forward[1], forward[0]])
+        pusher_xy = object_xy - behind * forward + lateral * left
+        return {"object_xy": object_xy, "object_yaw": yaw, "pusher_xy": pusher_xy}
+
+    def _place(self, start: dict[str, Any]) -> None:
+        h = self._handles
+        qpos = self._data.qpos
+        object_xy = np.asarray(start["object_xy"], dtype=float)
+        qpos[h.object_qpos : h.object_qpos + 2] = object_xy
+        qpos[h.object_qpos + 2] = self._rest_height + 1e-4
+        qpos[h.object_qpos + 3 : h.object_qpos + 7] = quaternion_multiply(
+            yaw_quaternion(float(start["object_yaw"])), self._resting_quaternion
+        )
+        qpos[h.pusher_qpos : h.pusher_qpos + 2] = np.asarray(start["pusher_xy"], dtype=float)
+        self._data.qvel[:] = 0.0
+        mujoco.mj_forward(self._model, self._data)
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (2,) or not np.all(np.isfinite(action)):
+            raise ValueError(f"action must be a finite (2,) pusher velocity in m/s, got {action!r}")
+        self._data.ctrl[:] = np.clip(action, -self.task.max_speed, self.task.max_speed)
+        mujoco.mj_step(self._model, self._data, nstep=self.task.substeps)
+        info = self._info()
+        termination = self._termination()
+        if termination:
+            info["termination"] = termination
+        return self._observation(), 0.0, bool(termination), False, info
+
+    def render(self):
+        """RGB image of the first camera, (H, W, 3) uint8."""
+        if self.render_mode != "rgb_array":
+            return None
+        rgb, _, _ = self._ensure_renderer().render(self._model, self._data, self._handles.camera_ids[0])
+        return rgb
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # -- state ------------------------------------------------------------------------------------------
+    def sim_state(self) -> np.ndarray:
+        """The full simulator state (float64 vector) that `set_sim_state` restores bit-exactly."""
+        state = np.empty(mujoco.mj_stateSize(self._model, STATE_SPEC))
+        mujoco.mj_getState(self._model, self._data, state, STATE_SPEC)
+        return state
+
+    def set_sim_state(self, state: np.ndarray) -> None:
+        expected = mujoco.mj_stateSize(self._model, STATE_SPEC)
+        if state.shape != (expected,):
+            raise ValueError(f"sim_state has shape {state.shape}, this task's state has ({expected},)")
+        mujoco.mj_setState(self._model, self._data, np.asarray(state, dtype=np.float64), STATE_SPEC)
+        mujoco.mj_forward(self._model, self._data)
+
+    def object_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """True object position (3,) in metres and orientation quaternion (4,) (w, x, y, z)."""
+        q = self._data.qpos[self._handles.object_qpos : self._handles.object_qpos + 7]
+        return q[:3].copy(), q[3:].copy()
+
+    def pusher_position(self) -> np.ndarray:
+        return self._data.qpos[self._handles.pusher_qpos : self._handles.pusher_qpos + 2].copy()
+
+    def _termination(self) -> str:
+        limit = self.task.table_size / 2 - self.task.boundary_margin
+        position, quaternion = self.object_pose()
+        if np.any(np.abs(position[:2]) > limit) or np.any(np.abs(self.pusher_position()) > limit):
+            return "out_of_bounds"
+        rotation = np.empty(9)
+        mujoco.mju_quat2Mat(rotation, quaternion)
+        rest = np.empty(9)
+        mujoco.mju_quat2Mat(rest, self._resting_quaternion)
+        up_in_body = rest.reshape(3, 3).T @ np.array([0.0, 0.0, 1.0])  # body axis that points up at rest
+        if (rotation.reshape(3, 3) @ up_in_body)[2] < math.cos(math.radians(30)):
+            return "tipped_over"
+        return ""
+
+    def _ensure_renderer(self) -> RgbdRenderer:
+        if self._renderer is None:
+            self._renderer = RgbdRenderer(self.task.width, self.task.height, self.task.shadows)
+        return self._renderer
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        h = self._handles
+        obs: dict[str, np.ndarray] = {
+            "pusher_position": self.pusher_position().astype(np.float32),
+            "pusher_velocity": self._data.qvel[h.pusher_qvel : h.pusher_qvel + 2].astype(np.float32),
+        }
+        renderer = self._ensure_renderer()
+        object_geom = np.zeros(self._model.ngeom + 1, dtype=np.uint8)
+        object_geom[h.object_geoms] = 1
+        for camera, camera_id in zip(self.task.cameras, h.camera_ids, strict=True):
+            rgb, depth, geom_ids = renderer.render(self._model, self._data, camera_id)
+            obs[f"{camera.name}/rgb"] = rgb
+            obs[f"{camera.name}/depth"] = depth
+            obs[f"{camera.name}/mask"] = object_geom[geom_ids]  # index -1 hits the trailing zero
+            obs[f"{camera.name}/intrinsics"] = camera_intrinsics(
+                camera.fovy_deg, self.task.width, self.task.height
+            ).astype(np.float32)
+            obs[f"{camera.name}/pose"] = camera_pose(self._model, self._data, camera_id).astype(np.float32)
+        return obs
+
+    def _info(self) -> dict[str, Any]:
+        position, quaternion = self.object_pose()
+        return {
+            "object_position": position,
+            "object_quaternion": quaternion,
+            "object_yaw": object_yaw(quaternion),
+            "sim_state": self.sim_state(),
+            "mug_instance": self._instance,
+            "mug_material": self._mug_material,
+            "mug_rgba": self._mug_rgba.copy(),
+        }

@@ -1,0 +1,25 @@
+"""Shared fixtures: small real datasets collected with the real simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keydyn.data.collect import CollectConfig, collect
+
+SMALL = {"width": 96, "height": 72}
+
+
+def small_collect_config(out: Path, **overrides) -> CollectConfig:
+    values = {"out": out, "episodes": 3, "steps": 12, "seed": 7, "progress": False, **SMALL}
+    values.update(overrides)
+    return CollectConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """A 3-episode top_down dataset at 96x72 collected by one worker."""
+    out = tmp_path_factory.mktemp("datasets") / "top_down"
+    collect(small_collect_config(out))
+    return out

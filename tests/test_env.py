@@ -1,0 +1,220 @@
+"""The simulated pushing tasks: API conformance, determinism, geometry, physics."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import pytest
+import trimesh
+from gymnasium.utils.env_checker import check_env
+
+import keydyn.sim  # noqa: F401  (registers the environments)
+from keydyn.sim.config import SUGAR_BOX_SIZE, TASK_NAMES, task_config
+from keydyn.sim.env import PushingEnv, mug_instances, mug_shape, object_yaw
+from keydyn.sim.meshes import mug_mesh
+from keydyn.sim.textures import mug_pattern
+
+SMALL = {"width": 96, "height": 72}
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_gymnasium_env_checker_passes(task):
+    env = gym.make(f"keydyn/{task}-v0", **SMALL)
+    check_env(env.unwrapped, skip_render_check=False)
+    env.close()
+
+
+@pytest.mark.parametrize("task", ["top_down", "mugs"])
+def test_same_seed_gives_bit_identical_observations(task):
+    def rollout():
+        env = PushingEnv(task, **SMALL)
+        obs, info = env.reset(seed=123)
+        frames = [(obs, info["sim_state"])]
+        for t in range(4):
+            obs, _, _, _, info = env.step(np.array([0.2 * math.cos(t), 0.2 * math.sin(t)]))
+            frames.append((obs, info["sim_state"]))
+        env.close()
+        return frames
+
+    first, second = rollout(), rollout()
+    for (obs_a, state_a), (obs_b, state_b) in zip(first, second, strict=True):
+        assert np.array_equal(state_a, state_b)
+        for key in obs_a:
+            assert np.array_equal(obs_a[key], obs_b[key]), key
+    other = PushingEnv(task, **SMALL)
+    obs_c, _ = other.reset(seed=124)
+    assert not np.array_equal(
+        obs_c[f"{other.task.cameras[0].name}/rgb"], first[0][0][f"{other.task.cameras[0].name}/rgb"]
+    )
+    other.close()
+
+
+def _unproject(depth: np.ndarray, mask: np.ndarray, K: np.ndarray, T_world_camera: np.ndarray) -> np.ndarray:
+    v, u = np.nonzero(mask)
+    z = depth[v, u].astype(float)
+    x = (u - K[0, 2]) * z / K[0, 0]
+    y = (v - K[1, 2]) * z / K[1, 1]
+    points_camera = np.stack([x, y, z, np.ones_like(z)], axis=1)
+    return (T_world_camera.astype(float) @ points_camera.T).T[:, :3]
+
+
+def _distance_to_box_surface(points_body: np.ndarray, half: np.ndarray) -> np.ndarray:
+    q = np.abs(points_body) - half
+    outside = np.linalg.norm(np.maximum(q, 0.0), axis=1)
+    inside = np.minimum(np.max(q, axis=1), 0.0)
+    return np.abs(outside + inside)
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_masked_depth_unprojects_onto_the_object_surface(task):
+    env = PushingEnv(task)  # default resolution
+    obs, info = env.reset(seed=5)
+    obs, _, _, _, info = env.step(np.zeros(2))
+    rotation = np.empty(9)
+    mujoco.mju_quat2Mat(rotation, info["object_quaternion"])
+    rotation = rotation.reshape(3, 3)
+    if task == "mugs":
+        mesh = mug_mesh(mug_shape(info["mug_instance"]), mug_pattern(8, 8, 0))
+        surface = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    for camera in env.task.camera_names:
+        mask = obs[f"{camera}/mask"].astype(bool)
+        assert mask.sum() > 50, f"{task}/{camera}: object barely visible"
+        points = _unproject(obs[f"{camera}/depth"], mask, obs[f"{camera}/intrinsics"], obs[f"{camera}/pose"])
+        body = (points - info["object_position"]) @ rotation  # world -> object body frame
+        if task == "mugs":
+            _, distance, _ = trimesh.proximity.closest_point(surface, body)
+        else:
+            distance = _distance_to_box_surface(body, np.asarray(SUGAR_BOX_SIZE) / 2)
+        assert np.median(distance) < 1e-3, f"{task}/{camera}: median {np.median(distance) * 1e3:.2f} mm"
+        assert np.percentile(distance, 90) < 3e-3
+    env.close()
+
+
+def _push_box(lateral_offset: float) -> float:
+    """Push a box lying at the origin (long side along y) in +x at a lateral offset; returns its yaw change."""
+    env = PushingEnv("top_down", **SMALL)
+    start = {"object_xy": [0.0, 0.0], "object_yaw": 0.0, "pusher_xy": [-0.08, lateral_offset]}
+    _, info = env.reset(seed=0, options={"start": start})
+    yaw0 = info["object_yaw"]
+    for _ in range(8):
+        _, _, _, _, info = env.step(np.array([0.15, 0.0]))
+    env.close()
+    return float(np.angle(np.exp(1j * (info["object_yaw"] - yaw0))))
+
+
+def test_off_centre_push_turns_the_box_the_right_way():
+    # A push in +x above the centre (y > 0) has torque r x F = -y F about z: the box turns clockwise.
+    assert _push_box(+0.05) < -math.radians(5)
+    assert _push_box(-0.05) > math.radians(5)
+    assert abs(_push_box(0.0)) < math.radians(2)
+
+
+def test_box_left_alone_stays_put():
+    env = PushingEnv("top_down", **SMALL)
+    _, info = env.reset(seed=3)
+    position0, yaw0 = info["object_position"], info["object_yaw"]
+    for _ in range(20):
+        _, _, terminated, _, info = env.step(np.zeros(2))
+    env.close()
+    assert not terminated
+    assert np.linalg.norm(info["object_position"] - position0) < 1e-3
+    assert abs(info["object_yaw"] - yaw0) < math.radians(0.1)
+
+
+def test_pusher_tracks_the_commanded_velocity():
+    env = PushingEnv("top_down", **SMALL)
+    start = {"object_xy": [0.2, 0.2], "object_yaw": 0.0, "pusher_xy": [-0.2, 0.0]}
+    obs, _ = env.reset(seed=0, options={"start": start})
+    command = np.array([0.2, -0.1])
+    positions = [obs["pusher_position"]]
+    for _ in range(4):
+        obs, *_ = env.step(command)
+        positions.append(obs["pusher_position"])
+        np.testing.assert_allclose(obs["pusher_velocity"], command, atol=2e-3)
+    steps = np.diff(np.asarray(positions, dtype=float), axis=0)[1:]  # after the first step's spin-up
+    np.testing.assert_allclose(steps, np.tile(command * env.task.control_dt, (3, 1)), atol=2e-4)
+    obs, *_ = env.step(np.array([5.0, -5.0]))  # clipped to the speed limit
+    np.testing.assert_allclose(obs["pusher_velocity"], [0.3, -0.3], atol=3e-3)
+    env.close()
+
+
+def test_sim_state_replays_a_frame_exactly():
+    env = PushingEnv("top_down", **SMALL)
+    env.reset(seed=11)
+    for _ in range(3):
+        env.step(np.array([0.2, 0.05]))
+    saved = env.sim_state()
+    obs_a, *_ = env.step(np.array([0.1, 0.2]))
+    state_a = env.sim_state()
+    env.reset(seed=99)
+    env.set_sim_state(saved)
+    obs_b, *_ = env.step(np.array([0.1, 0.2]))
+    assert np.array_equal(state_a, env.sim_state())
+    assert np.array_equal(obs_a["top_down/rgb"], obs_b["top_down/rgb"])
+    env.close()
+
+
+def test_leaving_the_table_terminates_the_episode():
+    env = PushingEnv("top_down", **SMALL)
+    start = {"object_xy": [0.25, 0.0], "object_yaw": 0.0, "pusher_xy": [0.12, 0.0]}
+    env.reset(seed=0, options={"start": start})
+    terminated, info = False, {}
+    for _ in range(20):
+        _, _, terminated, _, info = env.step(np.array([0.3, 0.0]))
+        if terminated:
+            break
+    env.close()
+    assert terminated and info["termination"] == "out_of_bounds"
+
+
+def test_occlusions_box_lies_on_its_side_and_survives_pushes():
+    env = PushingEnv("occlusions", **SMALL)
+    start = {"object_xy": [0.0, 0.0], "object_yaw": 0.0, "pusher_xy": [-0.06, 0.03]}
+    _, info = env.reset(seed=0, options={"start": start})
+    assert info["object_position"][2] == pytest.approx(SUGAR_BOX_SIZE[0] / 2, abs=1e-3)
+    moved = 0.0
+    for _ in range(10):
+        _, _, terminated, _, info = env.step(np.array([0.2, 0.0]))
+        assert not terminated, info.get("termination")
+        moved = info["object_position"][0]
+    env.close()
+    assert moved > 0.05
+
+
+def test_mug_splits_are_disjoint_and_appearance_is_randomised():
+    train, test = task_config("mugs"), task_config("mugs", mug_split="test")
+    assert len(mug_instances(train)) >= 10 and len(mug_instances(test)) >= 5
+    assert not set(mug_instances(train)) & set(mug_instances(test))
+    shapes = [mug_shape(i) for i in mug_instances(train) + mug_instances(test)]
+    assert len(set(shapes)) == 15
+    assert np.ptp([s.radius for s in shapes]) > 0.005 and np.ptp([s.height for s in shapes]) > 0.01
+    env = PushingEnv("mugs", **SMALL)
+    seen = [env.reset(seed=s)[1] for s in range(6)]
+    assert len({i["mug_instance"] for i in seen}) > 1
+    assert len({tuple(np.round(i["mug_rgba"], 4)) for i in seen}) == 6
+    with pytest.raises(ValueError, match="not in the 'train' split"):
+        env.reset(seed=0, options={"mug_instance": 12})
+    env.close()
+
+
+def test_object_yaw_wraps_and_matches_placement():
+    env = PushingEnv("top_down", **SMALL)
+    for yaw in (0.3, 3.0, -2.5):
+        _, info = env.reset(seed=0, options={"start": {"object_xy": [0, 0], "object_yaw": yaw, "pusher_xy": [-0.2, 0]}})
+        assert object_yaw(info["object_quaternion"]) == pytest.approx(yaw, abs=1e-3)
+    env.close()
+
+
+def test_bad_arguments_are_rejected_with_a_fix():
+    with pytest.raises(ValueError, match="unknown task 'sideways'"):
+        task_config("sideways")
+    with pytest.raises(ValueError, match="unknown task option"):
+        task_config("top_down", resolution=3)
+    env = PushingEnv("top_down", **SMALL)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"finite \(2,\) pusher velocity"):
+        env.step(np.array([np.nan, 0.0]))
+    env.close()
