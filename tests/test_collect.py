@@ -158,3 +158,13 @@ def test_mug_collection_records_instance_and_appearance(tmp_path):
     assert np.all((instances >= 0) & (instances < 10))
     rgba = store.episode_meta("mug_rgba")
     assert not np.array_equal(rgba[0], rgba[1])
+
+
+def test_demo_main_job_writes_dataset_summary_and_video(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--episodes", "2", "--steps", "10", "--workers", "1"]) == 0
+    assert EpisodeStore.open(out / "dataset").num_episodes == 2
+    assert '"episodes": 2' in (out / "dataset_info.json").read_text()
+    assert iio.imread(out / "episode_0.mp4").shape[0] >= 2
+    assert "wrote" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*.creating"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,11 @@ class EpisodeStore:
             json.dumps(dict(attributes))
         except TypeError as error:
             raise StoreError(f"store attributes must be JSON-serialisable: {error}") from error
-        root = zarr.open_group(str(path), mode="w", zarr_format=3)
+        # Built beside its destination and renamed into place, so a kill during creation leaves no store.
+        building = path.with_name(f".{path.name}.creating")
+        if building.exists():
+            shutil.rmtree(building)
+        root = zarr.open_group(str(building), mode="w", zarr_format=3)
         for name, (shape, dtype) in frame_fields.items():
             root.create_array(
                 f"data/{name}",
@@ -149,6 +154,10 @@ class EpisodeStore:
                 "num_episodes": 0,
             }
         )
+        if path.exists():
+            path.rmdir()  # empty, checked above
+        os.replace(building, path)
+        root = zarr.open_group(str(path), mode="r+", zarr_format=3)
         return cls(path, root, writable=True)
 
     @classmethod
