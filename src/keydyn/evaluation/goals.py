@@ -1,0 +1,119 @@
+"""Fixed, seeded start/goal pairs for goal-reaching evaluation (paper section 9.2, the original code).
+
+A pair starts with the object at a random position and yaw and the pusher behind it; the goal is where a
+constant push (speed 0.15-0.25 m/s along the push direction) held for `push_steps` control steps leaves the
+object. Pairs whose object moved less than 5 cm and turned less than 15 degrees, or left the table, are
+re-drawn. Pair k depends only on (seed, k), so the same 200 pairs come out on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from keydyn.evaluation.metrics import pose_errors
+from keydyn.sim.env import PushingEnv
+
+
+@dataclass(frozen=True)
+class GoalPairConfig:
+    """How start/goal pairs are drawn. Units: metres, degrees, m/s, control steps."""
+
+    pairs: int = 200
+    push_steps: tuple[int, ...] = (10, 15)  # pair k pushes for push_steps[k % len(push_steps)] steps
+    object_xy_range: float = 0.2
+    push_speed: tuple[float, float] = (0.15, 0.25)
+    min_translation: float = 0.05
+    min_rotation_deg: float = 15.0
+    max_attempts: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pairs < 1 or not self.push_steps or min(self.push_steps) < 1:
+            raise ValueError(f"need pairs >= 1 and push_steps >= 1, got {self.pairs} and {self.push_steps}")
+
+
+@dataclass(frozen=True)
+class GoalPair:
+    """One start/goal pair; states are MuJoCo mjSTATE_INTEGRATION vectors (restore with set_sim_state)."""
+
+    index: int
+    seed: int
+    push_steps: int
+    start_state: np.ndarray
+    goal_state: np.ndarray
+    start_position: np.ndarray  # (3,) metres
+    start_quaternion: np.ndarray  # (4,) w, x, y, z
+    goal_position: np.ndarray
+    goal_quaternion: np.ndarray
+    mug_instance: int = -1
+
+    @property
+    def initial_errors(self) -> tuple[float, float]:
+        """(metres, radians) between start and goal: the paper's 'Avg. trajectory' row."""
+        distance, angle = pose_errors(
+            self.start_position, self.start_quaternion, self.goal_position, self.goal_quaternion
+        )
+        return float(distance), float(angle)
+
+
+def _draw_pair(env: PushingEnv, config: GoalPairConfig, index: int, seed: int) -> GoalPair | None:
+    rng = np.random.default_rng(seed)
+    heading = float(rng.uniform(0.0, 2 * math.pi))
+    object_xy = rng.uniform(-config.object_xy_range, config.object_xy_range, size=2)
+    forward = np.array([math.cos(heading), math.sin(heading)])
+    behind = rng.uniform(*env.task.start.pusher_behind)
+    lateral = rng.uniform(-env.task.start.pusher_lateral, env.task.start.pusher_lateral)
+    start = {
+        "object_xy": object_xy,
+        "object_yaw": float(rng.uniform(0.0, 2 * math.pi)),
+        "pusher_xy": object_xy - behind * forward + lateral * np.array([-forward[1], forward[0]]),
+    }
+    _, info = env.reset(seed=seed, options={"start": start})
+    start_state, start_info = info["sim_state"], info
+    velocity = rng.uniform(*config.push_speed) * forward
+    steps = config.push_steps[index % len(config.push_steps)]
+    for _ in range(steps):
+        _, _, terminated, _, info = env.step(velocity)
+        if terminated:
+            return None
+    distance, angle = pose_errors(
+        start_info["object_position"],
+        start_info["object_quaternion"],
+        info["object_position"],
+        info["object_quaternion"],
+    )
+    if distance < config.min_translation and angle < math.radians(config.min_rotation_deg):
+        return None
+    return GoalPair(
+        index=index,
+        seed=seed,
+        push_steps=steps,
+        start_state=start_state,
+        goal_state=info["sim_state"],
+        start_position=start_info["object_position"],
+        start_quaternion=start_info["object_quaternion"],
+        goal_position=info["object_position"],
+        goal_quaternion=info["object_quaternion"],
+        mug_instance=int(info["mug_instance"]),
+    )
+
+
+def make_goal_pairs(env: PushingEnv, config: GoalPairConfig) -> list[GoalPair]:
+    """Draw `config.pairs` start/goal pairs in `env` (deterministic in config.seed)."""
+    pairs = []
+    for index in range(config.pairs):
+        for attempt in range(config.max_attempts):
+            seed = int(np.random.SeedSequence([config.seed, index, attempt]).generate_state(1)[0])
+            pair = _draw_pair(env, config, index, seed)
+            if pair is not None:
+                pairs.append(pair)
+                break
+        else:
+            raise RuntimeError(
+                f"pair {index}: none of {config.max_attempts} attempts moved the object enough without leaving "
+                "the table; lower min_translation/min_rotation_deg or object_xy_range"
+            )
+    return pairs

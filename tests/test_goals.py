@@ -1,0 +1,40 @@
+"""Start/goal pairs and pose errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from keydyn.evaluation import GoalPairConfig, angle_between, make_goal_pairs, pose_errors
+from keydyn.sim.env import PushingEnv, yaw_quaternion
+
+
+def test_angle_errors_wrap():
+    a, b = yaw_quaternion(math.radians(179)), yaw_quaternion(math.radians(-179))
+    assert math.degrees(angle_between(a, b)) == pytest.approx(2.0, abs=1e-6)
+    assert angle_between(a, -a) == pytest.approx(0.0, abs=1e-6)  # q and -q are the same rotation
+    distance, angle = pose_errors(np.zeros((2, 3)), np.stack([a, a]), np.ones((2, 3)), np.stack([b, a]))
+    np.testing.assert_allclose(distance, [math.sqrt(3)] * 2)
+    np.testing.assert_allclose(np.degrees(angle), [2.0, 0.0], atol=1e-6)
+
+
+def test_goal_pairs_are_deterministic_far_enough_and_replayable():
+    env = PushingEnv("top_down", width=64, height=48)
+    config = GoalPairConfig(pairs=4, seed=3)
+    pairs = make_goal_pairs(env, config)
+    again = make_goal_pairs(env, config)
+    assert [p.push_steps for p in pairs] == [10, 15, 10, 15]
+    for pair, same in zip(pairs, again, strict=True):
+        assert np.array_equal(pair.goal_state, same.goal_state)
+        distance, angle = pair.initial_errors
+        assert distance >= 0.05 or angle >= math.radians(15)
+        assert np.all(np.abs(pair.start_position[:2]) <= 0.2 + 1e-9)
+    env.set_sim_state(pairs[0].goal_state)  # the stored goal state restores the goal pose
+    position, quaternion = env.object_pose()
+    np.testing.assert_array_equal(position, pairs[0].goal_position)
+    np.testing.assert_array_equal(quaternion, pairs[0].goal_quaternion)
+    other = make_goal_pairs(env, GoalPairConfig(pairs=1, seed=4))
+    assert not np.array_equal(other[0].start_state, pairs[0].start_state)
+    env.close()
