@@ -20,6 +20,7 @@ import tyro
 from keydyn.data.collect import CollectConfig, collect
 from keydyn.data.inspect import dataset_summary, format_summary, write_episode_video
 from keydyn.data.store import EpisodeStore, StoreError
+from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.sim.preview import write_task_picture
 
 
@@ -73,6 +74,14 @@ class Collect(CollectConfig):
 
 
 @dataclass(frozen=True)
+class TrainDynamics(TrainDynamicsConfig):
+    """Train a latent dynamics model (multi-step rollout loss, SE(2) augmentation) on a dataset."""
+
+    def run(self) -> None:
+        print(f"wrote {train_dynamics(self)}")
+
+
+@dataclass(frozen=True)
 class Preview:
     """Save a picture of a task: RGB, depth and object mask from every camera."""
 
@@ -119,6 +128,7 @@ class Demo:
 Command = (
     Annotated[Collect, tyro.conf.subcommand("collect")]
     | Annotated[Dataset, tyro.conf.subcommand("dataset")]
+    | Annotated[TrainDynamics, tyro.conf.subcommand("train-dynamics")]
     | Annotated[Preview, tyro.conf.subcommand("preview")]
     | Annotated[Demo, tyro.conf.subcommand("demo")]
 )

@@ -1,0 +1,99 @@
+"""Training windows: n history latents followed by H future latents, with the actions between them.
+
+A window starting at frame s of an episode holds latents z_s .. z_{s+n+H-1} (n + H of them) and actions
+a_s .. a_{s+n+H-2} (n + H - 1 of them); every frame lies in the same episode, and the zero action stored in
+an episode's last frame is never used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def window_starts(episode_ends: np.ndarray, episodes: np.ndarray, length: int) -> np.ndarray:
+    """Global start frames of every window of `length` frames inside the chosen episodes.
+
+    Args:
+        episode_ends: (E,) exclusive end frame of each episode (the store's `episode_ends`).
+        episodes: indices of the episodes to draw windows from.
+        length: frames per window (n + H).
+
+    Returns:
+        (M,) int64 start frames, in episode then time order.
+    """
+    starts = []
+    for episode in np.asarray(episodes, dtype=np.int64):
+        begin = int(episode_ends[episode - 1]) if episode else 0
+        end = int(episode_ends[episode])
+        starts.append(np.arange(begin, end - length + 1, dtype=np.int64))
+    return np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+
+
+def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random split of episode indices into (train, validation), both sorted.
+
+    The validation set gets round(val_fraction * E) episodes, at least 1 when val_fraction > 0; the training
+    set keeps at least 1.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    num_val = max(1, round(val_fraction * num_episodes)) if val_fraction > 0 else 0
+    if num_episodes - num_val < 1:
+        raise ValueError(
+            f"the dataset has {num_episodes} episode(s): too few for a train/validation split with "
+            f"val_fraction={val_fraction}; collect more episodes or lower val_fraction"
+        )
+    order = np.random.default_rng(np.random.SeedSequence([seed, 0x5917])).permutation(num_episodes)
+    return np.sort(order[num_val:]), np.sort(order[:num_val])
+
+
+@dataclass
+class WindowSet:
+    """Windows over per-frame latents and actions held in memory as tensors.
+
+    Attributes:
+        latents: (N, D) float32 latents of every frame of the dataset, metres.
+        actions: (N, 2) float32 pusher velocity applied after each frame, m/s.
+        starts: (M,) int64 global start frames of the windows.
+        history: n, latents the model sees before predicting.
+        horizon: H, predicted steps.
+    """
+
+    latents: torch.Tensor
+    actions: torch.Tensor
+    starts: torch.Tensor
+    history: int
+    horizon: int
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0])
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows `indices` (B,) -> latents (B, n + H, D) and actions (B, n + H - 1, 2)."""
+        length = self.history + self.horizon
+        frames = self.starts[indices][:, None] + torch.arange(length)
+        return self.latents[frames], self.actions[frames[:, :-1]]
+
+
+def make_windows(
+    latents: np.ndarray,
+    actions: np.ndarray,
+    episode_ends: np.ndarray,
+    episodes: np.ndarray,
+    history: int,
+    horizon: int,
+) -> WindowSet:
+    """All windows of n + H frames inside `episodes`; latents (N, D) and actions (N, 2) cover the whole store."""
+    if history < 1 or horizon < 1:
+        raise ValueError(f"history and horizon must be at least 1, got history={history}, horizon={horizon}")
+    starts = window_starts(episode_ends, episodes, history + horizon)
+    return WindowSet(
+        latents=torch.as_tensor(np.asarray(latents, dtype=np.float32)),
+        actions=torch.as_tensor(np.asarray(actions, dtype=np.float32)),
+        starts=torch.as_tensor(starts),
+        history=history,
+        horizon=horizon,
+    )
