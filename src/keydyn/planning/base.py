@@ -164,6 +164,12 @@ class Planner:
         u = torch.rand(shape, generator=self.generator, device=self.low.device, dtype=self.low.dtype)
         return self.low + (self.high - self.low) * u
 
+    def _initial_mean(self, batch: int, warm_start: Tensor | None, horizon: int) -> Tensor:
+        """The sampling mean to start from: the warm start, or zero actions (batch, horizon, A)."""
+        if warm_start is not None:
+            return warm_start
+        return torch.zeros(batch, horizon, self.low.shape[0], dtype=self.low.dtype, device=self.low.device)
+
     def _normal(self, shape: tuple[int, ...]) -> Tensor:
         """Standard normal samples of `shape` drawn from the planner's generator."""
         return torch.randn(shape, generator=self.generator, device=self.low.device, dtype=self.low.dtype)

@@ -52,9 +52,7 @@ class MPPI(Planner):
     def _plan(self, state: Tensor, warm_start: Tensor | None, horizon: int) -> PlanResult:
         cfg = self.config
         B, A = state.shape[0], self.low.shape[0]
-        mean = torch.zeros(B, horizon, A, dtype=self.low.dtype, device=self.low.device)
-        if warm_start is not None:
-            mean = warm_start
+        mean = self._initial_mean(B, warm_start, horizon)
         best = None
         for _ in range(cfg.iterations):
             white = cfg.noise_std * self._normal((B, cfg.num_samples, horizon, A))
