@@ -99,6 +99,9 @@ class PushingEnv(gym.Env):
         self._resting_quaternion = self._resting_face_quaternion()
         self._rest_height = self._rest_z()
         w, h = self.task.width, self.task.height
+        self._intrinsics = {  # fixed per camera: computed once, not every step
+            c.name: camera_intrinsics(c.fovy_deg, w, h).astype(np.float32) for c in self.task.cameras
+        }
         max_speed = np.float32(self.task.max_speed)
         self.action_space = spaces.Box(-max_speed, max_speed, shape=(2,), dtype=np.float32)
         half = np.float32(self.task.table_size / 2)
@@ -288,9 +291,7 @@ class PushingEnv(gym.Env):
             obs[f"{camera.name}/rgb"] = rgb
             obs[f"{camera.name}/depth"] = depth
             obs[f"{camera.name}/mask"] = object_geom[geom_ids]  # index -1 hits the trailing zero
-            obs[f"{camera.name}/intrinsics"] = camera_intrinsics(
-                camera.fovy_deg, self.task.width, self.task.height
-            ).astype(np.float32)
+            obs[f"{camera.name}/intrinsics"] = self._intrinsics[camera.name].copy()
             obs[f"{camera.name}/pose"] = camera_pose(self._model, self._data, camera_id).astype(np.float32)
         return obs
 
