@@ -1,12 +1,20 @@
-"""MPPI planning speed: one keydyn MPPI call against pytorch_mppi's MPPI on the same MLP dynamics.
+"""MPPI planning speed: one keydyn MPPI call against pytorch_mppi's MPPI on the same MLP dynamics, and the rate
+of the closed control loop without perception.
 
 The dynamics is an MLP on (latent state, action) with two hidden layers of 500 ReLU units, as for the paper's
 learned keypoint dynamics; the cost is the squared terminal distance to a fixed goal latent. Both planners use
 N samples, horizon H and M iterations (pytorch_mppi: M calls of `command(state, shift_nominal_trajectory=False)`),
-float32 and torch.inference_mode, in the same process, timed in alternation. Prints one JSON document with median
-milliseconds per planning call and the ratio ours / pytorch_mppi.
+torch.inference_mode, in the same process, timed in alternation. keydyn is timed with the MLP in float32 (the
+same arithmetic as pytorch_mppi) and with its layers under bf16 autocast (keydyn's default for planning; states
+stay float32), the latter also against pytorch_mppi in float32.
 
-    python benchmarks/planning.py                     # latent dims 16 and 152, 2 threads
+The control loop: `keydyn.control.MPCController` with the paper's dynamics model (GT 3D latent, history 2,
+2 x 500), MPPI with the defaults above and the shrinking horizon off, driving the top_down task (physics, no
+rendering) from observation to action; reported as steps per second.
+
+Prints one JSON document with median milliseconds per call and the ratios.
+
+    python benchmarks/planning.py                     # latent dims 14 and 152, 2 threads
     python benchmarks/planning.py --dims 152 --threads 8 --repeats 30
 """
 
@@ -22,8 +30,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from keydyn.control import GroundTruthEncoder, MPCConfig, MPCController, terminal_keypoint_cost
+from keydyn.control.mpc import model_dynamics
+from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.machine import machine
 from keydyn.planning import MPPI, MPPIConfig
+from keydyn.sim.env import PushingEnv
 
 PIP_COMMAND = "python -m pip install --no-deps pytorch-mppi==0.9.1 arm-pytorch-utilities pytorch-seed"
 ACTION_DIM = 2
@@ -75,6 +87,12 @@ def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) 
 
     ours = MPPI(dynamics, terminal_cost, config, low, high)
 
+    def bf16_dynamics(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return dynamics(x, u).float()
+
+    ours_bf16 = MPPI(bf16_dynamics, terminal_cost, config, low, high)
+
     theirs = pytorch_mppi_cls(
         dynamics,
         lambda s, a: torch.zeros(s.shape[0], dtype=s.dtype),
@@ -93,23 +111,74 @@ def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) 
             theirs.command(state, shift_nominal_trajectory=False)
 
     with torch.inference_mode():
-        ours_ms, theirs_ms = paired_median_ms([lambda: ours.plan(state), theirs_call], args.repeats)
+        ours_ms, ours_bf16_ms, theirs_ms = paired_median_ms(
+            [lambda: ours.plan(state), lambda: ours_bf16.plan(state), theirs_call], args.repeats
+        )
     return {
         "latent_dim": state_dim,
-        "keydyn_ms": round(ours_ms, 2),
-        "pytorch_mppi_ms": round(theirs_ms, 2),
-        "ratio_keydyn_over_pytorch_mppi": round(ours_ms / theirs_ms, 3),
+        "keydyn_fp32_ms": round(ours_ms, 2),
+        "keydyn_bf16_ms": round(ours_bf16_ms, 2),
+        "pytorch_mppi_fp32_ms": round(theirs_ms, 2),
+        "ratio_keydyn_fp32_over_pytorch_mppi": round(ours_ms / theirs_ms, 3),
+        "ratio_keydyn_bf16_over_pytorch_mppi": round(ours_bf16_ms / theirs_ms, 3),
     }
+
+
+def control_loop_rate(args: argparse.Namespace) -> dict:
+    """Steps per second of observe -> GT 3D latent -> MPPI -> act on top_down physics, for fp32 and bf16."""
+    env = PushingEnv("top_down", images=False)
+    encoder = GroundTruthEncoder(env.task)
+    torch.manual_seed(0)
+    model = DynamicsMLP(latent_dim=encoder.layout.dim, history=2, hidden=PAPER_HIDDEN)
+    rates = {}
+    for precision in ("fp32", "bf16"):
+        mppi = MPPIConfig(num_samples=args.samples, iterations=args.iterations)
+        config = MPCConfig(mppi=mppi, horizon=args.horizon, shrinking_horizon=False, precision=precision)
+        controller = MPCController(model, config)
+        observation, info = env.reset(seed=0)
+        encoder.reset(observation, info)
+        latent = encoder.encode(observation, info)
+        controller.reset(latent, seed=0)
+        goal = torch.as_tensor(latent[: encoder.layout.keypoint_dim] + 0.05)
+        cost = terminal_keypoint_cost(goal, controller.keypoints)
+        times = []
+        for step in range(args.loop_steps + 2):
+            start = time.perf_counter()
+            action = controller.act(latent, lambda horizon, cost=cost: cost)
+            observation, _, terminated, _, info = env.step(action)
+            latent = encoder.encode(observation, info)
+            if step >= 2:  # the first call also evaluates the constant-velocity grid
+                times.append(time.perf_counter() - start)
+            if terminated:
+                observation, info = env.reset(seed=step)
+                latent = encoder.encode(observation, info)
+        rates[f"control_loop_{precision}_hz"] = round(1.0 / statistics.median(times), 2)
+    # bf16 arithmetic against fp32: predicted latents of the same action sequences after H steps.
+    state = torch.cat([model.latent_mean.repeat(2), torch.zeros(2)])[None].repeat(args.samples, 1)
+    actions = BOUND * (2 * torch.rand(args.samples, args.horizon, ACTION_DIM) - 1)
+    finals = []
+    with torch.inference_mode():
+        for precision in ("fp32", "bf16"):
+            step, x = model_dynamics(model, precision), state
+            for t in range(args.horizon):
+                x = step(x, actions[:, t])
+            finals.append(model.current_latent(x))
+    rates["bf16_vs_fp32_max_latent_difference_m"] = float((finals[0] - finals[1]).abs().max())
+    env.close()
+    return rates
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dims", type=int, nargs="+", default=[16, 152], help="latent state sizes")
+    parser.add_argument(
+        "--dims", type=int, nargs="+", default=[14, 152], help="latent state sizes (GT 3D: 14; DS K=50: 152)"
+    )
     parser.add_argument("--samples", type=int, default=1000, help="N sampled sequences")
     parser.add_argument("--horizon", type=int, default=10, help="H control steps")
     parser.add_argument("--iterations", type=int, default=3, help="M MPPI iterations per planning call")
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per planner (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--loop-steps", type=int, default=30, help="timed control-loop steps")
     args = parser.parse_args()
 
     try:
@@ -127,12 +196,13 @@ def main() -> None:
             "iterations": args.iterations,
             "action_dim": ACTION_DIM,
             "hidden": [500, 500],
-            "dtype": "float32",
+            "dtypes": ["float32", "bf16 autocast (keydyn)"],
             "threads": args.threads,
             "repeats": args.repeats,
             "torch": torch.__version__,
         },
         "results": results,
+        "control_loop": control_loop_rate(args),
         "machine": machine(),
     }
     print(json.dumps(document, indent=2))

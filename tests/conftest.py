@@ -23,3 +23,15 @@ def small_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("datasets") / "top_down"
     collect(small_collect_config(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def small_run(small_dataset, tmp_path_factory) -> Path:
+    """A GT 3D dynamics run trained for a few epochs on `small_dataset`."""
+    from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
+
+    out = tmp_path_factory.mktemp("runs") / "gt3d"
+    config = TrainDynamicsConfig(
+        dataset=small_dataset, out=out, horizon=5, epochs=3, hidden=(64, 64), val_fraction=0.34, progress=False
+    )
+    return train_dynamics(config)

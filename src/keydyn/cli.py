@@ -3,6 +3,9 @@
 keydyn collect --task top_down --episodes 500 --steps 40 --out data/top_down --workers 2
 keydyn dataset info data/top_down [--json]
 keydyn dataset video data/top_down --episode 0 --out episode0.mp4
+keydyn train-dynamics --dataset data/top_down --out runs/gt3d_top_down
+keydyn evaluate --run runs/gt3d_top_down --episodes 200 --out eval/gt3d_top_down
+keydyn track --run runs/gt3d_top_down --out track/gt3d_top_down
 keydyn preview --task angled --out angled.png
 keydyn demo --out demo_out
 """
@@ -21,6 +24,8 @@ from keydyn.data.collect import CollectConfig, collect
 from keydyn.data.inspect import dataset_summary, format_summary, write_episode_video
 from keydyn.data.store import EpisodeStore, StoreError
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
+from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
+from keydyn.evaluation.imitation import TrackConfig, run_track
 from keydyn.sim.preview import write_task_picture
 
 
@@ -32,7 +37,7 @@ class DatasetInfo:
     json: bool = False
     """Print JSON instead of text."""
 
-    def run(self) -> None:
+    def execute(self) -> None:
         summary = dataset_summary(EpisodeStore.open(self.path))
         print(json.dumps(summary, indent=2) if self.json else format_summary(summary))
 
@@ -47,7 +52,7 @@ class DatasetVideo:
     episode: int = 0
     fps: float = 10.0
 
-    def run(self) -> None:
+    def execute(self) -> None:
         written = write_episode_video(EpisodeStore.open(self.path), self.episode, self.out, self.fps)
         print(f"wrote {written}")
 
@@ -60,15 +65,15 @@ class Dataset:
         Annotated[DatasetInfo, tyro.conf.subcommand("info")] | Annotated[DatasetVideo, tyro.conf.subcommand("video")]
     ]
 
-    def run(self) -> None:
-        self.command.run()
+    def execute(self) -> None:
+        self.command.execute()
 
 
 @dataclass(frozen=True)
 class Collect(CollectConfig):
     """Collect random-push episodes of a task into a zarr dataset (resumable, parallel, deterministic)."""
 
-    def run(self) -> None:
+    def execute(self) -> None:
         store = collect(self)
         print(format_summary(dataset_summary(store)))
 
@@ -77,8 +82,33 @@ class Collect(CollectConfig):
 class TrainDynamics(TrainDynamicsConfig):
     """Train a latent dynamics model (multi-step rollout loss, SE(2) augmentation) on a dataset."""
 
-    def run(self) -> None:
+    def execute(self) -> None:
         print(f"wrote {train_dynamics(self)}")
+
+
+@dataclass(frozen=True)
+class Evaluate(EvaluateConfig):
+    """Goal reaching with MPC on fixed start/goal pairs: results.json, results.md, plots and videos."""
+
+    def execute(self) -> None:
+        evaluate(self)
+        print((self.out / "results.md").read_text())
+        print(f"wrote {self.out}/results.json, results.md, errors.png and videos/")
+
+
+@dataclass(frozen=True)
+class Track(TrackConfig):
+    """Track a demonstrated trajectory with MPC from its start and offset starts (region of attraction)."""
+
+    def execute(self) -> None:
+        summary = run_track(self)["summary"]
+        start = summary["demonstration_start"]
+        print(
+            f"from the demonstration's start: {start['final_position_error_cm']:.2f} cm, "
+            f"{start['final_angle_error_deg']:.1f} deg; over {summary['runs']} starts: "
+            f"{100 * summary['success_rate']:.0f}% within 3 cm and 30 deg"
+        )
+        print(f"wrote {self.out}/track.json, region_of_attraction.png and videos/track.mp4")
 
 
 @dataclass(frozen=True)
@@ -91,7 +121,7 @@ class Preview:
     width: int = 320
     height: int = 240
 
-    def run(self) -> None:
+    def execute(self) -> None:
         print(f"wrote {write_task_picture(self.task, self.out, self.seed, width=self.width, height=self.height)}")
 
 
@@ -106,7 +136,7 @@ class Demo:
     workers: int = 2
     seed: int = 0
 
-    def run(self) -> None:
+    def execute(self) -> None:
         dataset = self.out / "dataset"
         config = CollectConfig(
             out=dataset,
@@ -129,6 +159,8 @@ Command = (
     Annotated[Collect, tyro.conf.subcommand("collect")]
     | Annotated[Dataset, tyro.conf.subcommand("dataset")]
     | Annotated[TrainDynamics, tyro.conf.subcommand("train-dynamics")]
+    | Annotated[Evaluate, tyro.conf.subcommand("evaluate")]
+    | Annotated[Track, tyro.conf.subcommand("track")]
     | Annotated[Preview, tyro.conf.subcommand("preview")]
     | Annotated[Demo, tyro.conf.subcommand("demo")]
 )
@@ -138,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `keydyn` console script; returns the exit status."""
     try:
         command = tyro.cli(Command, args=argv, prog="keydyn", config=(tyro.conf.OmitSubcommandPrefixes,))
-        command.run()
+        command.execute()
     except (StoreError, ValueError, FileNotFoundError) as error:
         print(f"keydyn: error: {error}", file=sys.stderr)
         return 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import imageio.v2 as imageio
 import numpy as np
 
 from keydyn.data.store import EpisodeStore
+from keydyn.video import write_video
 
 
 def dataset_summary(store: EpisodeStore) -> dict[str, Any]:
@@ -102,16 +102,4 @@ def write_episode_video(store: EpisodeStore, episode: int, out: Path, fps: float
         raise ValueError(
             f"--episode {episode} is out of range: {store.path} holds episodes 0..{store.num_episodes - 1}"
         )
-    out = Path(out)
-    if out.suffix.lower() not in (".mp4", ".gif"):
-        raise ValueError(f"--out {out}: use a .mp4 or .gif file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frames = episode_frames(store, episode)
-    temporary = out.with_name(out.stem + ".partial" + out.suffix)
-    if out.suffix.lower() == ".mp4":
-        # Even sizes for H.264; macro_block_size=1 keeps the exact pixels.
-        imageio.mimwrite(temporary, list(frames), fps=fps, macro_block_size=1, quality=8)
-    else:
-        imageio.mimwrite(temporary, list(frames), duration=1000 / fps, loop=0)
-    temporary.replace(out)
-    return out
+    return write_video(episode_frames(store, episode), out, fps)

@@ -112,8 +112,8 @@ class DynamicsMLP(nn.Module):
     def unpack_state(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, S) state -> latents (N, n, D) and past actions (N, n - 1, 2)."""
         split = self.history * self.latent_dim
-        latents = state[:, :split].reshape(-1, self.history, self.latent_dim)
-        return latents, state[:, split:].reshape(-1, self.history - 1, ACTION_DIM)
+        latents = state[:, :split].reshape(len(state), self.history, self.latent_dim)
+        return latents, state[:, split:].reshape(len(state), self.history - 1, ACTION_DIM)
 
     def current_latent(self, state: torch.Tensor) -> torch.Tensor:
         """(N, S) state -> (N, D) the most recent latent."""

@@ -2,6 +2,7 @@
 
 A run directory holds:
     config.json            the resolved TrainDynamicsConfig
+    task.json              the TaskConfig the dataset was collected with (evaluation rebuilds the task from it)
     metrics.jsonl          one line per epoch: epoch, train_loss, val_loss (m^2), val_final_step_error_m
     last.safetensors       model weights and normaliser buffers after the last finished epoch
     last_optim.pt          Adam state and the training random generator's state of that epoch
@@ -17,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,9 +29,10 @@ from tqdm import tqdm
 
 from keydyn.data.store import EpisodeStore
 from keydyn.dynamics.augment import augment_windows
-from keydyn.dynamics.latent import LatentLayout, ground_truth_latents
+from keydyn.dynamics.latent import LatentLayout, ground_truth_latents, store_task
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.dynamics.windows import WindowSet, make_windows, split_episodes
+from keydyn.files import read_lines, write_atomic, write_json_atomic, write_lines_atomic
 
 _RESUMABLE_FIELDS = ("epochs", "resume", "progress", "device")  # may differ between a run and its resumption
 
@@ -56,6 +56,9 @@ class TrainDynamicsConfig:
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-4
+    lr_decay_epochs: int = 0
+    """Multiply the learning rate by --lr-decay every this many epochs (0: constant; original code: 700)."""
+    lr_decay: float = 0.1
     augment: bool = True
     """SE(2) augmentation of training windows (paper appendix 7.1)."""
     augment_translation: float = 0.4
@@ -82,8 +85,17 @@ class TrainDynamicsConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"--hidden needs one or more positive layer sizes, got {self.hidden}")
-        if self.lr <= 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.lr <= 0 or not 0 < self.lr_decay <= 1 or self.lr_decay_epochs < 0:
+            raise ValueError(
+                f"need --lr > 0, 0 < --lr-decay <= 1 and --lr-decay-epochs >= 0; got {self.lr}, {self.lr_decay}, "
+                f"{self.lr_decay_epochs}"
+            )
+
+    def learning_rate(self, epoch: int) -> float:
+        """The step-decayed learning rate of (1-based) `epoch`; a function of the epoch, so resuming needs no state."""
+        if self.lr_decay_epochs == 0:
+            return self.lr
+        return self.lr * self.lr_decay ** ((epoch - 1) // self.lr_decay_epochs)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -101,31 +113,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 # -- atomic files ---------------------------------------------------------------------------------------
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    temporary = path.with_name(path.name + ".partial")
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    _atomic(path, lambda p: p.write_text(json.dumps(value, indent=2) + "\n"))
-
-
-def write_lines_atomic(path: Path, rows: list[dict]) -> None:
-    _atomic(path, lambda p: p.write_text("".join(json.dumps(row) + "\n" for row in rows)))
-
-
 def save_model_atomic(path: Path, model: DynamicsMLP, epoch: int) -> None:
     """Weights and normaliser buffers as safetensors, tagged with the epoch."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(path, lambda p: save_file(tensors, str(p), metadata={"epoch": str(epoch)}))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl file (empty when it does not exist)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    write_atomic(path, lambda p: save_file(tensors, str(p), metadata={"epoch": str(epoch)}))
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -255,7 +246,7 @@ def save_checkpoint(
     """Write last.safetensors, last_optim.pt, then last.json (which commits the checkpoint)."""
     save_model_atomic(out / "last.safetensors", model, epoch)
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-    _atomic(out / "last_optim.pt", lambda p: torch.save(state, p))
+    write_atomic(out / "last_optim.pt", lambda p: torch.save(state, p))
     info = {"model": model.config(), "latent": "gt3d", "epoch": epoch, "best_val_final_step_error_m": best_error}
     write_json_atomic(out / "last.json", info)
 
@@ -336,10 +327,13 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
     if resumed is not None:
         _restore(config.out, resumed, model, optimizer, generator)
         start_epoch, best_error = resumed["epoch"], resumed["best_val_final_step_error_m"]
-        metrics = [row for row in read_metrics(config.out / "metrics.jsonl") if row["epoch"] <= start_epoch]
+        metrics = [row for row in read_lines(config.out / "metrics.jsonl") if row["epoch"] <= start_epoch]
     write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
+    write_json_atomic(config.out / "task.json", store_task(open_dataset(config.dataset)).to_dict())
     bar = tqdm(range(start_epoch + 1, config.epochs + 1), desc="dynamics", disable=not config.progress)
     for epoch in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate(epoch)
         train_loss = train_epoch(model, optimizer, train, config, generator, device)
         val_loss, val_error = evaluate(model, val, config.batch_size, device) if len(val) else (math.nan, math.nan)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_final_step_error_m": val_error}

@@ -48,7 +48,17 @@ class GoalPair:
     start_quaternion: np.ndarray  # (4,) w, x, y, z
     goal_position: np.ndarray
     goal_quaternion: np.ndarray
+    push_velocity: np.ndarray  # (2,) m/s, held for push_steps steps from the start to reach the goal
     mug_instance: int = -1
+    mug_material: int = -1
+    mug_rgba: np.ndarray | None = None
+
+    def reset_options(self, state: np.ndarray) -> dict:
+        """`env.reset` options that restore `state` (start_state or goal_state) with this pair's mug and colours."""
+        options: dict = {"sim_state": state}
+        if self.mug_instance >= 0:
+            options.update(mug_instance=self.mug_instance, mug_material=self.mug_material, mug_rgba=self.mug_rgba)
+        return options
 
     @property
     def initial_errors(self) -> tuple[float, float]:
@@ -97,23 +107,26 @@ def _draw_pair(env: PushingEnv, config: GoalPairConfig, index: int, seed: int) -
         start_quaternion=start_info["object_quaternion"],
         goal_position=info["object_position"],
         goal_quaternion=info["object_quaternion"],
+        push_velocity=velocity,
         mug_instance=int(info["mug_instance"]),
+        mug_material=int(info["mug_material"]),
+        mug_rgba=np.asarray(info["mug_rgba"]),
+    )
+
+
+def goal_pair(env: PushingEnv, config: GoalPairConfig, index: int) -> GoalPair:
+    """Pair `index` of the set `config` describes; it depends only on (config, index), not on other pairs."""
+    for attempt in range(config.max_attempts):
+        seed = int(np.random.SeedSequence([config.seed, index, attempt]).generate_state(1)[0])
+        pair = _draw_pair(env, config, index, seed)
+        if pair is not None:
+            return pair
+    raise RuntimeError(
+        f"pair {index}: none of {config.max_attempts} attempts moved the object enough without leaving "
+        "the table; lower min_translation/min_rotation_deg or object_xy_range"
     )
 
 
 def make_goal_pairs(env: PushingEnv, config: GoalPairConfig) -> list[GoalPair]:
     """Draw `config.pairs` start/goal pairs in `env` (deterministic in config.seed)."""
-    pairs = []
-    for index in range(config.pairs):
-        for attempt in range(config.max_attempts):
-            seed = int(np.random.SeedSequence([config.seed, index, attempt]).generate_state(1)[0])
-            pair = _draw_pair(env, config, index, seed)
-            if pair is not None:
-                pairs.append(pair)
-                break
-        else:
-            raise RuntimeError(
-                f"pair {index}: none of {config.max_attempts} attempts moved the object enough without leaving "
-                "the table; lower min_translation/min_rotation_deg or object_xy_range"
-            )
-    return pairs
+    return [goal_pair(env, config, index) for index in range(config.pairs)]

@@ -75,14 +75,24 @@ class PushingEnv(gym.Env):
     (4,) (w, x, y, z), object_yaw (radians), sim_state (float64 vector of mjSTATE_INTEGRATION), mug_instance,
     mug_material, mug_rgba, and on termination `termination` ("out_of_bounds" or "tipped_over").
 
+    With `images=False` the observation holds only the pusher fields and nothing is rendered (ground-truth
+    latents and goal generation need no pixels; `render()` still works).
+
     The episode terminates when the object or the pusher comes within `boundary_margin` of the table edge,
     or the object tips over (more than 30 degrees from its resting face).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, task: TaskConfig | str = "top_down", render_mode: str | None = "rgb_array", **overrides):
+    def __init__(
+        self,
+        task: TaskConfig | str = "top_down",
+        render_mode: str | None = "rgb_array",
+        images: bool = True,
+        **overrides,
+    ):
         self.task = task_config(task, **overrides) if isinstance(task, str) else task
+        self.images = images
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode {render_mode!r} is not supported; use 'rgb_array' or None")
         self.render_mode = render_mode
@@ -109,7 +119,7 @@ class PushingEnv(gym.Env):
             "pusher_position": spaces.Box(-half, half, shape=(2,), dtype=np.float32),
             "pusher_velocity": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
         }
-        for camera in self.task.cameras:
+        for camera in self.task.cameras if images else ():
             fields[f"{camera.name}/rgb"] = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
             fields[f"{camera.name}/depth"] = spaces.Box(0, np.inf, shape=(h, w), dtype=np.float32)
             fields[f"{camera.name}/mask"] = spaces.Box(0, 1, shape=(h, w), dtype=np.uint8)
@@ -283,6 +293,8 @@ class PushingEnv(gym.Env):
             "pusher_position": self.pusher_position().astype(np.float32),
             "pusher_velocity": self._data.qvel[h.pusher_qvel : h.pusher_qvel + 2].astype(np.float32),
         }
+        if not self.images:
+            return obs
         renderer = self._ensure_renderer()
         object_geom = np.zeros(self._model.ngeom + 1, dtype=np.uint8)
         object_geom[h.object_geoms] = 1

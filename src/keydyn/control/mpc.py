@@ -1,0 +1,188 @@
+"""The closed-loop MPC controller: keeps the latent/action history, plans, executes the first action.
+
+One call of `MPCController.act` per control step: pack the last n latents and n - 1 actions into the dynamics
+model's Markov state, plan H steps (H fixed, or the steps left in the episode as in the original code), return
+the first action and keep the rest, shifted, as the next call's warm start. The first call of an episode can
+seed the planner with the best of a grid of constant pusher velocities (the original code's initialisation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from keydyn.dynamics.model import DynamicsMLP
+from keydyn.dynamics.train import resolve_device
+from keydyn.planning import (
+    CEM,
+    MPPI,
+    CEMConfig,
+    GradientShooting,
+    GradientShootingConfig,
+    MPPIConfig,
+    Planner,
+    PlanResult,
+    RandomShooting,
+    RandomShootingConfig,
+    rollout,
+)
+from keydyn.planning.base import Cost, Dynamics
+
+
+@dataclass(frozen=True)
+class MPCConfig:
+    """Controller options. Units: m/s for actions, control steps for horizons."""
+
+    planner: Literal["mppi", "cem", "random", "gradient"] = "mppi"
+    mppi: MPPIConfig = field(default_factory=MPPIConfig)
+    cem: CEMConfig = field(default_factory=CEMConfig)
+    random: RandomShootingConfig = field(default_factory=RandomShootingConfig)
+    gradient: GradientShootingConfig = field(default_factory=GradientShootingConfig)
+    horizon: int = 10
+    """Planning horizon H when fixed; with shrinking_horizon, the longest horizon used."""
+    shrinking_horizon: bool = True
+    """Plan to the end of the episode (H = steps left, capped at horizon), as the original code's goal reaching."""
+    grid_seed: bool = True
+    """Seed each episode's first plan with the best constant velocity of a grid (360 headings x speeds)."""
+    grid_speeds: tuple[float, ...] = (0.15, 0.16, 0.17, 0.18, 0.19, 0.2, 0.21, 0.22, 0.23, 0.24)
+    """Speeds of the grid, m/s (the original code's 0.15-0.24)."""
+    grid_headings: int = 360
+    action_limit: float = 0.3
+    """Per-axis bound of planned pusher velocities, m/s (the original code's clip)."""
+    cost_scale: float = 100.0
+    """Cost units per metre of keypoint error (100: centimetres)."""
+    precision: Literal["fp32", "bf16"] = "bf16"
+    """Arithmetic of the dynamics model's layers while planning; bf16 autocast keeps states in fp32."""
+    device: str = "cpu"
+    """Torch device for planning; "auto" picks cuda when available."""
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be at least 1, got {self.horizon}")
+        if self.action_limit <= 0:
+            raise ValueError(f"action_limit must be positive, got {self.action_limit}")
+        if self.planner not in ("mppi", "cem", "random", "gradient"):
+            raise ValueError(f"unknown planner {self.planner!r}; choose mppi, cem, random or gradient")
+
+    def planner_config(self) -> MPPIConfig | CEMConfig | RandomShootingConfig | GradientShootingConfig:
+        return getattr(self, self.planner)
+
+
+PLANNERS: dict[str, Callable[..., Planner]] = {
+    "mppi": MPPI,
+    "cem": CEM,
+    "random": RandomShooting,
+    "gradient": GradientShooting,
+}
+
+
+def model_dynamics(model: DynamicsMLP, precision: Literal["fp32", "bf16"]) -> Dynamics:
+    """The model's Markov step as a planner `Dynamics`, its layers run in `precision` (states stay fp32)."""
+    device_type = next(model.parameters()).device.type
+
+    def step(state: Tensor, action: Tensor) -> Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return model.step(state, action).float()
+
+    return step
+
+
+def constant_velocity_grid(headings: int, speeds: tuple[float, ...]) -> np.ndarray:
+    """(headings * len(speeds) + 1, 2) pusher velocities in m/s: every heading at every speed, and zero."""
+    angles = np.arange(headings) * (2 * math.pi / headings)
+    directions = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    grid = (np.asarray(speeds)[:, None, None] * directions[None]).reshape(-1, 2)
+    return np.concatenate([grid, np.zeros((1, 2))]).astype(np.float32)
+
+
+class MPCController:
+    """Receding-horizon control of one environment with a learned dynamics model.
+
+    Usage per episode: `reset(first_latent, seed)`, then each step `act(latent, make_cost, steps_left)`, where
+    `make_cost(H)` gives the planning cost for a horizon of H steps.
+    """
+
+    def __init__(self, model: DynamicsMLP, config: MPCConfig) -> None:
+        self.config = config
+        device = resolve_device(config.device)
+        self.device = device
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.dynamics = model_dynamics(self.model, config.precision)
+        limit = torch.full((2,), config.action_limit, device=device)
+        self.generator = torch.Generator(device=device)
+        self.planner = PLANNERS[config.planner](
+            self.dynamics, _unset_cost, config.planner_config(), -limit, limit, self.generator
+        )
+        self.grid = torch.as_tensor(constant_velocity_grid(config.grid_headings, config.grid_speeds), device=device)
+        self.grid = torch.clamp(self.grid, -limit, limit)
+        n = model.history
+        # Offset of the most recent latent's object keypoints inside the Markov state.
+        start = (n - 1) * model.latent_dim
+        self.keypoints = slice(start, start + model.latent_dim - 2)
+        self._latents: list[np.ndarray] = []
+        self._actions: list[np.ndarray] = []
+        self._executed: np.ndarray | None = None  # the last action, which led to the next latent
+        self._warm_start: Tensor | None = None
+
+    def horizon(self, steps_left: int | None) -> int:
+        """Planning horizon for a step with `steps_left` control steps to go (None: no episode end)."""
+        if self.config.shrinking_horizon and steps_left is not None:
+            return max(1, min(self.config.horizon, steps_left))
+        return self.config.horizon
+
+    def reset(self, latent: np.ndarray, seed: int) -> None:
+        """Start an episode at (D,) `latent`: the history is that latent repeated with zero actions."""
+        n = self.model.history
+        self._latents = [np.asarray(latent, dtype=np.float32)] * n
+        self._actions = [np.zeros(2, dtype=np.float32)] * (n - 1)
+        self._executed = None
+        self._warm_start = None
+        self.generator.manual_seed(seed)
+
+    def state(self) -> Tensor:
+        """(S,) Markov state of the last n latents and the n - 1 actions between them."""
+        latents = torch.as_tensor(np.stack(self._latents), device=self.device)[None]
+        past = np.stack(self._actions) if self._actions else np.zeros((0, 2), np.float32)
+        actions = torch.as_tensor(past, device=self.device)[None]
+        return self.model.pack_state(latents, actions)[0]
+
+    @torch.no_grad()
+    def plan(self, latent: np.ndarray, cost: Cost, horizon: int) -> PlanResult:
+        """Record (D,) `latent` as the newest observation and plan `horizon` steps under `cost`."""
+        self._latents = [*self._latents[1:], np.asarray(latent, dtype=np.float32)]
+        if self._executed is not None and self.model.history > 1:
+            self._actions = [*self._actions[1:], self._executed]
+        state = self.state()
+        self.planner.cost = cost
+        warm_start = self._warm_start
+        if warm_start is None and self.config.grid_seed:
+            warm_start = self._best_constant_velocity(state, cost, horizon)
+        elif warm_start is not None and warm_start.shape[0] < horizon:
+            pad = torch.zeros(horizon - warm_start.shape[0], 2, device=self.device)
+            warm_start = torch.cat([warm_start, pad])
+        return self.planner.plan(state, warm_start, horizon)
+
+    def act(self, latent: np.ndarray, make_cost: Callable[[int], Cost], steps_left: int | None = None) -> np.ndarray:
+        """Plan from the newest (D,) latent and return the (2,) action to execute now, m/s."""
+        horizon = self.horizon(steps_left)
+        result = self.plan(latent, make_cost(horizon), horizon)
+        action = result.actions[0].float().cpu().numpy()
+        self._warm_start = self.planner.shift(result.actions)
+        self._executed = action
+        return action
+
+    def _best_constant_velocity(self, state: Tensor, cost: Cost, horizon: int) -> Tensor:
+        """(H, 2) the lowest-cost sequence holding one grid velocity for all H steps."""
+        candidates = self.grid[None, :, None, :].expand(1, len(self.grid), horizon, 2)
+        _, costs = rollout(self.dynamics, cost, state[None], candidates)
+        return candidates[0, int(costs[0].argmin())]
+
+
+def _unset_cost(states: Tensor, actions: Tensor) -> Tensor:
+    raise RuntimeError("MPCController sets the planner's cost on every call")

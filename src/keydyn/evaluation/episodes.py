@@ -1,0 +1,198 @@
+"""Closed-loop episodes: goal reaching from a start/goal pair, and tracking a demonstrated latent trajectory.
+
+Both run the same loop, observe -> encode -> plan -> act, on a `PushingEnv`, and score the final object pose
+against the target's true pose (ground truth is read for scoring only).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from keydyn.control.costs import terminal_keypoint_cost
+from keydyn.control.encoders import LatentEncoder
+from keydyn.control.mpc import MPCController
+from keydyn.evaluation.goals import GoalPair
+from keydyn.evaluation.metrics import pose_errors
+from keydyn.planning.base import Cost
+from keydyn.sim.env import PushingEnv
+from keydyn.sim.render import camera_intrinsics, camera_pose
+from keydyn.video import draw_points, draw_polyline, project_to_pixels
+
+GOAL_COLOUR = (40, 220, 40)
+CURRENT_COLOUR = (230, 40, 40)
+
+
+@dataclass
+class EpisodeResult:
+    """Outcome of one closed-loop episode. Distances in metres, angles in radians, times in seconds.
+
+    latents: (T + 1, D) observed latents; actions: (T, 2) executed pusher velocities, m/s.
+    frames: (H, W, 3) uint8 images of the first camera with target (green) and current (red) keypoints, when
+        recorded.
+    """
+
+    index: int
+    steps: int
+    initial_position_error: float
+    initial_angle_error: float
+    final_position_error: float
+    final_angle_error: float
+    termination: str
+    plan_time: float
+    latents: np.ndarray
+    actions: np.ndarray
+    frames: list[np.ndarray] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        """JSON-serialisable summary (cm and degrees, as the paper reports)."""
+        return {
+            "index": self.index,
+            "steps": self.steps,
+            "initial_position_error_cm": 100 * self.initial_position_error,
+            "initial_angle_error_deg": float(np.degrees(self.initial_angle_error)),
+            "final_position_error_cm": 100 * self.final_position_error,
+            "final_angle_error_deg": float(np.degrees(self.final_angle_error)),
+            "termination": self.termination,
+            "mean_plan_time_s": self.plan_time / max(self.steps, 1),
+        }
+
+
+@dataclass
+class ClosedLoopRun:
+    """What `run_closed_loop` observed: latents (T + 1, D), actions (T, 2) in m/s, the env info at the start and
+    at the end, the termination reason ("" if none), planning seconds in total, and recorded frames."""
+
+    latents: np.ndarray
+    actions: np.ndarray
+    first_info: dict
+    last_info: dict
+    termination: str
+    plan_time: float
+    frames: list[np.ndarray]
+
+    def result(self, index: int, target_position: np.ndarray, target_quaternion: np.ndarray) -> EpisodeResult:
+        """Score the run against a target pose: initial errors from the start, final errors from the end."""
+        initial = pose_errors(
+            self.first_info["object_position"], self.first_info["object_quaternion"], target_position, target_quaternion
+        )
+        final = pose_errors(
+            self.last_info["object_position"], self.last_info["object_quaternion"], target_position, target_quaternion
+        )
+        return EpisodeResult(
+            index=index,
+            steps=len(self.actions),
+            initial_position_error=float(initial[0]),
+            initial_angle_error=float(initial[1]),
+            final_position_error=float(final[0]),
+            final_angle_error=float(final[1]),
+            termination=self.termination,
+            plan_time=self.plan_time,
+            latents=self.latents,
+            actions=self.actions,
+            frames=self.frames,
+        )
+
+
+def annotated_frame(env: PushingEnv, target_keypoints: np.ndarray, current_keypoints: np.ndarray) -> np.ndarray:
+    """First camera's RGB with (K, 3) target and current world keypoints drawn as outlines and dots."""
+    image = env.render().copy()
+    camera = env.task.cameras[0]
+    K = camera_intrinsics(camera.fovy_deg, env.task.width, env.task.height)
+    pose = camera_pose(env.model, env.data, env.handles.camera_ids[0])
+    for keypoints, colour in ((target_keypoints, GOAL_COLOUR), (current_keypoints, CURRENT_COLOUR)):
+        uv = project_to_pixels(keypoints, K, pose)
+        draw_polyline(image, uv, colour)
+        draw_points(image, uv, colour, radius=max(1, env.task.width // 160))
+    return image
+
+
+def run_closed_loop(
+    env: PushingEnv,
+    encoder: LatentEncoder,
+    controller: MPCController,
+    reset_options: dict,
+    make_cost: Callable[[int, int], Cost],
+    steps: int,
+    seed: int,
+    target_keypoints: Callable[[int], np.ndarray] | None = None,
+    shrinking: bool = True,
+) -> ClosedLoopRun:
+    """Reset with `reset_options` and run `steps` MPC steps (fewer if the episode terminates).
+
+    make_cost(t, H): the cost of the plan made at step t with horizon H.
+    target_keypoints(t): (K, 3) world keypoints to draw at step t; frames are recorded only when given.
+    shrinking: plan to the end of the `steps` (the controller caps the horizon) rather than a fixed window.
+    """
+    observation, info = env.reset(options=reset_options)
+    first_info = info
+    encoder.reset(observation, info)
+    latent = encoder.encode(observation, info)
+    controller.reset(latent, seed)
+    layout = encoder.layout
+    latents, actions, frames = [latent], [], []
+    if target_keypoints is not None:
+        frames.append(annotated_frame(env, target_keypoints(0), layout.keypoints(latent)))
+    plan_time, termination = 0.0, ""
+    for t in range(steps):
+        begin = time.perf_counter()
+        action = controller.act(latent, lambda horizon, t=t: make_cost(t, horizon), steps - t if shrinking else None)
+        plan_time += time.perf_counter() - begin
+        observation, _, terminated, _, info = env.step(action)
+        latent = encoder.encode(observation, info)
+        latents.append(latent)
+        actions.append(action)
+        if target_keypoints is not None:
+            frames.append(annotated_frame(env, target_keypoints(t + 1), layout.keypoints(latent)))
+        if terminated:
+            termination = info.get("termination", "terminated")
+            break
+    return ClosedLoopRun(np.stack(latents), _stack_actions(actions), first_info, info, termination, plan_time, frames)
+
+
+def _stack_actions(actions: list[np.ndarray]) -> np.ndarray:
+    return np.stack(actions) if actions else np.zeros((0, 2), np.float32)
+
+
+def observe_latent(env: PushingEnv, encoder: LatentEncoder, reset_options: dict) -> np.ndarray:
+    """(D,) latent of the scene `reset_options` restores (e.g. a goal state)."""
+    observation, info = env.reset(options=reset_options)
+    encoder.reset(observation, info)
+    return encoder.encode(observation, info)
+
+
+def reach_goal(
+    env: PushingEnv,
+    encoder: LatentEncoder,
+    controller: MPCController,
+    pair: GoalPair,
+    seed: int,
+    steps: int | None = None,
+    record: bool = False,
+) -> EpisodeResult:
+    """Drive the object from the pair's start to its goal for `steps` MPC steps (default: the pair's push steps).
+
+    The goal is given as an observation of the goal scene; the cost is the L2 distance of the predicted final
+    object keypoints to the goal's.
+    """
+    steps = pair.push_steps if steps is None else steps
+    goal = observe_latent(env, encoder, pair.reset_options(pair.goal_state))
+    layout = encoder.layout
+    goal_keypoints = torch.as_tensor(goal[: layout.keypoint_dim], device=controller.device)
+    cost = terminal_keypoint_cost(goal_keypoints, controller.keypoints, controller.config.cost_scale)
+    run = run_closed_loop(
+        env,
+        encoder,
+        controller,
+        pair.reset_options(pair.start_state),
+        lambda t, horizon: cost,
+        steps,
+        seed,
+        (lambda t: layout.keypoints(goal)) if record else None,
+    )
+    return run.result(pair.index, pair.goal_position, pair.goal_quaternion)

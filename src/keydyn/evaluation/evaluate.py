@@ -1,0 +1,169 @@
+"""`keydyn evaluate`: closed-loop goal reaching of a trained run on the fixed, seeded start/goal pairs.
+
+The output directory holds:
+    config.json     the resolved EvaluateConfig
+    episodes.jsonl  one row per finished episode, appended as episodes finish (what --resume continues from)
+    results.json    config, summary (mean/median errors, success rate, Avg. trajectory) and every episode row
+    results.md      the summary as a Markdown table like the paper's Table 1
+    errors.png      error distributions and final-versus-initial error
+    videos/episode_NNN.mp4  the first `videos` episodes: target keypoints green, current keypoints red
+
+Episodes run in a pool of `workers` processes, each planning with one thread; an episode's planner is seeded
+from (seed, episode index), so results do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from keydyn.control.mpc import MPCConfig
+from keydyn.control.run import control_setup, load_run
+from keydyn.evaluation.episodes import reach_goal
+from keydyn.evaluation.goals import GoalPairConfig, goal_pair
+from keydyn.evaluation.parallel import run_parallel
+from keydyn.evaluation.report import markdown_table, plot_errors, summarize
+from keydyn.files import read_lines, write_json_atomic, write_text_atomic
+from keydyn.video import write_video
+
+_RESUMABLE_FIELDS = ("episodes", "workers", "resume", "progress", "videos")
+
+LATENT_LABELS = {"gt3d": "GT 3D"}
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Goal-reaching evaluation of a trained dynamics run with MPC."""
+
+    run: Path
+    """Run directory written by `keydyn train-dynamics`."""
+    out: Path
+    """Output directory (created; continue an interrupted evaluation with --resume)."""
+    task: str | None = None
+    """Task to evaluate on; default the run's training task (its camera resolution is kept)."""
+    episodes: int = 200
+    """Start/goal pairs; pair k is the same for every run with the same --goals-seed."""
+    checkpoint: Literal["best", "last"] = "best"
+    mpc: MPCConfig = field(default_factory=MPCConfig)
+    goals: GoalPairConfig = field(default_factory=GoalPairConfig)
+    """How start/goal pairs are drawn (its `pairs` is ignored: --episodes sets the count)."""
+    seed: int = 0
+    """Planner seed; episode k's planner is seeded from (seed, k)."""
+    workers: int = 2
+    """Worker processes (0: run in this process)."""
+    videos: int = 3
+    """Episodes (the first ones) to record as videos."""
+    success_position_cm: float = 3.0
+    success_angle_deg: float = 30.0
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run", Path(self.run))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.episodes < 1:
+            raise ValueError(f"--episodes must be at least 1, got {self.episodes}")
+        if self.workers < 0 or self.videos < 0:
+            raise ValueError("--workers and --videos must be >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["run"], values["out"] = str(self.run), str(self.out)
+        return values
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The planner seed of episode `index` (independent of which worker runs it)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+class GoalReachingWorker:
+    """Everything one process needs to run episodes: the task, the encoder, the controller."""
+
+    def __init__(self, config: EvaluateConfig) -> None:
+        self.config = config
+        self.setup = control_setup(config.run, config.task, config.checkpoint, config.mpc)
+
+    def __call__(self, index: int) -> dict[str, Any]:
+        config, setup = self.config, self.setup
+        pair = goal_pair(setup.env, config.goals, index)
+        record = index < config.videos
+        seed = episode_seed(config.seed, index)
+        result = reach_goal(setup.env, setup.encoder, setup.controller, pair, seed, record=record)
+        if record:
+            write_video(result.frames, config.out / "videos" / f"episode_{index:03d}.mp4", fps=5)
+        return {**result.row(), "push_steps": pair.push_steps, "actions": result.actions.tolist()}
+
+
+def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
+    """Create the output directory, or check it against a resumed one; return the episodes already done."""
+    out = config.out
+    if not config.resume:
+        if out.exists() and any(out.iterdir()):
+            raise ValueError(f"{out} already exists; pass --resume to continue that evaluation, or pick a new --out")
+        out.mkdir(parents=True, exist_ok=True)
+        return []
+    if not (out / "config.json").exists():
+        raise FileNotFoundError(f"--resume given but {out} holds no evaluation (config.json); drop --resume")
+    stored = json.loads((out / "config.json").read_text())
+    current = json.loads(json.dumps(config.to_json()))  # tuples compare as the lists JSON stores
+    different = sorted(k for k in current if k not in _RESUMABLE_FIELDS and stored.get(k) != current[k])
+    if different:
+        raise ValueError(
+            f"cannot resume {out}: its {', '.join(different)} differ; resume with the same settings "
+            f"(only {', '.join(_RESUMABLE_FIELDS)} may change) or evaluate into a new --out"
+        )
+    rows = read_lines(out / "episodes.jsonl")
+    # Rewrite without a torn last line so that appends start on a fresh line.
+    write_text_atomic(out / "episodes.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    return rows
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """Run (or resume) the evaluation; returns the results written to results.json."""
+    trained = load_run(config.run, config.task, config.checkpoint)  # fail early, before any worker starts
+    done = _prepare_out(config)
+    write_json_atomic(config.out / "config.json", config.to_json())
+    finished = {row["index"] for row in done}
+    todo = [index for index in range(config.episodes) if index not in finished]
+    rows = [row for row in done if row["index"] < config.episodes]
+    with open(config.out / "episodes.jsonl", "a") as log:
+        bar = tqdm(total=len(todo), desc="episodes", disable=not config.progress)
+        for row in run_parallel(GoalReachingWorker, config, todo, config.workers):
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            rows.append(row)
+            bar.update()
+            bar.set_postfix(err_cm=f"{np.mean([r['final_position_error_cm'] for r in rows]):.2f}")
+        bar.close()
+    rows.sort(key=lambda row: row["index"])
+    summary = summarize(rows, config.success_position_cm, config.success_angle_deg)
+    label = f"{LATENT_LABELS.get(trained.latent, trained.latent)} ({config.mpc.planner.upper()})"
+    results = {
+        "run": str(config.run),
+        "task": trained.task.name,
+        "latent": trained.latent,
+        "label": label,
+        "summary": summary,
+        "config": config.to_json(),
+        "episodes": [{k: v for k, v in row.items() if k != "actions"} for row in rows],
+    }
+    write_json_atomic(config.out / "results.json", results)
+    table = markdown_table([(label, summary)])
+    write_text_atomic(config.out / "results.md", f"Goal reaching on `{trained.task.name}`\n\n{table}")
+    plot_errors(
+        rows,
+        config.out / "errors.png",
+        f"{label} on {trained.task.name}: {len(rows)} episodes",
+        config.success_position_cm,
+        config.success_angle_deg,
+    )
+    return results

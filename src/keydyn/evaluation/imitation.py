@@ -1,0 +1,187 @@
+"""`keydyn track`: one-shot imitation of a demonstration, and its region of attraction (paper figure 7).
+
+The output directory holds:
+    config.json               the resolved TrackConfig
+    track.json                the demonstration, one row per start offset (final errors against the
+                              demonstration's final pose), and the summary
+    region_of_attraction.png  final error per start offset: x vs yaw and y vs yaw, as the paper's figure 7
+    videos/track.mp4          tracking from the demonstration's own start: demonstration keypoints green
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from keydyn.control.mpc import MPCConfig
+from keydyn.control.run import control_setup
+from keydyn.data.store import EpisodeStore
+from keydyn.evaluation.evaluate import episode_seed
+from keydyn.evaluation.goals import GoalPairConfig, goal_pair
+from keydyn.evaluation.parallel import run_parallel
+from keydyn.evaluation.tracking import Demonstration, pair_demonstration, perturbed_start, record_demonstration, track
+from keydyn.files import write_atomic, write_json_atomic
+from keydyn.sim.env import PushingEnv
+from keydyn.video import write_video
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Track a demonstrated trajectory with MPC from its start and from offset starts."""
+
+    run: Path
+    """Run directory written by `keydyn train-dynamics`."""
+    out: Path
+    """Output directory (created)."""
+    task: str | None = None
+    """Task; default the run's training task."""
+    checkpoint: Literal["best", "last"] = "best"
+    demo_steps: int = 15
+    """Length of a generated demonstration: a constant push held this many steps (the original code's 15)."""
+    demo_index: int = 0
+    """Which generated demonstration (the push of start/goal pair `demo_index` drawn with --demo-steps)."""
+    dataset: Path | None = None
+    """Take the demonstration from this dataset instead (replaying --episode's actions from its first state)."""
+    episode: int = 0
+    goals: GoalPairConfig = field(default_factory=GoalPairConfig)
+    """How generated demonstrations are drawn (push_steps is replaced by --demo-steps)."""
+    mpc: MPCConfig = field(default_factory=lambda: MPCConfig(shrinking_horizon=False, horizon=10))
+    offsets_cm: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
+    """Start offsets along world x and along world y, centimetres."""
+    yaw_offsets_deg: tuple[float, ...] = (-60.0, -30.0, 0.0, 30.0, 60.0)
+    """Start yaw offsets, degrees."""
+    region: bool = True
+    """Run the region-of-attraction grid (x vs yaw with y = 0, y vs yaw with x = 0); else only the demo start."""
+    seed: int = 0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run", Path(self.run))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.dataset is not None:
+            object.__setattr__(self, "dataset", Path(self.dataset))
+        if self.demo_steps < 1:
+            raise ValueError(f"--demo-steps must be at least 1, got {self.demo_steps}")
+
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        for key in ("run", "out", "dataset"):
+            values[key] = None if values[key] is None else str(values[key])
+        return values
+
+    def start_offsets(self) -> list[tuple[float, float, float]]:
+        """(dx, dy, dyaw) in metres and radians: the demonstration's start first, then the grid."""
+        offsets = [(0.0, 0.0, 0.0)]
+        if self.region:
+            for yaw in self.yaw_offsets_deg:
+                for offset in self.offsets_cm:
+                    for candidate in ((offset / 100, 0.0, math.radians(yaw)), (0.0, offset / 100, math.radians(yaw))):
+                        if candidate not in offsets:
+                            offsets.append(candidate)
+        return offsets
+
+
+def load_demonstration(config: TrackConfig, env: PushingEnv, encoder) -> Demonstration:
+    """The demonstration `config` names: a dataset episode replayed, or a generated constant push."""
+    if config.dataset is None:
+        goals = dataclasses.replace(config.goals, push_steps=(config.demo_steps,))
+        return pair_demonstration(env, encoder, goal_pair(env, goals, config.demo_index))
+    store = EpisodeStore.open(config.dataset)
+    if not 0 <= config.episode < store.num_episodes:
+        raise ValueError(f"--episode {config.episode} is out of range: {config.dataset} has {store.num_episodes}")
+    start, stop = store.episode_range(config.episode)
+    options: dict[str, Any] = {"sim_state": np.asarray(store.frames("sim_state", start, start + 1)[0])}
+    if "mug_instance" in store.episode_fields:
+        options["mug_instance"] = int(store.episode_meta("mug_instance")[config.episode])
+    actions = np.asarray(store.frames("action", start, stop - 1))
+    return record_demonstration(env, encoder, options, actions)
+
+
+class TrackingWorker:
+    """Builds the run's controller and the demonstration once per process; tracks from one start offset."""
+
+    def __init__(self, config: TrackConfig) -> None:
+        self.config = config
+        self.setup = control_setup(config.run, config.task, config.checkpoint, config.mpc)
+        self.demo = load_demonstration(config, self.setup.env, self.setup.encoder)
+
+    def __call__(self, item: tuple[int, tuple[float, float, float]]) -> dict[str, Any]:
+        index, (dx, dy, dyaw) = item
+        options = None if index == 0 else perturbed_start(self.demo, dx, dy, dyaw)
+        record = index == 0
+        setup = self.setup
+        seed = episode_seed(self.config.seed, index)
+        result = track(setup.env, setup.encoder, setup.controller, self.demo, seed, options, record)
+        if record:
+            write_video(result.frames, self.config.out / "videos" / "track.mp4", fps=5)
+        return {**result.row(), "index": index, "dx_cm": 100 * dx, "dy_cm": 100 * dy, "dyaw_deg": math.degrees(dyaw)}
+
+
+def figure7_cost(row: dict[str, Any]) -> float:
+    """The paper's figure 7 colour: final position error / 3 cm + final angle error / 30 degrees."""
+    return row["final_position_error_cm"] / 3.0 + row["final_angle_error_deg"] / 30.0
+
+
+def plot_region_of_attraction(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Two scatter panels (x offset vs yaw offset at y = 0; y offset vs yaw offset at x = 0), coloured by cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    costs = [figure7_cost(row) for row in rows]
+    vmax = max(2.0, max(costs))
+    scatter = None
+    for axis, along, other in ((axes[0], "dx_cm", "dy_cm"), (axes[1], "dy_cm", "dx_cm")):
+        chosen = [row for row in rows if abs(row[other]) < 1e-9]
+        scatter = axis.scatter(
+            [row[along] for row in chosen],
+            [row["dyaw_deg"] for row in chosen],
+            c=[figure7_cost(row) for row in chosen],
+            cmap="viridis",
+            vmin=0.0,
+            vmax=vmax,
+            s=120,
+            edgecolors=["red" if not _success(row) else "none" for row in chosen],
+        )
+        axis.set_xlabel(f"start offset {along[1]} (cm)")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("start yaw offset (deg)")
+    figure.suptitle("final error per start offset (red edge: not within 3 cm and 30 deg)")
+    figure.colorbar(scatter, ax=axes, label="position (cm) / 3 + angle (deg) / 30")
+    write_atomic(out, lambda p: figure.savefig(p, dpi=110, format=out.suffix.lstrip(".")))
+    plt.close(figure)
+    return out
+
+
+def _success(row: dict[str, Any]) -> bool:
+    return row["final_position_error_cm"] <= 3.0 and row["final_angle_error_deg"] <= 30.0
+
+
+def run_track(config: TrackConfig) -> dict[str, Any]:
+    """Track the demonstration from every start offset; write track.json, the plot and the video."""
+    if config.out.exists() and any(config.out.iterdir()):
+        raise ValueError(f"{config.out} already exists; pick a new --out")
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(config.out / "config.json", config.to_json())
+    items = list(enumerate(config.start_offsets()))
+    rows = sorted(run_parallel(TrackingWorker, config, items, config.workers), key=lambda row: row["index"])
+    perturbed = rows[1:]
+    summary = {
+        "demonstration_start": rows[0],
+        "runs": len(rows),
+        "success_rate": float(np.mean([_success(row) for row in rows])),
+        "mean_final_position_error_cm": float(np.mean([row["final_position_error_cm"] for row in rows])),
+        "mean_final_angle_error_deg": float(np.mean([row["final_angle_error_deg"] for row in rows])),
+    }
+    results = {"summary": summary, "config": config.to_json(), "runs": rows}
+    write_json_atomic(config.out / "track.json", results)
+    if perturbed:
+        plot_region_of_attraction(rows, config.out / "region_of_attraction.png")
+    return results

@@ -1,0 +1,93 @@
+"""Summaries, Markdown tables and plots of goal-reaching results (cm and degrees, as the paper reports)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keydyn.files import write_atomic
+
+
+def summarize(rows: Sequence[dict[str, Any]], success_cm: float = 3.0, success_deg: float = 30.0) -> dict[str, Any]:
+    """Mean and median final errors, the initial ('Avg. trajectory') errors and the success rate of episode rows.
+
+    A success ends within `success_cm` of the goal position and `success_deg` of its orientation.
+    """
+    if not rows:
+        raise ValueError("no episodes to summarise")
+
+    def stats(key: str) -> dict[str, float]:
+        values = np.array([row[key] for row in rows], dtype=float)
+        return {"mean": float(values.mean()), "median": float(np.median(values))}
+
+    successes = [
+        row["final_position_error_cm"] <= success_cm and row["final_angle_error_deg"] <= success_deg for row in rows
+    ]
+    return {
+        "episodes": len(rows),
+        "final_position_error_cm": stats("final_position_error_cm"),
+        "final_angle_error_deg": stats("final_angle_error_deg"),
+        "initial_position_error_cm": stats("initial_position_error_cm"),
+        "initial_angle_error_deg": stats("initial_angle_error_deg"),
+        "success_rate": float(np.mean(successes)),
+        "success_threshold": {"position_cm": success_cm, "angle_deg": success_deg},
+        "terminated_early": sum(bool(row["termination"]) for row in rows),
+        "mean_plan_time_s": float(np.mean([row["mean_plan_time_s"] for row in rows])),
+    }
+
+
+def markdown_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """A table like the paper's Table 1 from (label, summary) pairs, ending with the 'Avg. trajectory' row."""
+    header = (
+        "| method | position error (cm) mean | median | angle error (deg) mean | median | success | episodes |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for label, s in results:
+        p, a = s["final_position_error_cm"], s["final_angle_error_deg"]
+        threshold = s["success_threshold"]
+        lines.append(
+            f"| {label} | {p['mean']:.2f} | {p['median']:.2f} | {a['mean']:.2f} | {a['median']:.2f} | "
+            f"{100 * s['success_rate']:.0f}% (<= {threshold['position_cm']:g} cm, {threshold['angle_deg']:g} deg) "
+            f"| {s['episodes']} |"
+        )
+    first = results[0][1]
+    p, a = first["initial_position_error_cm"], first["initial_angle_error_deg"]
+    lines.append(f"| Avg. trajectory | {p['mean']:.2f} | {p['median']:.2f} | {a['mean']:.2f} | {a['median']:.2f} | | |")
+    return header + "\n".join(lines) + "\n"
+
+
+def plot_errors(rows: Sequence[dict[str, Any]], out: Path, title: str, success_cm: float, success_deg: float) -> Path:
+    """Save cumulative distributions of the final errors and final-versus-initial position error to `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    final_cm = np.sort([row["final_position_error_cm"] for row in rows])
+    final_deg = np.sort([row["final_angle_error_deg"] for row in rows])
+    fraction = np.arange(1, len(rows) + 1) / len(rows)
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for axis, values, threshold, unit in (
+        (axes[0], final_cm, success_cm, "final position error (cm)"),
+        (axes[1], final_deg, success_deg, "final angle error (deg)"),
+    ):
+        axis.step(values, fraction, where="post")
+        axis.axvline(threshold, color="grey", linestyle="--", linewidth=1)
+        axis.set_xlabel(unit)
+        axis.set_ylabel("fraction of episodes")
+        axis.set_ylim(0, 1.02)
+        axis.grid(alpha=0.3)
+    initial = [row["initial_position_error_cm"] for row in rows]
+    axes[2].scatter(initial, [row["final_position_error_cm"] for row in rows], s=10, alpha=0.7)
+    axes[2].set_xlabel("initial position error (cm)")
+    axes[2].set_ylabel("final position error (cm)")
+    axes[2].grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    write_atomic(out, lambda p: figure.savefig(p, dpi=110, format=out.suffix.lstrip(".")))
+    plt.close(figure)
+    return out

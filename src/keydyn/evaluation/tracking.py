@@ -1,0 +1,119 @@
+"""Trajectory tracking (one-shot imitation, paper section 4.4 / 10.2) and its region of attraction (figure 7).
+
+A demonstration is one recorded episode: its observed latents z*_0..z*_T. The controller tracks it with the
+cost sum_t ||z_obj(t) - z*_obj(t)||^2 over a fixed MPC window (padded with the demonstration's last latent),
+for as many steps as the demonstration has. The region-of-attraction study starts the object from the
+demonstration's start pose offset in x, y and yaw and scores each run's final pose against the demonstration's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from keydyn.control.costs import tracking_cost
+from keydyn.control.encoders import LatentEncoder
+from keydyn.control.mpc import MPCController
+from keydyn.evaluation.episodes import EpisodeResult, run_closed_loop
+from keydyn.evaluation.goals import GoalPair
+from keydyn.sim.env import PushingEnv, object_yaw
+
+
+@dataclass
+class Demonstration:
+    """A recorded episode to imitate.
+
+    reset_options: `env.reset` options that restore its start.
+    actions: (T, 2) pusher velocities, m/s. latents: (T + 1, D) observed latents.
+    positions: (T + 1, 3) true object positions, metres; quaternions: (T + 1, 4) (w, x, y, z).
+    """
+
+    reset_options: dict[str, Any]
+    actions: np.ndarray
+    latents: np.ndarray
+    positions: np.ndarray
+    quaternions: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        return len(self.actions)
+
+    def reference(self, t: int, horizon: int, keypoint_dim: int) -> np.ndarray:
+        """(H, 3K) object keypoints z*_{t+1..t+H}, repeating the last one past the end."""
+        indices = np.minimum(np.arange(t + 1, t + 1 + horizon), self.steps)
+        return self.latents[indices, :keypoint_dim]
+
+
+def record_demonstration(
+    env: PushingEnv, encoder: LatentEncoder, reset_options: dict[str, Any], actions: np.ndarray
+) -> Demonstration:
+    """Replay (T, 2) `actions` from the start `reset_options` restores, recording latents and true poses."""
+    observation, info = env.reset(options=reset_options)
+    encoder.reset(observation, info)
+    latents, positions, quaternions = [encoder.encode(observation, info)], [info["object_position"]], []
+    quaternions.append(info["object_quaternion"])
+    for action in actions:
+        observation, _, terminated, _, info = env.step(action)
+        latents.append(encoder.encode(observation, info))
+        positions.append(info["object_position"])
+        quaternions.append(info["object_quaternion"])
+        if terminated:
+            raise ValueError(f"the demonstration left the task ({info.get('termination')}); choose another one")
+    return Demonstration(
+        reset_options, np.asarray(actions), np.stack(latents), np.stack(positions), np.stack(quaternions)
+    )
+
+
+def pair_demonstration(env: PushingEnv, encoder: LatentEncoder, pair: GoalPair) -> Demonstration:
+    """The constant push that made a start/goal pair, as a demonstration (the original code's N-step push)."""
+    actions = np.repeat(np.asarray(pair.push_velocity)[None], pair.push_steps, axis=0)
+    return record_demonstration(env, encoder, pair.reset_options(pair.start_state), actions)
+
+
+def perturbed_start(demo: Demonstration, dx: float, dy: float, dyaw: float) -> dict[str, Any]:
+    """Reset options placing the object at the demonstration's start offset by (dx, dy) metres and dyaw radians,
+    the pusher where it started (the scene then settles)."""
+    start_xy = demo.positions[0, :2]
+    options = {k: v for k, v in demo.reset_options.items() if k != "sim_state"}
+    pusher_xy = demo.latents[0, -2:].astype(np.float64)
+    yaw = object_yaw(demo.quaternions[0]) + dyaw
+    options["start"] = {"object_xy": start_xy + np.array([dx, dy]), "object_yaw": yaw, "pusher_xy": pusher_xy}
+    return options
+
+
+def track(
+    env: PushingEnv,
+    encoder: LatentEncoder,
+    controller: MPCController,
+    demo: Demonstration,
+    seed: int,
+    reset_options: dict[str, Any] | None = None,
+    record: bool = False,
+) -> EpisodeResult:
+    """Track `demo` from its start (or from `reset_options`) for demo.steps steps with a fixed MPC window.
+
+    Errors are against the demonstration's final pose: `initial_*` of the start, `final_*` of the end.
+    """
+    keypoint_dim = encoder.layout.keypoint_dim
+
+    def make_cost(t: int, horizon: int):
+        reference = torch.as_tensor(demo.reference(t, horizon, keypoint_dim), device=controller.device)
+        return tracking_cost(reference, controller.keypoints, controller.config.cost_scale)
+
+    layout = encoder.layout
+    target = (lambda t: layout.keypoints(demo.latents[min(t, demo.steps)])) if record else None
+    run = run_closed_loop(
+        env,
+        encoder,
+        controller,
+        demo.reset_options if reset_options is None else reset_options,
+        make_cost,
+        demo.steps,
+        seed,
+        target,
+        shrinking=False,
+    )
+    return run.result(0, demo.positions[-1], demo.quaternions[-1])

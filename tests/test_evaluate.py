@@ -1,0 +1,114 @@
+"""Goal-reaching evaluation and trajectory tracking, end to end through the CLI with the real simulator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from keydyn.cli import main
+from keydyn.control.run import load_run
+from keydyn.evaluation.goals import GoalPairConfig, goal_pair
+from keydyn.evaluation.report import summarize
+from keydyn.evaluation.tracking import pair_demonstration, perturbed_start
+from keydyn.sim.env import PushingEnv, object_yaw
+
+FAST_MPC = ["--mpc.mppi.num-samples", "64", "--mpc.mppi.iterations", "2", "--mpc.grid-headings", "36"]
+
+
+def rows(path) -> list[dict]:
+    """Episode rows with executed actions, sorted by episode, without wall-clock times."""
+    lines = [json.loads(line) for line in (path / "episodes.jsonl").read_text().splitlines()]
+    return sorted(
+        ({k: v for k, v in row.items() if k != "mean_plan_time_s"} for row in lines), key=lambda r: r["index"]
+    )
+
+
+def test_cli_collect_train_evaluate_end_to_end(tmp_path):
+    data, run, out = tmp_path / "data", tmp_path / "run", tmp_path / "eval"
+    assert main(["collect", "--out", str(data), "--episodes", "4", "--steps", "14", "--width", "64",
+                 "--height", "48", "--workers", "1", "--no-progress"]) == 0  # fmt: skip
+    assert main(["train-dynamics", "--dataset", str(data), "--out", str(run), "--epochs", "2", "--horizon", "5",
+                 "--hidden", "32", "32", "--no-progress"]) == 0  # fmt: skip
+    args = ["evaluate", "--run", str(run), "--out", str(out), "--episodes", "2", "--workers", "1", "--videos", "1"]
+    assert main([*args, *FAST_MPC, "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "top_down" and results["latent"] == "gt3d"
+    assert [row["index"] for row in results["episodes"]] == [0, 1]
+    assert [row["push_steps"] for row in results["episodes"]] == [10, 15]
+    for row in results["episodes"]:  # MPC runs as many steps as the pair's push, unless the episode ends early
+        assert row["steps"] == row["push_steps"] or (row["termination"] and row["steps"] < row["push_steps"])
+    for row in results["episodes"]:
+        assert np.isfinite(row["final_position_error_cm"]) and 0 <= row["final_angle_error_deg"] <= 180
+        assert row["initial_position_error_cm"] >= 5 or row["initial_angle_error_deg"] >= 15
+    summary = results["summary"]
+    assert summary["episodes"] == 2 and 0.0 <= summary["success_rate"] <= 1.0
+    assert "| GT 3D (MPPI) |" in (out / "results.md").read_text()
+    assert "| Avg. trajectory |" in (out / "results.md").read_text()
+    assert (out / "errors.png").stat().st_size > 0
+    assert (out / "videos" / "episode_000.mp4").stat().st_size > 0
+    assert not (out / "videos" / "episode_001.mp4").exists()
+
+
+def test_results_do_not_depend_on_worker_count_and_resume_continues(small_run, tmp_path):
+    base = ["evaluate", "--run", str(small_run), "--videos", "0", *FAST_MPC, "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "pool"), "--episodes", "3", "--workers", "2"]) == 0
+    assert main([*base, "--out", str(tmp_path / "inline"), "--episodes", "2", "--workers", "0"]) == 0
+    pool, inline = rows(tmp_path / "pool"), rows(tmp_path / "inline")
+    assert pool[:2] == inline  # the same actions and errors, bit for bit
+    # An evaluation cut short resumes: it keeps the finished episodes and runs only the missing ones.
+    episodes_log = tmp_path / "inline" / "episodes.jsonl"
+    episodes_log.write_text(episodes_log.read_text() + '{"index": 7, "fin')  # a torn last line
+    assert main([*base, "--out", str(tmp_path / "inline"), "--episodes", "3", "--workers", "0", "--resume"]) == 0
+    assert rows(tmp_path / "inline") == pool
+    assert main([*base, "--out", str(tmp_path / "inline"), "--episodes", "3", "--workers", "0"]) == 2  # exists
+    other = [*base, "--out", str(tmp_path / "inline"), "--episodes", "3", "--resume", "--seed", "1"]
+    assert main(other) == 2  # different settings cannot resume
+
+
+def test_summary_and_success_thresholds():
+    episodes = [
+        {"final_position_error_cm": 1.0, "final_angle_error_deg": 10.0, "initial_position_error_cm": 10.0,
+         "initial_angle_error_deg": 20.0, "termination": "", "mean_plan_time_s": 0.1},
+        {"final_position_error_cm": 4.0, "final_angle_error_deg": 5.0, "initial_position_error_cm": 12.0,
+         "initial_angle_error_deg": 40.0, "termination": "out_of_bounds", "mean_plan_time_s": 0.1},
+        {"final_position_error_cm": 2.0, "final_angle_error_deg": 31.0, "initial_position_error_cm": 14.0,
+         "initial_angle_error_deg": 30.0, "termination": "", "mean_plan_time_s": 0.1},
+    ]  # fmt: skip
+    summary = summarize(episodes, success_cm=3.0, success_deg=30.0)
+    assert summary["success_rate"] == pytest.approx(1 / 3)
+    assert summary["final_position_error_cm"] == {"mean": pytest.approx(7 / 3), "median": 2.0}
+    assert summary["initial_angle_error_deg"]["mean"] == pytest.approx(30.0)
+    assert summary["terminated_early"] == 1
+    with pytest.raises(ValueError, match="no episodes"):
+        summarize([])
+
+
+def test_demonstration_replays_its_pair_and_offsets_move_the_start(small_run):
+    trained = load_run(small_run)
+    env = PushingEnv(trained.task, images=False)
+    pair = goal_pair(env, GoalPairConfig(push_steps=(15,)), 0)
+    demo = pair_demonstration(env, trained.encoder, pair)
+    assert demo.steps == 15 and demo.latents.shape == (16, 14)
+    np.testing.assert_array_equal(demo.positions[-1], pair.goal_position)  # the replay is exact
+    reference = demo.reference(12, 5, 12)
+    np.testing.assert_array_equal(reference[3:], demo.latents[[15, 15], :12])  # padded with the last latent
+    env.reset(options=perturbed_start(demo, 0.03, -0.02, np.radians(20)))
+    position, quaternion = env.object_pose()
+    np.testing.assert_allclose(position[:2], demo.positions[0, :2] + [0.03, -0.02], atol=2e-3)
+    turned = (object_yaw(quaternion) - object_yaw(demo.quaternions[0]) + np.pi) % (2 * np.pi) - np.pi
+    assert np.degrees(turned) == pytest.approx(20.0, abs=1.0)
+    env.close()
+
+
+def test_cli_track_writes_region_of_attraction(small_run, tmp_path):
+    out = tmp_path / "track"
+    args = ["track", "--run", str(small_run), "--out", str(out), "--demo-steps", "6", "--workers", "0"]
+    assert main([*args, "--offsets-cm", "0", "3", "--yaw-offsets-deg", "0", "30", *FAST_MPC]) == 0
+    track = json.loads((out / "track.json").read_text())
+    offsets = {(r["dx_cm"], r["dy_cm"], round(r["dyaw_deg"])) for r in track["runs"]}
+    assert offsets == {(0, 0, 0), (3, 0, 0), (0, 3, 0), (0, 0, 30), (3, 0, 30), (0, 3, 30)}
+    assert all(r["steps"] == 6 or (r["termination"] and r["steps"] < 6) for r in track["runs"])
+    assert (out / "region_of_attraction.png").stat().st_size > 0
+    assert (out / "videos" / "track.mp4").stat().st_size > 0
