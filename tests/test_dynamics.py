@@ -280,7 +280,7 @@ def test_clear_errors(small_dataset, tmp_path):
         train_dynamics(_config(small_dataset, run, epochs=1, hidden=(8,)))
     with pytest.raises(ValueError, match="hidden"):
         train_dynamics(_config(small_dataset, run, epochs=2, hidden=(16,), resume=True))
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train_dynamics(_config(small_dataset, tmp_path / "d", resume=True))
     with pytest.raises(FileNotFoundError, match="no best checkpoint"):
         load_dynamics(tmp_path / "nothing")

@@ -4,6 +4,7 @@ keydyn collect --task top_down --episodes 500 --steps 40 --out data/top_down --w
 keydyn dataset info data/top_down [--json]
 keydyn dataset video data/top_down --episode 0 --out episode0.mp4
 keydyn train-dynamics --dataset data/top_down --out runs/gt3d_top_down
+keydyn train-visual --dataset data/top_down --out runs/descriptors_top_down
 keydyn evaluate --run runs/gt3d_top_down --episodes 200 --out eval/gt3d_top_down
 keydyn track --run runs/gt3d_top_down --out track/gt3d_top_down
 keydyn preview --task angled --out angled.png
@@ -23,10 +24,12 @@ import tyro
 from keydyn.data.collect import CollectConfig, collect
 from keydyn.data.inspect import dataset_summary, format_summary, write_episode_video
 from keydyn.data.store import EpisodeStore, StoreError
+from keydyn.demo import DemoConfig, run_demo
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.imitation import TrackConfig, run_track
 from keydyn.sim.preview import write_task_picture
+from keydyn.vision.train import TrainVisualConfig, train_visual
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,14 @@ class TrainDynamics(TrainDynamicsConfig):
 
 
 @dataclass(frozen=True)
+class TrainVisual(TrainVisualConfig):
+    """Train a dense descriptor network (heatmap + spatial expectation losses) on a dataset's camera views."""
+
+    def execute(self) -> None:
+        print(f"wrote {train_visual(self)}")
+
+
+@dataclass(frozen=True)
 class Evaluate(EvaluateConfig):
     """Goal reaching with MPC on fixed start/goal pairs: results.json, results.md, plots and videos."""
 
@@ -126,39 +137,20 @@ class Preview:
 
 
 @dataclass(frozen=True)
-class Demo:
-    """The pipeline on CPU-friendly defaults: collect a small dataset and write a video and a summary."""
-
-    out: Path = Path("demo_out")
-    task: str = "top_down"
-    episodes: int = 8
-    steps: int = 40
-    workers: int = 2
-    seed: int = 0
+class Demo(DemoConfig):
+    """The pipeline on CPU-friendly defaults: collect, train GT 3D dynamics, drive the object to goals with MPC."""
 
     def execute(self) -> None:
-        dataset = self.out / "dataset"
-        config = CollectConfig(
-            out=dataset,
-            task=self.task,
-            episodes=self.episodes,
-            steps=self.steps,
-            workers=self.workers,
-            seed=self.seed,
-            resume=dataset.exists(),
-        )
-        store = collect(config)
-        summary = dataset_summary(store)
-        (self.out / "dataset_info.json").write_text(json.dumps(summary, indent=2))
-        video = write_episode_video(store, 0, self.out / "episode_0.mp4")
-        print(format_summary(summary))
-        print(f"wrote {video} and {self.out / 'dataset_info.json'}")
+        run_demo(self)
+        print((self.out / "goal_reaching" / "results.md").read_text())
+        print(f"wrote {self.out}: dataset/, dynamics/, goal_reaching/ (results, errors.png, videos/)")
 
 
 Command = (
     Annotated[Collect, tyro.conf.subcommand("collect")]
     | Annotated[Dataset, tyro.conf.subcommand("dataset")]
     | Annotated[TrainDynamics, tyro.conf.subcommand("train-dynamics")]
+    | Annotated[TrainVisual, tyro.conf.subcommand("train-visual")]
     | Annotated[Evaluate, tyro.conf.subcommand("evaluate")]
     | Annotated[Track, tyro.conf.subcommand("track")]
     | Annotated[Preview, tyro.conf.subcommand("preview")]

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from keydyn.dynamics.model import DynamicsMLP
-from keydyn.dynamics.train import resolve_device
 from keydyn.planning import (
     CEM,
     MPPI,
@@ -33,6 +32,7 @@ from keydyn.planning import (
     rollout,
 )
 from keydyn.planning.base import Cost, Dynamics
+from keydyn.runs import resolve_device
 
 
 @dataclass(frozen=True)

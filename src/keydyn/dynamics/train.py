@@ -27,12 +27,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from keydyn.data.store import EpisodeStore
 from keydyn.dynamics.augment import augment_windows
 from keydyn.dynamics.latent import LatentLayout, ground_truth_latents, store_task
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.dynamics.windows import WindowSet, make_windows, split_episodes
 from keydyn.files import read_lines, write_atomic, write_json_atomic, write_lines_atomic
+from keydyn.runs import checkpoint_paths, load_training_state, open_dataset, resolve_device, resumed_checkpoint
 
 _RESUMABLE_FIELDS = ("epochs", "resume", "progress", "device")  # may differ between a run and its resumption
 
@@ -90,26 +90,19 @@ class TrainDynamicsConfig:
                 f"need --lr > 0, 0 < --lr-decay <= 1 and --lr-decay-epochs >= 0; got {self.lr}, {self.lr_decay}, "
                 f"{self.lr_decay_epochs}"
             )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
     def learning_rate(self, epoch: int) -> float:
         """The step-decayed learning rate of (1-based) `epoch`; a function of the epoch, so resuming needs no state."""
         if self.lr_decay_epochs == 0:
             return self.lr
         return self.lr * self.lr_decay ** ((epoch - 1) // self.lr_decay_epochs)
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["dataset"], values["out"], values["hidden"] = str(self.dataset), str(self.out), list(self.hidden)
         return values
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # -- atomic files ---------------------------------------------------------------------------------------
@@ -120,12 +113,6 @@ def save_model_atomic(path: Path, model: DynamicsMLP, epoch: int) -> None:
 
 
 # -- data -----------------------------------------------------------------------------------------------
-def open_dataset(path: Path) -> EpisodeStore:
-    if not path.exists():
-        raise FileNotFoundError(f"dataset {path} does not exist; collect one with `keydyn collect --out {path}`")
-    return EpisodeStore.open(path)
-
-
 def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
     """(train, validation) windows of GT 3D latents, split by episode.
 
@@ -264,50 +251,17 @@ def load_dynamics(run_dir: str | Path, which: Literal["best", "last"] = "best", 
         FileNotFoundError: the run directory or its checkpoint is missing.
     """
     run_dir = Path(run_dir)
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    info_path, weights_path = run_dir / f"{which}.json", run_dir / f"{which}.safetensors"
-    if not info_path.exists() or not weights_path.exists():
-        raise FileNotFoundError(
-            f"{run_dir} has no {which} checkpoint ({info_path.name}, {weights_path.name}); train one with "
-            "keydyn.dynamics.train_dynamics or pass another run directory"
-        )
+    info_path, weights_path = checkpoint_paths(run_dir, which, "keydyn.dynamics.train_dynamics")
     config = json.loads(info_path.read_text())["model"]
     model = DynamicsMLP(config["latent_dim"], config["history"], config["hidden"])
     model.load_state_dict(load_file(str(weights_path)))
     return model.to(device).eval()
 
 
-def _prepare_run_dir(config: TrainDynamicsConfig) -> dict | None:
-    """Check `out` against `resume`; return the last checkpoint's info when resuming."""
-    out = config.out
-    if not config.resume:
-        if out.exists() and any(out.iterdir()):
-            raise ValueError(
-                f"{out} already exists; pass resume=True (--resume) to continue that run, or pick a new out"
-            )
-        out.mkdir(parents=True, exist_ok=True)
-        return None
-    if not (out / "last.json").exists():
-        raise FileNotFoundError(f"--resume given but {out} holds no checkpoint (last.json); drop --resume to start")
-    stored = json.loads((out / "config.json").read_text())
-    current = config.to_json()
-    different = sorted(k for k in current if k not in _RESUMABLE_FIELDS and stored.get(k) != current[k])
-    if different:
-        raise ValueError(
-            f"cannot resume {out}: its {', '.join(different)} differ from this run's; resume with the original "
-            "settings (only epochs, device and progress may change) or train into a new out"
-        )
-    return json.loads((out / "last.json").read_text())
-
-
 def _restore(
     out: Path, info: dict, model: DynamicsMLP, optimizer: torch.optim.Optimizer, generator: torch.Generator
 ) -> None:
-    epoch = info["epoch"]
-    state = torch.load(out / "last_optim.pt", map_location="cpu", weights_only=True)
-    if state["epoch"] != epoch:
-        raise ValueError(f"{out}: last_optim.pt is of epoch {state['epoch']} but last.json of {epoch}; corrupt run")
+    state = load_training_state(out, info, "epoch")
     model.load_state_dict(load_file(str(out / "last.safetensors")))
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
@@ -315,7 +269,7 @@ def _restore(
 
 def train_dynamics(config: TrainDynamicsConfig) -> Path:
     """Train (or resume) a dynamics model; returns the run directory `config.out`."""
-    resumed = _prepare_run_dir(config)
+    resumed = resumed_checkpoint(config.out, config.resume, config.to_json(), _RESUMABLE_FIELDS)
     train, val = load_windows(config)
     device = resolve_device(config.device)
     model = build_model(config, train)

@@ -31,6 +31,7 @@ from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
 from keydyn.files import read_lines, write_json_atomic, write_text_atomic
+from keydyn.runs import prepare_run_dir
 from keydyn.video import write_video
 
 _RESUMABLE_FIELDS = ("episodes", "workers", "resume", "progress", "videos")
@@ -104,25 +105,11 @@ class GoalReachingWorker:
 
 def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
     """Create the output directory, or check it against a resumed one; return the episodes already done."""
-    out = config.out
-    if not config.resume:
-        if out.exists() and any(out.iterdir()):
-            raise ValueError(f"{out} already exists; pass --resume to continue that evaluation, or pick a new --out")
-        out.mkdir(parents=True, exist_ok=True)
+    if not prepare_run_dir(config.out, config.resume, config.to_json(), _RESUMABLE_FIELDS, "config.json"):
         return []
-    if not (out / "config.json").exists():
-        raise FileNotFoundError(f"--resume given but {out} holds no evaluation (config.json); drop --resume")
-    stored = json.loads((out / "config.json").read_text())
-    current = json.loads(json.dumps(config.to_json()))  # tuples compare as the lists JSON stores
-    different = sorted(k for k in current if k not in _RESUMABLE_FIELDS and stored.get(k) != current[k])
-    if different:
-        raise ValueError(
-            f"cannot resume {out}: its {', '.join(different)} differ; resume with the same settings "
-            f"(only {', '.join(_RESUMABLE_FIELDS)} may change) or evaluate into a new --out"
-        )
-    rows = read_lines(out / "episodes.jsonl")
+    rows = read_lines(config.out / "episodes.jsonl")
     # Rewrite without a torn last line so that appends start on a fresh line.
-    write_text_atomic(out / "episodes.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_text_atomic(config.out / "episodes.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     return rows
 
 

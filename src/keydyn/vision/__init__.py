@@ -3,7 +3,8 @@
 The pieces of the paper's perception (section 3.2, appendix 6): `correspondence` finds training matches
 between RGB-D views from depth and camera poses; `network` maps images to descriptor images; `losses` are the
 heatmap and spatial-expectation losses; `keypoints` turns descriptor images and reference descriptors into
-3D keypoints with confidences and selects the Spatial Descriptor Set.
+3D keypoints with confidences and selects the Spatial Descriptor Set; `pairs` draws training pairs of views,
+`train` trains a network on them (`keydyn train-visual`) and `pictures` draws what it learnt.
 """
 
 from keydyn.vision.augment import AugmentConfig, jitter_colour, randomise_background
@@ -25,6 +26,9 @@ from keydyn.vision.keypoints import (
 )
 from keydyn.vision.losses import DescriptorLossConfig, DescriptorLosses, descriptor_losses, target_heatmap
 from keydyn.vision.network import DescriptorNet, DescriptorNetConfig, rgb_to_tensor
+from keydyn.vision.pairs import Pair, PairBatch, PairConfig, PairSampler, stack_pairs
+from keydyn.vision.pictures import descriptor_colours, write_descriptor_picture, write_heatmap_picture
+from keydyn.vision.train import TrainVisualConfig, load_descriptor_net, train_visual
 from keydyn.vision.views import RGBDView, load_view
 
 __all__ = [
@@ -38,12 +42,19 @@ __all__ = [
     "DescriptorNetConfig",
     "Keypoints",
     "MatchBatch",
+    "Pair",
+    "PairBatch",
+    "PairConfig",
+    "PairSampler",
     "RGBDView",
+    "TrainVisualConfig",
     "depth_expectation",
+    "descriptor_colours",
     "descriptor_logits",
     "descriptor_losses",
     "find_correspondences",
     "jitter_colour",
+    "load_descriptor_net",
     "load_view",
     "locate_keypoints",
     "randomise_background",
@@ -54,5 +65,9 @@ __all__ = [
     "select_spatial_descriptors",
     "spatial_expectation",
     "stack_correspondences",
+    "stack_pairs",
     "target_heatmap",
+    "train_visual",
+    "write_descriptor_picture",
+    "write_heatmap_picture",
 ]

@@ -1,0 +1,88 @@
+"""What every run directory shares: creating it or checking it for --resume, the device, the dataset it reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from keydyn.data.store import EpisodeStore
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" -> cuda when available, else cpu; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def open_dataset(path: Path) -> EpisodeStore:
+    """Open a dataset for reading, with an error that says how to make one when it is missing."""
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {path} does not exist; collect one with `keydyn collect --out {path}`")
+    return EpisodeStore.open(path)
+
+
+def prepare_run_dir(
+    out: Path, resume: bool, settings: dict[str, Any], may_change: tuple[str, ...], marker: str
+) -> bool:
+    """Create `out` for a new run, or check that a run there can be resumed with `settings`.
+
+    settings: the run's config as JSON values, compared with the config.json stored in `out` on resume.
+    may_change: settings that may differ between a run and its resumption.
+    marker: the file whose presence shows there is something to resume (e.g. "last.json").
+    Returns True when resuming.
+
+    Raises:
+        ValueError: `out` holds files and resume is off, or settings outside `may_change` differ.
+        FileNotFoundError: resume is on but `out` has no `marker`.
+    """
+    if not resume:
+        if out.exists() and any(out.iterdir()):
+            raise ValueError(f"{out} already exists; pass --resume to continue that run, or pick a new --out")
+        out.mkdir(parents=True, exist_ok=True)
+        return False
+    if not (out / marker).exists() or not (out / "config.json").exists():
+        raise FileNotFoundError(f"--resume given but {out} holds nothing to resume ({marker}); drop --resume to start")
+    stored = json.loads((out / "config.json").read_text())
+    current = json.loads(json.dumps(settings))  # tuples compare as the lists JSON stores
+    different = sorted(name for name in current if name not in may_change and stored.get(name) != current[name])
+    if different:
+        raise ValueError(
+            f"cannot resume {out}: its {', '.join(different)} differ from this run's; resume with the original "
+            f"settings (only {', '.join(may_change)} may change) or write to a new --out"
+        )
+    return True
+
+
+def resumed_checkpoint(out: Path, resume: bool, settings: dict[str, Any], may_change: tuple[str, ...]) -> dict | None:
+    """For a trainer: prepare `out` (see prepare_run_dir) and return its last.json when resuming, else None."""
+    if prepare_run_dir(out, resume, settings, may_change, "last.json"):
+        return json.loads((out / "last.json").read_text())
+    return None
+
+
+def load_training_state(out: Path, info: dict, counter: str) -> dict:
+    """The optimizer/generator state saved beside last.json (last_optim.pt), checked to be of the same `counter`
+    value ("epoch" or "step") as `info`, the last.json it belongs to."""
+    state = torch.load(out / "last_optim.pt", map_location="cpu", weights_only=True)
+    if state[counter] != info[counter]:
+        raise ValueError(
+            f"{out}: last_optim.pt is of {counter} {state[counter]} but last.json of {info[counter]}; corrupt run"
+        )
+    return state
+
+
+def checkpoint_paths(run_dir: Path, which: str, how_to_train: str) -> tuple[Path, Path]:
+    """(which.json, which.safetensors) of a run; FileNotFoundError naming `how_to_train` when missing."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    info_path, weights_path = run_dir / f"{which}.json", run_dir / f"{which}.safetensors"
+    if not info_path.exists() or not weights_path.exists():
+        raise FileNotFoundError(
+            f"{run_dir} has no {which} checkpoint ({info_path.name}, {weights_path.name}); train one with "
+            f"{how_to_train} or pass another run directory"
+        )
+    return info_path, weights_path

@@ -1,0 +1,201 @@
+"""Training pairs for descriptor networks: two RGB-D views of one episode and their true pixel matches.
+
+Two kinds of pair:
+
+- cross-view (the original code's only kind): two different cameras at the same frame, matched through
+  depth and the camera poses;
+- across-time: one camera at two frames of the same episode, matched by carrying the points with the
+  object's true pose (`CorrespondenceConfig.follow_object`); they show the object under its own motion and
+  need only one camera.
+
+Every draw (frame, cameras, kind, matched pixels) comes from one CPU `torch.Generator`, so a seed fixes the
+pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from keydyn.data.store import EpisodeStore
+from keydyn.vision.correspondence import (
+    CorrespondenceConfig,
+    Correspondences,
+    MatchBatch,
+    find_correspondences,
+    stack_correspondences,
+)
+from keydyn.vision.network import rgb_to_tensor
+from keydyn.vision.views import RGBDView, load_view
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """How training pairs are drawn and matched.
+
+    Attributes:
+        num_matches: N, matches per pair used by the losses (original code: 50).
+        num_samples: object pixels of view A tried per pair (original code: 2 N); fewer survive the checks.
+        min_matches: a pair with fewer matches is replaced by a fresh draw (the original skipped batches with
+            fewer than 10).
+        attempts: draws per pair before giving up with an error (every draw had too few matches).
+        time_fraction: fraction of pairs taken across time (one camera, two frames of an episode, matched
+            through the object's pose); 0 gives only cross-view pairs (original code), 1 only across-time
+            pairs (works with a single camera).
+        correspondence: the match checks; `follow_object` is switched on for across-time pairs whatever its
+            value here.
+    """
+
+    num_matches: int = 50
+    num_samples: int = 100
+    min_matches: int = 10
+    attempts: int = 50
+    time_fraction: float = 0.0
+    correspondence: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_matches <= self.num_matches <= self.num_samples:
+            raise ValueError(
+                "need 1 <= --pairs.min-matches <= --pairs.num-matches <= --pairs.num-samples; got "
+                f"{self.min_matches}, {self.num_matches}, {self.num_samples}"
+            )
+        if self.attempts < 1 or not 0.0 <= self.time_fraction <= 1.0:
+            raise ValueError(
+                f"need --pairs.attempts >= 1 and 0 <= --pairs.time-fraction <= 1; got {self.attempts}, "
+                f"{self.time_fraction}"
+            )
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two views and the matches from A into B (see `Correspondences`)."""
+
+    view_a: RGBDView
+    view_b: RGBDView
+    matches: Correspondences
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """B pairs stacked for the network, the losses and the validation metrics.
+
+    Attributes:
+        rgb: (2B, 3, H, W) float32 RGB in [0, 1]: the B images of side A, then the B images of side B.
+        mask: (2B, H, W) bool object masks in the same order.
+        depth_b: (B, H, W) float32 z-depth of the B images, metres (0 or non-finite where unknown).
+        matches: N padded matches per pair.
+        points_b: (B, N, 3) float64 true world points of the matches at B's moment, metres (0 for padding).
+        intrinsics_b: (B, 3, 3) float64 K of the B images, pixels.
+        T_world_camera_b: (B, 4, 4) float64 poses of the B cameras, metres.
+    """
+
+    rgb: torch.Tensor
+    mask: torch.Tensor
+    depth_b: torch.Tensor
+    matches: MatchBatch
+    points_b: torch.Tensor
+    intrinsics_b: torch.Tensor
+    T_world_camera_b: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.depth_b.shape[0])
+
+    def to(self, device: torch.device | str) -> PairBatch:
+        return PairBatch(*(value.to(device) for value in vars(self).values()))
+
+
+def stack_pairs(pairs: list[Pair], num_matches: int) -> PairBatch:
+    """Stack pairs (all of one image size) into a batch, padding or cutting each to `num_matches` matches."""
+    points = torch.zeros((len(pairs), num_matches, 3), dtype=torch.float64)
+    for index, pair in enumerate(pairs):
+        kept = pair.matches.points_world[:num_matches]
+        points[index, : len(kept)] = kept
+    views = [pair.view_a for pair in pairs] + [pair.view_b for pair in pairs]
+    return PairBatch(
+        rgb=rgb_to_tensor(torch.stack([view.rgb for view in views])),
+        mask=torch.stack([view.mask for view in views]),
+        depth_b=torch.stack([pair.view_b.depth for pair in pairs]),
+        matches=stack_correspondences([pair.matches for pair in pairs], num_matches),
+        points_b=points,
+        intrinsics_b=torch.stack([pair.view_b.intrinsics for pair in pairs]),
+        T_world_camera_b=torch.stack([pair.view_b.T_world_camera for pair in pairs]),
+    )
+
+
+class PairSampler:
+    """Draws pairs from the frames of some episodes of a store.
+
+    Args:
+        store: the dataset.
+        episodes: (E,) indices of the episodes to draw from (e.g. the training split).
+        config: pair kinds and match settings.
+
+    Raises:
+        ValueError: no episodes, or cross-view pairs asked for (time_fraction < 1) from a single camera.
+    """
+
+    def __init__(self, store: EpisodeStore, episodes: np.ndarray, config: PairConfig) -> None:
+        self.store = store
+        self.config = config
+        self.cameras = list(store.attrs["cameras"])
+        if len(episodes) == 0:
+            raise ValueError(f"no episodes to draw pairs from in {store.path}; collect more episodes")
+        if config.time_fraction < 1.0 and len(self.cameras) < 2:
+            raise ValueError(
+                f"{store.path} has a single camera ({', '.join(self.cameras)}) but cross-view pairs need two; "
+                "collect with a two-camera task, or set --pairs.time-fraction 1 to match one camera's frames "
+                "across time"
+            )
+        ranges = [store.episode_range(int(episode)) for episode in episodes]
+        self._starts = torch.tensor([start for start, _ in ranges])
+        self._lengths = torch.tensor([stop - start for start, stop in ranges])
+        self._offsets = torch.cumsum(self._lengths, 0) - self._lengths  # first sampler index of each episode
+        self._across_time = dataclasses.replace(config.correspondence, follow_object=True)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self._lengths.sum())
+
+    def _draw(self, generator: torch.Generator) -> Pair:
+        """One pair, whatever its number of matches."""
+        index = int(torch.randint(self.num_frames, (1,), generator=generator))
+        episode = int(torch.searchsorted(self._offsets, torch.tensor(index), right=True)) - 1
+        start, length = int(self._starts[episode]), int(self._lengths[episode])
+        frame_a = start + index - int(self._offsets[episode])
+        across_time = bool(torch.rand(1, generator=generator) < self.config.time_fraction)
+        if across_time:
+            camera_a = camera_b = self.cameras[int(torch.randint(len(self.cameras), (1,), generator=generator))]
+            shift = int(torch.randint(1, max(length, 2), (1,), generator=generator))  # another frame if any
+            frame_b = start + (frame_a - start + shift) % length
+            checks = self._across_time
+        else:
+            first, second = torch.randperm(len(self.cameras), generator=generator)[:2].tolist()
+            camera_a, camera_b, frame_b = self.cameras[first], self.cameras[second], frame_a
+            checks = self.config.correspondence
+        view_a = load_view(self.store, camera_a, frame_a)
+        view_b = load_view(self.store, camera_b, frame_b)
+        matches = find_correspondences(view_a, view_b, self.config.num_samples, generator, checks)
+        return Pair(view_a, view_b, matches)
+
+    def sample(self, generator: torch.Generator) -> Pair:
+        """A pair with at least `min_matches` matches.
+
+        Raises:
+            ValueError: `attempts` draws in a row had too few matches.
+        """
+        for _ in range(self.config.attempts):
+            pair = self._draw(generator)
+            if len(pair.matches) >= self.config.min_matches:
+                return pair
+        raise ValueError(
+            f"{self.config.attempts} pairs drawn from {self.store.path} in a row had fewer than "
+            f"{self.config.min_matches} matches; is the object in view of the cameras? Lower --pairs.min-matches "
+            "or raise --pairs.num-samples"
+        )
+
+    def sample_batch(self, size: int, generator: torch.Generator) -> PairBatch:
+        """`size` pairs stacked, each padded or cut to `num_matches` matches."""
+        return stack_pairs([self.sample(generator) for _ in range(size)], self.config.num_matches)

@@ -1,0 +1,357 @@
+"""Training of the dense descriptor network on pairs of RGB-D views (paper appendix 6).
+
+Each step draws `batch_size` pairs from the training episodes (`keydyn.vision.pairs`), augments their colours
+and backgrounds, and minimises the heatmap + spatial expectation losses (`keydyn.vision.losses`). Every
+`validate_every` steps (and at the last) the descriptors of the A views of fixed held-out pairs are located
+in their B views, the errors against the true matches are logged, and the run is checkpointed.
+
+A run directory holds:
+    config.json            the resolved TrainVisualConfig
+    task.json              the TaskConfig the dataset was collected with
+    metrics.jsonl          one line per step: step, lr, loss_total, loss_heatmap, loss_pixel, loss_depth; at validation
+                           also val_pixel_error_median (px), val_within_3px (fraction), val_error_3d_mm_median
+    last.safetensors       network weights and batch-norm statistics after the last checkpointed step
+    last_optim.pt          Adam state and the random generators' states of that step
+    last.json              network and loss configs, step and best validation error; written last (the commit)
+    best.safetensors/json  the network with the lowest validation median pixel error so far
+    descriptors.png        held-out views and their descriptor images (first 3 principal components as RGB)
+    heatmap.png            a reference pixel, its heatmap in the other view and the true match (paper fig. 2)
+
+Every file is written atomically, so a killed run resumes from its last checkpoint with `resume=True` and
+then produces the same weights and metrics as an uninterrupted run (on the CPU: CUDA kernels and the CUDA
+generator that dropout uses there are not reproduced).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from keydyn.dynamics.latent import store_task
+from keydyn.dynamics.windows import split_episodes
+from keydyn.files import read_lines, write_atomic, write_json_atomic, write_lines_atomic
+from keydyn.runs import checkpoint_paths, load_training_state, open_dataset, resolve_device, resumed_checkpoint
+from keydyn.vision.augment import AugmentConfig, jitter_colour, randomise_background
+from keydyn.vision.geometry import bilinear_sample
+from keydyn.vision.keypoints import locate_keypoints
+from keydyn.vision.losses import DescriptorLossConfig, descriptor_losses
+from keydyn.vision.network import DescriptorNet, DescriptorNetConfig
+from keydyn.vision.pairs import PairBatch, PairConfig, PairSampler
+from keydyn.vision.pictures import write_descriptor_picture, write_heatmap_picture
+
+_RESUMABLE_FIELDS = ("steps", "resume", "progress", "device")  # may differ between a run and its resumption
+
+
+def cpu_network() -> DescriptorNetConfig:
+    """The default network for CPU training: ResNet-18 cut at output stride 8 with FCN-8s skips, D = 3.
+
+    Several times cheaper than the paper's dilated ResNet-50 (`DescriptorNetConfig()`), which stays
+    selectable with --network.backbone resnet50 --network.variant dilated.
+    """
+    return DescriptorNetConfig(backbone="resnet18", descriptor_dim=3, variant="strided", output_stride=8)
+
+
+@dataclass(frozen=True)
+class TrainVisualConfig:
+    """Train a dense descriptor network on a dataset's camera views."""
+
+    dataset: Path
+    """Dataset directory written by `keydyn collect`."""
+    out: Path
+    """Run directory to create (or to continue with --resume)."""
+    network: DescriptorNetConfig = field(default_factory=cpu_network)
+    loss: DescriptorLossConfig = field(default_factory=DescriptorLossConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
+    steps: int = 3500
+    """Optimiser steps (original DON: 3500 with one pair per step)."""
+    batch_size: int = 2
+    """Pairs per step, 2 images each (original key_dynam: 2)."""
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    """Adam's L2 weight decay (original DON: 1e-4; key_dynam: 0)."""
+    lr_decay: float = 0.9
+    """Multiply the learning rate by this every --lr-decay-steps steps (original DON: 0.9 every 250)."""
+    lr_decay_steps: int = 250
+    """0 keeps the learning rate constant (as key_dynam did)."""
+    jitter: bool = True
+    """Random brightness, contrast, saturation and hue per training image."""
+    background: bool = True
+    """Replace training images' backgrounds by random colours and noise."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    val_fraction: float = 0.1
+    """Fraction of episodes held out for validation (split by episode, seeded)."""
+    val_pairs: int = 32
+    """Held-out pairs (drawn once) located at each validation."""
+    validate_every: int = 250
+    """Validate, checkpoint and redraw the pictures every this many steps and at the last step."""
+    seed: int = 0
+    device: str = "cpu"
+    """Torch device; "auto" picks cuda when available."""
+    precision: Literal["fp32", "bf16"] = "bf16"
+    """bf16: network forward and backward under bfloat16 autocast, channels-last (losses stay in float32)."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", Path(self.dataset))
+        object.__setattr__(self, "out", Path(self.out))
+        for name in ("steps", "batch_size", "val_pairs", "validate_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 < self.lr_decay <= 1 or self.lr_decay_steps < 0:
+            raise ValueError(
+                "need --lr > 0, --weight-decay >= 0, 0 < --lr-decay <= 1 and --lr-decay-steps >= 0; got "
+                f"{self.lr}, {self.weight_decay}, {self.lr_decay}, {self.lr_decay_steps}"
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(
+                f"--val-fraction must be in (0, 1): validation needs held-out episodes; got {self.val_fraction}"
+            )
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"--precision {self.precision!r}: use 'fp32' or 'bf16'")
+
+    def learning_rate(self, step: int) -> float:
+        """The step-decayed learning rate of (1-based) `step`; a function of the step, so resuming needs no state."""
+        if self.lr_decay_steps == 0:
+            return self.lr
+        return self.lr * self.lr_decay ** ((step - 1) // self.lr_decay_steps)
+
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as JSON values (paths as strings, tuples as lists)."""
+        values = {**dataclasses.asdict(self), "dataset": str(self.dataset), "out": str(self.out)}
+        return json.loads(json.dumps(values))
+
+
+# -- data -----------------------------------------------------------------------------------------------
+def make_samplers(config: TrainVisualConfig) -> tuple[PairSampler, list[PairBatch]]:
+    """The training pair sampler and the fixed validation batches, from a seeded split by episode."""
+    store = open_dataset(config.dataset)
+    train_episodes, val_episodes = split_episodes(store.num_episodes, config.val_fraction, config.seed)
+    train = PairSampler(store, train_episodes, config.pairs)
+    val = PairSampler(store, val_episodes, config.pairs)
+    generator = torch.Generator().manual_seed(config.seed + 1)  # its own stream: the same pairs on resumption
+    sizes = [
+        min(config.batch_size, config.val_pairs - begin) for begin in range(0, config.val_pairs, config.batch_size)
+    ]
+    return train, [val.sample_batch(size, generator) for size in sizes]
+
+
+def augment(batch: PairBatch, config: TrainVisualConfig, generator: torch.Generator) -> torch.Tensor:
+    """The batch's (2B, 3, H, W) images with colour jitter and background randomisation, as configured."""
+    rgb = batch.rgb
+    if config.jitter:
+        rgb = jitter_colour(rgb, generator, config.augment)
+    if config.background:
+        rgb = randomise_background(rgb, batch.mask, generator, config.augment)
+    return rgb
+
+
+# -- network, steps, validation -------------------------------------------------------------------------
+def build_network(config: TrainVisualConfig) -> DescriptorNet:
+    """The network with weights initialised from the seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return DescriptorNet(config.network)
+
+
+def describe(net: DescriptorNet, rgb: torch.Tensor, precision: str) -> torch.Tensor:
+    """(B, 3, H, W) images -> (B, D, H, W) float32 descriptors; "bf16" runs the network under bfloat16
+    autocast on channels-last images (the network's weights should be channels-last too)."""
+    bf16 = precision == "bf16"
+    if bf16:
+        rgb = rgb.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=rgb.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return net(rgb).float()
+
+
+def train_step(
+    net: DescriptorNet,
+    optimizer: torch.optim.Optimizer,
+    batch: PairBatch,
+    config: TrainVisualConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """One optimiser step on an (augmented) batch; returns its losses (total, heatmap, pixel, depth)."""
+    net.train()
+    descriptors = describe(net, augment(batch, config, generator), config.precision)
+    size = len(batch)
+    losses = descriptor_losses(descriptors[:size], descriptors[size:], batch.depth_b, batch.matches, config.loss)
+    optimizer.zero_grad(set_to_none=True)
+    losses.total.backward()
+    optimizer.step()
+    return {
+        "loss_total": float(losses.total.detach()),
+        "loss_heatmap": float(losses.heatmap.detach()),
+        "loss_pixel": float(losses.pixel.detach()),
+        "loss_depth": float(losses.depth.detach()),
+    }
+
+
+@torch.no_grad()
+def validate(
+    net: DescriptorNet, batches: list[PairBatch], config: TrainVisualConfig, device: torch.device
+) -> dict[str, float]:
+    """Errors of the held-out matches: each match's descriptor in view A located in view B (eval mode).
+
+    Returns:
+        val_pixel_error_median: median distance between located and true match, pixels.
+        val_within_3px: fraction of matches located within 3 pixels.
+        val_error_3d_mm_median: median distance between the located 3D point (expected pixel and depth,
+            unprojected) and the true world point, millimetres.
+    """
+    net.eval()
+    pixel_errors, errors_3d = [], []
+    for batch in batches:
+        batch = batch.to(device)
+        descriptors = describe(net, batch.rgb, config.precision)
+        size = len(batch)
+        references = bilinear_sample(descriptors[:size], batch.matches.uv_a)  # (B, N, D)
+        located = locate_keypoints(
+            descriptors[size:], references, batch.depth_b, batch.intrinsics_b, batch.T_world_camera_b, config.loss.eta
+        )
+        valid = batch.matches.valid
+        pixel_errors.append((located.uv - batch.matches.uv_b).norm(dim=-1)[valid].cpu())
+        errors_3d.append((located.points_world.double() - batch.points_b).norm(dim=-1)[valid].cpu())
+    pixel, distance = torch.cat(pixel_errors), torch.cat(errors_3d)
+    return {
+        "val_pixel_error_median": float(pixel.median()),
+        "val_within_3px": float((pixel <= 3.0).double().mean()),
+        "val_error_3d_mm_median": float(1000.0 * distance.nan_to_num(math.inf).median()),  # no depth: lost
+    }
+
+
+@torch.no_grad()
+def draw_pictures(net: DescriptorNet, batch: PairBatch, config: TrainVisualConfig, device: torch.device) -> None:
+    """descriptors.png and heatmap.png of the first held-out pair (its first match as the reference)."""
+    net.eval()
+    batch = batch.to(device)
+    size = len(batch)
+    descriptors = describe(net, batch.rgb[[0, size]], config.precision)  # A and B of pair 0
+    rgb = (batch.rgb[[0, size]] * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    write_descriptor_picture(config.out / "descriptors.png", rgb, descriptors)
+    uv_a, uv_b = batch.matches.uv_a[0, 0], batch.matches.uv_b[0, 0]
+    reference = bilinear_sample(descriptors[:1], uv_a.view(1, 1, 2))[0]  # (1, D)
+    located = locate_keypoints(
+        descriptors[1],
+        reference,
+        batch.depth_b[0],
+        batch.intrinsics_b[0],
+        batch.T_world_camera_b[0],
+        config.loss.eta,
+        return_heatmaps=True,
+    )
+    write_heatmap_picture(config.out / "heatmap.png", rgb[0], rgb[1], uv_a, uv_b, located)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+def _save_network(path: Path, net: DescriptorNet, step: int) -> None:
+    tensors = {name: value.detach().cpu().contiguous() for name, value in net.state_dict().items()}
+    write_atomic(path, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
+
+
+def _network_info(config: TrainVisualConfig, step: int) -> dict[str, Any]:
+    return {"network": dataclasses.asdict(config.network), "loss": dataclasses.asdict(config.loss), "step": step}
+
+
+def save_checkpoint(
+    net: DescriptorNet,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    config: TrainVisualConfig,
+    step: int,
+    best_error: float,
+) -> None:
+    """Write last.safetensors, last_optim.pt, then last.json (which commits the checkpoint)."""
+    _save_network(config.out / "last.safetensors", net, step)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),  # dropout of the dilated head draws from the global generator
+    }
+    write_atomic(config.out / "last_optim.pt", lambda p: torch.save(state, p))
+    write_json_atomic(
+        config.out / "last.json", {**_network_info(config, step), "best_val_pixel_error_median": best_error}
+    )
+
+
+def save_best(net: DescriptorNet, config: TrainVisualConfig, step: int, metrics: dict[str, float]) -> None:
+    """Write best.safetensors and best.json with the validation metrics of `step`."""
+    _save_network(config.out / "best.safetensors", net, step)
+    validation = {name: value for name, value in metrics.items() if name.startswith("val_")}
+    write_json_atomic(config.out / "best.json", {**_network_info(config, step), **validation})
+
+
+def load_descriptor_net(
+    run_dir: str | Path, which: Literal["best", "last"] = "best", device: str = "cpu"
+) -> DescriptorNet:
+    """The network saved as `which` in a training run directory, in eval mode (safetensors + JSON, no pickle).
+
+    Raises:
+        FileNotFoundError: the run directory or its checkpoint is missing.
+    """
+    run_dir = Path(run_dir)
+    info_path, weights_path = checkpoint_paths(run_dir, which, "`keydyn train-visual`")
+    net = DescriptorNet(DescriptorNetConfig(**json.loads(info_path.read_text())["network"]))
+    net.load_state_dict(load_file(str(weights_path)))
+    return net.to(device).eval()
+
+
+def _restore(
+    out: Path, info: dict, net: DescriptorNet, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> None:
+    state = load_training_state(out, info, "step")
+    net.load_state_dict(load_file(str(out / "last.safetensors")))
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+
+
+def train_visual(config: TrainVisualConfig) -> Path:
+    """Train (or resume) a descriptor network; returns the run directory `config.out`."""
+    train, val_batches = make_samplers(config)  # checks the dataset before anything is written
+    resumed = resumed_checkpoint(config.out, config.resume, config.to_json(), _RESUMABLE_FIELDS)
+    device = resolve_device(config.device)
+    net = build_network(config).to(device)
+    if config.precision == "bf16":
+        net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
+    write_json_atomic(config.out / "task.json", store_task(train.store).to_dict())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        start, best_error, metrics = 0, math.inf, []
+        if resumed is not None:
+            _restore(config.out, resumed, net, optimizer, generator)
+            start, best_error = resumed["step"], resumed["best_val_pixel_error_median"]
+            metrics = [row for row in read_lines(config.out / "metrics.jsonl") if row["step"] <= start]
+        bar = tqdm(range(start + 1, config.steps + 1), desc="descriptors", disable=not config.progress)
+        for step in bar:
+            lr = config.learning_rate(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = train.sample_batch(config.batch_size, generator).to(device)
+            row = {"step": step, "lr": lr, **train_step(net, optimizer, batch, config, generator)}
+            metrics.append(row)
+            bar.set_postfix(loss=f"{row['loss_total']:.3f}")
+            if step % config.validate_every and step != config.steps:
+                continue
+            row.update(validate(net, val_batches, config, device))
+            draw_pictures(net, val_batches[0], config, device)
+            write_lines_atomic(config.out / "metrics.jsonl", metrics)
+            if row["val_pixel_error_median"] < best_error:
+                best_error = row["val_pixel_error_median"]
+                save_best(net, config, step, row)
+            save_checkpoint(net, optimizer, generator, config, step, best_error)
+            bar.set_postfix(loss=f"{row['loss_total']:.3f}", val_px=f"{row['val_pixel_error_median']:.1f}")
+    return config.out
