@@ -10,7 +10,8 @@ from typing import Literal
 from keydyn.control.encoders import GroundTruthEncoder, LatentEncoder
 from keydyn.control.mpc import MPCConfig, MPCController
 from keydyn.dynamics.model import DynamicsMLP
-from keydyn.dynamics.train import load_dynamics
+from keydyn.dynamics.train import load_dynamics, load_keypoint_weights
+from keydyn.keypoints.latents import DESCRIPTOR_LATENTS, load_descriptor_encoder
 from keydyn.sim.config import TASK_NAMES, TaskConfig, task_config
 from keydyn.sim.env import PushingEnv
 
@@ -39,11 +40,19 @@ def run_task(run_dir: Path, task: str | None = None) -> TaskConfig:
     return replace(task_config(task), width=trained.width, height=trained.height)
 
 
-def make_encoder(latent: str, task: TaskConfig) -> LatentEncoder:
-    """The encoder of a latent kind ("gt3d")."""
+def make_encoder(
+    latent: str, task: TaskConfig, run_dir: Path | None = None, which: Literal["best", "last"] = "best"
+) -> LatentEncoder:
+    """The encoder of a latent kind: "gt3d", or a descriptor latent ("ds", "sds", "wds", "wsds"), which is
+    rebuilt from the run directory `run_dir` (references, visual network, and the `which` checkpoint's
+    keypoint weights for wds / wsds)."""
     if latent == "gt3d":
         return GroundTruthEncoder(task)
-    raise ValueError(f"latent {latent!r} has no encoder; supported: gt3d")
+    if latent in DESCRIPTOR_LATENTS:
+        if run_dir is None:
+            raise ValueError(f"latent {latent!r} is rebuilt from its dynamics run: pass run_dir")
+        return load_descriptor_encoder(run_dir, load_keypoint_weights(run_dir, which))
+    raise ValueError(f"latent {latent!r} has no encoder; supported: gt3d, {', '.join(DESCRIPTOR_LATENTS)}")
 
 
 def load_run(
@@ -58,7 +67,7 @@ def load_run(
     latent = json.loads((run_dir / "config.json").read_text())["latent"]
     resolved = run_task(run_dir, task)
     model = load_dynamics(run_dir, which, device)
-    return TrainedRun(run_dir, model, make_encoder(latent, resolved), resolved, latent)
+    return TrainedRun(run_dir, model, make_encoder(latent, resolved, run_dir, which), resolved, latent)
 
 
 @dataclass

@@ -9,6 +9,11 @@ A run directory holds:
     last.json              model config, epoch and best validation error; written last (the commit)
     best.safetensors/json  the model with the lowest validation final-step error so far
 
+Descriptor latents (--latent ds/sds/wds/wsds with --visual-run) add the references, keypoints.png and the cached
+dataset keypoints (`keydyn.keypoints.latents`). WDS / WSDS train the convex keypoint weights W jointly with the
+model (windows are mapped by W before the loss, so prediction and target are both in z = W x) and store their
+alpha in the same checkpoints under `keypoint_weights.`; validation errors are then those of z.
+
 Every file is written atomically (temporary file, then os.replace), so a killed run resumes from its last
 finished epoch with `resume=True` and then produces the same weights and metrics as an uninterrupted run.
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +37,9 @@ from keydyn.dynamics.latent import LatentLayout, ground_truth_latents, store_tas
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.dynamics.windows import WindowSet, make_windows, split_episodes
 from keydyn.files import read_lines, write_atomic, write_json_atomic, write_lines_atomic
+from keydyn.keypoints.latents import DESCRIPTOR_LATENTS, WEIGHTED_LATENTS, descriptor_latents
+from keydyn.keypoints.references import KeypointConfig
+from keydyn.keypoints.weights import PARAMETER_PREFIX, KeypointWeights
 from keydyn.runs import checkpoint_paths, load_training_state, open_dataset, resolve_device, resumed_checkpoint
 
 _RESUMABLE_FIELDS = ("epochs", "resume", "progress", "device")  # may differ between a run and its resumption
@@ -45,8 +53,14 @@ class TrainDynamicsConfig:
     """Dataset directory written by `keydyn collect`."""
     out: Path
     """Run directory to create (or to continue with --resume)."""
-    latent: Literal["gt3d"] = "gt3d"
-    """Latent state: gt3d = 4 ground-truth 3D object keypoints + pusher xy."""
+    latent: Literal["gt3d", "ds", "sds", "wds", "wsds"] = "gt3d"
+    """Latent state: gt3d = 4 ground-truth 3D object keypoints + pusher xy; ds / sds = descriptor keypoints
+    (K = 50 random / K* = 5 spatial descriptors) located by --visual-run's network; wds / wsds = learnt convex
+    combinations of those."""
+    visual_run: Path | None = None
+    """Run directory of `keydyn train-visual`, required by the descriptor latents."""
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    """How descriptor keypoints are chosen and located (descriptor latents only)."""
     history: int = 2
     """n: latents (and actions) the model sees per prediction (paper 1, original code 2)."""
     horizon: int = 10
@@ -78,8 +92,17 @@ class TrainDynamicsConfig:
         object.__setattr__(self, "dataset", Path(self.dataset))
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if self.latent != "gt3d":
-            raise ValueError(f"unknown latent {self.latent!r}; this trainer supports 'gt3d'")
+        if self.visual_run is not None:
+            object.__setattr__(self, "visual_run", Path(self.visual_run))
+        if self.latent not in ("gt3d", *DESCRIPTOR_LATENTS):
+            raise ValueError(f"unknown latent {self.latent!r}; choose gt3d, {', '.join(DESCRIPTOR_LATENTS)}")
+        if self.latent in DESCRIPTOR_LATENTS and self.visual_run is None:
+            raise ValueError(
+                f"--latent {self.latent} locates keypoints with a descriptor network: pass --visual-run with a "
+                "run directory of `keydyn train-visual`"
+            )
+        if self.latent == "gt3d" and self.visual_run is not None:
+            raise ValueError("--visual-run is only used by descriptor latents (ds, sds, wds, wsds); drop it for gt3d")
         for name in ("history", "horizon", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -102,19 +125,24 @@ class TrainDynamicsConfig:
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["dataset"], values["out"], values["hidden"] = str(self.dataset), str(self.out), list(self.hidden)
+        values["visual_run"] = None if self.visual_run is None else str(self.visual_run)
         return values
 
 
 # -- atomic files ---------------------------------------------------------------------------------------
-def save_model_atomic(path: Path, model: DynamicsMLP, epoch: int) -> None:
-    """Weights and normaliser buffers as safetensors, tagged with the epoch."""
+def save_model_atomic(path: Path, model: DynamicsMLP, epoch: int, weights: KeypointWeights | None) -> None:
+    """Weights and normaliser buffers (and the keypoint weights' alpha) as safetensors, tagged with the epoch."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if weights is not None:
+        tensors.update(weights.tensors())
     write_atomic(path, lambda p: save_file(tensors, str(p), metadata={"epoch": str(epoch)}))
 
 
 # -- data -----------------------------------------------------------------------------------------------
 def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
-    """(train, validation) windows of GT 3D latents, split by episode.
+    """(train, validation) windows of the configured latents, split by episode.
+
+    Descriptor latents write their references, picture and keypoint cache into `config.out`, which must exist.
 
     Raises:
         ValueError: no episode is long enough for history + horizon frames, or a split has no windows.
@@ -130,7 +158,10 @@ def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
             f"history + horizon = {needed} frames, but the longest episode of {config.dataset} has "
             f"{lengths.max()} frames; lower --horizon/--history or collect longer episodes (--steps)"
         )
-    latents = ground_truth_latents(store)
+    if config.latent in DESCRIPTOR_LATENTS:
+        latents = descriptor_latents(store, config.latent, config.visual_run, config.keypoints, config.out)
+    else:
+        latents = ground_truth_latents(store)
     actions = np.asarray(store.frames("action"), dtype=np.float32)
     train_episodes, val_episodes = split_episodes(store.num_episodes, config.val_fraction, config.seed)
     train = make_windows(latents, actions, ends, train_episodes, config.history, config.horizon)
@@ -145,15 +176,43 @@ def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
 
 
 # -- model set-up, losses -------------------------------------------------------------------------------
-def build_model(config: TrainDynamicsConfig, train: WindowSet) -> DynamicsMLP:
-    """A seeded model with its normaliser fitted on (augmented, when enabled) training windows."""
+def build_weights(config: TrainDynamicsConfig, train: WindowSet) -> KeypointWeights | None:
+    """The initial convex keypoint weights of WDS / WSDS (None for the other latents)."""
+    if config.latent not in WEIGHTED_LATENTS:
+        return None
+    return KeypointWeights(LatentLayout.from_dim(train.latents.shape[1]).num_keypoints)
+
+
+def window_batch(
+    windows: WindowSet,
+    indices: torch.Tensor,
+    weights: KeypointWeights | None,
+    augment: tuple[torch.Generator, float, float] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows `indices` -> latents (B, n + H, D) and actions (B, n + H - 1, 2), moved by a random SE(2)
+    motion when `augment` = (generator, max translation, max yaw) is given, then mapped by `weights`.
+
+    The weights are applied after the motion (convex combinations commute with it), so gradients reach them.
+    """
+    latents, actions = windows.batch(indices)
+    if augment is not None:
+        latents, actions = augment_windows(latents, actions, *augment)
+    if weights is not None:
+        latents = weights(latents.to(weights.alpha.device))
+    return latents, actions
+
+
+def build_model(config: TrainDynamicsConfig, train: WindowSet, weights: KeypointWeights | None) -> DynamicsMLP:
+    """A seeded model with its normaliser fitted on (augmented, when enabled) training windows, mapped by the
+    initial `weights` for WDS / WSDS."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = DynamicsMLP(train.latents.shape[1], config.history, config.hidden)
-    latents, actions = train.batch(torch.arange(len(train)))
+    augment = None
     if config.augment:
-        generator = torch.Generator().manual_seed(config.seed + 1)
-        latents, actions = augment_windows(latents, actions, generator, config.augment_translation, config.augment_yaw)
+        augment = (torch.Generator().manual_seed(config.seed + 1), config.augment_translation, config.augment_yaw)
+    with torch.no_grad():
+        latents, actions = window_batch(train, torch.arange(len(train)), weights, augment)
     model.fit_normalizer(latents, actions)
     return model
 
@@ -181,22 +240,21 @@ def rollout_loss(model: DynamicsMLP, latents: torch.Tensor, actions: torch.Tenso
 
 def train_epoch(
     model: DynamicsMLP,
+    weights: KeypointWeights | None,
     optimizer: torch.optim.Optimizer,
     windows: WindowSet,
     config: TrainDynamicsConfig,
     generator: torch.Generator,
     device: torch.device,
 ) -> float:
-    """One pass over shuffled (and augmented) training windows; returns the mean loss (m^2)."""
+    """One pass over shuffled (and augmented) training windows; returns the mean loss (m^2). The optimizer
+    holds the keypoint weights too, when there are any."""
     model.train()
     order = torch.randperm(len(windows), generator=generator)
+    augment = (generator, config.augment_translation, config.augment_yaw) if config.augment else None
     total, count = 0.0, 0
     for begin in range(0, len(order), config.batch_size):
-        latents, actions = windows.batch(order[begin : begin + config.batch_size])
-        if config.augment:
-            latents, actions = augment_windows(
-                latents, actions, generator, config.augment_translation, config.augment_yaw
-            )
+        latents, actions = window_batch(windows, order[begin : begin + config.batch_size], weights, augment)
         loss, _ = rollout_loss(model, latents.to(device), actions.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -207,13 +265,16 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: DynamicsMLP, windows: WindowSet, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """(mean rollout loss in m^2, mean final-step keypoint error in metres) over all windows (no augmentation)."""
+def evaluate(
+    model: DynamicsMLP, weights: KeypointWeights | None, windows: WindowSet, batch_size: int, device: torch.device
+) -> tuple[float, float]:
+    """(mean rollout loss in m^2, mean final-step keypoint error in metres) over all windows (no augmentation),
+    of the latents mapped by `weights` when given."""
     model.eval()
     total, error, count = 0.0, 0.0, 0
     for begin in range(0, len(windows), batch_size):
         indices = torch.arange(begin, min(begin + batch_size, len(windows)))
-        latents, actions = windows.batch(indices)
+        latents, actions = window_batch(windows, indices, weights, None)
         loss, final_error = rollout_loss(model, latents.to(device), actions.to(device))
         total += float(loss) * len(indices)
         error += float(final_error.sum())
@@ -223,25 +284,29 @@ def evaluate(model: DynamicsMLP, windows: WindowSet, batch_size: int, device: to
 
 # -- checkpoints ----------------------------------------------------------------------------------------
 def save_checkpoint(
-    out: Path,
+    config: TrainDynamicsConfig,
     model: DynamicsMLP,
+    weights: KeypointWeights | None,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     epoch: int,
     best_error: float,
 ) -> None:
     """Write last.safetensors, last_optim.pt, then last.json (which commits the checkpoint)."""
-    save_model_atomic(out / "last.safetensors", model, epoch)
+    out = config.out
+    save_model_atomic(out / "last.safetensors", model, epoch, weights)
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
     write_atomic(out / "last_optim.pt", lambda p: torch.save(state, p))
-    info = {"model": model.config(), "latent": "gt3d", "epoch": epoch, "best_val_final_step_error_m": best_error}
+    info = {"model": model.config(), "latent": config.latent, "epoch": epoch, "best_val_final_step_error_m": best_error}
     write_json_atomic(out / "last.json", info)
 
 
-def save_best(out: Path, model: DynamicsMLP, epoch: int, error: float) -> None:
-    save_model_atomic(out / "best.safetensors", model, epoch)
-    info = {"model": model.config(), "latent": "gt3d", "epoch": epoch, "val_final_step_error_m": error}
-    write_json_atomic(out / "best.json", info)
+def save_best(
+    config: TrainDynamicsConfig, model: DynamicsMLP, weights: KeypointWeights | None, epoch: int, error: float
+) -> None:
+    save_model_atomic(config.out / "best.safetensors", model, epoch, weights)
+    info = {"model": model.config(), "latent": config.latent, "epoch": epoch, "val_final_step_error_m": error}
+    write_json_atomic(config.out / "best.json", info)
 
 
 def load_dynamics(run_dir: str | Path, which: Literal["best", "last"] = "best", device: str = "cpu") -> DynamicsMLP:
@@ -254,15 +319,33 @@ def load_dynamics(run_dir: str | Path, which: Literal["best", "last"] = "best", 
     info_path, weights_path = checkpoint_paths(run_dir, which, "keydyn.dynamics.train_dynamics")
     config = json.loads(info_path.read_text())["model"]
     model = DynamicsMLP(config["latent_dim"], config["history"], config["hidden"])
-    model.load_state_dict(load_file(str(weights_path)))
+    tensors = load_file(str(weights_path))
+    model.load_state_dict({name: value for name, value in tensors.items() if not name.startswith(PARAMETER_PREFIX)})
     return model.to(device).eval()
 
 
+def load_keypoint_weights(run_dir: str | Path, which: Literal["best", "last"] = "best") -> KeypointWeights | None:
+    """The WDS / WSDS keypoint weights saved with the `which` checkpoint of a run (eval mode), None if it has none."""
+    _, weights_path = checkpoint_paths(Path(run_dir), which, "keydyn.dynamics.train_dynamics")
+    tensors = load_file(str(weights_path))
+    if not any(name.startswith(PARAMETER_PREFIX) for name in tensors):
+        return None
+    return KeypointWeights.from_tensors(tensors).eval()
+
+
 def _restore(
-    out: Path, info: dict, model: DynamicsMLP, optimizer: torch.optim.Optimizer, generator: torch.Generator
+    out: Path,
+    info: dict,
+    model: DynamicsMLP,
+    weights: KeypointWeights | None,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
 ) -> None:
     state = load_training_state(out, info, "epoch")
-    model.load_state_dict(load_file(str(out / "last.safetensors")))
+    tensors = load_file(str(out / "last.safetensors"))
+    model.load_state_dict({name: value for name, value in tensors.items() if not name.startswith(PARAMETER_PREFIX)})
+    if weights is not None:
+        weights.load_state_dict({"alpha": tensors[f"{PARAMETER_PREFIX}alpha"]})
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
 
@@ -272,14 +355,18 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
     resumed = resumed_checkpoint(config.out, config.resume, config.to_json(), _RESUMABLE_FIELDS)
     train, val = load_windows(config)
     device = resolve_device(config.device)
-    model = build_model(config, train)
+    weights = build_weights(config, train)
+    model = build_model(config, train, weights)
     generator = torch.Generator().manual_seed(config.seed)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    parameters = list(model.parameters())
+    if weights is not None:
+        parameters += list(weights.to(device).parameters())
+    optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=(0.9, 0.999))
     start_epoch, best_error = 0, math.inf
     metrics = []
     if resumed is not None:
-        _restore(config.out, resumed, model, optimizer, generator)
+        _restore(config.out, resumed, model, weights, optimizer, generator)
         start_epoch, best_error = resumed["epoch"], resumed["best_val_final_step_error_m"]
         metrics = [row for row in read_lines(config.out / "metrics.jsonl") if row["epoch"] <= start_epoch]
     write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
@@ -288,15 +375,17 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
     for epoch in bar:
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(epoch)
-        train_loss = train_epoch(model, optimizer, train, config, generator, device)
-        val_loss, val_error = evaluate(model, val, config.batch_size, device) if len(val) else (math.nan, math.nan)
+        train_loss = train_epoch(model, weights, optimizer, train, config, generator, device)
+        val_loss, val_error = (
+            evaluate(model, weights, val, config.batch_size, device) if len(val) else (math.nan, math.nan)
+        )
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_final_step_error_m": val_error}
         metrics.append(row)
         write_lines_atomic(config.out / "metrics.jsonl", metrics)
         criterion = val_error if len(val) else train_loss
         if criterion < best_error:
             best_error = criterion
-            save_best(config.out, model, epoch, criterion)
-        save_checkpoint(config.out, model, optimizer, generator, epoch, best_error)
+            save_best(config, model, weights, epoch, criterion)
+        save_checkpoint(config, model, weights, optimizer, generator, epoch, best_error)
         bar.set_postfix(train=f"{train_loss:.2e}", val_err_m=f"{val_error:.4f}")
     return config.out

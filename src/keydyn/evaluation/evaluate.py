@@ -36,7 +36,7 @@ from keydyn.video import write_video
 
 _RESUMABLE_FIELDS = ("episodes", "workers", "resume", "progress", "videos")
 
-LATENT_LABELS = {"gt3d": "GT 3D"}
+LATENT_LABELS = {"gt3d": "GT 3D", "ds": "DS", "sds": "SDS", "wds": "WDS", "wsds": "WSDS"}
 
 
 @dataclass(frozen=True)

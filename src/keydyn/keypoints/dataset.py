@@ -1,0 +1,114 @@
+"""Descriptor keypoints of every frame of a dataset, computed once and cached (the original's precomputed keypoints).
+
+The cache file `keypoints-<hash>.safetensors` is keyed by a hash of the network weights, the references,
+the dataset (its path, number of frames and collection settings) and the camera, so a changed network or
+reference set is never served stale keypoints. It is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from keydyn.data.store import EpisodeStore
+from keydyn.files import write_atomic
+from keydyn.keypoints.references import References
+from keydyn.vision.keypoints import locate_keypoints
+from keydyn.vision.network import DescriptorNet, rgb_to_tensor
+
+
+@dataclass(frozen=True)
+class DatasetKeypoints:
+    """Keypoints of every frame of a dataset from one camera.
+
+    Attributes:
+        points: (N, K, 3) float32 world points, metres.
+        confidence: (N, K) float32 confidences in [0, 1] (eq. 15).
+    """
+
+    points: torch.Tensor
+    confidence: torch.Tensor
+
+
+def network_hash(net: DescriptorNet) -> str:
+    """SHA-256 of the network's weights and buffers (names, shapes, dtypes and values)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(net.state_dict().items()):
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}{tuple(value.shape)}{value.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_key(net: DescriptorNet, references: References, store: EpisodeStore) -> str:
+    """A hash of everything the keypoints depend on: weights, references, camera and dataset identity."""
+    digest = hashlib.sha256(network_hash(net).encode())
+    for tensor in (references.descriptors, references.uv):
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    identity = {
+        "camera": references.camera,
+        "eta": references.eta,
+        "dataset": str(store.path.resolve()),
+        "frames": store.num_frames,
+        "collection": store.attrs.get("collection", {}),
+    }
+    digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+@torch.no_grad()
+def compute_keypoints(
+    net: DescriptorNet, references: References, store: EpisodeStore, batch_size: int, bf16: bool
+) -> DatasetKeypoints:
+    """Locate the references in every frame of `store` from `references.camera`, `batch_size` images at a time.
+
+    Raises:
+        ValueError: a frame has no valid depth, so its keypoints cannot be lifted to 3D.
+    """
+    info = store.attrs["cameras"][references.camera]
+    intrinsics = torch.tensor(info["intrinsics"], dtype=torch.float64)
+    pose = torch.tensor(info["pose"], dtype=torch.float64)
+    points, confidence = [], []
+    for begin in range(0, store.num_frames, batch_size):
+        stop = min(begin + batch_size, store.num_frames)
+        rgb = torch.as_tensor(store.frames(f"{references.camera}/rgb", begin, stop))
+        depth = torch.as_tensor(store.frames(f"{references.camera}/depth", begin, stop))
+        descriptors = net.infer(rgb_to_tensor(rgb), bf16=bf16)
+        located = locate_keypoints(descriptors, references.descriptors, depth, intrinsics, pose, references.eta)
+        points.append(located.points_world)
+        confidence.append(located.confidence)
+    result = DatasetKeypoints(torch.cat(points), torch.cat(confidence))
+    lost = ~torch.isfinite(result.points).all(dim=(1, 2))
+    if lost.any():
+        raise ValueError(
+            f"{int(lost.sum())} frames of {store.path} (first: row {int(np.flatnonzero(lost.numpy())[0])}) have no "
+            f"valid depth in camera {references.camera}; pick another --keypoints.camera"
+        )
+    return result
+
+
+def dataset_keypoints(
+    net: DescriptorNet,
+    references: References,
+    store: EpisodeStore,
+    cache_dir: Path,
+    batch_size: int = 16,
+    bf16: bool = False,
+) -> DatasetKeypoints:
+    """The keypoints of every frame of `store`, loaded from `cache_dir` when computed before, else computed
+    (see `compute_keypoints`) and cached there."""
+    path = Path(cache_dir) / f"keypoints-{cache_key(net, references, store)}.safetensors"
+    if path.exists():
+        tensors = load_file(str(path))
+        return DatasetKeypoints(tensors["points"], tensors["confidence"])
+    result = compute_keypoints(net, references, store, batch_size, bf16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"points": result.points.contiguous(), "confidence": result.confidence.contiguous()}
+    write_atomic(path, lambda p: save_file(tensors, str(p)))
+    return result

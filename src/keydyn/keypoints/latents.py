@@ -1,0 +1,83 @@
+"""Descriptor keypoint latents of a dynamics run: made when training, rebuilt as an encoder at control time.
+
+A dynamics run with a descriptor latent (ds, sds, wds, wsds) holds, besides the dynamics files:
+    references.json/.safetensors   the reference descriptors, their pixels, camera and reference frame
+    visual_network.json            the visual run, its checkpoint and the SHA-256 of its weights
+    keypoints.png                  the references on the reference image (paper figure 3)
+    keypoints-<hash>.safetensors   the cached keypoints of every dataset frame
+and, for wds / wsds, the weights' alpha inside the dynamics checkpoints (`keydyn.keypoints.weights`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from keydyn.data.store import EpisodeStore
+from keydyn.dynamics.latent import LatentLayout
+from keydyn.files import write_json_atomic
+from keydyn.keypoints.dataset import dataset_keypoints, network_hash
+from keydyn.keypoints.encoder import DescriptorEncoder
+from keydyn.keypoints.pictures import write_reference_picture
+from keydyn.keypoints.references import KeypointConfig, References, choose_references
+from keydyn.keypoints.weights import KeypointWeights
+from keydyn.runs import checkpoint_paths
+from keydyn.vision.network import DescriptorNet
+
+DESCRIPTOR_LATENTS = ("ds", "sds", "wds", "wsds")
+SPATIAL_LATENTS = ("sds", "wsds")
+WEIGHTED_LATENTS = ("wds", "wsds")
+
+
+def load_visual(visual_run: Path, checkpoint: str) -> tuple[DescriptorNet, float]:
+    """The visual run's network (eval mode) and the descriptor kernel width eta it was trained with."""
+    from keydyn.vision.train import load_descriptor_net  # vision.train imports keydyn.dynamics, which imports us
+
+    info_path, _ = checkpoint_paths(Path(visual_run), checkpoint, "`keydyn train-visual`")
+    eta = float(json.loads(info_path.read_text())["loss"]["eta"])
+    return load_descriptor_net(visual_run, checkpoint), eta
+
+
+def descriptor_latents(
+    store: EpisodeStore, latent: str, visual_run: Path, config: KeypointConfig, out: Path
+) -> np.ndarray:
+    """(N, 3 K + 2) float32 latents of every dataset frame: located keypoints (world, metres) and pusher xy.
+
+    Chooses the references (or reloads those already in `out`, when a run resumes), writes them, the visual
+    network's identity and keypoints.png into `out`, and caches the dataset's keypoints there.
+    """
+    net, eta = load_visual(visual_run, config.checkpoint)
+    if (out / "references.json").exists():
+        references = References.load(out)
+    else:
+        references = choose_references(net, store, config, latent in SPATIAL_LATENTS, eta)
+        references.save(out)
+    identity = {"visual_run": str(visual_run), "checkpoint": config.checkpoint, "network_sha256": network_hash(net)}
+    write_json_atomic(out / "visual_network.json", identity)
+    rgb = store.frames(f"{references.camera}/rgb", references.frame, references.frame + 1)[0]
+    title = f"{latent.upper()}: {len(references)} reference descriptors, camera {references.camera}"
+    write_reference_picture(out / "keypoints.png", rgb, references, title)
+    keypoints = dataset_keypoints(net, references, store, out, config.batch_size, config.bf16)
+    pusher = np.asarray(store.frames("pusher_position"), dtype=np.float32)
+    return LatentLayout(len(references)).pack(keypoints.points.numpy(), pusher).astype(np.float32)
+
+
+def load_descriptor_encoder(run_dir: Path, weights: KeypointWeights | None) -> DescriptorEncoder:
+    """The encoder (on the CPU) of a dynamics run with a descriptor latent: its references, visual network and
+    the WDS / WSDS `weights`.
+
+    Raises:
+        ValueError: the visual run's weights changed since the dynamics run was trained.
+    """
+    run_dir = Path(run_dir)
+    identity = json.loads((run_dir / "visual_network.json").read_text())
+    net, _ = load_visual(Path(identity["visual_run"]), identity["checkpoint"])
+    if network_hash(net) != identity["network_sha256"]:
+        raise ValueError(
+            f"the {identity['checkpoint']} network of {identity['visual_run']} changed since {run_dir} was trained; "
+            "retrain the dynamics with keydyn train-dynamics --visual-run on the current network"
+        )
+    bf16 = bool(json.loads((run_dir / "config.json").read_text())["keypoints"]["bf16"])
+    return DescriptorEncoder(net, References.load(run_dir), weights, bf16)

@@ -1,0 +1,209 @@
+"""Reference descriptors of the descriptor keypoint latents: DS (K random) and SDS (K* reliable, spread out).
+
+Paper section 3.2 and appendix 8: K reference descriptors are sampled uniformly from the object mask of one
+reference image. DS keeps all K (K = 50). SDS ranks them by their mean confidence (eq. 15) over frames of
+the training data and keeps, greedily, the K* most confident whose reference pixels are at least
+`min_distance_px` apart (K* = 5; 25 px at 640x480, scaled with the image width). The weighted variants (WDS,
+WSDS) use the references of DS and SDS respectively.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from keydyn.data.store import EpisodeStore
+from keydyn.files import write_atomic, write_json_atomic
+from keydyn.vision.keypoints import locate_keypoints, sample_reference_descriptors, select_spatial_descriptors
+from keydyn.vision.network import DescriptorNet, rgb_to_tensor
+from keydyn.vision.views import load_view
+
+PAPER_MIN_DISTANCE_PX = 25.0  # SDS separation at the paper's 640 px wide images
+PAPER_WIDTH = 640
+
+
+@dataclass(frozen=True)
+class KeypointConfig:
+    """How descriptor keypoints are chosen and located (the latent kind itself is `--latent`)."""
+
+    num_descriptors: int = 50
+    """K: reference descriptors sampled from the reference image's object mask (all of them for DS/WDS)."""
+    num_selected: int = 5
+    """K*: descriptors kept by SDS/WSDS."""
+    min_distance_px: float | None = None
+    """SDS separation of the kept descriptors' reference pixels; default 25 px scaled by width / 640."""
+    camera: str | None = None
+    """Camera whose images locate the keypoints; default the task's first camera."""
+    reference_episode: int = 0
+    reference_frame: int = 0
+    """The reference image: this frame (0-based, within the episode) of --keypoints.reference-episode."""
+    confidence_frames: int = 100
+    """SDS: frames (drawn at random from the dataset) over which the confidences are averaged."""
+    checkpoint: Literal["best", "last"] = "best"
+    """Checkpoint of the visual run: best or last."""
+    batch_size: int = 16
+    """Images per network call when locating keypoints in a dataset."""
+    bf16: bool = False
+    """Run the descriptor network under bfloat16 autocast (faster on CPUs with AMX / AVX-512 BF16)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_descriptors", "num_selected", "confidence_frames", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--keypoints.{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.num_selected > self.num_descriptors:
+            raise ValueError(
+                f"--keypoints.num-selected ({self.num_selected}) exceeds --keypoints.num-descriptors "
+                f"({self.num_descriptors}); SDS selects from the sampled descriptors"
+            )
+        if self.checkpoint not in ("best", "last"):
+            raise ValueError(f"--keypoints.checkpoint {self.checkpoint!r}: use 'best' or 'last'")
+
+    def separation(self, width: int) -> float:
+        """The SDS separation in pixels at images `width` pixels wide."""
+        if self.min_distance_px is not None:
+            return self.min_distance_px
+        return PAPER_MIN_DISTANCE_PX * width / PAPER_WIDTH
+
+
+@dataclass(frozen=True)
+class References:
+    """The reference descriptors of a keypoint latent.
+
+    Attributes:
+        descriptors: (K, D) float32 reference descriptors.
+        uv: (K, 2) float32 their pixels (u, v) in the reference image.
+        confidence: (K,) float32 mean confidence over the SDS frames (eq. 15), or NaN when not measured (DS).
+        camera: the camera that locates them (and that took the reference image).
+        frame: global dataset row of the reference image.
+        eta: descriptor kernel width the network was trained with (eq. 7).
+    """
+
+    descriptors: torch.Tensor
+    uv: torch.Tensor
+    confidence: torch.Tensor
+    camera: str
+    frame: int
+    eta: float
+
+    def __len__(self) -> int:
+        return int(self.descriptors.shape[0])
+
+    def save(self, directory: Path) -> None:
+        """Write `references.safetensors` (tensors) and `references.json` (the rest) into `directory`."""
+        tensors = {"descriptors": self.descriptors, "uv": self.uv, "confidence": self.confidence}
+        tensors = {name: value.detach().float().contiguous() for name, value in tensors.items()}
+        write_atomic(directory / "references.safetensors", lambda p: save_file(tensors, str(p)))
+        write_json_atomic(directory / "references.json", {"camera": self.camera, "frame": self.frame, "eta": self.eta})
+
+    @staticmethod
+    def load(directory: Path) -> References:
+        """The references saved in `directory` by `save`."""
+        path = Path(directory) / "references.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{directory} has no references.json; train it with a descriptor --latent")
+        info = json.loads(path.read_text())
+        tensors = load_file(str(Path(directory) / "references.safetensors"))
+        return References(tensors["descriptors"], tensors["uv"], tensors["confidence"], **info)
+
+    def subset(self, indices: torch.Tensor) -> References:
+        """The references `indices` (K*,), in that order."""
+        return dataclasses.replace(
+            self, descriptors=self.descriptors[indices], uv=self.uv[indices], confidence=self.confidence[indices]
+        )
+
+
+def default_camera(store: EpisodeStore, camera: str | None) -> str:
+    """`camera`, checked to be one of the dataset's, or the dataset's first camera when None."""
+    cameras = list(store.attrs["cameras"])
+    if camera is None:
+        return cameras[0]
+    if camera not in cameras:
+        raise ValueError(f"camera {camera!r} is not in the dataset; choose one of {', '.join(cameras)}")
+    return camera
+
+
+def reference_frame(store: EpisodeStore, config: KeypointConfig) -> int:
+    """The global dataset row of the configured reference image."""
+    if not 0 <= config.reference_episode < store.num_episodes:
+        raise ValueError(
+            f"--keypoints.reference-episode {config.reference_episode}: the dataset has {store.num_episodes} episodes"
+        )
+    start, stop = store.episode_range(config.reference_episode)
+    if not 0 <= config.reference_frame < stop - start:
+        raise ValueError(
+            f"--keypoints.reference-frame {config.reference_frame}: episode {config.reference_episode} has "
+            f"{stop - start} frames"
+        )
+    return start + config.reference_frame
+
+
+@torch.no_grad()
+def mean_confidence(
+    net: DescriptorNet, store: EpisodeStore, references: References, frames: torch.Tensor, config: KeypointConfig
+) -> torch.Tensor:
+    """(K,) mean confidence (eq. 15) of each reference descriptor over dataset rows `frames` (F,)."""
+    views = [load_view(store, references.camera, int(frame)) for frame in frames]
+    total = torch.zeros(len(references))
+    for begin in range(0, len(views), config.batch_size):
+        batch = views[begin : begin + config.batch_size]
+        descriptors = net.infer(rgb_to_tensor(torch.stack([view.rgb for view in batch])), bf16=config.bf16)
+        located = locate_keypoints(
+            descriptors,
+            references.descriptors,
+            torch.stack([view.depth for view in batch]),
+            batch[0].intrinsics,
+            batch[0].T_world_camera,
+            references.eta,
+        )
+        total += located.confidence.sum(dim=0)
+    return total / len(views)
+
+
+@torch.no_grad()
+def choose_references(
+    net: DescriptorNet, store: EpisodeStore, config: KeypointConfig, spatial: bool, eta: float
+) -> References:
+    """Sample K reference descriptors from the reference image's object mask; with `spatial`, keep the SDS.
+
+    Args:
+        net: the descriptor network, in eval mode.
+        store: the dataset (reference image and, for SDS, the frames the confidences are averaged over).
+        config: numbers of descriptors, separation, camera, reference image, seed.
+        spatial: SDS / WSDS (K* selected descriptors) rather than DS / WDS (all K).
+        eta: the descriptor kernel width the network was trained with.
+
+    Returns:
+        K (DS) or K* (SDS, best first) references.
+
+    Raises:
+        ValueError: the reference image shows too little of the object, or too few descriptors are far apart.
+    """
+    camera = default_camera(store, config.camera)
+    frame = reference_frame(store, config)
+    view = load_view(store, camera, frame)
+    if int(view.mask.sum()) < config.num_descriptors:
+        raise ValueError(
+            f"the reference image (episode {config.reference_episode}, frame {config.reference_frame}, camera "
+            f"{camera}) shows {int(view.mask.sum())} object pixels, fewer than --keypoints.num-descriptors "
+            f"{config.num_descriptors}; pick another --keypoints.reference-episode/-frame"
+        )
+    generator = torch.Generator().manual_seed(config.seed)
+    descriptors = net.infer(rgb_to_tensor(view.rgb)[None], bf16=config.bf16)[0]
+    sampled, uv = sample_reference_descriptors(descriptors, view.mask, config.num_descriptors, generator)
+    references = References(sampled, uv, torch.full((len(uv),), float("nan")), camera, frame, eta)
+    if not spatial:
+        return references
+    count = min(config.confidence_frames, store.num_frames)
+    frames = torch.randperm(store.num_frames, generator=generator)[:count]
+    references = dataclasses.replace(references, confidence=mean_confidence(net, store, references, frames, config))
+    chosen = select_spatial_descriptors(
+        references.confidence[None], references.uv, config.separation(view.width), config.num_selected
+    )
+    return references.subset(chosen)
