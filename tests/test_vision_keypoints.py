@@ -10,7 +10,13 @@ import torch
 
 from keydyn.data.store import EpisodeStore
 from keydyn.vision.geometry import invert_transform, pixel_grid, transform_points, unproject_to_world
-from keydyn.vision.heatmap import DESCRIPTOR_ETA, depth_expectation, descriptor_logits, spatial_expectation
+from keydyn.vision.heatmap import (
+    DESCRIPTOR_ETA,
+    depth_expectation,
+    descriptor_logits,
+    heatmap_expectations,
+    spatial_expectation,
+)
 from keydyn.vision.keypoints import locate_keypoints, sample_reference_descriptors, select_spatial_descriptors
 from keydyn.vision.views import load_view
 
@@ -65,6 +71,22 @@ def _linear_descriptor_image(scale: float, offset: float = 0.0) -> torch.Tensor:
     """(3, H, W) descriptors (scale u, scale v, offset): descriptor distance is scale x pixel distance."""
     grid = pixel_grid(HEIGHT, WIDTH)
     return torch.stack([scale * grid[..., 0], scale * grid[..., 1], torch.full((HEIGHT, WIDTH), offset)])
+
+
+def test_fused_expectations_equal_the_separate_ones_with_invalid_depth():
+    generator = torch.Generator().manual_seed(0)
+    descriptors = torch.randn(2, 3, 24, 32, generator=generator)
+    references = torch.randn(2, 7, 3, generator=generator)
+    depth = 0.5 + torch.rand(2, 24, 32, generator=generator)
+    depth[0, :, :10] = 0.0  # unknown depth
+    depth[1, 5:9] = float("nan")
+    logits = descriptor_logits(descriptors, references, eta=0.7)
+    uv, z = heatmap_expectations(descriptors, references, depth, eta=0.7)
+    torch.testing.assert_close(uv, spatial_expectation(logits), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(z, depth_expectation(logits, depth), atol=1e-5, rtol=1e-5)
+    assert float((depth_expectation(logits, depth) - z).abs().max()) < 1e-5
+    empty = torch.zeros(2, 24, 32)
+    assert torch.isnan(heatmap_expectations(descriptors, references, empty)[1]).all()
 
 
 def test_keypoints_locate_known_descriptors_in_3d_with_full_confidence():

@@ -71,3 +71,38 @@ def depth_expectation(logits: torch.Tensor, depth: torch.Tensor) -> torch.Tensor
     weights = torch.softmax(masked, dim=-1)  # (B, K, H W)
     values = torch.where(valid, depth, torch.zeros_like(depth)).flatten(-2).unsqueeze(-1).float()  # (B, H W, 1)
     return (weights @ values).squeeze(-1)
+
+
+def heatmap_expectations(
+    descriptors: torch.Tensor, references: torch.Tensor, depth: torch.Tensor, eta: float = DESCRIPTOR_ETA
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expected pixel (eq. 10) and expected valid depth (eq. 11) of K references in one pass, for inference.
+
+    The same values as `spatial_expectation` and `depth_expectation` of `descriptor_logits`, computed with one
+    matrix product for the logits (the |d_k|^2 term is constant per heatmap and cancels in the softmax), one
+    softmax, and one matrix product against [u, v, valid * depth, valid] for all four sums.
+
+    Args:
+        descriptors: (B, D, H, W) descriptor images.
+        references: (B, K, D) or (K, D) reference descriptors.
+        depth: (B, H, W) z-depth, metres (0 or non-finite where unknown).
+        eta: kernel width, descriptor units.
+
+    Returns:
+        uv: (B, K, 2) expected pixels (u, v); z: (B, K) expected depth over valid pixels, metres (NaN when an
+        image has no valid depth).
+    """
+    batch, _, height, width = descriptors.shape
+    features = descriptors.float().flatten(2)  # (B, D, H W)
+    references = references.float()
+    if references.dim() == 2:
+        references = references.unsqueeze(0).expand(batch, -1, -1)
+    scale = 1.0 / eta**2
+    logits = torch.baddbmm(-scale * features.pow(2).sum(1, keepdim=True), references, features, alpha=2.0 * scale)
+    weights = torch.softmax(logits, dim=-1)  # (B, K, H W)
+    valid = (torch.isfinite(depth) & (depth > 0)).flatten(1).float()  # (B, H W)
+    grid = pixel_grid(height, width, descriptors.device).reshape(1, -1, 2).expand(batch, -1, -1)
+    values = torch.where(valid > 0, depth.flatten(1).float(), torch.zeros_like(valid))
+    basis = torch.cat([grid, (values * valid).unsqueeze(-1), valid.unsqueeze(-1)], dim=-1)  # (B, H W, 4)
+    sums = weights @ basis  # (B, K, 4)
+    return sums[..., :2], sums[..., 2] / sums[..., 3]

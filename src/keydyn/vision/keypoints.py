@@ -15,7 +15,7 @@ import torch
 
 from keydyn.vision.correspondence import sample_pixels
 from keydyn.vision.geometry import bilinear_sample, transform_points, unproject
-from keydyn.vision.heatmap import DESCRIPTOR_ETA, depth_expectation, descriptor_logits, spatial_expectation
+from keydyn.vision.heatmap import DESCRIPTOR_ETA, descriptor_logits, heatmap_expectations
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,7 @@ def locate_keypoints(
         intrinsics = intrinsics.unsqueeze(0)
     if T_world_camera.dim() == 2:
         T_world_camera = T_world_camera.unsqueeze(0)
-    logits = descriptor_logits(descriptors, references, eta)  # (B, K, H, W)
-    uv = spatial_expectation(logits)  # (B, K, 2)
-    z = depth_expectation(logits, depth)  # (B, K)
+    uv, z = heatmap_expectations(descriptors, references, depth, eta)  # (B, K, 2), (B, K)
     geometry_dtype = torch.promote_types(intrinsics.dtype, torch.float32)
     camera = unproject(uv.to(geometry_dtype), z.to(geometry_dtype), intrinsics.unsqueeze(1).to(geometry_dtype))
     world = transform_points(T_world_camera.unsqueeze(1).to(geometry_dtype), camera)
@@ -88,7 +86,7 @@ def locate_keypoints(
         points_camera=camera.float(),
         points_world=world.float(),
         confidence=confidence,
-        heatmaps=logits.exp() if return_heatmaps else None,
+        heatmaps=descriptor_logits(descriptors, references, eta).exp() if return_heatmaps else None,
     )
     if not single:
         return located

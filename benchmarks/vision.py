@@ -1,0 +1,176 @@
+"""Vision speed: descriptor inference and keypoint localisation per frame, training images per second, and the
+whole control loop with perception (image -> descriptors -> keypoints -> MPPI -> act).
+
+Per frame, at the default 320x240 and at the paper's 640x480, 1 image at a time:
+- inference: the descriptor network (default CPU network: strided ResNet-18, D = 3) on one RGB image, fp32 and
+  bf16 autocast;
+- localisation: K = 50 reference descriptors located in one frame (heatmaps, spatial and depth expectation,
+  3D lifting) from a given descriptor image.
+Training: images per second of `keydyn.vision.train.train_step` on real rendered pairs (2 pairs = 4 images a
+step), fp32 and bf16, and the projected time of the default training run (its step count at that rate).
+Control loop: rendering of both cameras, the encoder (inference + localisation of K* = 5 SDS keypoints), MPPI
+(N = 1000, H = 10, M = 3, bf16 dynamics) and one physics step, in steps per second.
+
+    python benchmarks/vision.py                  # 2 threads
+    python benchmarks/vision.py --threads 1 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from keydyn.control import MPCConfig, MPCController, terminal_keypoint_cost
+from keydyn.data.collect import CollectConfig, collect
+from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
+from keydyn.keypoints.encoder import DescriptorEncoder
+from keydyn.keypoints.references import References
+from keydyn.machine import machine
+from keydyn.sim.env import PushingEnv
+from keydyn.vision.keypoints import locate_keypoints
+from keydyn.vision.network import DescriptorNet, rgb_to_tensor
+from keydyn.vision.train import TrainVisualConfig, build_network, make_samplers, train_step
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall-clock milliseconds of `fn()` over `repeats` calls after `warmup` untimed ones."""
+    times = []
+    for index in range(warmup + repeats):
+        start = time.perf_counter()
+        fn()
+        if index >= warmup:
+            times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def per_frame(net: DescriptorNet, width: int, height: int, repeats: int) -> dict:
+    """Inference (fp32, bf16) and K = 50 localisation milliseconds for one rendered frame of top_down."""
+    env = PushingEnv("top_down", width=width, height=height)
+    observation, _ = env.reset(seed=0)
+    env.close()
+    camera = env.task.cameras[0].name
+    rgb = rgb_to_tensor(torch.as_tensor(observation[f"{camera}/rgb"]))[None]
+    depth = torch.as_tensor(observation[f"{camera}/depth"])
+    intrinsics = torch.as_tensor(observation[f"{camera}/intrinsics"])
+    pose = torch.as_tensor(observation[f"{camera}/pose"])
+    generator = torch.Generator().manual_seed(0)
+    references = torch.randn(50, net.config.descriptor_dim, generator=generator)
+    with torch.inference_mode():
+        fp32 = median_ms(lambda: net.infer(rgb, bf16=False), repeats)
+        bf16 = median_ms(lambda: net.infer(rgb, bf16=True), repeats)
+        descriptors = net.infer(rgb, bf16=True)[0]
+        locate = median_ms(lambda: locate_keypoints(descriptors, references, depth, intrinsics, pose), repeats)
+    return {
+        "size": f"{width}x{height}",
+        "inference_fp32_ms": round(fp32, 2),
+        "inference_bf16_ms": round(bf16, 2),
+        "localisation_k50_ms": round(locate, 2),
+    }
+
+
+def training_rate(dataset: Path, precision: str, steps: int) -> dict:
+    """Images per second of real training steps (pair sampling included) and the default run's duration."""
+    config = TrainVisualConfig(dataset=dataset, out=Path("unused"), precision=precision, progress=False)
+    torch.manual_seed(0)
+    net = build_network(config)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    sampler, _ = make_samplers(config)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for index in range(steps + 1):
+        start = time.perf_counter()
+        train_step(net, optimizer, sampler.sample_batch(config.batch_size, generator), config, generator)
+        if index:  # the first step also allocates
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {
+        "precision": precision,
+        "images_per_s": round(2 * config.batch_size / seconds, 2),
+        "step_s": round(seconds, 3),
+        "default_steps": config.steps,
+        "default_training_min": round(config.steps * seconds / 60, 1),
+    }
+
+
+def control_loop_with_perception(net: DescriptorNet, steps: int) -> dict:
+    """Steps per second of render -> SDS encoder (K* = 5) -> MPPI -> physics on top_down at 320x240."""
+    env = PushingEnv("top_down")
+    camera = env.task.cameras[0].name
+    generator = torch.Generator().manual_seed(0)
+    references = References(
+        descriptors=torch.randn(5, net.config.descriptor_dim, generator=generator),
+        uv=torch.zeros(5, 2),
+        confidence=torch.full((5,), float("nan")),
+        camera=camera,
+        frame=0,
+        eta=5.0,
+    )
+    encoder = DescriptorEncoder(net, references, bf16=True)
+    torch.manual_seed(0)
+    model = DynamicsMLP(latent_dim=encoder.layout.dim, history=2, hidden=PAPER_HIDDEN)
+    controller = MPCController(model, MPCConfig(shrinking_horizon=False))
+    observation, info = env.reset(seed=0)
+    encoder.reset(observation, info)
+    latent = encoder.encode(observation, info)
+    controller.reset(latent, seed=0)
+    goal = torch.as_tensor(np.nan_to_num(latent[: encoder.layout.keypoint_dim]) + 0.05)
+    cost = terminal_keypoint_cost(goal, controller.keypoints)
+    times, encode_times = [], []
+    for step in range(steps + 2):
+        start = time.perf_counter()
+        action = controller.act(np.nan_to_num(latent), lambda horizon, cost=cost: cost)
+        observation, _, terminated, _, info = env.step(action)
+        encoded = time.perf_counter()
+        latent = encoder.encode(observation, info)
+        if step >= 2:  # the first call also evaluates the constant-velocity grid
+            times.append(time.perf_counter() - start)
+            encode_times.append(time.perf_counter() - encoded)
+        if terminated:
+            observation, info = env.reset(seed=step)
+            latent = encoder.encode(observation, info)
+    env.close()
+    return {
+        "control_loop_with_perception_hz": round(1.0 / statistics.median(times), 2),
+        "encoder_ms": round(1e3 * statistics.median(encode_times), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per figure (median reported)")
+    parser.add_argument("--train-steps", type=int, default=6, help="timed training steps per precision")
+    parser.add_argument("--loop-steps", type=int, default=20, help="timed control-loop steps")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = TrainVisualConfig(dataset=Path("unused"), out=Path("unused"))
+    torch.manual_seed(0)
+    net = build_network(config).eval()
+    frames = [per_frame(net, w, h, args.repeats) for w, h in ((320, 240), (640, 480))]
+    with tempfile.TemporaryDirectory() as directory:
+        dataset = Path(directory) / "top_down"
+        collect(CollectConfig(out=dataset, episodes=3, steps=12, workers=1, progress=False))
+        training = [training_rate(dataset, precision, args.train_steps) for precision in ("fp32", "bf16")]
+    document = {
+        "benchmark": "vision",
+        "network": dataclasses.asdict(config.network),
+        "settings": {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__},
+        "per_frame": frames,
+        "training_320x240": training,
+        "control_loop": control_loop_with_perception(build_network(config).eval(), args.loop_steps),
+        "machine": machine(),
+    }
+    print(json.dumps(document, indent=2))
+
+
+if __name__ == "__main__":
+    main()
