@@ -223,6 +223,8 @@ def _episodes(config: CollectConfig, indices: range) -> Iterator[tuple[dict, dic
     context = multiprocessing.get_context("spawn")
     with context.Pool(config.workers, initializer=_init_worker, initargs=(config,)) as pool:
         yield from pool.imap(_worker_episode, indices, chunksize=1)
+        pool.close()  # a clean shutdown; leaving the block early (an error, Ctrl-C) terminates the workers
+        pool.join()
 
 
 def _open_for_collection(config: CollectConfig) -> EpisodeStore:
