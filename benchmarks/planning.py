@@ -30,7 +30,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from keydyn.control import GroundTruthEncoder, MPCConfig, MPCController, terminal_keypoint_cost
+from control_loop import time_control_loop
+from keydyn.control import GroundTruthEncoder, MPCConfig, MPCController
 from keydyn.control.mpc import model_dynamics
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.machine import machine
@@ -134,24 +135,7 @@ def control_loop_rate(args: argparse.Namespace) -> dict:
     for precision in ("fp32", "bf16"):
         mppi = MPPIConfig(num_samples=args.samples, iterations=args.iterations)
         config = MPCConfig(mppi=mppi, horizon=args.horizon, shrinking_horizon=False, precision=precision)
-        controller = MPCController(model, config)
-        observation, info = env.reset(seed=0)
-        encoder.reset(observation, info)
-        latent = encoder.encode(observation, info)
-        controller.reset(latent, seed=0)
-        goal = torch.as_tensor(latent[: encoder.layout.keypoint_dim] + 0.05)
-        cost = terminal_keypoint_cost(goal, controller.keypoints)
-        times = []
-        for step in range(args.loop_steps + 2):
-            start = time.perf_counter()
-            action = controller.act(latent, lambda horizon, cost=cost: cost)
-            observation, _, terminated, _, info = env.step(action)
-            latent = encoder.encode(observation, info)
-            if step >= 2:  # the first call also evaluates the constant-velocity grid
-                times.append(time.perf_counter() - start)
-            if terminated:
-                observation, info = env.reset(seed=step)
-                latent = encoder.encode(observation, info)
+        times, _ = time_control_loop(env, encoder, MPCController(model, config), args.loop_steps)
         rates[f"control_loop_{precision}_hz"] = round(1.0 / statistics.median(times), 2)
     # bf16 arithmetic against fp32: predicted latents of the same action sequences after H steps.
     state = torch.cat([model.latent_mean.repeat(2), torch.zeros(2)])[None].repeat(args.samples, 1)

@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from keydyn.control import MPCConfig, MPCController, terminal_keypoint_cost
+from control_loop import time_control_loop
+from keydyn.control import MPCConfig, MPCController
 from keydyn.data.collect import CollectConfig, collect
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.keypoints.encoder import DescriptorEncoder
@@ -118,25 +118,7 @@ def control_loop_with_perception(net: DescriptorNet, steps: int) -> dict:
     torch.manual_seed(0)
     model = DynamicsMLP(latent_dim=encoder.layout.dim, history=2, hidden=PAPER_HIDDEN)
     controller = MPCController(model, MPCConfig(shrinking_horizon=False))
-    observation, info = env.reset(seed=0)
-    encoder.reset(observation, info)
-    latent = encoder.encode(observation, info)
-    controller.reset(latent, seed=0)
-    goal = torch.as_tensor(np.nan_to_num(latent[: encoder.layout.keypoint_dim]) + 0.05)
-    cost = terminal_keypoint_cost(goal, controller.keypoints)
-    times, encode_times = [], []
-    for step in range(steps + 2):
-        start = time.perf_counter()
-        action = controller.act(np.nan_to_num(latent), lambda horizon, cost=cost: cost)
-        observation, _, terminated, _, info = env.step(action)
-        encoded = time.perf_counter()
-        latent = encoder.encode(observation, info)
-        if step >= 2:  # the first call also evaluates the constant-velocity grid
-            times.append(time.perf_counter() - start)
-            encode_times.append(time.perf_counter() - encoded)
-        if terminated:
-            observation, info = env.reset(seed=step)
-            latent = encoder.encode(observation, info)
+    times, encode_times = time_control_loop(env, encoder, controller, steps)
     env.close()
     return {
         "control_loop_with_perception_hz": round(1.0 / statistics.median(times), 2),

@@ -7,7 +7,6 @@ videos under `out`. Every stage resumes where it stopped when the demo is run ag
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from keydyn.data.collect import CollectConfig, collect
 from keydyn.data.inspect import dataset_summary, format_summary, write_episode_video
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
+from keydyn.files import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def run_demo(config: DemoConfig) -> dict:
         )
     )
     summary = dataset_summary(store)
-    (config.out / "dataset_info.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(config.out / "dataset_info.json", summary)
     write_episode_video(store, 0, config.out / "dataset_episode_0.mp4")
     print(format_summary(summary))
     train_dynamics(

@@ -1,4 +1,4 @@
-"""Videos and simple drawing on RGB frames (no OpenCV): points, polylines, projection of world points."""
+"""Videos and simple drawing on RGB frames (no OpenCV): points and polylines in pixel coordinates."""
 
 from __future__ import annotations
 
@@ -25,19 +25,6 @@ def write_video(frames: Sequence[np.ndarray], out: Path, fps: float = 10.0) -> P
         imageio.mimwrite(temporary, list(frames), duration=1000 / fps, loop=0)
     temporary.replace(out)
     return out
-
-
-def project_to_pixels(points: np.ndarray, intrinsics: np.ndarray, camera_pose: np.ndarray) -> np.ndarray:
-    """(N, 3) world points (metres) -> (N, 2) pixel coordinates (u right, v down) for a pinhole camera.
-
-    intrinsics: (3, 3) K in pixels; camera_pose: (4, 4) T_world_camera in the OpenCV frame (z forward).
-    Points behind the camera come out as NaN.
-    """
-    rotation, translation = camera_pose[:3, :3], camera_pose[:3, 3]
-    in_camera = (np.asarray(points, dtype=np.float64) - translation) @ rotation
-    depth = in_camera[:, 2:3]
-    uv = (in_camera @ np.asarray(intrinsics, dtype=np.float64).T)[:, :2] / np.where(depth > 0, depth, np.nan)
-    return uv
 
 
 def draw_points(image: np.ndarray, uv: np.ndarray, colour: Sequence[int], radius: int = 2) -> None:

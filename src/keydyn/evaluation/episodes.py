@@ -22,7 +22,8 @@ from keydyn.evaluation.metrics import pose_errors
 from keydyn.planning.base import Cost
 from keydyn.sim.env import PushingEnv
 from keydyn.sim.render import camera_intrinsics, camera_pose
-from keydyn.video import draw_points, draw_polyline, project_to_pixels
+from keydyn.video import draw_points, draw_polyline
+from keydyn.vision.geometry import project
 
 GOAL_COLOUR = (40, 220, 40)
 CURRENT_COLOUR = (230, 40, 40)
@@ -103,10 +104,11 @@ def annotated_frame(env: PushingEnv, target_keypoints: np.ndarray, current_keypo
     """First camera's RGB with (K, 3) target and current world keypoints drawn as outlines and dots."""
     image = env.render().copy()
     camera = env.task.cameras[0]
-    K = camera_intrinsics(camera.fovy_deg, env.task.width, env.task.height)
-    pose = camera_pose(env.model, env.data, env.handles.camera_ids[0])
+    K = torch.as_tensor(camera_intrinsics(camera.fovy_deg, env.task.width, env.task.height))
+    pose = torch.as_tensor(camera_pose(env.model, env.data, env.handles.camera_ids[0]))
     for keypoints, colour in ((target_keypoints, GOAL_COLOUR), (current_keypoints, CURRENT_COLOUR)):
-        uv = project_to_pixels(keypoints, K, pose)
+        uv, depth = project(torch.as_tensor(keypoints, dtype=torch.float64), K, pose)
+        uv = torch.where(depth[:, None] > 0, uv, torch.nan).numpy()  # nothing drawn behind the camera
         draw_polyline(image, uv, colour)
         draw_points(image, uv, colour, radius=max(1, env.task.width // 160))
     return image

@@ -30,7 +30,7 @@ from keydyn.evaluation.episodes import reach_goal
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
-from keydyn.files import read_lines, write_json_atomic, write_text_atomic
+from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
 from keydyn.runs import prepare_run_dir
 from keydyn.video import write_video
 
@@ -108,8 +108,7 @@ def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
     if not prepare_run_dir(config.out, config.resume, config.to_json(), _RESUMABLE_FIELDS, "config.json"):
         return []
     rows = read_lines(config.out / "episodes.jsonl")
-    # Rewrite without a torn last line so that appends start on a fresh line.
-    write_text_atomic(config.out / "episodes.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_lines_atomic(config.out / "episodes.jsonl", rows)  # without a torn last line: appends start afresh
     return rows
 
 

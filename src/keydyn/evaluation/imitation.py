@@ -25,7 +25,8 @@ from keydyn.evaluation.evaluate import episode_seed
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.tracking import Demonstration, pair_demonstration, perturbed_start, record_demonstration, track
-from keydyn.files import write_atomic, write_json_atomic
+from keydyn.files import write_json_atomic
+from keydyn.plots import pyplot, save_figure
 from keydyn.sim.env import PushingEnv
 from keydyn.video import write_video
 
@@ -129,11 +130,7 @@ def figure7_cost(row: dict[str, Any]) -> float:
 
 def plot_region_of_attraction(rows: list[dict[str, Any]], out: Path) -> Path:
     """Two scatter panels (x offset vs yaw offset at y = 0; y offset vs yaw offset at x = 0), coloured by cost."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     costs = [figure7_cost(row) for row in rows]
     vmax = max(2.0, max(costs))
@@ -155,9 +152,7 @@ def plot_region_of_attraction(rows: list[dict[str, Any]], out: Path) -> Path:
     axes[0].set_ylabel("start yaw offset (deg)")
     figure.suptitle("final error per start offset (red edge: not within 3 cm and 30 deg)")
     figure.colorbar(scatter, ax=axes, label="position (cm) / 3 + angle (deg) / 30")
-    write_atomic(out, lambda p: figure.savefig(p, dpi=110, format=out.suffix.lstrip(".")))
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=110)
 
 
 def _success(row: dict[str, Any]) -> bool:

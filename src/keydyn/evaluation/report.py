@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from keydyn.files import write_atomic
+from keydyn.plots import pyplot, save_figure
 
 
 def summarize(rows: Sequence[dict[str, Any]], success_cm: float = 3.0, success_deg: float = 30.0) -> dict[str, Any]:
@@ -62,11 +62,7 @@ def markdown_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 def plot_errors(rows: Sequence[dict[str, Any]], out: Path, title: str, success_cm: float, success_deg: float) -> Path:
     """Save cumulative distributions of the final errors and final-versus-initial position error to `out`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     final_cm = np.sort([row["final_position_error_cm"] for row in rows])
     final_deg = np.sort([row["final_angle_error_deg"] for row in rows])
     fraction = np.arange(1, len(rows) + 1) / len(rows)
@@ -88,6 +84,4 @@ def plot_errors(rows: Sequence[dict[str, Any]], out: Path, title: str, success_c
     axes[2].grid(alpha=0.3)
     figure.suptitle(title)
     figure.tight_layout()
-    write_atomic(out, lambda p: figure.savefig(p, dpi=110, format=out.suffix.lstrip(".")))
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=110)

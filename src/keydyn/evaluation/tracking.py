@@ -53,8 +53,8 @@ def record_demonstration(
     """Replay (T, 2) `actions` from the start `reset_options` restores, recording latents and true poses."""
     observation, info = env.reset(options=reset_options)
     encoder.reset(observation, info)
-    latents, positions, quaternions = [encoder.encode(observation, info)], [info["object_position"]], []
-    quaternions.append(info["object_quaternion"])
+    latents = [encoder.encode(observation, info)]
+    positions, quaternions = [info["object_position"]], [info["object_quaternion"]]
     for action in actions:
         observation, _, terminated, _, info = env.step(action)
         latents.append(encoder.encode(observation, info))

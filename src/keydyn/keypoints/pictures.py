@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from keydyn.files import write_atomic
 from keydyn.keypoints.references import References
+from keydyn.plots import pyplot, save_figure
 
 
 def write_reference_picture(path: Path, rgb: np.ndarray, references: References, title: str) -> Path:
@@ -15,11 +15,7 @@ def write_reference_picture(path: Path, rgb: np.ndarray, references: References,
 
     Numbers follow the order of `references` (best first for SDS); colours are those of matplotlib's tab10.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     height, width = rgb.shape[:2]
     figure, axes = plt.subplots(figsize=(6.0, 6.0 * height / width + 0.4), dpi=120)
     axes.imshow(rgb)
@@ -32,6 +28,4 @@ def write_reference_picture(path: Path, rgb: np.ndarray, references: References,
     axes.set_title(title, fontsize=9)
     axes.axis("off")
     figure.tight_layout()
-    write_atomic(path, lambda p: figure.savefig(p, format="png"))
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

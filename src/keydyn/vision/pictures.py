@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from keydyn.files import write_atomic
+from keydyn.plots import pyplot, save_figure
 from keydyn.vision.keypoints import Keypoints
 
 
@@ -68,11 +69,7 @@ def write_heatmap_picture(
         uv_b: (2,) its true match in B, pixels.
         located: the reference descriptor located in B (one frame, K = 1), with its heatmap.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     heatmap = located.heatmaps[0].cpu().numpy()
     found, truth = located.uv[0].cpu().numpy(), uv_b.cpu().numpy()
     error = float(np.linalg.norm(found - truth))
@@ -92,6 +89,4 @@ def write_heatmap_picture(
     for axis in axes:
         axis.set_axis_off()
     figure.tight_layout()
-    write_atomic(path, lambda p: figure.savefig(p, dpi=110, format="png"))
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
