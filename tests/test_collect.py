@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -159,23 +158,3 @@ def test_mug_collection_records_instance_and_appearance(tmp_path):
     assert np.all((instances >= 0) & (instances < 10))
     rgba = store.episode_meta("mug_rgba")
     assert not np.array_equal(rgba[0], rgba[1])
-
-
-def test_demo_main_job_runs_the_pipeline_and_resumes(tmp_path, capsys):
-    out = tmp_path / "demo"
-    size = ["--episodes", "4", "--steps", "14", "--width", "64", "--height", "48", "--epochs", "2", "--horizon", "5"]
-    args = ["demo", "--out", str(out), *size, "--goals", "1", "--videos", "1", "--workers", "1", "--no-progress"]
-    assert main(args) == 0
-    assert EpisodeStore.open(out / "dataset").num_episodes == 4
-    assert '"episodes": 4' in (out / "dataset_info.json").read_text()
-    assert iio.imread(out / "dataset_episode_0.mp4").shape[0] >= 2
-    assert (out / "dynamics" / "best.safetensors").exists()
-    results = json.loads((out / "goal_reaching" / "results.json").read_text())
-    assert results["summary"]["episodes"] == 1
-    assert (out / "goal_reaching" / "videos" / "episode_000.mp4").exists()
-    assert "| GT 3D (MPPI) |" in capsys.readouterr().out
-    # Run again with more goals: the dataset and the model are reused, only the new episode runs.
-    assert main([*args[:-7], "--goals", "2", "--videos", "1", "--workers", "1", "--no-progress"]) == 0
-    assert json.loads((out / "goal_reaching" / "results.json").read_text())["summary"]["episodes"] == 2
-    assert json.loads((out / "dynamics" / "last.json").read_text())["epoch"] == 2
-    assert not list(tmp_path.glob(".*.creating"))

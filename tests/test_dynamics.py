@@ -11,22 +11,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from keydyn.data.split import split_episodes
 from keydyn.data.store import EpisodeStore
 from keydyn.dynamics import (
     DynamicsMLP,
     GroundTruthKeypoints,
     LatentLayout,
     PlanarMotion,
-    TrainDynamicsConfig,
     ground_truth_latents,
-    load_dynamics,
     make_windows,
-    split_episodes,
-    train_dynamics,
     transform_latents,
 )
 from keydyn.dynamics.augment import augment_windows, rotate_vectors_xy
 from keydyn.dynamics.latent import box_top_corners, rotate_by_quaternions
+from keydyn.dynamics.train import TrainDynamicsConfig, load_dynamics, train_dynamics
 from keydyn.dynamics.windows import window_starts
 from keydyn.sim.config import SUGAR_BOX_SIZE, task_config
 from keydyn.sim.env import PushingEnv, quaternion_multiply, yaw_quaternion

@@ -65,6 +65,15 @@ def test_results_do_not_depend_on_worker_count_and_resume_continues(small_run, t
     assert main([*base, "--out", str(tmp_path / "inline"), "--episodes", "3", "--workers", "0"]) == 2  # exists
     other = [*base, "--out", str(tmp_path / "inline"), "--episodes", "3", "--resume", "--seed", "1"]
     assert main(other) == 2  # different settings cannot resume
+    # The two evaluations side by side in one table; evaluations of other pairs are refused.
+    assert main(["table", str(tmp_path / "pool"), str(tmp_path / "inline"), "--out", str(tmp_path / "t.md")]) == 0
+    table = (tmp_path / "t.md").read_text()
+    assert "| GT 3D (MPPI) [pool] |" in table and "| GT 3D (MPPI) [inline] |" in table
+    other_pairs = json.loads((tmp_path / "pool" / "results.json").read_text())
+    other_pairs["config"]["goals"]["seed"] += 1
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text(json.dumps(other_pairs))
+    assert main(["table", str(tmp_path / "pool"), str(tmp_path / "other")]) == 2
 
 
 def test_summary_and_success_thresholds():

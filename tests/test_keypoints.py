@@ -165,7 +165,42 @@ def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, t
         assert main([*evaluate, "--videos", "0", *FAST_MPC, "--no-progress"]) == 0
     for name in ("references.json", "references.safetensors", "visual_network.json", "keypoints.png"):
         assert (run / name).exists(), name
-    assert len(list(run.glob("keypoints-*.safetensors"))) == 1
+    assert len(list((visual_run / "keypoint_cache").glob("keypoints-*.safetensors"))) >= 1
     results = json.loads((out / "results.json").read_text())
     assert results["latent"] == "sds" and results["label"].startswith("SDS")
     assert results["episodes"][0]["steps"] > 0 and np.isfinite(results["episodes"][0]["final_position_error_cm"])
+
+
+def test_keypoint_errors_measure_located_points_against_the_true_object_points(small_dataset, visual_run):
+    """The reference points carried by the true object poses land on the object mask wherever they count as
+    visible, and the errors of a trained network are far below those of an untrained one."""
+    from keydyn.keypoints.accuracy import keypoint_errors, reference_object_points
+    from keydyn.vision.geometry import project, transform_points
+
+    store = open_dataset(small_dataset)
+    trained, eta = load_visual(visual_run, "last")
+    untrained = type(trained)(trained.config).eval()
+    frames = np.arange(store.num_frames)
+    with one_thread():
+        references = choose_references(trained, store, SMALL_KEYPOINTS, spatial=False, eta=eta)
+        errors = keypoint_errors(trained, store, references, frames)
+        baseline = keypoint_errors(untrained, store, references, frames)
+    assert errors.error_3d.shape == errors.visible.shape == (store.num_frames, 20)
+
+    points = reference_object_points(store, references)
+    reference = load_view(store, references.camera, references.frame)
+    uv, _ = project(transform_points(reference.T_world_object, points), reference.intrinsics, reference.T_world_camera)
+    assert torch.allclose(uv, references.uv.double(), atol=1e-3)  # the reference pixels themselves
+    assert errors.visible.mean() > 0.8  # top_down: the camera sees the top face unless the pusher covers it
+    on_mask = []
+    for frame in frames:
+        view = load_view(store, references.camera, int(frame))
+        uv, _ = project(transform_points(view.T_world_object, points), view.intrinsics, view.T_world_camera)
+        pixel = uv.round().long()
+        on_mask.append(view.mask[pixel[:, 1], pixel[:, 0]][torch.as_tensor(errors.visible[frame])])
+    assert torch.cat(on_mask).float().mean() > 0.95
+
+    summary, untrained_summary = errors.summary(), baseline.summary()
+    assert summary["error_3d_mm_median"] < 0.5 * untrained_summary["error_3d_mm_median"]
+    assert 0.0 <= summary["confidence_visible_mean"] <= 1.0
+    assert 0.0 < summary["jitter_mm_median"] <= 1.5 * summary["error_3d_mm_median"]

@@ -7,6 +7,7 @@ keydyn train-dynamics --dataset data/top_down --out runs/gt3d_top_down
 keydyn train-visual --dataset data/top_down --out runs/descriptors_top_down
 keydyn evaluate --run runs/gt3d_top_down --episodes 200 --out eval/gt3d_top_down
 keydyn track --run runs/gt3d_top_down --out track/gt3d_top_down
+keydyn table eval/gt3d_top_down eval/sds_top_down --out table1.md
 keydyn preview --task angled --out angled.png
 keydyn demo --out demo_out
 """
@@ -28,6 +29,8 @@ from keydyn.demo import DemoConfig, run_demo
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.imitation import TrackConfig, run_track
+from keydyn.evaluation.report import comparison_table
+from keydyn.files import write_text_atomic
 from keydyn.sim.preview import write_task_picture
 from keydyn.vision.train import TrainVisualConfig, train_visual
 
@@ -123,6 +126,21 @@ class Track(TrackConfig):
 
 
 @dataclass(frozen=True)
+class Table:
+    """Compare evaluations (directories of `keydyn evaluate`) in one Markdown table per task, like Table 1."""
+
+    evaluations: tyro.conf.Positional[tuple[Path, ...]]
+    out: Path | None = None
+    """Also write the table to this Markdown file."""
+
+    def execute(self) -> None:
+        table = comparison_table(self.evaluations)
+        if self.out is not None:
+            write_text_atomic(self.out, table)
+        print(table)
+
+
+@dataclass(frozen=True)
 class Preview:
     """Save a picture of a task: RGB, depth and object mask from every camera."""
 
@@ -138,12 +156,12 @@ class Preview:
 
 @dataclass(frozen=True)
 class Demo(DemoConfig):
-    """The pipeline on CPU-friendly defaults: collect, train GT 3D dynamics, drive the object to goals with MPC."""
+    """The pipeline from pixels on CPU-friendly defaults: collect, train descriptors, choose SDS keypoints, train
+    their dynamics, drive the object to goals with MPC, and compare with GT 3D keypoints."""
 
     def execute(self) -> None:
-        run_demo(self)
-        print((self.out / "goal_reaching" / "results.md").read_text())
-        print(f"wrote {self.out}: dataset/, dynamics/, goal_reaching/ (results, errors.png, videos/)")
+        print(run_demo(self)["table"])
+        print(f"wrote {self.out}: results.md and one directory per stage (see `keydyn.demo`)")
 
 
 Command = (
@@ -153,6 +171,7 @@ Command = (
     | Annotated[TrainVisual, tyro.conf.subcommand("train-visual")]
     | Annotated[Evaluate, tyro.conf.subcommand("evaluate")]
     | Annotated[Track, tyro.conf.subcommand("track")]
+    | Annotated[Table, tyro.conf.subcommand("table")]
     | Annotated[Preview, tyro.conf.subcommand("preview")]
     | Annotated[Demo, tyro.conf.subcommand("demo")]
 )

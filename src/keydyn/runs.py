@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from keydyn.data.store import EpisodeStore
+from keydyn.sim.config import TaskConfig
 
 
 def resolve_device(device: str) -> torch.device:
@@ -23,6 +24,11 @@ def open_dataset(path: Path) -> EpisodeStore:
     if not path.exists():
         raise FileNotFoundError(f"dataset {path} does not exist; collect one with `keydyn collect --out {path}`")
     return EpisodeStore.open(path)
+
+
+def store_task(store: EpisodeStore) -> TaskConfig:
+    """The TaskConfig a dataset was collected with."""
+    return TaskConfig.from_dict(store.attrs["task_config"])
 
 
 def prepare_run_dir(

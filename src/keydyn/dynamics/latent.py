@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from keydyn.data.store import EpisodeStore
+from keydyn.runs import store_task
 from keydyn.sim.config import SUGAR_BOX_SIZE, TaskConfig
 from keydyn.sim.meshes import MugShape
 
@@ -145,11 +146,6 @@ class GroundTruthKeypoints:
     def latent_from_info(self, info: Mapping[str, Any], pusher_xy: np.ndarray) -> np.ndarray:
         """(D,) latent at control time from an env `info` dict and the observation's (2,) pusher_position."""
         return self.latents(info["object_position"], info["object_quaternion"], pusher_xy)
-
-
-def store_task(store: EpisodeStore) -> TaskConfig:
-    """The TaskConfig a dataset was collected with."""
-    return TaskConfig.from_dict(store.attrs["task_config"])
 
 
 def ground_truth_latents(store: EpisodeStore) -> np.ndarray:

@@ -32,15 +32,23 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from keydyn.data.split import split_episodes
 from keydyn.dynamics.augment import augment_windows
-from keydyn.dynamics.latent import LatentLayout, ground_truth_latents, store_task
+from keydyn.dynamics.latent import LatentLayout, ground_truth_latents
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
-from keydyn.dynamics.windows import WindowSet, make_windows, split_episodes
+from keydyn.dynamics.windows import WindowSet, make_windows
 from keydyn.files import read_lines, write_atomic, write_json_atomic, write_lines_atomic
 from keydyn.keypoints.latents import DESCRIPTOR_LATENTS, WEIGHTED_LATENTS, descriptor_latents
 from keydyn.keypoints.references import KeypointConfig
 from keydyn.keypoints.weights import PARAMETER_PREFIX, KeypointWeights
-from keydyn.runs import checkpoint_paths, load_training_state, open_dataset, resolve_device, resumed_checkpoint
+from keydyn.runs import (
+    checkpoint_paths,
+    load_training_state,
+    open_dataset,
+    resolve_device,
+    resumed_checkpoint,
+    store_task,
+)
 
 _RESUMABLE_FIELDS = ("epochs", "resume", "progress", "device")  # may differ between a run and its resumption
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,31 @@ def plot_errors(rows: Sequence[dict[str, Any]], out: Path, title: str, success_c
     figure.suptitle(title)
     figure.tight_layout()
     return save_figure(figure, out, dpi=110)
+
+
+def comparison_table(evaluations: Sequence[Path]) -> str:
+    """A Markdown table per task comparing evaluation directories (each with the results.json of `keydyn evaluate`),
+    like the paper's Table 1; rows in the given order, one 'Avg. trajectory' row per task.
+
+    Raises:
+        FileNotFoundError: a directory has no results.json.
+        ValueError: no directories, or directories of one task evaluated on different start/goal pairs.
+    """
+    if not evaluations:
+        raise ValueError("give one or more evaluation directories written by `keydyn evaluate`")
+    by_task: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    pairs: dict[str, tuple[Any, ...]] = {}
+    for directory in evaluations:
+        path = Path(directory) / "results.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; make it with `keydyn evaluate --out {directory}`")
+        results = json.loads(path.read_text())
+        config, task = results["config"], results["task"]
+        setting = (json.dumps(config["goals"], sort_keys=True), results["summary"]["episodes"])
+        if pairs.setdefault(task, setting) != setting:
+            raise ValueError(
+                f"{directory} was evaluated on other start/goal pairs than the first `{task}` evaluation (--goals.* "
+                "or --episodes differ); compare evaluations of the same pairs"
+            )
+        by_task.setdefault(task, []).append((f"{results['label']} [{Path(directory).name}]", results["summary"]))
+    return "\n".join(f"Goal reaching on `{task}`\n\n{markdown_table(rows)}" for task, rows in by_task.items())

@@ -4,8 +4,9 @@ A dynamics run with a descriptor latent (ds, sds, wds, wsds) holds, besides the 
     references.json/.safetensors   the reference descriptors, their pixels, camera and reference frame
     visual_network.json            the visual run, its checkpoint and the SHA-256 of its weights
     keypoints.png                  the references on the reference image (paper figure 3)
-    keypoints-<hash>.safetensors   the cached keypoints of every dataset frame
-and, for wds / wsds, the weights' alpha inside the dynamics checkpoints (`keydyn.keypoints.weights`).
+and, for wds / wsds, the weights' alpha inside the dynamics checkpoints (`keydyn.keypoints.weights`). The
+keypoints of every dataset frame are cached in the visual run (keypoint_cache/keypoints-<hash>.safetensors),
+keyed by the network, the references and the dataset, so runs with the same references share them.
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ from keydyn.keypoints.references import KeypointConfig, References, choose_refer
 from keydyn.keypoints.weights import KeypointWeights
 from keydyn.runs import checkpoint_paths
 from keydyn.vision.network import DescriptorNet
+from keydyn.vision.train import load_descriptor_net
 
 DESCRIPTOR_LATENTS = ("ds", "sds", "wds", "wsds")
 SPATIAL_LATENTS = ("sds", "wsds")
 WEIGHTED_LATENTS = ("wds", "wsds")
+KEYPOINT_CACHE = "keypoint_cache"  # directory of cached dataset keypoints inside a visual run
 
 
 def load_visual(visual_run: Path, checkpoint: str) -> tuple[DescriptorNet, float]:
     """The visual run's network (eval mode) and the descriptor kernel width eta it was trained with."""
-    from keydyn.vision.train import load_descriptor_net  # vision.train imports keydyn.dynamics, which imports us
-
     info_path, _ = checkpoint_paths(Path(visual_run), checkpoint, "`keydyn train-visual`")
     eta = float(json.loads(info_path.read_text())["loss"]["eta"])
     return load_descriptor_net(visual_run, checkpoint), eta
@@ -46,7 +47,7 @@ def descriptor_latents(
     """(N, 3 K + 2) float32 latents of every dataset frame: located keypoints (world, metres) and pusher xy.
 
     Chooses the references (or reloads those already in `out`, when a run resumes), writes them, the visual
-    network's identity and keypoints.png into `out`, and caches the dataset's keypoints there.
+    network's identity and keypoints.png into `out`, and caches the dataset's keypoints in the visual run.
     """
     net, eta = load_visual(visual_run, config.checkpoint)
     if (out / "references.json").exists():
@@ -59,7 +60,8 @@ def descriptor_latents(
     rgb = store.frames(f"{references.camera}/rgb", references.frame, references.frame + 1)[0]
     title = f"{latent.upper()}: {len(references)} reference descriptors, camera {references.camera}"
     write_reference_picture(out / "keypoints.png", rgb, references, title)
-    keypoints = dataset_keypoints(net, references, store, out, config.batch_size, config.bf16)
+    cache = Path(visual_run) / KEYPOINT_CACHE  # shared by every dynamics run of the same references (DS and WDS)
+    keypoints = dataset_keypoints(net, references, store, cache, config.batch_size, config.bf16)
     pusher = np.asarray(store.frames("pusher_position"), dtype=np.float32)
     return LatentLayout(len(references)).pack(keypoints.points.numpy(), pusher).astype(np.float32)
 

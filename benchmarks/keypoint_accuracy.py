@@ -1,0 +1,79 @@
+"""Visual accuracy of descriptor keypoints on held-out episodes: located 3D points against the true positions
+of the same object points, and the confidence of visible vs occluded points.
+
+The keypoints are the references of a dynamics run with a descriptor latent (`--run`), or SDS references
+chosen here from the visual run (`--visual-run`, with `--keypoints.*`). The held-out episodes are those the
+visual run did not train on (its seeded split). Targets (issue 4): median 3D error of SDS keypoints <= 5 mm
+on top_down; on occlusions, the confidence of occluded points clearly below that of visible ones.
+
+    python benchmarks/keypoint_accuracy.py --dataset data/top_down --run runs/sds_top_down
+    python benchmarks/keypoint_accuracy.py --dataset data/occlusions --visual-run visual/occlusions
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from keydyn.data.split import split_episodes
+from keydyn.keypoints.accuracy import VISIBILITY_TOLERANCE_M, keypoint_errors
+from keydyn.keypoints.latents import load_visual
+from keydyn.keypoints.references import KeypointConfig, References, choose_references
+from keydyn.machine import machine
+from keydyn.runs import open_dataset
+
+
+@dataclass(frozen=True)
+class KeypointAccuracyConfig:
+    dataset: Path
+    """Dataset the visual run trained on (its held-out episodes are measured)."""
+    run: Path | None = None
+    """A dynamics run with a descriptor latent: measure its references (and its visual run)."""
+    visual_run: Path | None = None
+    """A visual run: choose SDS references from it (ignored when --run is given)."""
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    """How SDS references are chosen when --visual-run is given."""
+    max_frames: int = 2000
+    """At most this many held-out frames (evenly spaced)."""
+    visibility_tolerance: float = VISIBILITY_TOLERANCE_M
+    """Metres between the rendered depth and a point's depth for the point to count as visible."""
+
+
+def main(config: KeypointAccuracyConfig) -> dict:
+    store = open_dataset(config.dataset)
+    if config.run is not None:
+        identity = json.loads((config.run / "visual_network.json").read_text())
+        visual_run, checkpoint = Path(identity["visual_run"]), identity["checkpoint"]
+        references = References.load(config.run)
+        net, _ = load_visual(visual_run, checkpoint)
+    elif config.visual_run is not None:
+        visual_run = config.visual_run
+        net, eta = load_visual(visual_run, config.keypoints.checkpoint)
+        references = choose_references(net, store, config.keypoints, spatial=True, eta=eta)
+    else:
+        raise SystemExit("give --run (a dynamics run with a descriptor latent) or --visual-run")
+    visual = json.loads((visual_run / "config.json").read_text())
+    _, held_out = split_episodes(store.num_episodes, visual["val_fraction"], visual["seed"])
+    frames = np.concatenate([np.arange(*store.episode_range(int(episode))) for episode in held_out])
+    if len(frames) > config.max_frames:
+        frames = frames[np.linspace(0, len(frames) - 1, config.max_frames).round().astype(int)]
+    errors = keypoint_errors(
+        net, store, references, frames, bf16=True, visibility_tolerance=config.visibility_tolerance
+    )
+    return {
+        "benchmark": "keypoint_accuracy",
+        "dataset": str(config.dataset),
+        "visual_run": str(visual_run),
+        "references": str(config.run) if config.run is not None else "sds chosen here",
+        "held_out_episodes": len(held_out),
+        **errors.summary(),
+        "machine": machine(),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(tyro.cli(KeypointAccuracyConfig)), indent=2))

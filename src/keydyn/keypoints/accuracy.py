@@ -1,0 +1,129 @@
+"""How well descriptor keypoints track the object: located points against the true positions of the same
+object points, on held-out frames (the ground-truth poses are used here only, never by the controller).
+
+Each reference descriptor marks one object point: its pixel in the reference image, lifted with that image's
+depth and camera pose and carried into the object frame by the object's true pose then. In any other frame
+the same point's true position is the object's true pose applied to it. A point counts as visible when it
+projects inside the image onto a pixel whose rendered depth is within `visibility_tolerance` of the point's
+own depth (so points behind an occluder, or on a face turned away, are occluded).
+
+The error splits into a bias and a jitter: in the object frame a keypoint's located positions scatter
+(jitter: distance to their median) around a point that may differ from the reference pixel's (bias). The
+dynamics and the controller see only the jitter; the error against the true point includes both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from keydyn.data.store import EpisodeStore
+from keydyn.keypoints.references import References
+from keydyn.vision.geometry import bilinear_sample, invert_transform, project, transform_points, unproject_to_world
+from keydyn.vision.keypoints import locate_keypoints
+from keydyn.vision.network import DescriptorNet, rgb_to_tensor
+from keydyn.vision.views import load_view
+
+VISIBILITY_TOLERANCE_M = 0.005  # a point is visible when the rendered depth at its pixel is within 5 mm of its own
+
+
+@dataclass(frozen=True)
+class KeypointErrors:
+    """Per frame and keypoint errors of located keypoints.
+
+    Attributes:
+        error_3d: (F, K) float64 distance between the located and the true point, metres (NaN: no depth).
+        error_px: (F, K) float64 distance between the located pixel and the true point's projection, pixels.
+        confidence: (F, K) float32 eq.-15 confidence of the located keypoint, in [0, 1].
+        visible: (F, K) bool, whether the true point is seen by the camera in that frame.
+        located_object: (F, K, 3) float64 the located points in the object frame of their frame, metres.
+    """
+
+    error_3d: np.ndarray
+    error_px: np.ndarray
+    confidence: np.ndarray
+    visible: np.ndarray
+    located_object: np.ndarray
+
+    def jitter(self) -> np.ndarray:
+        """(F, K) distance of each located point (object frame) to its keypoint's median over the visible
+        frames, metres; NaN where the point is not visible."""
+        points = np.where(self.visible[..., None], self.located_object, np.nan)
+        return np.linalg.norm(points - np.nanmedian(points, axis=0, keepdims=True), axis=-1)
+
+    def summary(self) -> dict[str, float]:
+        """Medians of the errors (of visible points), and the confidence of visible vs occluded points."""
+        visible = self.visible
+        summary = {
+            "frames": int(self.visible.shape[0]),
+            "keypoints": int(self.visible.shape[1]),
+            "visible_fraction": float(visible.mean()),
+            "error_3d_mm_median": float(1000.0 * np.nanmedian(np.where(visible, self.error_3d, np.nan))),
+            "error_3d_mm_mean": float(1000.0 * np.nanmean(np.where(visible, self.error_3d, np.nan))),
+            "error_px_median": float(np.nanmedian(np.where(visible, self.error_px, np.nan))),
+            "jitter_mm_median": float(1000.0 * np.nanmedian(self.jitter())),
+            "within_3px": float((self.error_px[visible] <= 3.0).mean()) if visible.any() else float("nan"),
+            "confidence_visible_mean": float(self.confidence[visible].mean()) if visible.any() else float("nan"),
+        }
+        occluded = ~visible
+        summary["confidence_occluded_mean"] = float(self.confidence[occluded].mean()) if occluded.any() else None
+        return summary
+
+
+def reference_object_points(store: EpisodeStore, references: References) -> torch.Tensor:
+    """(K, 3) float64 the reference pixels lifted into the object frame of the reference image, metres."""
+    view = load_view(store, references.camera, references.frame)
+    pixel = references.uv.round().long()
+    depth = view.depth[pixel[:, 1], pixel[:, 0]].double()
+    if not torch.isfinite(depth).all() or (depth <= 0).any():
+        raise ValueError("a reference pixel has no depth in the reference image; choose another reference frame")
+    world = unproject_to_world(references.uv.double(), depth, view.intrinsics, view.T_world_camera)
+    return transform_points(invert_transform(view.T_world_object), world)
+
+
+@torch.no_grad()
+def keypoint_errors(
+    net: DescriptorNet,
+    store: EpisodeStore,
+    references: References,
+    frames: np.ndarray,
+    batch_size: int = 16,
+    bf16: bool = False,
+    visibility_tolerance: float = VISIBILITY_TOLERANCE_M,
+) -> KeypointErrors:
+    """Locate the references in dataset rows `frames` (F,) from their camera and compare with the truth.
+
+    Args:
+        net: the descriptor network, in eval mode.
+        store: the dataset (images, depth, camera and true object poses).
+        references: the keypoints' reference descriptors (their reference frame defines the object points).
+        frames: (F,) global dataset rows, e.g. of held-out episodes.
+        batch_size: images per network call.
+        bf16: bfloat16 autocast for the network.
+        visibility_tolerance: metres between rendered and point depth for a point to count as visible.
+    """
+    object_points = reference_object_points(store, references)  # (K, 3)
+    names = ("error_3d", "error_px", "confidence", "visible", "located_object")
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for begin in range(0, len(frames), batch_size):
+        views = [load_view(store, references.camera, int(frame)) for frame in frames[begin : begin + batch_size]]
+        depth = torch.stack([view.depth for view in views])  # (B, H, W)
+        intrinsics, camera_pose = views[0].intrinsics, views[0].T_world_camera
+        descriptors = net.infer(rgb_to_tensor(torch.stack([view.rgb for view in views])), bf16=bf16)
+        located = locate_keypoints(descriptors, references.descriptors, depth, intrinsics, camera_pose, references.eta)
+        object_poses = torch.stack([view.T_world_object for view in views])  # (B, 4, 4)
+        truth = transform_points(object_poses.unsqueeze(1), object_points)  # (B, K, 3)
+        uv, z = project(truth, intrinsics, camera_pose)
+        height, width = depth.shape[-2:]
+        inside = (uv[..., 0] >= 0) & (uv[..., 0] <= width - 1) & (uv[..., 1] >= 0) & (uv[..., 1] <= height - 1)
+        rendered = bilinear_sample(depth.unsqueeze(1).double(), uv).squeeze(-1)  # (B, K)
+        parts["visible"].append(inside & ((rendered - z).abs() <= visibility_tolerance))
+        located_world = located.points_world.double()
+        parts["error_3d"].append((located_world - truth).norm(dim=-1))
+        parts["error_px"].append((located.uv.double() - uv).norm(dim=-1))
+        parts["confidence"].append(located.confidence)
+        parts["located_object"].append(transform_points(invert_transform(object_poses).unsqueeze(1), located_world))
+    arrays = {name: torch.cat(values).numpy() for name, values in parts.items()}
+    return KeypointErrors(**arrays)

@@ -1,0 +1,27 @@
+"""Every package and entry module imports on its own, in a fresh interpreter (no import cycles)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+MODULES = [
+    "keydyn.sim",
+    "keydyn.data",
+    "keydyn.dynamics",
+    "keydyn.dynamics.train",
+    "keydyn.keypoints",
+    "keydyn.keypoints.encoder",
+    "keydyn.vision",
+    "keydyn.control",
+    "keydyn.evaluation",
+    "keydyn.cli",
+]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_imports_first(module):
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
