@@ -33,7 +33,7 @@ from keydyn.vision.train import TrainVisualConfig, train_visual
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The pipeline from pixels on CPU-friendly defaults (about 15 minutes on 2 cores)."""
+    """The pipeline from pixels on CPU-friendly defaults (about 11 minutes on 2 cores)."""
 
     out: Path = Path("demo_out")
     task: str = "top_down"
