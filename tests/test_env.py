@@ -27,6 +27,17 @@ def test_gymnasium_env_checker_passes(task):
     env.close()
 
 
+def test_starts_with_the_pusher_off_the_table_are_in_the_observation_space():
+    """The pusher starts up to 0.16 m behind an object that may be 0.25 m from the centre: beyond the 0.4 m table
+    half-width for these seeds (the env checker's unseeded reset found them)."""
+    env = PushingEnv("top_down", images=False)
+    for seed in (93, 106, 126, 158):
+        observation, _ = env.reset(seed=seed)
+        assert np.abs(observation["pusher_position"]).max() > task_config("top_down").table_size / 2
+        assert observation in env.observation_space
+    env.close()
+
+
 @pytest.mark.parametrize("task", ["top_down", "mugs"])
 def test_same_seed_gives_bit_identical_observations(task):
     def rollout():

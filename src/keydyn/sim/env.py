@@ -114,9 +114,8 @@ class PushingEnv(gym.Env):
         }
         max_speed = np.float32(self.task.max_speed)
         self.action_space = spaces.Box(-max_speed, max_speed, shape=(2,), dtype=np.float32)
-        half = np.float32(self.task.table_size / 2)
-        fields: dict[str, spaces.Space] = {
-            "pusher_position": spaces.Box(-half, half, shape=(2,), dtype=np.float32),
+        fields: dict[str, spaces.Space] = {  # the pusher's slide joints are unlimited: a start may put it off the table
+            "pusher_position": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
             "pusher_velocity": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
         }
         for camera in self.task.cameras if images else ():
