@@ -21,7 +21,7 @@ import tyro
 
 from keydyn.data.split import split_episodes
 from keydyn.keypoints.accuracy import VISIBILITY_TOLERANCE_M, keypoint_errors
-from keydyn.keypoints.latents import load_visual
+from keydyn.keypoints.latents import load_run_visual, load_visual
 from keydyn.keypoints.references import KeypointConfig, References, choose_references
 from keydyn.machine import machine
 from keydyn.runs import open_dataset
@@ -46,10 +46,8 @@ class KeypointAccuracyConfig:
 def main(config: KeypointAccuracyConfig) -> dict:
     store = open_dataset(config.dataset)
     if config.run is not None:
-        identity = json.loads((config.run / "visual_network.json").read_text())
-        visual_run, checkpoint = Path(identity["visual_run"]), identity["checkpoint"]
+        net, visual_run = load_run_visual(config.run)
         references = References.load(config.run)
-        net, _ = load_visual(visual_run, checkpoint)
     elif config.visual_run is not None:
         visual_run = config.visual_run
         net, eta = load_visual(visual_run, config.keypoints.checkpoint)

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 from keydyn.data.store import EpisodeStore
-from keydyn.keypoints.references import References
+from keydyn.keypoints.references import References, locate_in_frames
 from keydyn.vision.geometry import bilinear_sample, invert_transform, project, transform_points, unproject_to_world
-from keydyn.vision.keypoints import locate_keypoints
-from keydyn.vision.network import DescriptorNet, rgb_to_tensor
+from keydyn.vision.network import DescriptorNet
 from keydyn.vision.views import load_view
 
 VISIBILITY_TOLERANCE_M = 0.005  # a point is visible when the rendered depth at its pixel is within 5 mm of its own
@@ -107,12 +106,9 @@ def keypoint_errors(
     object_points = reference_object_points(store, references)  # (K, 3)
     names = ("error_3d", "error_px", "confidence", "visible", "located_object")
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    for begin in range(0, len(frames), batch_size):
-        views = [load_view(store, references.camera, int(frame)) for frame in frames[begin : begin + batch_size]]
+    for views, located in locate_in_frames(net, store, references, frames.tolist(), batch_size, bf16):
         depth = torch.stack([view.depth for view in views])  # (B, H, W)
         intrinsics, camera_pose = views[0].intrinsics, views[0].T_world_camera
-        descriptors = net.infer(rgb_to_tensor(torch.stack([view.rgb for view in views])), bf16=bf16)
-        located = locate_keypoints(descriptors, references.descriptors, depth, intrinsics, camera_pose, references.eta)
         object_poses = torch.stack([view.T_world_object for view in views])  # (B, 4, 4)
         truth = transform_points(object_poses.unsqueeze(1), object_points)  # (B, K, 3)
         uv, z = project(truth, intrinsics, camera_pose)

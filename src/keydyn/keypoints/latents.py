@@ -74,12 +74,28 @@ def load_descriptor_encoder(run_dir: Path, weights: KeypointWeights | None) -> D
         ValueError: the visual run's weights changed since the dynamics run was trained.
     """
     run_dir = Path(run_dir)
-    identity = json.loads((run_dir / "visual_network.json").read_text())
-    net, _ = load_visual(Path(identity["visual_run"]), identity["checkpoint"])
+    net, _ = load_run_visual(run_dir)
+    bf16 = bool(json.loads((run_dir / "config.json").read_text())["keypoints"]["bf16"])
+    return DescriptorEncoder(net, References.load(run_dir), weights, bf16)
+
+
+def load_run_visual(run_dir: Path) -> tuple[DescriptorNet, Path]:
+    """The descriptor network (eval mode) a dynamics run with a descriptor latent was trained with, and the
+    directory of its visual run.
+
+    Raises:
+        FileNotFoundError: `run_dir` has no visual_network.json (not a descriptor-latent run).
+        ValueError: the visual run's weights changed since the dynamics run was trained.
+    """
+    path = Path(run_dir) / "visual_network.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run of a descriptor --latent")
+    identity = json.loads(path.read_text())
+    visual_run = Path(identity["visual_run"])
+    net, _ = load_visual(visual_run, identity["checkpoint"])
     if network_hash(net) != identity["network_sha256"]:
         raise ValueError(
             f"the {identity['checkpoint']} network of {identity['visual_run']} changed since {run_dir} was trained; "
             "retrain the dynamics with keydyn train-dynamics --visual-run on the current network"
         )
-    bf16 = bool(json.loads((run_dir / "config.json").read_text())["keypoints"]["bf16"])
-    return DescriptorEncoder(net, References.load(run_dir), weights, bf16)
+    return net, visual_run

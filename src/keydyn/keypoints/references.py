@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,9 +21,14 @@ from safetensors.torch import load_file, save_file
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic, write_json_atomic
-from keydyn.vision.keypoints import locate_keypoints, sample_reference_descriptors, select_spatial_descriptors
+from keydyn.vision.keypoints import (
+    Keypoints,
+    locate_keypoints,
+    sample_reference_descriptors,
+    select_spatial_descriptors,
+)
 from keydyn.vision.network import DescriptorNet, rgb_to_tensor
-from keydyn.vision.views import load_view
+from keydyn.vision.views import RGBDView, load_view
 
 PAPER_MIN_DISTANCE_PX = 25.0  # SDS separation at the paper's 640 px wide images
 PAPER_WIDTH = 640
@@ -145,25 +151,35 @@ def reference_frame(store: EpisodeStore, config: KeypointConfig) -> int:
 
 
 @torch.no_grad()
+def locate_in_frames(
+    net: DescriptorNet, store: EpisodeStore, references: References, frames: Sequence[int], batch_size: int, bf16: bool
+) -> Iterator[tuple[list[RGBDView], Keypoints]]:
+    """Locate the references in dataset rows `frames` from their camera, `batch_size` views at a time.
+
+    Yields each batch's views (images, depth, camera and true object pose) and its located keypoints (B, K).
+    """
+    for begin in range(0, len(frames), batch_size):
+        views = [load_view(store, references.camera, int(frame)) for frame in frames[begin : begin + batch_size]]
+        descriptors = net.infer(rgb_to_tensor(torch.stack([view.rgb for view in views])), bf16=bf16)
+        located = locate_keypoints(
+            descriptors,
+            references.descriptors,
+            torch.stack([view.depth for view in views]),
+            views[0].intrinsics,
+            views[0].T_world_camera,
+            references.eta,
+        )
+        yield views, located
+
+
 def mean_confidence(
     net: DescriptorNet, store: EpisodeStore, references: References, frames: torch.Tensor, config: KeypointConfig
 ) -> torch.Tensor:
     """(K,) mean confidence (eq. 15) of each reference descriptor over dataset rows `frames` (F,)."""
-    views = [load_view(store, references.camera, int(frame)) for frame in frames]
     total = torch.zeros(len(references))
-    for begin in range(0, len(views), config.batch_size):
-        batch = views[begin : begin + config.batch_size]
-        descriptors = net.infer(rgb_to_tensor(torch.stack([view.rgb for view in batch])), bf16=config.bf16)
-        located = locate_keypoints(
-            descriptors,
-            references.descriptors,
-            torch.stack([view.depth for view in batch]),
-            batch[0].intrinsics,
-            batch[0].T_world_camera,
-            references.eta,
-        )
+    for _, located in locate_in_frames(net, store, references, frames.tolist(), config.batch_size, config.bf16):
         total += located.confidence.sum(dim=0)
-    return total / len(views)
+    return total / len(frames)
 
 
 @torch.no_grad()
