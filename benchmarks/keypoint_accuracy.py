@@ -36,7 +36,7 @@ class KeypointAccuracyConfig:
     visual_run: Path | None = None
     """A visual run: choose SDS references from it (ignored when --run is given)."""
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
-    """How SDS references are chosen when --visual-run is given."""
+    """How SDS references are chosen and located when --visual-run is given (a --run's own settings otherwise)."""
     max_frames: int = 2000
     """At most this many held-out frames (evenly spaced)."""
     visibility_tolerance: float = VISIBILITY_TOLERANCE_M
@@ -48,10 +48,12 @@ def main(config: KeypointAccuracyConfig) -> dict:
     if config.run is not None:
         net, visual_run = load_run_visual(config.run)
         references = References.load(config.run)
+        bf16 = bool(json.loads((config.run / "config.json").read_text())["keypoints"]["bf16"])
     elif config.visual_run is not None:
         visual_run = config.visual_run
         net, eta = load_visual(visual_run, config.keypoints.checkpoint)
         references = choose_references(net, store, config.keypoints, spatial=True, eta=eta)
+        bf16 = config.keypoints.bf16
     else:
         raise SystemExit("give --run (a dynamics run with a descriptor latent) or --visual-run")
     visual = json.loads((visual_run / "config.json").read_text())
@@ -60,13 +62,15 @@ def main(config: KeypointAccuracyConfig) -> dict:
     if len(frames) > config.max_frames:
         frames = frames[np.linspace(0, len(frames) - 1, config.max_frames).round().astype(int)]
     errors = keypoint_errors(
-        net, store, references, frames, bf16=True, visibility_tolerance=config.visibility_tolerance
+        net, store, references, frames, bf16=bf16, visibility_tolerance=config.visibility_tolerance
     )
     return {
         "benchmark": "keypoint_accuracy",
         "dataset": str(config.dataset),
         "visual_run": str(visual_run),
         "references": str(config.run) if config.run is not None else "sds chosen here",
+        "depth_mode": references.depth_mode,
+        "bf16": bf16,
         "held_out_episodes": len(held_out),
         **errors.summary(),
         "machine": machine(),

@@ -214,3 +214,24 @@ def test_keypoint_geometry_matches_a_ray_cast_scene():
     _, _, hits = cast(cam, boxes, uv_true.double().numpy())
     np.testing.assert_allclose(located.points_world.numpy(), hits, atol=1e-3)
     assert abs(hits[:, 2]).max() < 1e-9  # on the table top
+
+
+def test_pixel_depth_keeps_a_keypoint_on_the_surface_at_an_edge():
+    """A broad heatmap over a depth step: eq. 11 blends both sides, the pixel mode reads the pixel's own depth."""
+    scale = DESCRIPTOR_ETA / 4.0  # heatmaps 4 px wide: they spill across the step
+    uv_true = torch.tensor([[30.0, 20.0], [12.0, 8.0]])
+    references = torch.cat([scale * uv_true, torch.zeros(2, 1)], dim=1)
+    depth = torch.full((HEIGHT, WIDTH), 0.80)
+    depth[:, 31:] = 0.70  # a 10 cm step one pixel right of the first keypoint
+    depth[8, 12] = 0.0  # the second keypoint's own pixel has no depth
+    cam = camera((0.0, 0.0, 0.9), (0, 0, 0))
+    K, T = torch.from_numpy(cam.intrinsics), torch.from_numpy(cam.pose)
+    image = _linear_descriptor_image(scale)
+    blended = locate_keypoints(image, references, depth, K, T)
+    on_surface = locate_keypoints(image, references, depth, K, T, depth_mode="pixel")
+    torch.testing.assert_close(on_surface.uv, blended.uv)
+    assert 0.71 < float(blended.depth[0]) < 0.79  # a point in mid-air between the two surfaces
+    assert float(on_surface.depth[0]) == pytest.approx(0.80)
+    torch.testing.assert_close(on_surface.depth[1], blended.depth[1])  # no depth at the pixel: the expectation
+    with pytest.raises(ValueError, match="depth mode"):
+        locate_keypoints(image, references, depth, K, T, depth_mode="median")

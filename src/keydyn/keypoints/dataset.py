@@ -54,6 +54,7 @@ def cache_key(net: DescriptorNet, references: References, store: EpisodeStore) -
     identity = {
         "camera": references.camera,
         "eta": references.eta,
+        "depth_mode": references.depth_mode,
         "dataset": str(store.path.resolve()),
         "frames": store.num_frames,
         "collection": store.attrs.get("collection", {}),
@@ -80,7 +81,15 @@ def compute_keypoints(
         rgb = torch.as_tensor(store.frames(f"{references.camera}/rgb", begin, stop))
         depth = torch.as_tensor(store.frames(f"{references.camera}/depth", begin, stop))
         descriptors = net.infer(rgb_to_tensor(rgb), bf16=bf16)
-        located = locate_keypoints(descriptors, references.descriptors, depth, intrinsics, pose, references.eta)
+        located = locate_keypoints(
+            descriptors,
+            references.descriptors,
+            depth,
+            intrinsics,
+            pose,
+            references.eta,
+            depth_mode=references.depth_mode,
+        )
         points.append(located.points_world)
         confidence.append(located.confidence)
     result = DatasetKeypoints(torch.cat(points), torch.cat(confidence))

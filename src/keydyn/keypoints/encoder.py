@@ -63,6 +63,7 @@ class DescriptorEncoder:
             torch.as_tensor(np.asarray(observation[f"{camera}/intrinsics"]), dtype=torch.float64),
             torch.as_tensor(np.asarray(observation[f"{camera}/pose"]), dtype=torch.float64),
             self.references.eta,
+            depth_mode=self.references.depth_mode,
         )
         pusher = torch.as_tensor(np.asarray(observation["pusher_position"]), dtype=torch.float32)
         latent = torch.cat([located.points_world.flatten(), pusher])

@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic, write_json_atomic
 from keydyn.vision.keypoints import (
+    DEPTH_MODES,
+    DepthMode,
     Keypoints,
     locate_keypoints,
     sample_reference_descriptors,
@@ -57,6 +59,9 @@ class KeypointConfig:
     """Images per network call when locating keypoints in a dataset."""
     bf16: bool = False
     """Run the descriptor network under bfloat16 autocast (faster on CPUs with AMX / AVX-512 BF16)."""
+    depth: DepthMode = "expectation"
+    """A keypoint's depth: the heatmap-weighted depth (eq. 11, paper) or the depth image at its pixel (`pixel`:
+    keeps points whose heatmaps straddle an edge on the surface)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +75,8 @@ class KeypointConfig:
             )
         if self.checkpoint not in ("best", "last"):
             raise ValueError(f"--keypoints.checkpoint {self.checkpoint!r}: use 'best' or 'last'")
+        if self.depth not in DEPTH_MODES:
+            raise ValueError(f"--keypoints.depth {self.depth!r}: use one of {', '.join(DEPTH_MODES)}")
 
     def separation(self, width: int) -> float:
         """The SDS separation in pixels at images `width` pixels wide."""
@@ -89,6 +96,7 @@ class References:
         camera: the camera that locates them (and that took the reference image).
         frame: global dataset row of the reference image.
         eta: descriptor kernel width the network was trained with (eq. 7).
+        depth_mode: how a located keypoint gets its depth ("expectation", eq. 11, or "pixel").
     """
 
     descriptors: torch.Tensor
@@ -97,6 +105,7 @@ class References:
     camera: str
     frame: int
     eta: float
+    depth_mode: DepthMode = "expectation"
 
     def __len__(self) -> int:
         return int(self.descriptors.shape[0])
@@ -106,7 +115,8 @@ class References:
         tensors = {"descriptors": self.descriptors, "uv": self.uv, "confidence": self.confidence}
         tensors = {name: value.detach().float().contiguous() for name, value in tensors.items()}
         write_atomic(directory / "references.safetensors", lambda p: save_file(tensors, str(p)))
-        write_json_atomic(directory / "references.json", {"camera": self.camera, "frame": self.frame, "eta": self.eta})
+        info = {"camera": self.camera, "frame": self.frame, "eta": self.eta, "depth_mode": self.depth_mode}
+        write_json_atomic(directory / "references.json", info)
 
     @staticmethod
     def load(directory: Path) -> References:
@@ -168,6 +178,7 @@ def locate_in_frames(
             views[0].intrinsics,
             views[0].T_world_camera,
             references.eta,
+            depth_mode=references.depth_mode,
         )
         yield views, located
 
@@ -213,7 +224,7 @@ def choose_references(
     generator = torch.Generator().manual_seed(config.seed)
     descriptors = net.infer(rgb_to_tensor(view.rgb)[None], bf16=config.bf16)[0]
     sampled, uv = sample_reference_descriptors(descriptors, view.mask, config.num_descriptors, generator)
-    references = References(sampled, uv, torch.full((len(uv),), float("nan")), camera, frame, eta)
+    references = References(sampled, uv, torch.full((len(uv),), float("nan")), camera, frame, eta, config.depth)
     if not spatial:
         return references
     count = min(config.confidence_frames, store.num_frames)

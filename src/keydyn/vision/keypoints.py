@@ -4,6 +4,10 @@ Given descriptor images and K reference descriptors, each keypoint is located by
 its heatmap (eq. 10) in pixels, by the depth expectation over valid depth (eq. 11) in depth, unprojected to
 the world with the camera's K and T_world_camera, and scored by the unnormalised heatmap at the expected
 pixel (eq. 15). All K keypoints of all B frames are computed at once.
+
+Depth can instead be read from the depth image at the expected pixel (`depth_mode="pixel"`): a heatmap that
+straddles the object's edge blends the object's depth with the table's in eq. 11, and its point sinks below
+the surface; the pixel's own depth keeps it on the surface.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import torch
 from keydyn.vision.correspondence import sample_pixels
 from keydyn.vision.geometry import bilinear_sample, transform_points, unproject
 from keydyn.vision.heatmap import DESCRIPTOR_ETA, descriptor_logits, heatmap_expectations
+
+DepthMode = Literal["expectation", "pixel"]
+DEPTH_MODES = ("expectation", "pixel")
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ def locate_keypoints(
     T_world_camera: torch.Tensor,
     eta: float = DESCRIPTOR_ETA,
     return_heatmaps: bool = False,
+    depth_mode: DepthMode = "expectation",
 ) -> Keypoints:
     """The correspondence function for K reference descriptors in one frame or a batch of B frames.
 
@@ -58,6 +66,8 @@ def locate_keypoints(
         T_world_camera: (B, 4, 4) or (4, 4) camera poses (OpenCV frame), metres.
         eta: descriptor kernel width (eq. 7); use the value the network was trained with.
         return_heatmaps: also return the (B, K, H, W) unnormalised heatmaps.
+        depth_mode: "expectation", the heatmap-weighted valid depth (eq. 11, paper); "pixel", the depth at the
+            nearest pixel to the expected one, or the expectation where that pixel has no valid depth.
 
     Returns:
         `Keypoints` with a leading B dimension, or without it when `descriptors` was (D, H, W). Depths and
@@ -73,6 +83,10 @@ def locate_keypoints(
     if T_world_camera.dim() == 2:
         T_world_camera = T_world_camera.unsqueeze(0)
     uv, z = heatmap_expectations(descriptors, references, depth, eta)  # (B, K, 2), (B, K)
+    if depth_mode == "pixel":
+        z = depth_at_pixels(depth, uv, fallback=z)
+    elif depth_mode != "expectation":
+        raise ValueError(f"depth mode {depth_mode!r}: use one of {', '.join(DEPTH_MODES)}")
     geometry_dtype = torch.promote_types(intrinsics.dtype, torch.float32)
     camera = unproject(uv.to(geometry_dtype), z.to(geometry_dtype), intrinsics.unsqueeze(1).to(geometry_dtype))
     world = transform_points(T_world_camera.unsqueeze(1).to(geometry_dtype), camera)
@@ -91,6 +105,24 @@ def locate_keypoints(
     if not single:
         return located
     return Keypoints(*(None if value is None else value[0] for value in vars(located).values()))
+
+
+def depth_at_pixels(depth: torch.Tensor, uv: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """The depth image at the nearest pixel to each of K pixels per image.
+
+    Args:
+        depth: (B, H, W) z-depth, metres (0 or non-finite where unknown).
+        uv: (B, K, 2) pixels (u, v), clamped into the image.
+        fallback: (B, K) depth used where the nearest pixel has no valid depth, metres.
+
+    Returns:
+        (B, K) float32 depth, metres.
+    """
+    height, width = depth.shape[-2:]
+    u = uv[..., 0].round().long().clamp(0, width - 1)
+    v = uv[..., 1].round().long().clamp(0, height - 1)
+    read = depth[torch.arange(depth.shape[0], device=depth.device)[:, None], v, u].float()
+    return torch.where(torch.isfinite(read) & (read > 0), read, fallback.float())
 
 
 def sample_reference_descriptors(
