@@ -221,3 +221,7 @@ def test_keypoint_errors_measure_located_points_against_the_true_object_points(s
     assert summary["error_3d_mm_median"] < 0.5 * untrained_summary["error_3d_mm_median"]
     assert 0.0 <= summary["confidence_visible_mean"] <= 1.0
     assert 0.0 < summary["jitter_mm_median"] <= 1.5 * summary["error_3d_mm_median"]
+    # the error of every visible point is bounded by its keypoint's bias plus its jitter (triangle inequality)
+    bound = errors.bias()[None] + errors.jitter()
+    assert np.all(errors.error_3d[errors.visible] <= bound[errors.visible] + 1e-9)
+    assert errors.bias().shape == (20,) and summary["bias_mm_median"] == pytest.approx(1000 * np.median(errors.bias()))

@@ -8,8 +8,9 @@ projects inside the image onto a pixel whose rendered depth is within `visibilit
 own depth (so points behind an occluder, or on a face turned away, are occluded).
 
 The error splits into a bias and a jitter: in the object frame a keypoint's located positions scatter
-(jitter: distance to their median) around a point that may differ from the reference pixel's (bias). The
-dynamics and the controller see only the jitter; the error against the true point includes both.
+(jitter: distance to their median) around a point that may differ from the reference pixel's (bias: distance
+from that median to the reference point). In every frame the error is at most bias + jitter. A constant bias
+cancels between the goal image and the current one; the jitter does not.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class KeypointErrors:
         confidence: (F, K) float32 eq.-15 confidence of the located keypoint, in [0, 1].
         visible: (F, K) bool, whether the true point is seen by the camera in that frame.
         located_object: (F, K, 3) float64 the located points in the object frame of their frame, metres.
+        object_points: (K, 3) float64 the reference pixels' points in the object frame, metres.
     """
 
     error_3d: np.ndarray
@@ -45,12 +47,23 @@ class KeypointErrors:
     confidence: np.ndarray
     visible: np.ndarray
     located_object: np.ndarray
+    object_points: np.ndarray
+
+    def median_points(self) -> np.ndarray:
+        """(K, 3) each keypoint's median located point in the object frame over its visible frames, metres
+        (NaN for a keypoint never visible)."""
+        points = np.where(self.visible[..., None], self.located_object, np.nan)
+        return np.nanmedian(points, axis=0)
 
     def jitter(self) -> np.ndarray:
         """(F, K) distance of each located point (object frame) to its keypoint's median over the visible
         frames, metres; NaN where the point is not visible."""
         points = np.where(self.visible[..., None], self.located_object, np.nan)
-        return np.linalg.norm(points - np.nanmedian(points, axis=0, keepdims=True), axis=-1)
+        return np.linalg.norm(points - self.median_points()[None], axis=-1)
+
+    def bias(self) -> np.ndarray:
+        """(K,) distance of each keypoint's median located point to its reference point (object frame), metres."""
+        return np.linalg.norm(self.median_points() - self.object_points, axis=-1)
 
     def summary(self) -> dict[str, float]:
         """Medians of the errors (of visible points), and the confidence of visible vs occluded points."""
@@ -63,6 +76,7 @@ class KeypointErrors:
             "error_3d_mm_mean": float(1000.0 * np.nanmean(np.where(visible, self.error_3d, np.nan))),
             "error_px_median": float(np.nanmedian(np.where(visible, self.error_px, np.nan))),
             "jitter_mm_median": float(1000.0 * np.nanmedian(self.jitter())),
+            "bias_mm_median": float(1000.0 * np.nanmedian(self.bias())),
             "within_3px": float((self.error_px[visible] <= 3.0).mean()) if visible.any() else float("nan"),
             "confidence_visible_mean": float(self.confidence[visible].mean()) if visible.any() else float("nan"),
         }
@@ -122,4 +136,4 @@ def keypoint_errors(
         parts["confidence"].append(located.confidence)
         parts["located_object"].append(transform_points(invert_transform(object_poses).unsqueeze(1), located_world))
     arrays = {name: torch.cat(values).numpy() for name, values in parts.items()}
-    return KeypointErrors(**arrays)
+    return KeypointErrors(**arrays, object_points=object_points.numpy())
