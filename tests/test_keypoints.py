@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from keydyn.keypoints.weights import KeypointWeights
 from keydyn.runs import open_dataset
 from keydyn.sim.config import SUGAR_BOX_SIZE
 from keydyn.vision.geometry import pose_matrix
+from keydyn.vision.keypoints import locate_keypoints
+from keydyn.vision.network import rgb_to_tensor
 from keydyn.vision.views import load_view
 
 from .vision_fixtures import one_thread
@@ -24,7 +27,10 @@ from .vision_fixtures import one_thread
 FAST_MPC = ["--mpc.mppi.num-samples", "64", "--mpc.mppi.iterations", "2", "--mpc.grid-headings", "36"]
 VISUAL_STEPS = 40
 # The box is about 13 px long at 96x72: the paper's 25 px at 640x480 scales to 3.75 px; 3 px keeps 5 apart.
-SMALL_KEYPOINTS = KeypointConfig(num_descriptors=20, num_selected=5, min_distance_px=3.0, confidence_frames=10)
+# A 40-step network finds few descriptors within a pixel of their own pixel: no self-match filter by default.
+SMALL_KEYPOINTS = KeypointConfig(
+    num_descriptors=20, num_selected=5, min_distance_px=3.0, confidence_frames=10, reference_tolerance_px=math.inf
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,32 @@ def test_sds_keeps_k_star_separated_descriptors_best_first(small_dataset, visual
     assert distances.min() >= 3.0
     assert torch.all(references.confidence[:-1] >= references.confidence[1:])
     with pytest.raises(ValueError, match="lower min_distance"):
-        choose_references(net, store, KeypointConfig(num_descriptors=20, min_distance_px=50.0), spatial=True, eta=eta)
+        choose_references(net, store, dataclasses.replace(SMALL_KEYPOINTS, min_distance_px=50.0), spatial=True, eta=eta)
+
+
+def test_sds_keeps_only_descriptors_found_at_their_own_pixel(small_dataset, visual_run):
+    store = open_dataset(small_dataset)
+    net, eta = load_visual(visual_run, "last")
+    with one_thread():
+        candidates = choose_references(net, store, SMALL_KEYPOINTS, spatial=False, eta=eta)
+        view = load_view(store, candidates.camera, candidates.frame)
+        descriptors = net.infer(rgb_to_tensor(view.rgb)[None])[0]
+    located = locate_keypoints(
+        descriptors, candidates.descriptors, view.depth, view.intrinsics, view.T_world_camera, eta
+    )
+    offsets = (located.uv - candidates.uv).norm(dim=-1)  # (20,) pixels
+    tolerance = float(offsets.sort().values[11])  # 12 of the 20 candidates match themselves
+    config = dataclasses.replace(SMALL_KEYPOINTS, reference_tolerance_px=tolerance)
+    with one_thread():
+        chosen = choose_references(net, store, config, spatial=True, eta=eta)
+        unfiltered = choose_references(net, store, SMALL_KEYPOINTS, spatial=True, eta=eta)
+    index = [int((candidates.uv == uv).all(dim=1).nonzero()) for uv in chosen.uv]
+    assert len(chosen) == 5 and bool((offsets[index] <= tolerance).all())
+    if bool((offsets[[int((candidates.uv == uv).all(dim=1).nonzero()) for uv in unfiltered.uv]] > tolerance).any()):
+        assert not torch.equal(chosen.uv, unfiltered.uv)  # the filter changed the choice
+    with pytest.raises(ValueError, match="own pixel"):
+        config = dataclasses.replace(SMALL_KEYPOINTS, reference_tolerance_px=float(offsets.min()) / 2)
+        choose_references(net, store, config, spatial=True, eta=eta)
 
 
 def test_keypoints_of_a_trained_network_lie_on_the_object(small_dataset, visual_run):
@@ -171,6 +202,7 @@ def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, t
 
     run, out = tmp_path / "sds", tmp_path / "eval"
     keypoints = ["--keypoints.num-descriptors", "20", "--keypoints.min-distance-px", "3"]
+    keypoints += ["--keypoints.reference-tolerance-px", "inf"]
     train = [
         *("train-dynamics", "--dataset", str(small_dataset), "--out", str(run), "--latent", "sds"),
         *("--visual-run", str(visual_run), "--epochs", "2", "--horizon", "5", "--hidden", "32", "32"),

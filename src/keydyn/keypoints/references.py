@@ -5,6 +5,12 @@ reference image. DS keeps all K (K = 50). SDS ranks them by their mean confidenc
 the training data and keeps, greedily, the K* most confident whose reference pixels are at least
 `min_distance_px` apart (K* = 5; 25 px at 640x480, scaled with the image width). The weighted variants (WDS,
 WSDS) use the references of DS and SDS respectively.
+
+Beyond the paper, SDS first drops the candidates that the correspondence function does not find at their own
+pixel in the reference image (more than `reference_tolerance_px` away): an ambiguous descriptor (one that
+also matches a similar-looking part of the object) has a spread or two-peaked heatmap, and its keypoint marks
+some point between the parts rather than the one it was sampled at. A high mean confidence over the training
+frames does not reveal this.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from keydyn.vision.views import RGBDView, load_view
 
 PAPER_MIN_DISTANCE_PX = 25.0  # SDS separation at the paper's 640 px wide images
 PAPER_WIDTH = 640
+REFERENCE_TOLERANCE_PX = 6.0  # SDS self-match tolerance at 640 px wide images (3 px at 320x240)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,9 @@ class KeypointConfig:
     """K*: descriptors kept by SDS/WSDS."""
     min_distance_px: float | None = None
     """SDS separation of the kept descriptors' reference pixels; default 25 px scaled by width / 640."""
+    reference_tolerance_px: float | None = None
+    """SDS keeps only candidates located within this many pixels of their own pixel in the reference image;
+    default 6 px scaled by width / 640 (`inf` keeps all, as the paper)."""
     camera: str | None = None
     """Camera whose images locate the keypoints; default the task's first camera."""
     reference_episode: int = 0
@@ -75,6 +85,11 @@ class KeypointConfig:
             )
         if self.checkpoint not in ("best", "last"):
             raise ValueError(f"--keypoints.checkpoint {self.checkpoint!r}: use 'best' or 'last'")
+        if self.reference_tolerance_px is not None and not self.reference_tolerance_px > 0:
+            raise ValueError(
+                f"--keypoints.reference-tolerance-px must be positive (inf keeps every candidate), got "
+                f"{self.reference_tolerance_px}"
+            )
         if self.depth not in DEPTH_MODES:
             raise ValueError(f"--keypoints.depth {self.depth!r}: use one of {', '.join(DEPTH_MODES)}")
 
@@ -83,6 +98,12 @@ class KeypointConfig:
         if self.min_distance_px is not None:
             return self.min_distance_px
         return PAPER_MIN_DISTANCE_PX * width / PAPER_WIDTH
+
+    def reference_tolerance(self, width: int) -> float:
+        """The SDS self-match tolerance in pixels at images `width` pixels wide."""
+        if self.reference_tolerance_px is not None:
+            return self.reference_tolerance_px
+        return REFERENCE_TOLERANCE_PX * width / PAPER_WIDTH
 
 
 @dataclass(frozen=True)
@@ -202,15 +223,17 @@ def choose_references(
     Args:
         net: the descriptor network, in eval mode.
         store: the dataset (reference image and, for SDS, the frames the confidences are averaged over).
-        config: numbers of descriptors, separation, camera, reference image, seed.
-        spatial: SDS / WSDS (K* selected descriptors) rather than DS / WDS (all K).
+        config: numbers of descriptors, separation, self-match tolerance, camera, reference image, seed.
+        spatial: SDS / WSDS (K* selected descriptors among the self-matching candidates) rather than DS / WDS
+            (all K).
         eta: the descriptor kernel width the network was trained with.
 
     Returns:
         K (DS) or K* (SDS, best first) references.
 
     Raises:
-        ValueError: the reference image shows too little of the object, or too few descriptors are far apart.
+        ValueError: the reference image shows too little of the object, or too few descriptors match
+            themselves or are far apart.
     """
     camera = default_camera(store, config.camera)
     frame = reference_frame(store, config)
@@ -230,7 +253,19 @@ def choose_references(
     count = min(config.confidence_frames, store.num_frames)
     frames = torch.randperm(store.num_frames, generator=generator)[:count]
     references = dataclasses.replace(references, confidence=mean_confidence(net, store, references, frames, config))
-    chosen = select_spatial_descriptors(
-        references.confidence[None], references.uv, config.separation(view.width), config.num_selected
+    located = locate_keypoints(
+        descriptors, references.descriptors, view.depth, view.intrinsics, view.T_world_camera, eta
     )
-    return references.subset(chosen)
+    tolerance = config.reference_tolerance(view.width)
+    self_matching = torch.nonzero((located.uv - references.uv).norm(dim=-1) <= tolerance).flatten()
+    if len(self_matching) < config.num_selected:
+        raise ValueError(
+            f"only {len(self_matching)} of {len(references)} reference descriptors are found within {tolerance:.2f} "
+            f"px of their own pixel in the reference image, fewer than --keypoints.num-selected "
+            f"{config.num_selected}: the network is undertrained, or raise --keypoints.reference-tolerance-px"
+        )
+    candidates = references.subset(self_matching)
+    chosen = select_spatial_descriptors(
+        candidates.confidence[None], candidates.uv, config.separation(view.width), config.num_selected
+    )
+    return candidates.subset(chosen)
