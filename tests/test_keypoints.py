@@ -101,8 +101,8 @@ def test_sds_keeps_only_descriptors_found_at_their_own_pixel(small_dataset, visu
 
 
 def test_keypoints_of_a_trained_network_lie_on_the_object(small_dataset, visual_run):
-    """Located 3D keypoints of a network trained for 40 steps: with the depth read at their pixels they lie on
-    the object's surface (90% within 1 mm, all within 2 mm of the box); with the paper's heatmap-weighted
+    """Located 3D keypoints of a network trained for 40 steps: with the depth read at their pixels (default) they
+    lie on the object's surface (90% within 1 mm, all within 2 mm of the box); with the paper's heatmap-weighted
     depth (eq. 11), within 5 mm of the box volume. An untrained network's points are far from the box.
 
     The expectation depth is not on the surface: a tiny network's heatmaps at 96x72 spread over the box's
@@ -122,19 +122,19 @@ def test_keypoints_of_a_trained_network_lie_on_the_object(small_dataset, visual_
 
     trained, eta = load_visual(visual_run, "last")
     untrained = type(trained)(trained.config).eval()
-    on_surface_config = dataclasses.replace(SMALL_KEYPOINTS, depth="pixel")
+    blended_config = dataclasses.replace(SMALL_KEYPOINTS, depth="expectation")
     with one_thread():
         references = choose_references(trained, store, SMALL_KEYPOINTS, spatial=True, eta=eta)
-        located = compute_keypoints(trained, references, store, batch_size=16, bf16=False)
+        on_surface = compute_keypoints(trained, references, store, batch_size=16, bf16=False)
         baseline = compute_keypoints(untrained, references, store, batch_size=16, bf16=False)
-        surface_references = choose_references(trained, store, on_surface_config, spatial=True, eta=eta)
-        on_surface = compute_keypoints(trained, surface_references, store, batch_size=16, bf16=False)
-    assert surface_references.depth_mode == "pixel"
-    torch.testing.assert_close(surface_references.descriptors, references.descriptors)
-    assert located.points.shape == (store.num_frames, 5, 3) and located.confidence.shape == (store.num_frames, 5)
-    assert box_distances(located.points)[0].max() < 0.005
+        blended_references = choose_references(trained, store, blended_config, spatial=True, eta=eta)
+        blended = compute_keypoints(trained, blended_references, store, batch_size=16, bf16=False)
+    assert references.depth_mode == "pixel" and blended_references.depth_mode == "expectation"
+    torch.testing.assert_close(blended_references.descriptors, references.descriptors)
+    assert on_surface.points.shape == (store.num_frames, 5, 3) and on_surface.confidence.shape == (store.num_frames, 5)
     outside, surface = box_distances(on_surface.points)
     assert outside.max() < 0.002 and surface.quantile(0.9) < 0.001
+    assert box_distances(blended.points)[0].max() < 0.005
     assert box_distances(baseline.points)[0].median() > 0.05
 
 
@@ -156,14 +156,15 @@ def test_dataset_keypoints_are_cached_by_network_and_references(small_dataset, v
         with torch.no_grad():
             net.scores[0].bias.add_(0.5)  # another checkpoint: a new cache entry
         changed = dataset_keypoints(net, references, store, tmp_path)
-        pixel_depth = dataclasses.replace(references, depth_mode="pixel")  # located otherwise: a new entry too
-        on_surface = dataset_keypoints(net, pixel_depth, store, tmp_path)
+        assert references.depth_mode == "pixel"  # the default
+        expectation = dataclasses.replace(references, depth_mode="expectation")  # located otherwise: a new entry
+        blended = dataset_keypoints(net, expectation, store, tmp_path)
     assert len(list(tmp_path.glob("keypoints-*.safetensors"))) == 3
     assert not torch.equal(first.points, changed.points)
-    assert not torch.equal(changed.points, on_surface.points)
+    assert not torch.equal(changed.points, blended.points)
     (tmp_path / "references").mkdir()
-    pixel_depth.save(tmp_path / "references")
-    assert References.load(tmp_path / "references").depth_mode == "pixel"
+    expectation.save(tmp_path / "references")
+    assert References.load(tmp_path / "references").depth_mode == "expectation"
 
 
 def test_keypoint_weights_stay_convex_when_trained_with_the_dynamics(small_dataset, visual_run, tmp_path):

@@ -49,7 +49,7 @@ def _single_camera_copy(dataset, out):
 def test_pairs_are_seeded_and_of_the_asked_kind(small_dataset):
     store = EpisodeStore.open(small_dataset)
     episodes = np.array([0, 2])
-    cross = PairSampler(store, episodes, PairConfig(num_matches=30))
+    cross = PairSampler(store, episodes, PairConfig(num_matches=30, time_fraction=0.0))
     batch = cross.sample_batch(3, torch.Generator().manual_seed(0))
     assert batch.rgb.shape == (6, 3, 72, 96) and batch.mask.shape == (6, 72, 96) and len(batch) == 3
     assert batch.matches.uv_a.shape == (3, 30, 2) and batch.points_b.shape == (3, 30, 3)
@@ -67,6 +67,10 @@ def test_pairs_are_seeded_and_of_the_asked_kind(small_dataset):
         assert torch.equal(pair.view_a.T_world_camera, pair.view_b.T_world_camera)  # one camera
         moved.append(float((pair.view_a.T_world_object - pair.view_b.T_world_object).abs().max()))
     assert max(moved) > 1e-3  # two moments of a pushed object
+    mixed = PairSampler(store, episodes, PairConfig())  # the default: half of the pairs across time
+    kinds = [mixed.sample(torch.Generator().manual_seed(seed)) for seed in range(12)]
+    same_camera = [torch.equal(pair.view_a.T_world_camera, pair.view_b.T_world_camera) for pair in kinds]
+    assert 0 < sum(same_camera) < len(kinds)
     with pytest.raises(ValueError, match="no episodes"):
         PairSampler(store, np.array([], dtype=np.int64), PairConfig())
 

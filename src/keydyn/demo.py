@@ -49,7 +49,8 @@ class DemoConfig:
     """Camera width in pixels (the box is about 22 px long at 160x120; training is ~4x faster than 320x240)."""
     height: int = 120
     visual_steps: int = 3000
-    """Descriptor training steps (2 image pairs each; learning rate 1e-3 x 0.9 every 250 steps)."""
+    """Descriptor training steps (2 image pairs each, half of them across time; learning rate 5e-4 x 0.9 every
+    250 steps)."""
     epochs: int = 200
     """Dynamics training epochs (learning rate 1e-3, then 1e-4 for the second half)."""
     val_fraction: float = 0.2
@@ -130,7 +131,6 @@ def run_demo(config: DemoConfig) -> dict:
                 dataset=dataset,
                 out=visual,
                 steps=config.visual_steps,
-                lr=1e-3,
                 val_fraction=config.val_fraction,
                 seed=config.seed,
                 resume=(visual / "last.json").exists(),

@@ -69,9 +69,9 @@ class KeypointConfig:
     """Images per network call when locating keypoints in a dataset."""
     bf16: bool = False
     """Run the descriptor network under bfloat16 autocast (faster on CPUs with AMX / AVX-512 BF16)."""
-    depth: DepthMode = "expectation"
-    """A keypoint's depth: the heatmap-weighted depth (eq. 11, paper) or the depth image at its pixel (`pixel`:
-    keeps points whose heatmaps straddle an edge on the surface)."""
+    depth: DepthMode = "pixel"
+    """A keypoint's depth: the depth image at its pixel (keeps points whose heatmaps straddle an edge on the
+    surface) or `expectation`, the heatmap-weighted depth of the paper (eq. 11)."""
     seed: int = 0
 
     def __post_init__(self) -> None:

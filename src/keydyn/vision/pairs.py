@@ -44,7 +44,9 @@ class PairConfig:
         attempts: draws per pair before giving up with an error (every draw had too few matches).
         time_fraction: fraction of pairs taken across time (one camera, two frames of an episode, matched
             through the object's pose); 0 gives only cross-view pairs (original code), 1 only across-time
-            pairs (works with a single camera).
+            pairs (works with a single camera). Default 0.5: the keypoints are tracked within one camera as the
+            object moves and turns, which cross-view pairs of one moment do not teach (top_down: SDS keypoints'
+            median 3D error 13.5 -> 10.0 mm, jitter 5.9 -> 4.4 mm).
         correspondence: the match checks; `follow_object` is switched on for across-time pairs whatever its
             value here.
     """
@@ -53,7 +55,7 @@ class PairConfig:
     num_samples: int = 100
     min_matches: int = 10
     attempts: int = 50
-    time_fraction: float = 0.0
+    time_fraction: float = 0.5
     correspondence: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
 
     def __post_init__(self) -> None:
