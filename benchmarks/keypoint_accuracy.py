@@ -21,7 +21,7 @@ import tyro
 
 from keydyn.data.split import split_episodes
 from keydyn.keypoints.accuracy import VISIBILITY_TOLERANCE_M, keypoint_errors
-from keydyn.keypoints.latents import load_run_visual, load_visual
+from keydyn.keypoints.latents import load_run_visual, load_visual, run_locates_in_bf16
 from keydyn.keypoints.references import KeypointConfig, References, choose_references
 from keydyn.machine import machine
 from keydyn.runs import open_dataset
@@ -48,7 +48,7 @@ def main(config: KeypointAccuracyConfig) -> dict:
     if config.run is not None:
         net, visual_run = load_run_visual(config.run)
         references = References.load(config.run)
-        bf16 = bool(json.loads((config.run / "config.json").read_text())["keypoints"]["bf16"])
+        bf16 = run_locates_in_bf16(config.run)
     elif config.visual_run is not None:
         visual_run = config.visual_run
         net, eta = load_visual(visual_run, config.keypoints.checkpoint)

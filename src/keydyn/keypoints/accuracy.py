@@ -49,17 +49,19 @@ class KeypointErrors:
     located_object: np.ndarray
     object_points: np.ndarray
 
+    def visible_points(self) -> np.ndarray:
+        """(F, K, 3) the located points in the object frame, NaN where the true point is not visible, metres."""
+        return np.where(self.visible[..., None], self.located_object, np.nan)
+
     def median_points(self) -> np.ndarray:
         """(K, 3) each keypoint's median located point in the object frame over its visible frames, metres
         (NaN for a keypoint never visible)."""
-        points = np.where(self.visible[..., None], self.located_object, np.nan)
-        return np.nanmedian(points, axis=0)
+        return np.nanmedian(self.visible_points(), axis=0)
 
     def jitter(self) -> np.ndarray:
         """(F, K) distance of each located point (object frame) to its keypoint's median over the visible
         frames, metres; NaN where the point is not visible."""
-        points = np.where(self.visible[..., None], self.located_object, np.nan)
-        return np.linalg.norm(points - self.median_points()[None], axis=-1)
+        return np.linalg.norm(self.visible_points() - self.median_points()[None], axis=-1)
 
     def bias(self) -> np.ndarray:
         """(K,) distance of each keypoint's median located point to its reference point (object frame), metres."""

@@ -75,8 +75,12 @@ def load_descriptor_encoder(run_dir: Path, weights: KeypointWeights | None) -> D
     """
     run_dir = Path(run_dir)
     net, _ = load_run_visual(run_dir)
-    bf16 = bool(json.loads((run_dir / "config.json").read_text())["keypoints"]["bf16"])
-    return DescriptorEncoder(net, References.load(run_dir), weights, bf16)
+    return DescriptorEncoder(net, References.load(run_dir), weights, run_locates_in_bf16(run_dir))
+
+
+def run_locates_in_bf16(run_dir: Path) -> bool:
+    """Whether a dynamics run with a descriptor latent locates its keypoints under bfloat16 (--keypoints.bf16)."""
+    return bool(json.loads((Path(run_dir) / "config.json").read_text())["keypoints"]["bf16"])
 
 
 def load_run_visual(run_dir: Path) -> tuple[DescriptorNet, Path]:

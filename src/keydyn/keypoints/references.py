@@ -250,9 +250,6 @@ def choose_references(
     references = References(sampled, uv, torch.full((len(uv),), float("nan")), camera, frame, eta, config.depth)
     if not spatial:
         return references
-    count = min(config.confidence_frames, store.num_frames)
-    frames = torch.randperm(store.num_frames, generator=generator)[:count]
-    references = dataclasses.replace(references, confidence=mean_confidence(net, store, references, frames, config))
     located = locate_keypoints(
         descriptors, references.descriptors, view.depth, view.intrinsics, view.T_world_camera, eta
     )
@@ -264,7 +261,10 @@ def choose_references(
             f"px of their own pixel in the reference image, fewer than --keypoints.num-selected "
             f"{config.num_selected}: the network is undertrained, or raise --keypoints.reference-tolerance-px"
         )
-    candidates = references.subset(self_matching)
+    candidates = references.subset(self_matching)  # checked before the costly confidences, which need only these
+    count = min(config.confidence_frames, store.num_frames)
+    frames = torch.randperm(store.num_frames, generator=generator)[:count]
+    candidates = dataclasses.replace(candidates, confidence=mean_confidence(net, store, candidates, frames, config))
     chosen = select_spatial_descriptors(
         candidates.confidence[None], candidates.uv, config.separation(view.width), config.num_selected
     )
