@@ -167,6 +167,70 @@ def test_dataset_keypoints_are_cached_by_network_and_references(small_dataset, v
     assert References.load(tmp_path / "references").depth_mode == "expectation"
 
 
+def test_occluded_keypoints_are_filled_in_the_dataset_latents_and_at_control_time(small_dataset, visual_run, tmp_path):
+    """With --keypoints.occluded-below, keypoints less confident than that are moved with the confident ones
+    from the reference image, the same way in the training latents and in the control-time encoder."""
+    from keydyn.keypoints.encoder import DescriptorEncoder
+    from keydyn.keypoints.latents import descriptor_latents
+
+    store = open_dataset(small_dataset)
+    net, eta = load_visual(visual_run, "last")
+    with one_thread():
+        raw = dataset_keypoints(net, choose_references(net, store, SMALL_KEYPOINTS, False, eta), store, tmp_path)
+        threshold = float(raw.confidence.quantile(0.3))
+        config = dataclasses.replace(SMALL_KEYPOINTS, occluded_below=threshold)
+        (tmp_path / "run").mkdir()
+        latents = descriptor_latents(store, "ds", visual_run, config, tmp_path / "run")
+    references = References.load(tmp_path / "run")
+    assert references.occluded_below == threshold and references.points.shape == (20, 3)
+    reference = load_view(store, references.camera, references.frame)
+    with one_thread():
+        descriptors = net.infer(rgb_to_tensor(reference.rgb)[None])[0]
+    in_reference = locate_keypoints(
+        descriptors,
+        references.descriptors,
+        reference.depth,
+        reference.intrinsics,
+        reference.T_world_camera,
+        eta,
+        depth_mode="pixel",
+    )
+    torch.testing.assert_close(references.points, in_reference.points_world)
+
+    points = torch.as_tensor(latents[:, :60]).reshape(-1, 20, 3)
+    occluded = raw.confidence < threshold
+    assert torch.equal(points[~occluded], raw.points[~occluded])
+    filled = occluded & ((~occluded).sum(dim=1, keepdim=True) >= 2)  # frames with two confident keypoints
+    assert filled.sum() > 0.1 * occluded.sum()
+    assert ((points[filled] - raw.points[filled]).norm(dim=-1) > 1e-4).float().mean() > 0.9  # moved
+    assert torch.equal(points[occluded & ~filled], raw.points[occluded & ~filled])
+    torch.testing.assert_close(points, references.fill_occluded(raw.points, raw.confidence))
+
+    frame = int(occluded.any(dim=1).nonzero()[0])
+    camera = references.camera
+    info = store.attrs["cameras"][camera]
+    observation = {
+        f"{camera}/rgb": store.frames(f"{camera}/rgb", frame, frame + 1)[0],
+        f"{camera}/depth": store.frames(f"{camera}/depth", frame, frame + 1)[0],
+        f"{camera}/intrinsics": np.asarray(info["intrinsics"]),
+        f"{camera}/pose": np.asarray(info["pose"]),
+        "pusher_position": store.frames("pusher_position", frame, frame + 1)[0],
+    }
+    with one_thread():
+        online = DescriptorEncoder(net, references).encode(observation, {})
+    np.testing.assert_allclose(online, latents[frame], atol=1e-4)
+
+    old_format = tmp_path / "old"  # a run saved before the reference points were kept: nothing is filled in
+    old_format.mkdir()
+    dataclasses.replace(references, points=None).save(old_format)
+    info = json.loads((old_format / "references.json").read_text())
+    del info["occluded_below"]
+    (old_format / "references.json").write_text(json.dumps(info))
+    old = References.load(old_format)
+    assert old.points is None and old.occluded_below == 0.0
+    assert torch.equal(old.fill_occluded(raw.points, raw.confidence), raw.points)
+
+
 def test_keypoint_weights_stay_convex_when_trained_with_the_dynamics(small_dataset, visual_run, tmp_path):
     weights = KeypointWeights(4)
     assert torch.allclose(weights.matrix.diagonal(), torch.full((4,), np.exp(2.0) / (np.exp(2.0) + 3 / 4)))
