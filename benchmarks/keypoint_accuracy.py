@@ -70,7 +70,6 @@ def main(config: KeypointAccuracyConfig) -> dict:
         "visual_run": str(visual_run),
         "references": str(config.run) if config.run is not None else "sds chosen here",
         "depth_mode": references.depth_mode,
-        "occluded_below": references.occluded_below,
         "bf16": bf16,
         "held_out_episodes": len(held_out),
         **errors.summary(),

@@ -84,9 +84,6 @@ class KeypointErrors:
         }
         occluded = ~visible
         summary["confidence_occluded_mean"] = float(self.confidence[occluded].mean()) if occluded.any() else None
-        summary["error_3d_mm_median_occluded"] = (
-            float(1000.0 * np.nanmedian(self.error_3d[occluded])) if occluded.any() else None
-        )
         return summary
 
 
@@ -113,9 +110,6 @@ def keypoint_errors(
 ) -> KeypointErrors:
     """Locate the references in dataset rows `frames` (F,) from their camera and compare with the truth.
 
-    The 3D points are those of the latent: the occluded keypoints are filled in when the references say so
-    (`References.fill_occluded`); the pixel errors are those of the correspondence function.
-
     Args:
         net: the descriptor network, in eval mode.
         store: the dataset (images, depth, camera and true object poses).
@@ -138,7 +132,7 @@ def keypoint_errors(
         inside = (uv[..., 0] >= 0) & (uv[..., 0] <= width - 1) & (uv[..., 1] >= 0) & (uv[..., 1] <= height - 1)
         rendered = bilinear_sample(depth.unsqueeze(1).double(), uv).squeeze(-1)  # (B, K)
         parts["visible"].append(inside & ((rendered - z).abs() <= visibility_tolerance))
-        located_world = references.fill_occluded(located.points_world, located.confidence).double()
+        located_world = located.points_world.double()
         parts["error_3d"].append((located_world - truth).norm(dim=-1))
         parts["error_px"].append((located.uv.double() - uv).norm(dim=-1))
         parts["confidence"].append(located.confidence)

@@ -19,8 +19,7 @@ class DescriptorEncoder:
     """DS / SDS / WDS / WSDS latents: the references located in one camera's RGB-D image.
 
     encode() runs the network on observation[f"{camera}/rgb"], locates the K references with that camera's
-    depth, intrinsics and pose (world points, metres), fills in those the references count as occluded
-    (`References.fill_occluded`), applies the fixed weights W when given (WDS / WSDS),
+    depth, intrinsics and pose (world points, metres), applies the fixed weights W when given (WDS / WSDS),
     and appends observation["pusher_position"]. It reads nothing from `info`.
     """
 
@@ -66,9 +65,8 @@ class DescriptorEncoder:
             self.references.eta,
             depth_mode=self.references.depth_mode,
         )
-        points = self.references.fill_occluded(located.points_world[None], located.confidence[None])[0]
         pusher = torch.as_tensor(np.asarray(observation["pusher_position"]), dtype=torch.float32)
-        latent = torch.cat([points.flatten(), pusher])
+        latent = torch.cat([located.points_world.flatten(), pusher])
         if self.weights is not None:
             latent = self.weights(latent)
         return latent.numpy().astype(np.float32)

@@ -44,8 +44,7 @@ def load_visual(visual_run: Path, checkpoint: str) -> tuple[DescriptorNet, float
 def descriptor_latents(
     store: EpisodeStore, latent: str, visual_run: Path, config: KeypointConfig, out: Path
 ) -> np.ndarray:
-    """(N, 3 K + 2) float32 latents of every dataset frame: located keypoints (world, metres; occluded ones
-    filled in when the references say so) and pusher xy.
+    """(N, 3 K + 2) float32 latents of every dataset frame: located keypoints (world, metres) and pusher xy.
 
     Chooses the references (or reloads those already in `out`, when a run resumes), writes them, the visual
     network's identity and keypoints.png into `out`, and caches the dataset's keypoints in the visual run.
@@ -63,9 +62,8 @@ def descriptor_latents(
     write_reference_picture(out / "keypoints.png", rgb, references, title)
     cache = Path(visual_run) / KEYPOINT_CACHE  # shared by every dynamics run of the same references (DS and WDS)
     keypoints = dataset_keypoints(net, references, store, cache, config.batch_size, config.bf16)
-    points = references.fill_occluded(keypoints.points, keypoints.confidence)
     pusher = np.asarray(store.frames("pusher_position"), dtype=np.float32)
-    return LatentLayout(len(references)).pack(points.numpy(), pusher).astype(np.float32)
+    return LatentLayout(len(references)).pack(keypoints.points.numpy(), pusher).astype(np.float32)
 
 
 def load_descriptor_encoder(run_dir: Path, weights: KeypointWeights | None) -> DescriptorEncoder:

@@ -6,11 +6,6 @@ the training data and keeps, greedily, the K* most confident whose reference pix
 `min_distance_px` apart (K* = 5; 25 px at 640x480, scaled with the image width). The weighted variants (WDS,
 WSDS) use the references of DS and SDS respectively.
 
-The references also keep their keypoints as located in the reference image (world frame): with
-`occluded_below` > 0, a keypoint less confident than that in a frame is taken as occluded and moved there with
-the confident ones from the reference image (`keydyn.keypoints.completion`), in the dataset's latents and at
-control time alike.
-
 Beyond the paper, SDS first drops the candidates that the correspondence function does not find at their own
 pixel in the reference image (more than `reference_tolerance_px` away): an ambiguous descriptor (one that
 also matches a similar-looking part of the object) has a spread or two-peaked heatmap, and its keypoint marks
@@ -32,7 +27,6 @@ from safetensors.torch import load_file, save_file
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic, write_json_atomic
-from keydyn.keypoints.completion import fill_occluded_keypoints
 from keydyn.vision.keypoints import (
     DEPTH_MODES,
     DepthMode,
@@ -78,10 +72,6 @@ class KeypointConfig:
     depth: DepthMode = "pixel"
     """A keypoint's depth: the depth image at its pixel (keeps points whose heatmaps straddle an edge on the
     surface) or `expectation`, the heatmap-weighted depth of the paper (eq. 11)."""
-    occluded_below: float = 0.0
-    """A keypoint whose confidence (eq. 15) is below this counts as occluded and is placed by the rigid motion
-    (about the vertical) of the confident ones since the reference image; 0 keeps every keypoint as located
-    (paper)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -99,10 +89,6 @@ class KeypointConfig:
             raise ValueError(
                 f"--keypoints.reference-tolerance-px must be positive (inf keeps every candidate), got "
                 f"{self.reference_tolerance_px}"
-            )
-        if not 0.0 <= self.occluded_below < 1.0:
-            raise ValueError(
-                f"--keypoints.occluded-below is a confidence in [0, 1) (0: off), got {self.occluded_below}"
             )
         if self.depth not in DEPTH_MODES:
             raise ValueError(f"--keypoints.depth {self.depth!r}: use one of {', '.join(DEPTH_MODES)}")
@@ -132,10 +118,6 @@ class References:
         frame: global dataset row of the reference image.
         eta: descriptor kernel width the network was trained with (eq. 7).
         depth_mode: how a located keypoint gets its depth ("expectation", eq. 11, or "pixel").
-        points: (K, 3) float32 the keypoints located in the reference image, world frame, metres (None in runs
-            made before they were kept: such runs fill in no occluded keypoints).
-        occluded_below: confidence under which a located keypoint counts as occluded and is filled in from the
-            confident ones (0: off).
     """
 
     descriptors: torch.Tensor
@@ -145,8 +127,6 @@ class References:
     frame: int
     eta: float
     depth_mode: DepthMode = "expectation"
-    points: torch.Tensor | None = None
-    occluded_below: float = 0.0
 
     def __len__(self) -> int:
         return int(self.descriptors.shape[0])
@@ -154,17 +134,9 @@ class References:
     def save(self, directory: Path) -> None:
         """Write `references.safetensors` (tensors) and `references.json` (the rest) into `directory`."""
         tensors = {"descriptors": self.descriptors, "uv": self.uv, "confidence": self.confidence}
-        if self.points is not None:
-            tensors["points"] = self.points
         tensors = {name: value.detach().float().contiguous() for name, value in tensors.items()}
         write_atomic(directory / "references.safetensors", lambda p: save_file(tensors, str(p)))
-        info = {
-            "camera": self.camera,
-            "frame": self.frame,
-            "eta": self.eta,
-            "depth_mode": self.depth_mode,
-            "occluded_below": self.occluded_below,
-        }
+        info = {"camera": self.camera, "frame": self.frame, "eta": self.eta, "depth_mode": self.depth_mode}
         write_json_atomic(directory / "references.json", info)
 
     @staticmethod
@@ -175,26 +147,13 @@ class References:
             raise FileNotFoundError(f"{directory} has no references.json; train it with a descriptor --latent")
         info = json.loads(path.read_text())
         tensors = load_file(str(Path(directory) / "references.safetensors"))
-        return References(
-            tensors["descriptors"], tensors["uv"], tensors["confidence"], points=tensors.get("points"), **info
-        )
+        return References(tensors["descriptors"], tensors["uv"], tensors["confidence"], **info)
 
     def subset(self, indices: torch.Tensor) -> References:
         """The references `indices` (K*,), in that order."""
         return dataclasses.replace(
-            self,
-            descriptors=self.descriptors[indices],
-            uv=self.uv[indices],
-            confidence=self.confidence[indices],
-            points=None if self.points is None else self.points[indices],
+            self, descriptors=self.descriptors[indices], uv=self.uv[indices], confidence=self.confidence[indices]
         )
-
-    def fill_occluded(self, points: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-        """(B, K, 3) located `points` (world, metres) with those whose `confidence` (B, K) is below
-        `occluded_below` moved with the confident ones from the reference image; unchanged when that is off."""
-        if self.occluded_below <= 0 or self.points is None:
-            return points
-        return fill_occluded_keypoints(points, confidence, self.points, self.occluded_below)
 
 
 def default_camera(store: EpisodeStore, camera: str | None) -> str:
@@ -288,22 +247,12 @@ def choose_references(
     generator = torch.Generator().manual_seed(config.seed)
     descriptors = net.infer(rgb_to_tensor(view.rgb)[None], bf16=config.bf16)[0]
     sampled, uv = sample_reference_descriptors(descriptors, view.mask, config.num_descriptors, generator)
-    located = locate_keypoints(
-        descriptors, sampled, view.depth, view.intrinsics, view.T_world_camera, eta, depth_mode=config.depth
-    )
-    references = References(
-        sampled,
-        uv,
-        torch.full((len(uv),), float("nan")),
-        camera,
-        frame,
-        eta,
-        config.depth,
-        located.points_world,
-        config.occluded_below,
-    )
+    references = References(sampled, uv, torch.full((len(uv),), float("nan")), camera, frame, eta, config.depth)
     if not spatial:
         return references
+    located = locate_keypoints(
+        descriptors, references.descriptors, view.depth, view.intrinsics, view.T_world_camera, eta
+    )
     tolerance = config.reference_tolerance(view.width)
     self_matching = torch.nonzero((located.uv - references.uv).norm(dim=-1) <= tolerance).flatten()
     if len(self_matching) < config.num_selected:
