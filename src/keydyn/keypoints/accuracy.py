@@ -84,6 +84,9 @@ class KeypointErrors:
         }
         occluded = ~visible
         summary["confidence_occluded_mean"] = float(self.confidence[occluded].mean()) if occluded.any() else None
+        summary["error_3d_mm_median_occluded"] = (
+            float(1000.0 * np.nanmedian(self.error_3d[occluded])) if occluded.any() else None
+        )
         return summary
 
 
