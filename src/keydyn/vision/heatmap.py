@@ -20,23 +20,30 @@ DESCRIPTOR_ETA = 5.0  # the original code's descriptor kernel width (sigma_descr
 def descriptor_logits(descriptors: torch.Tensor, references: torch.Tensor, eta: float = DESCRIPTOR_ETA) -> torch.Tensor:
     """Heatmap logits -||I_D(p) - d_k||^2 / eta^2 for K reference descriptors in B descriptor images.
 
-    Uses |f|^2 - 2 f.d + |d|^2 (a matrix product) rather than broadcasting the difference.
+    One batched matrix product of [2 d_k, -|d_k|^2, -1] / eta^2 with [I_D(p), 1, |I_D(p)|^2]: the whole
+    (B, K, H, W) result is written once (training spends most of its loss time on tensors of this size).
 
     Args:
         descriptors: (B, D, H, W) descriptor images.
-        references: (B, K, D) per-image reference descriptors, or (K, D) shared by all images.
+        references: (B, K, D) per-image reference descriptors, or (K, D) or (1, K, D) shared by all images.
         eta: kernel width, descriptor units.
 
     Returns:
         (B, K, H, W) float32 logits (<= 0).
     """
-    descriptors = descriptors.float()
+    batch, _, height, width = descriptors.shape
+    features = descriptors.float().flatten(2)  # (B, D, H W)
     references = references.float()
     if references.dim() == 2:
-        references = references.unsqueeze(0).expand(descriptors.shape[0], -1, -1)
-    cross = torch.einsum("bkd,bdhw->bkhw", references, descriptors)
-    squared = descriptors.pow(2).sum(dim=1, keepdim=True) - 2.0 * cross + references.pow(2).sum(-1)[..., None, None]
-    return -squared.clamp_min(0.0) / eta**2
+        references = references.unsqueeze(0)
+    references = references.expand(batch, -1, -1)
+    scale = 1.0 / eta**2
+    features = torch.cat([features, torch.ones_like(features[:, :1]), features.pow(2).sum(1, keepdim=True)], dim=1)
+    weights = torch.cat(
+        [2.0 * references, -references.pow(2).sum(-1, keepdim=True), -torch.ones_like(references[..., :1])], dim=-1
+    )
+    logits = torch.bmm(scale * weights, features)  # (B, K, H W)
+    return logits.clamp_max(0.0).view(batch, -1, height, width)
 
 
 def spatial_expectation(logits: torch.Tensor) -> torch.Tensor:
@@ -73,14 +80,35 @@ def depth_expectation(logits: torch.Tensor, depth: torch.Tensor) -> torch.Tensor
     return (weights @ values).squeeze(-1)
 
 
+def expectations_from_logits(logits: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expected pixel (eq. 10) and expected valid depth (eq. 11) from one softmax of the logits.
+
+    The same values as `spatial_expectation` and `depth_expectation`, with one softmax and one matrix product
+    against [u, v, valid * depth, valid] for all four sums (renormalising over the valid pixels afterwards is
+    the masked softmax of eq. 11).
+
+    Args:
+        logits: (B, K, H, W) heatmap logits.
+        depth: (B, H, W) z-depth, metres (0 or non-finite where unknown).
+
+    Returns:
+        uv: (B, K, 2) expected pixels (u, v); z: (B, K) expected depth over valid pixels, metres (NaN when an
+        image has no valid depth).
+    """
+    batch, _, height, width = logits.shape
+    weights = torch.softmax(logits.flatten(-2), dim=-1)  # (B, K, H W)
+    valid = (torch.isfinite(depth) & (depth > 0)).flatten(1).float()  # (B, H W)
+    grid = pixel_grid(height, width, logits.device).reshape(1, -1, 2).expand(batch, -1, -1)
+    values = torch.where(valid > 0, depth.flatten(1).float(), torch.zeros_like(valid))
+    basis = torch.cat([grid, (values * valid).unsqueeze(-1), valid.unsqueeze(-1)], dim=-1)  # (B, H W, 4)
+    sums = weights @ basis  # (B, K, 4)
+    return sums[..., :2], sums[..., 2] / sums[..., 3]
+
+
 def heatmap_expectations(
     descriptors: torch.Tensor, references: torch.Tensor, depth: torch.Tensor, eta: float = DESCRIPTOR_ETA
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Expected pixel (eq. 10) and expected valid depth (eq. 11) of K references in one pass, for inference.
-
-    The same values as `spatial_expectation` and `depth_expectation` of `descriptor_logits`, computed with one
-    matrix product for the logits (the |d_k|^2 term is constant per heatmap and cancels in the softmax), one
-    softmax, and one matrix product against [u, v, valid * depth, valid] for all four sums.
+    """Expected pixel (eq. 10) and expected valid depth (eq. 11) of K references, for inference.
 
     Args:
         descriptors: (B, D, H, W) descriptor images.
@@ -92,17 +120,4 @@ def heatmap_expectations(
         uv: (B, K, 2) expected pixels (u, v); z: (B, K) expected depth over valid pixels, metres (NaN when an
         image has no valid depth).
     """
-    batch, _, height, width = descriptors.shape
-    features = descriptors.float().flatten(2)  # (B, D, H W)
-    references = references.float()
-    if references.dim() == 2:
-        references = references.unsqueeze(0).expand(batch, -1, -1)
-    scale = 1.0 / eta**2
-    logits = torch.baddbmm(-scale * features.pow(2).sum(1, keepdim=True), references, features, alpha=2.0 * scale)
-    weights = torch.softmax(logits, dim=-1)  # (B, K, H W)
-    valid = (torch.isfinite(depth) & (depth > 0)).flatten(1).float()  # (B, H W)
-    grid = pixel_grid(height, width, descriptors.device).reshape(1, -1, 2).expand(batch, -1, -1)
-    values = torch.where(valid > 0, depth.flatten(1).float(), torch.zeros_like(valid))
-    basis = torch.cat([grid, (values * valid).unsqueeze(-1), valid.unsqueeze(-1)], dim=-1)  # (B, H W, 4)
-    sums = weights @ basis  # (B, K, 4)
-    return sums[..., :2], sums[..., 2] / sums[..., 3]
+    return expectations_from_logits(descriptor_logits(descriptors, references, eta), depth)

@@ -24,8 +24,8 @@ from typing import Literal
 import torch
 
 from keydyn.vision.correspondence import MatchBatch
-from keydyn.vision.geometry import bilinear_sample, pixel_grid
-from keydyn.vision.heatmap import DESCRIPTOR_ETA, depth_expectation, descriptor_logits, spatial_expectation
+from keydyn.vision.geometry import bilinear_sample
+from keydyn.vision.heatmap import DESCRIPTOR_ETA, descriptor_logits, expectations_from_logits
 
 
 @dataclass(frozen=True)
@@ -91,13 +91,14 @@ def target_heatmap(
     Returns:
         (..., H, W) float32 heatmaps with values in (0, 1].
     """
-    grid = pixel_grid(height, width, uv.device)  # (H, W, 2)
-    squared = (grid - uv.float()[..., None, None, :]).pow(2).sum(-1)
-    if distance == "squared":
-        return torch.exp(-squared / sigma**2)
-    if distance == "euclidean":
-        return torch.exp(-squared.sqrt() / sigma**2)
-    raise ValueError(f"distance {distance!r}: use 'squared' or 'euclidean'")
+    if distance not in ("squared", "euclidean"):
+        raise ValueError(f"distance {distance!r}: use 'squared' or 'euclidean'")
+    uv = uv.float()
+    du2 = (torch.arange(width, dtype=torch.float32, device=uv.device) - uv[..., :1]).pow(2)  # (..., W)
+    dv2 = (torch.arange(height, dtype=torch.float32, device=uv.device) - uv[..., 1:]).pow(2)  # (..., H)
+    if distance == "squared":  # separable: exp(-du^2 / s^2) exp(-dv^2 / s^2), one product at full size
+        return torch.exp(-dv2 / sigma**2).unsqueeze(-1) * torch.exp(-du2 / sigma**2).unsqueeze(-2)
+    return torch.exp(-(dv2.unsqueeze(-1) + du2.unsqueeze(-2)).sqrt() / sigma**2)
 
 
 def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -130,12 +131,12 @@ def descriptor_losses(
     references = bilinear_sample(descriptors_a.float(), matches.uv_a)  # (B, N, D)
     logits = descriptor_logits(descriptors_b, references, config.eta)  # (B, N, H, W)
     target = target_heatmap(matches.uv_b, height, width, config.sigma(height, width), config.target_distance)
-    heatmap = _masked_mean((logits.exp() - target).pow(2).mean(dim=(-2, -1)), matches.valid)
-    expected_uv = spatial_expectation(logits)  # (B, N, 2)
+    squared_error = torch.linalg.vector_norm(logits.exp() - target, dim=(-2, -1)).pow(2) / (height * width)
+    heatmap = _masked_mean(squared_error, matches.valid)
+    expected_uv, expected_depth = expectations_from_logits(logits, depth_b)  # (B, N, 2), (B, N)
     difference = expected_uv - matches.uv_b
     scale = math.hypot(height, width) if config.pixel_normalization == "diagonal" else 1.0
     pixel = _masked_mean(difference.abs().sum(-1) / scale, matches.valid)
-    expected_depth = depth_expectation(logits, depth_b)
     depth = _masked_mean((expected_depth - matches.depth_b).abs().nan_to_num(0.0), matches.valid)
     total = config.heatmap_weight * heatmap + config.spatial_weight * (pixel + depth)
     pixel_error = _masked_mean(difference.detach().norm(dim=-1), matches.valid)
