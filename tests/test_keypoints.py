@@ -263,3 +263,52 @@ def test_keypoint_errors_measure_located_points_against_the_true_object_points(s
     expected = 1000 * np.nanmedian(errors.error_3d[occluded])
     assert summary["error_3d_mm_median_occluded"] == pytest.approx(expected)
     assert summary["error_3d_mm_median_occluded"] > summary["error_3d_mm_median"]  # hidden points are found elsewhere
+
+
+def test_fused_cameras_locate_alike_in_the_dataset_and_at_control_time(small_dataset, visual_run, tmp_path):
+    """--keypoints.fuse-cameras: the references are located in both cameras; the dataset keypoints are the
+    confidence-weighted mean of each camera's own, and the control-time encoder gives the same latent."""
+    from keydyn.keypoints.encoder import DescriptorEncoder
+    from keydyn.keypoints.fusion import fuse_keypoints
+    from keydyn.vision.keypoints import Keypoints
+
+    store = open_dataset(small_dataset)
+    first, second = list(store.attrs["cameras"])
+    net, eta = load_visual(visual_run, "last")
+    fused_config = dataclasses.replace(SMALL_KEYPOINTS, fuse_cameras=True)
+    with one_thread():
+        single = choose_references(net, store, SMALL_KEYPOINTS, spatial=True, eta=eta)
+        references = choose_references(net, store, fused_config, spatial=True, eta=eta)
+        fused = compute_keypoints(net, references, store, batch_size=16, bf16=False)
+        per_camera = [
+            compute_keypoints(net, dataclasses.replace(single, camera=camera), store, batch_size=16, bf16=False)
+            for camera in (first, second)
+        ]
+        cached = dataset_keypoints(net, references, store, tmp_path)
+        dataset_keypoints(net, single, store, tmp_path)
+    assert single.fused_cameras == () and single.cameras == (first,)
+    assert references.camera == first and references.fused_cameras == (second,)
+    torch.testing.assert_close(references.descriptors, single.descriptors)  # SDS chooses in the first camera
+    references.save(tmp_path)
+    assert References.load(tmp_path).cameras == (first, second)
+    assert len(list(tmp_path.glob("keypoints-*.safetensors"))) == 2  # fused and single are cached apart
+    torch.testing.assert_close(cached.points, fused.points)
+    views = [Keypoints(None, None, None, keypoints.points, keypoints.confidence) for keypoints in per_camera]
+    info = store.attrs["cameras"][first]
+    expected = fuse_keypoints(views, torch.tensor(info["intrinsics"]), torch.tensor(info["pose"]))
+    torch.testing.assert_close(fused.points, expected.points_world)
+    assert not torch.allclose(fused.points, per_camera[0].points)
+
+    frame = 5
+    observation = {"pusher_position": store.frames("pusher_position", frame, frame + 1)[0]}
+    for camera in (first, second):
+        observation[f"{camera}/rgb"] = store.frames(f"{camera}/rgb", frame, frame + 1)[0]
+        observation[f"{camera}/depth"] = store.frames(f"{camera}/depth", frame, frame + 1)[0]
+        observation[f"{camera}/intrinsics"] = np.asarray(store.attrs["cameras"][camera]["intrinsics"])
+        observation[f"{camera}/pose"] = np.asarray(store.attrs["cameras"][camera]["pose"])
+    with one_thread():
+        latent = DescriptorEncoder(net, references).encode(observation, {})
+    np.testing.assert_allclose(latent[:-2], fused.points[frame].flatten().numpy(), atol=1e-5)
+    del observation[f"{second}/rgb"]
+    with pytest.raises(KeyError, match=f"no {second}/rgb"):
+        DescriptorEncoder(net, references).encode(observation, {})

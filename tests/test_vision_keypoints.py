@@ -235,3 +235,32 @@ def test_pixel_depth_keeps_a_keypoint_on_the_surface_at_an_edge():
     torch.testing.assert_close(on_surface.depth[1], blended.depth[1])  # no depth at the pixel: the expectation
     with pytest.raises(ValueError, match="depth mode"):
         locate_keypoints(image, references, depth, K, T, depth_mode="median")
+
+
+def test_fused_keypoints_are_the_confidence_weighted_mean_seen_from_the_first_camera():
+    from keydyn.keypoints.fusion import fuse_keypoints
+    from keydyn.vision.geometry import project
+    from keydyn.vision.keypoints import Keypoints
+
+    def located(points: list[list[float]], confidence: list[float]) -> Keypoints:
+        world = torch.tensor([points], dtype=torch.float32)  # (1, K, 3)
+        unused = torch.zeros(1, len(points))
+        return Keypoints(unused[..., None].expand(-1, -1, 2), unused, world, world, torch.tensor([confidence]))
+
+    intrinsics = torch.tensor([[100.0, 0.0, 32.0], [0.0, 100.0, 24.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[:3, 3] = torch.tensor([0.0, 0.0, -1.0])  # looking along +z at the origin from 1 m
+    first = located([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.2, 0.0]], [0.6, 0.5, 0.0])
+    second = located([[0.04, 0.0, 0.0], [float("nan")] * 3, [0.0, 0.1, 0.0]], [0.2, 0.9, 0.0])
+    fused = fuse_keypoints([first, second], intrinsics, pose)
+    expected = torch.tensor([[[0.01, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.15, 0.0]]])
+    # weighted by confidence (0.6 : 0.2); a point without depth gives no weight; zero confidences count equally
+    torch.testing.assert_close(fused.points_world, expected)
+    torch.testing.assert_close(fused.confidence, torch.tensor([[0.6, 0.9, 0.0]]))
+    uv, depth = project(expected.double(), intrinsics, pose)
+    torch.testing.assert_close(fused.uv, uv.float())
+    torch.testing.assert_close(fused.depth, depth.float())
+    torch.testing.assert_close(fused.points_camera, expected + torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.isnan(fuse_keypoints([second], intrinsics, pose).points_world[0, 1]).all()
+    with pytest.raises(ValueError, match="at least one camera"):
+        fuse_keypoints([], intrinsics, pose)

@@ -1,8 +1,8 @@
 """Descriptor keypoints of every frame of a dataset, computed once and cached (the original's precomputed keypoints).
 
 The cache file `keypoints-<hash>.safetensors` is keyed by a hash of the network weights, the references,
-the dataset (its path, number of frames and collection settings) and the camera, so a changed network or
-reference set is never served stale keypoints. It is written atomically.
+the dataset (its path, number of frames and collection settings) and the cameras that locate the references,
+so a changed network or reference set is never served stale keypoints. It is written atomically.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from safetensors.torch import load_file, save_file
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic
-from keydyn.keypoints.references import References
-from keydyn.vision.keypoints import locate_keypoints
-from keydyn.vision.network import DescriptorNet, rgb_to_tensor
+from keydyn.keypoints.references import References, locate_references
+from keydyn.vision.network import DescriptorNet
 
 
 @dataclass(frozen=True)
 class DatasetKeypoints:
-    """Keypoints of every frame of a dataset from one camera.
+    """Keypoints of every frame of a dataset, from the references' camera (fused with their other cameras').
 
     Attributes:
         points: (N, K, 3) float32 world points, metres.
@@ -53,6 +52,7 @@ def cache_key(net: DescriptorNet, references: References, store: EpisodeStore) -
         digest.update(tensor.detach().float().contiguous().numpy().tobytes())
     identity = {
         "camera": references.camera,
+        **({"fused_cameras": list(references.fused_cameras)} if references.fused_cameras else {}),
         "eta": references.eta,
         "depth_mode": references.depth_mode,
         "dataset": str(store.path.resolve()),
@@ -67,29 +67,30 @@ def cache_key(net: DescriptorNet, references: References, store: EpisodeStore) -
 def compute_keypoints(
     net: DescriptorNet, references: References, store: EpisodeStore, batch_size: int, bf16: bool
 ) -> DatasetKeypoints:
-    """Locate the references in every frame of `store` from `references.camera`, `batch_size` images at a time.
+    """Locate the references in every frame of `store` from `references.cameras`, `batch_size` frames at a time.
 
     Raises:
         ValueError: a frame has no valid depth, so its keypoints cannot be lifted to 3D.
     """
-    info = store.attrs["cameras"][references.camera]
-    intrinsics = torch.tensor(info["intrinsics"], dtype=torch.float64)
-    pose = torch.tensor(info["pose"], dtype=torch.float64)
+    geometry = {
+        camera: (
+            torch.tensor(store.attrs["cameras"][camera]["intrinsics"], dtype=torch.float64),
+            torch.tensor(store.attrs["cameras"][camera]["pose"], dtype=torch.float64),
+        )
+        for camera in references.cameras
+    }
     points, confidence = [], []
     for begin in range(0, store.num_frames, batch_size):
         stop = min(begin + batch_size, store.num_frames)
-        rgb = torch.as_tensor(store.frames(f"{references.camera}/rgb", begin, stop))
-        depth = torch.as_tensor(store.frames(f"{references.camera}/depth", begin, stop))
-        descriptors = net.infer(rgb_to_tensor(rgb), bf16=bf16)
-        located = locate_keypoints(
-            descriptors,
-            references.descriptors,
-            depth,
-            intrinsics,
-            pose,
-            references.eta,
-            depth_mode=references.depth_mode,
-        )
+        images = {
+            camera: (
+                torch.as_tensor(store.frames(f"{camera}/rgb", begin, stop)),
+                torch.as_tensor(store.frames(f"{camera}/depth", begin, stop)),
+                *geometry[camera],
+            )
+            for camera in references.cameras
+        }
+        located = locate_references(net, references, images, bf16)
         points.append(located.points_world)
         confidence.append(located.confidence)
     result = DatasetKeypoints(torch.cat(points), torch.cat(confidence))
@@ -97,7 +98,7 @@ def compute_keypoints(
     if lost.any():
         raise ValueError(
             f"{int(lost.sum())} frames of {store.path} (first: row {int(np.flatnonzero(lost.numpy())[0])}) have no "
-            f"valid depth in camera {references.camera}; pick another --keypoints.camera"
+            f"valid depth in camera {', '.join(references.cameras)}; pick another --keypoints.camera"
         )
     return result
 

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 
 from keydyn.dynamics.latent import LatentLayout
-from keydyn.keypoints.references import References
+from keydyn.keypoints.references import References, locate_references
 from keydyn.keypoints.weights import KeypointWeights
-from keydyn.vision.keypoints import locate_keypoints
-from keydyn.vision.network import DescriptorNet, rgb_to_tensor
+from keydyn.vision.network import DescriptorNet
 
 
 class DescriptorEncoder:
-    """DS / SDS / WDS / WSDS latents: the references located in one camera's RGB-D image.
+    """DS / SDS / WDS / WSDS latents: the references located in one camera's RGB-D image (or fused over the
+    references' cameras, `References.fused_cameras`).
 
     encode() runs the network on observation[f"{camera}/rgb"], locates the K references with that camera's
     depth, intrinsics and pose (world points, metres), applies the fixed weights W when given (WDS / WSDS),
@@ -51,22 +51,19 @@ class DescriptorEncoder:
     @torch.no_grad()
     def encode(self, observation: Mapping[str, Any], info: Mapping[str, Any]) -> np.ndarray:
         """(3 K + 2,) float32 latent of the observation, metres."""
-        camera = self.camera
-        if f"{camera}/rgb" not in observation:
-            raise KeyError(f"the observation has no {camera}/rgb; make the environment with images=True")
-        rgb = rgb_to_tensor(torch.as_tensor(np.asarray(observation[f"{camera}/rgb"])))[None]
-        descriptors = self.net.infer(rgb, bf16=self.bf16)[0]
-        located = locate_keypoints(
-            descriptors,
-            self.references.descriptors,
-            torch.as_tensor(np.asarray(observation[f"{camera}/depth"])),
-            torch.as_tensor(np.asarray(observation[f"{camera}/intrinsics"]), dtype=torch.float64),
-            torch.as_tensor(np.asarray(observation[f"{camera}/pose"]), dtype=torch.float64),
-            self.references.eta,
-            depth_mode=self.references.depth_mode,
-        )
+        images = {}
+        for camera in self.references.cameras:
+            if f"{camera}/rgb" not in observation:
+                raise KeyError(f"the observation has no {camera}/rgb; make the environment with images=True")
+            images[camera] = (
+                torch.as_tensor(np.asarray(observation[f"{camera}/rgb"]))[None],
+                torch.as_tensor(np.asarray(observation[f"{camera}/depth"]))[None],
+                torch.as_tensor(np.asarray(observation[f"{camera}/intrinsics"]), dtype=torch.float64),
+                torch.as_tensor(np.asarray(observation[f"{camera}/pose"]), dtype=torch.float64),
+            )
+        located = locate_references(self.net, self.references, images, self.bf16)
         pusher = torch.as_tensor(np.asarray(observation["pusher_position"]), dtype=torch.float32)
-        latent = torch.cat([located.points_world.flatten(), pusher])
+        latent = torch.cat([located.points_world[0].flatten(), pusher])
         if self.weights is not None:
             latent = self.weights(latent)
         return latent.numpy().astype(np.float32)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic, write_json_atomic
+from keydyn.keypoints.fusion import fuse_keypoints
 from keydyn.vision.keypoints import (
     DEPTH_MODES,
     DepthMode,
@@ -58,6 +59,10 @@ class KeypointConfig:
     default 6 px scaled by width / 640 (`inf` keeps all, as the paper)."""
     camera: str | None = None
     """Camera whose images locate the keypoints; default the task's first camera."""
+    fuse_cameras: bool = False
+    """Locate the keypoints in every camera's image and average the world points, weighted by confidence
+    (beyond the paper, which locates them from one camera; at control time each step runs the network once
+    per camera). SDS still ranks and spaces the candidates in --keypoints.camera's images."""
     reference_episode: int = 0
     reference_frame: int = 0
     """The reference image: this frame (0-based, within the episode) of --keypoints.reference-episode."""
@@ -118,6 +123,8 @@ class References:
         frame: global dataset row of the reference image.
         eta: descriptor kernel width the network was trained with (eq. 7).
         depth_mode: how a located keypoint gets its depth ("expectation", eq. 11, or "pixel").
+        fused_cameras: further cameras that locate them too, their points fused with `camera`'s
+            (`keydyn.keypoints.fusion`); empty for one camera, as in the paper.
     """
 
     descriptors: torch.Tensor
@@ -127,16 +134,28 @@ class References:
     frame: int
     eta: float
     depth_mode: DepthMode = "expectation"
+    fused_cameras: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.descriptors.shape[0])
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """Every camera that locates the references, `camera` first."""
+        return (self.camera, *self.fused_cameras)
 
     def save(self, directory: Path) -> None:
         """Write `references.safetensors` (tensors) and `references.json` (the rest) into `directory`."""
         tensors = {"descriptors": self.descriptors, "uv": self.uv, "confidence": self.confidence}
         tensors = {name: value.detach().float().contiguous() for name, value in tensors.items()}
         write_atomic(directory / "references.safetensors", lambda p: save_file(tensors, str(p)))
-        info = {"camera": self.camera, "frame": self.frame, "eta": self.eta, "depth_mode": self.depth_mode}
+        info = {
+            "camera": self.camera,
+            "frame": self.frame,
+            "eta": self.eta,
+            "depth_mode": self.depth_mode,
+            "fused_cameras": list(self.fused_cameras),
+        }
         write_json_atomic(directory / "references.json", info)
 
     @staticmethod
@@ -146,6 +165,7 @@ class References:
         if not path.exists():
             raise FileNotFoundError(f"{directory} has no references.json; train it with a descriptor --latent")
         info = json.loads(path.read_text())
+        info["fused_cameras"] = tuple(info.get("fused_cameras", ()))  # runs before fusion have one camera
         tensors = load_file(str(Path(directory) / "references.safetensors"))
         return References(tensors["descriptors"], tensors["uv"], tensors["confidence"], **info)
 
@@ -181,27 +201,64 @@ def reference_frame(store: EpisodeStore, config: KeypointConfig) -> int:
     return start + config.reference_frame
 
 
+CameraImages = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""One camera's B frames: rgb (B, H, W, 3) uint8, depth (B, H, W) metres, intrinsics (3, 3) or (B, 3, 3) pixels,
+T_world_camera (4, 4) or (B, 4, 4) metres."""
+
+
+@torch.no_grad()
+def locate_references(
+    net: DescriptorNet, references: References, images: Mapping[str, CameraImages], bf16: bool
+) -> Keypoints:
+    """The (B, K) keypoints of the references in B frames: located in `references.camera`'s images, and fused
+    with those located in the images of its `fused_cameras` when it has any.
+
+    Args:
+        net: the descriptor network, in eval mode.
+        references: the reference descriptors and the cameras that locate them.
+        images: camera name -> that camera's images of the B frames (`CameraImages`), for every camera in
+            `references.cameras`.
+        bf16: bfloat16 autocast for the network.
+    """
+    located = []
+    for camera in references.cameras:
+        if camera not in images:
+            cameras = ", ".join(references.cameras)
+            raise KeyError(f"no {camera} images: the references are located with cameras {cameras}")
+        rgb, depth, intrinsics, pose = images[camera]
+        descriptors = net.infer(rgb_to_tensor(rgb), bf16=bf16)
+        eta, depth_mode = references.eta, references.depth_mode
+        located.append(
+            locate_keypoints(descriptors, references.descriptors, depth, intrinsics, pose, eta, depth_mode=depth_mode)
+        )
+    if len(located) == 1:
+        return located[0]
+    _, _, intrinsics, pose = images[references.camera]
+    return fuse_keypoints(located, intrinsics, pose)
+
+
 @torch.no_grad()
 def locate_in_frames(
     net: DescriptorNet, store: EpisodeStore, references: References, frames: Sequence[int], batch_size: int, bf16: bool
 ) -> Iterator[tuple[list[RGBDView], Keypoints]]:
-    """Locate the references in dataset rows `frames` from their camera, `batch_size` views at a time.
+    """Locate the references in dataset rows `frames` from their cameras, `batch_size` frames at a time.
 
-    Yields each batch's views (images, depth, camera and true object pose) and its located keypoints (B, K).
+    Yields each batch's views from `references.camera` (images, depth, camera and true object pose) and its
+    located keypoints (B, K) (see `locate_references`).
     """
     for begin in range(0, len(frames), batch_size):
-        views = [load_view(store, references.camera, int(frame)) for frame in frames[begin : begin + batch_size]]
-        descriptors = net.infer(rgb_to_tensor(torch.stack([view.rgb for view in views])), bf16=bf16)
-        located = locate_keypoints(
-            descriptors,
-            references.descriptors,
-            torch.stack([view.depth for view in views]),
-            views[0].intrinsics,
-            views[0].T_world_camera,
-            references.eta,
-            depth_mode=references.depth_mode,
-        )
-        yield views, located
+        batch = frames[begin : begin + batch_size]
+        views = {camera: [load_view(store, camera, int(frame)) for frame in batch] for camera in references.cameras}
+        images = {
+            camera: (
+                torch.stack([view.rgb for view in camera_views]),
+                torch.stack([view.depth for view in camera_views]),
+                camera_views[0].intrinsics,
+                camera_views[0].T_world_camera,
+            )
+            for camera, camera_views in views.items()
+        }
+        yield views[references.camera], locate_references(net, references, images, bf16)
 
 
 def mean_confidence(
@@ -247,9 +304,10 @@ def choose_references(
     generator = torch.Generator().manual_seed(config.seed)
     descriptors = net.infer(rgb_to_tensor(view.rgb)[None], bf16=config.bf16)[0]
     sampled, uv = sample_reference_descriptors(descriptors, view.mask, config.num_descriptors, generator)
+    others = tuple(name for name in store.attrs["cameras"] if name != camera) if config.fuse_cameras else ()
     references = References(sampled, uv, torch.full((len(uv),), float("nan")), camera, frame, eta, config.depth)
     if not spatial:
-        return references
+        return dataclasses.replace(references, fused_cameras=others)
     located = locate_keypoints(
         descriptors, references.descriptors, view.depth, view.intrinsics, view.T_world_camera, eta
     )
@@ -268,4 +326,4 @@ def choose_references(
     chosen = select_spatial_descriptors(
         candidates.confidence[None], candidates.uv, config.separation(view.width), config.num_selected
     )
-    return candidates.subset(chosen)
+    return dataclasses.replace(candidates.subset(chosen), fused_cameras=others)
