@@ -23,6 +23,7 @@ from keydyn.data.split import split_episodes
 from keydyn.keypoints.accuracy import VISIBILITY_TOLERANCE_M, keypoint_errors
 from keydyn.keypoints.latents import load_run_visual, load_visual, run_locates_in_bf16
 from keydyn.keypoints.references import KeypointConfig, References, choose_references
+from keydyn.keypoints.rigid import RigidFilter
 from keydyn.machine import machine
 from keydyn.runs import open_dataset
 
@@ -49,11 +50,13 @@ def main(config: KeypointAccuracyConfig) -> dict:
         net, visual_run = load_run_visual(config.run)
         references = References.load(config.run)
         bf16 = run_locates_in_bf16(config.run)
+        rigid = RigidFilter.load(config.run)
     elif config.visual_run is not None:
         visual_run = config.visual_run
         net, eta = load_visual(visual_run, config.keypoints.checkpoint)
         references = choose_references(net, store, config.keypoints, spatial=True, eta=eta)
         bf16 = config.keypoints.bf16
+        rigid = None
     else:
         raise SystemExit("give --run (a dynamics run with a descriptor latent) or --visual-run")
     visual = json.loads((visual_run / "config.json").read_text())
@@ -62,7 +65,7 @@ def main(config: KeypointAccuracyConfig) -> dict:
     if len(frames) > config.max_frames:
         frames = frames[np.linspace(0, len(frames) - 1, config.max_frames).round().astype(int)]
     errors = keypoint_errors(
-        net, store, references, frames, bf16=bf16, visibility_tolerance=config.visibility_tolerance
+        net, store, references, frames, bf16=bf16, visibility_tolerance=config.visibility_tolerance, rigid=rigid
     )
     return {
         "benchmark": "keypoint_accuracy",
@@ -70,6 +73,8 @@ def main(config: KeypointAccuracyConfig) -> dict:
         "visual_run": str(visual_run),
         "references": str(config.run) if config.run is not None else "sds chosen here",
         "depth_mode": references.depth_mode,
+        "cameras": list(references.cameras),
+        "rigid_outlier_mm": None if rigid is None else 1000.0 * rigid.threshold,
         "bf16": bf16,
         "held_out_episodes": len(held_out),
         **errors.summary(),

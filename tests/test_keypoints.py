@@ -12,7 +12,7 @@ import torch
 
 from keydyn.dynamics.train import TrainDynamicsConfig, load_keypoint_weights, train_dynamics
 from keydyn.keypoints.dataset import compute_keypoints, dataset_keypoints
-from keydyn.keypoints.latents import load_visual
+from keydyn.keypoints.latents import load_descriptor_encoder, load_visual
 from keydyn.keypoints.references import KeypointConfig, References, choose_references, reference_frame
 from keydyn.keypoints.weights import KeypointWeights
 from keydyn.runs import open_dataset
@@ -203,7 +203,7 @@ def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, t
 
     run, out = tmp_path / "sds", tmp_path / "eval"
     keypoints = ["--keypoints.num-descriptors", "20", "--keypoints.min-distance-px", "3"]
-    keypoints += ["--keypoints.reference-tolerance-px", "inf"]
+    keypoints += ["--keypoints.reference-tolerance-px", "inf", "--keypoints.rigid-outlier-mm", "15"]
     train = [
         *("train-dynamics", "--dataset", str(small_dataset), "--out", str(run), "--latent", "sds"),
         *("--visual-run", str(visual_run), "--epochs", "2", "--horizon", "5", "--hidden", "32", "32"),
@@ -215,6 +215,9 @@ def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, t
         assert main([*evaluate, "--videos", "0", *FAST_MPC, "--no-progress"]) == 0
     for name in ("references.json", "references.safetensors", "visual_network.json", "keypoints.png"):
         assert (run / name).exists(), name
+    encoder = load_descriptor_encoder(run, weights=None)  # the rigid filter travels with the run
+    assert encoder.rigid is not None and encoder.rigid.threshold == pytest.approx(0.015)
+    assert encoder.rigid.template.shape == (5, 3)
     assert len(list((visual_run / "keypoint_cache").glob("keypoints-*.safetensors"))) >= 1
     results = json.loads((out / "results.json").read_text())
     assert results["latent"] == "sds" and results["label"].startswith("SDS")

@@ -22,6 +22,7 @@ import torch
 
 from keydyn.data.store import EpisodeStore
 from keydyn.keypoints.references import References, locate_in_frames
+from keydyn.keypoints.rigid import RigidFilter
 from keydyn.vision.geometry import bilinear_sample, invert_transform, project, transform_points, unproject_to_world
 from keydyn.vision.network import DescriptorNet
 from keydyn.vision.views import load_view
@@ -110,6 +111,7 @@ def keypoint_errors(
     batch_size: int = 16,
     bf16: bool = False,
     visibility_tolerance: float = VISIBILITY_TOLERANCE_M,
+    rigid: RigidFilter | None = None,
 ) -> KeypointErrors:
     """Locate the references in dataset rows `frames` (F,) from their camera and compare with the truth.
 
@@ -121,6 +123,7 @@ def keypoint_errors(
         batch_size: images per network call.
         bf16: bfloat16 autocast for the network.
         visibility_tolerance: metres between rendered and point depth for a point to count as visible.
+        rigid: the rigid filter of a run that has one, applied to the located points as the run applies it.
     """
     object_points = reference_object_points(store, references)  # (K, 3)
     names = ("error_3d", "error_px", "confidence", "visible", "located_object")
@@ -136,6 +139,8 @@ def keypoint_errors(
         rendered = bilinear_sample(depth.unsqueeze(1).double(), uv).squeeze(-1)  # (B, K)
         parts["visible"].append(inside & ((rendered - z).abs() <= visibility_tolerance))
         located_world = located.points_world.double()
+        if rigid is not None:
+            located_world = rigid(located_world)[0]
         parts["error_3d"].append((located_world - truth).norm(dim=-1))
         parts["error_px"].append((located.uv.double() - uv).norm(dim=-1))
         parts["confidence"].append(located.confidence)

@@ -10,6 +10,7 @@ import torch
 
 from keydyn.dynamics.latent import LatentLayout
 from keydyn.keypoints.references import References, locate_references
+from keydyn.keypoints.rigid import RigidFilter
 from keydyn.keypoints.weights import KeypointWeights
 from keydyn.vision.network import DescriptorNet
 
@@ -19,8 +20,9 @@ class DescriptorEncoder:
     references' cameras, `References.fused_cameras`).
 
     encode() runs the network on observation[f"{camera}/rgb"], locates the K references with that camera's
-    depth, intrinsics and pose (world points, metres), applies the fixed weights W when given (WDS / WSDS),
-    and appends observation["pusher_position"]. It reads nothing from `info`.
+    depth, intrinsics and pose (world points, metres), replaces outliers with the rigid filter when given,
+    applies the fixed weights W when given (WDS / WSDS), and appends observation["pusher_position"]. It reads
+    nothing from `info`.
     """
 
     needs_images = True
@@ -31,11 +33,13 @@ class DescriptorEncoder:
         references: References,
         weights: KeypointWeights | None = None,
         bf16: bool = False,
+        rigid: RigidFilter | None = None,
     ) -> None:
         self.net = net.eval()
         self.references = references
         self.weights = None if weights is None else weights.eval()
         self.bf16 = bf16
+        self.rigid = rigid
 
     @property
     def camera(self) -> str:
@@ -63,7 +67,10 @@ class DescriptorEncoder:
             )
         located = locate_references(self.net, self.references, images, self.bf16)
         pusher = torch.as_tensor(np.asarray(observation["pusher_position"]), dtype=torch.float32)
-        latent = torch.cat([located.points_world[0].flatten(), pusher])
+        points = located.points_world[0]  # (K, 3)
+        if self.rigid is not None:
+            points = self.rigid(points)[0]
+        latent = torch.cat([points.flatten(), pusher])
         if self.weights is not None:
             latent = self.weights(latent)
         return latent.numpy().astype(np.float32)

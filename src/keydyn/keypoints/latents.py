@@ -2,6 +2,7 @@
 
 A dynamics run with a descriptor latent (ds, sds, wds, wsds) holds, besides the dynamics files:
     references.json/.safetensors   the reference descriptors, their pixels, camera and reference frame
+    rigid_filter.json/.safetensors the keypoints' rigid template and outlier threshold (--keypoints.rigid-outlier-mm)
     visual_network.json            the visual run, its checkpoint and the SHA-256 of its weights
     keypoints.png                  the references on the reference image (paper figure 3)
 and, for wds / wsds, the weights' alpha inside the dynamics checkpoints (`keydyn.keypoints.weights`). The
@@ -23,6 +24,7 @@ from keydyn.keypoints.dataset import dataset_keypoints, network_hash
 from keydyn.keypoints.encoder import DescriptorEncoder
 from keydyn.keypoints.pictures import write_reference_picture
 from keydyn.keypoints.references import KeypointConfig, References, choose_references
+from keydyn.keypoints.rigid import RigidFilter, rigid_template
 from keydyn.keypoints.weights import KeypointWeights
 from keydyn.runs import checkpoint_paths
 from keydyn.vision.network import DescriptorNet
@@ -61,21 +63,26 @@ def descriptor_latents(
     title = f"{latent.upper()}: {len(references)} reference descriptors, camera {references.camera}"
     write_reference_picture(out / "keypoints.png", rgb, references, title)
     cache = Path(visual_run) / KEYPOINT_CACHE  # shared by every dynamics run of the same references (DS and WDS)
-    keypoints = dataset_keypoints(net, references, store, cache, config.batch_size, config.bf16)
+    points = dataset_keypoints(net, references, store, cache, config.batch_size, config.bf16).points
+    if config.rigid_outlier_mm > 0:
+        rigid = RigidFilter.load(out) or RigidFilter(rigid_template(points), config.rigid_outlier_mm / 1000.0)
+        rigid.save(out)
+        points = rigid(points)[0]
     pusher = np.asarray(store.frames("pusher_position"), dtype=np.float32)
-    return LatentLayout(len(references)).pack(keypoints.points.numpy(), pusher).astype(np.float32)
+    return LatentLayout(len(references)).pack(points.numpy(), pusher).astype(np.float32)
 
 
 def load_descriptor_encoder(run_dir: Path, weights: KeypointWeights | None) -> DescriptorEncoder:
-    """The encoder (on the CPU) of a dynamics run with a descriptor latent: its references, visual network and
-    the WDS / WSDS `weights`.
+    """The encoder (on the CPU) of a dynamics run with a descriptor latent: its references, visual network,
+    rigid filter (if any) and the WDS / WSDS `weights`.
 
     Raises:
         ValueError: the visual run's weights changed since the dynamics run was trained.
     """
     run_dir = Path(run_dir)
     net, _ = load_run_visual(run_dir)
-    return DescriptorEncoder(net, References.load(run_dir), weights, run_locates_in_bf16(run_dir))
+    references, rigid = References.load(run_dir), RigidFilter.load(run_dir)
+    return DescriptorEncoder(net, references, weights, run_locates_in_bf16(run_dir), rigid)
 
 
 def run_locates_in_bf16(run_dir: Path) -> bool:

@@ -63,6 +63,9 @@ class KeypointConfig:
     """Locate the keypoints in every camera's image and average the world points, weighted by confidence
     (beyond the paper, which locates them from one camera; at control time each step runs the network once
     per camera). SDS still ranks and spaces the candidates in --keypoints.camera's images."""
+    rigid_outlier_mm: float = 0.0
+    """Replace keypoints more than this many millimetres off the rigid shape of the others (`keydyn.keypoints.rigid`;
+    beyond the paper), in the training latents and at control time alike; 0 keeps every located keypoint."""
     reference_episode: int = 0
     reference_frame: int = 0
     """The reference image: this frame (0-based, within the episode) of --keypoints.reference-episode."""
@@ -95,6 +98,8 @@ class KeypointConfig:
                 f"--keypoints.reference-tolerance-px must be positive (inf keeps every candidate), got "
                 f"{self.reference_tolerance_px}"
             )
+        if self.rigid_outlier_mm < 0:
+            raise ValueError(f"--keypoints.rigid-outlier-mm must be >= 0 (0: off), got {self.rigid_outlier_mm}")
         if self.depth not in DEPTH_MODES:
             raise ValueError(f"--keypoints.depth {self.depth!r}: use one of {', '.join(DEPTH_MODES)}")
 

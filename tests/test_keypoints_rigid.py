@@ -1,0 +1,86 @@
+"""Rigid-shape outlier rejection of descriptor keypoints: Kabsch fits, the consensus filter and its template."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from keydyn.keypoints.rigid import RigidFilter, rigid_fit, rigid_template
+from keydyn.vision.geometry import pose_matrix
+
+TEMPLATE = torch.tensor(
+    [[0.0, 0.0, 0.0], [0.12, 0.0, 0.01], [0.12, 0.05, 0.0], [0.0, 0.05, 0.03], [0.06, 0.025, 0.04]]
+)  # (5, 3) metres: a box-sized, non-planar shape
+
+
+def _random_poses(count: int, generator: torch.Generator) -> torch.Tensor:
+    """(N, 4, 4) random rigid motions: any 3D rotation, translations within 0.3 m."""
+    quaternion = torch.randn(count, 4, generator=generator, dtype=torch.float64)
+    position = 0.3 * torch.rand(count, 3, generator=generator, dtype=torch.float64)
+    return pose_matrix(position, quaternion / quaternion.norm(dim=-1, keepdim=True))
+
+
+def _moved(poses: torch.Tensor) -> torch.Tensor:
+    """(N, 5, 3) the template under each pose."""
+    return (poses[:, None, :3, :3] @ TEMPLATE.double()[None, :, :, None])[..., 0] + poses[:, None, :3, 3]
+
+
+def test_rigid_fit_recovers_the_motion_and_ignores_zero_weights():
+    generator = torch.Generator().manual_seed(0)
+    poses = _random_poses(8, generator)
+    target = _moved(poses)
+    target[:, 4] += 0.5  # a wrong point, given no weight
+    weights = torch.ones(8, 5, dtype=torch.float64)
+    weights[:, 4] = 0.0
+    rotation, translation = rigid_fit(TEMPLATE, target, weights)
+    torch.testing.assert_close(rotation, poses[:, :3, :3])
+    torch.testing.assert_close(translation, poses[:, :3, 3])
+    assert torch.allclose(torch.linalg.det(rotation), torch.ones(8, dtype=torch.float64))
+
+
+def test_rigid_filter_replaces_exactly_the_keypoints_that_break_the_shape():
+    generator = torch.Generator().manual_seed(1)
+    poses = _random_poses(50, generator)
+    truth = _moved(poses)
+    located = truth + 0.001 * torch.randn(truth.shape, generator=generator, dtype=torch.float64)  # 1 mm jitter
+    jumped = torch.zeros(50, 5, dtype=torch.bool)
+    jumped[::3, 2] = True  # one keypoint 80 mm off in every third frame
+    jumped[1::5, 0] = True  # and another one in every fifth frame (some frames have two)
+    direction = torch.randn(50, 5, 3, generator=generator, dtype=torch.float64)
+    located = torch.where(jumped[..., None], located + 0.08 * direction / direction.norm(dim=-1, keepdim=True), located)
+    located[7, 3] = math.nan  # no depth: always replaced
+    jumped[7, 3] = True
+
+    filtered, replaced = RigidFilter(TEMPLATE, threshold=0.015)(located.float())
+    assert torch.equal(replaced, jumped)
+    assert torch.equal(filtered[~replaced], located.float()[~replaced])  # inliers untouched
+    assert (filtered[replaced].double() - truth[replaced]).norm(dim=-1).max() < 0.006  # 80 mm off before
+
+    single, single_replaced = RigidFilter(TEMPLATE, threshold=0.015)(located[0])
+    torch.testing.assert_close(single, filtered[0].double())
+    assert torch.equal(single_replaced, replaced[0])
+    too_few = located[:1].clone()
+    too_few[0, :3] = math.nan  # two keypoints in 3D cannot fix a rigid motion: left as they are
+    kept, none = RigidFilter(TEMPLATE, threshold=0.015)(too_few)
+    assert torch.equal(kept.isnan(), too_few.isnan()) and not none.any()
+
+
+def test_rigid_template_is_the_most_typical_frame():
+    generator = torch.Generator().manual_seed(2)
+    shapes = _moved(_random_poses(9, generator))
+    shapes[:4, 1] += torch.tensor([0.03, 0.0, 0.0], dtype=torch.float64)  # four frames with a misplaced keypoint
+    shapes[8, 0] = math.nan  # not a candidate
+    template = rigid_template(shapes.float())
+    torch.testing.assert_close(torch.cdist(template, template), torch.cdist(TEMPLATE, TEMPLATE))
+    with pytest.raises(ValueError, match="rigid template"):
+        rigid_template(torch.full((2, 5, 3), math.nan))
+
+
+def test_rigid_filter_is_saved_and_loaded(tmp_path):
+    assert RigidFilter.load(tmp_path) is None
+    RigidFilter(TEMPLATE, 0.015).save(tmp_path)
+    loaded = RigidFilter.load(tmp_path)
+    assert loaded is not None and loaded.threshold == 0.015
+    torch.testing.assert_close(loaded.template, TEMPLATE)
