@@ -8,8 +8,9 @@ Per frame, at the default 320x240 and at the paper's 640x480, 1 image at a time:
   3D lifting) from a given descriptor image.
 Training: images per second of `keydyn.vision.train.train_step` on real rendered pairs (2 pairs = 4 images a
 step), fp32 and bf16, and the projected time of the default training run (its step count at that rate).
-Control loop: rendering of both cameras, the encoder (inference + localisation of K* = 5 SDS keypoints), MPPI
-(N = 1000, H = 10, M = 3, bf16 dynamics) and one physics step, in steps per second.
+Control loop: rendering of both cameras, the encoder (inference + localisation of K* = 5 SDS keypoints, from one
+camera as in the paper and from both with --keypoints.fuse-cameras), MPPI (N = 1000, H = 10, M = 3, bf16
+dynamics) and one physics step, in steps per second.
 
     python benchmarks/vision.py                  # 2 threads
     python benchmarks/vision.py --threads 1 --repeats 5
@@ -101,10 +102,11 @@ def training_rate(dataset: Path, precision: str, steps: int) -> dict:
     }
 
 
-def control_loop_with_perception(net: DescriptorNet, steps: int) -> dict:
-    """Steps per second of render -> SDS encoder (K* = 5) -> MPPI -> physics on top_down at 320x240."""
+def control_loop_with_perception(net: DescriptorNet, steps: int, fuse_cameras: bool) -> dict:
+    """Steps per second of render -> SDS encoder (K* = 5; located in both cameras and fused with
+    `fuse_cameras`) -> MPPI -> physics on top_down at 320x240."""
     env = PushingEnv("top_down")
-    camera = env.task.cameras[0].name
+    camera, *others = [view.name for view in env.task.cameras]
     generator = torch.Generator().manual_seed(0)
     references = References(
         descriptors=torch.randn(5, net.config.descriptor_dim, generator=generator),
@@ -113,6 +115,7 @@ def control_loop_with_perception(net: DescriptorNet, steps: int) -> dict:
         camera=camera,
         frame=0,
         eta=5.0,
+        fused_cameras=tuple(others) if fuse_cameras else (),
     )
     encoder = DescriptorEncoder(net, references, bf16=True)
     torch.manual_seed(0)
@@ -121,6 +124,7 @@ def control_loop_with_perception(net: DescriptorNet, steps: int) -> dict:
     times, encode_times = time_control_loop(env, encoder, controller, steps)
     env.close()
     return {
+        "cameras": len(references.cameras),
         "control_loop_with_perception_hz": round(1.0 / statistics.median(times), 2),
         "encoder_ms": round(1e3 * statistics.median(encode_times), 2),
     }
@@ -148,7 +152,10 @@ def main() -> None:
         "settings": {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__},
         "per_frame": frames,
         "training_320x240": training,
-        "control_loop": control_loop_with_perception(build_network(config).eval(), args.loop_steps),
+        "control_loop": [
+            control_loop_with_perception(build_network(config).eval(), args.loop_steps, fuse_cameras)
+            for fuse_cameras in (False, True)
+        ],
         "machine": machine(),
     }
     print(json.dumps(document, indent=2))
