@@ -110,6 +110,9 @@ def heatmap_expectations(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Expected pixel (eq. 10) and expected valid depth (eq. 11) of K references, for inference.
 
+    The logits come from one matrix product without the |d_k|^2 term, which is constant per heatmap and
+    cancels in the softmax (and without the clamp of `descriptor_logits`): the same expectations, faster.
+
     Args:
         descriptors: (B, D, H, W) descriptor images.
         references: (B, K, D) or (K, D) reference descriptors.
@@ -120,4 +123,12 @@ def heatmap_expectations(
         uv: (B, K, 2) expected pixels (u, v); z: (B, K) expected depth over valid pixels, metres (NaN when an
         image has no valid depth).
     """
-    return expectations_from_logits(descriptor_logits(descriptors, references, eta), depth)
+    batch, _, height, width = descriptors.shape
+    features = descriptors.float().flatten(2)  # (B, D, H W)
+    references = references.float()
+    if references.dim() == 2:
+        references = references.unsqueeze(0)
+    references = references.expand(batch, -1, -1)
+    scale = 1.0 / eta**2
+    logits = torch.baddbmm(-scale * features.pow(2).sum(1, keepdim=True), references, features, alpha=2.0 * scale)
+    return expectations_from_logits(logits.view(batch, -1, height, width), depth)
