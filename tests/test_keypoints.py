@@ -255,6 +255,9 @@ def test_keypoint_errors_measure_located_points_against_the_true_object_points(s
 
     summary, untrained_summary = errors.summary(), baseline.summary()
     assert summary["error_3d_mm_median"] < 0.5 * untrained_summary["error_3d_mm_median"]
+    visible_errors = 1000 * errors.error_3d[errors.visible]
+    assert summary["error_3d_mm_p95"] == pytest.approx(np.nanpercentile(visible_errors, 95))
+    assert summary["error_3d_mm_p95"] > summary["error_3d_mm_median"]
     assert 0.0 <= summary["confidence_visible_mean"] <= 1.0
     assert 0.0 < summary["jitter_mm_median"] <= 1.5 * summary["error_3d_mm_median"]
     # the error of every visible point is bounded by its keypoint's bias plus its jitter (triangle inequality)

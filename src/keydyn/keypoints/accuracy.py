@@ -69,7 +69,8 @@ class KeypointErrors:
         return np.linalg.norm(self.median_points() - self.object_points, axis=-1)
 
     def summary(self) -> dict[str, float]:
-        """Medians of the errors (of visible points), and the confidence of visible vs occluded points."""
+        """Medians (and the mean and 95th percentile of the 3D error) of the errors of visible points, and the
+        confidence of visible vs occluded points."""
         visible = self.visible
         summary = {
             "frames": int(self.visible.shape[0]),
@@ -77,6 +78,7 @@ class KeypointErrors:
             "visible_fraction": float(visible.mean()),
             "error_3d_mm_median": float(1000.0 * np.nanmedian(np.where(visible, self.error_3d, np.nan))),
             "error_3d_mm_mean": float(1000.0 * np.nanmean(np.where(visible, self.error_3d, np.nan))),
+            "error_3d_mm_p95": float(1000.0 * np.nanpercentile(np.where(visible, self.error_3d, np.nan), 95)),
             "error_px_median": float(np.nanmedian(np.where(visible, self.error_px, np.nan))),
             "jitter_mm_median": float(1000.0 * np.nanmedian(self.jitter())),
             "bias_mm_median": float(1000.0 * np.nanmedian(self.bias())),

@@ -2,10 +2,11 @@
 
 The K keypoints mark points of one rigid object, so their configuration is fixed up to a rigid motion. Now and
 then one keypoint is located far from its object point (covered by the pusher, or matched to a similar-looking
-part of the object): on `angled` such jumps of 40-120 mm in single frames, not the millimetre jitter, are what
-send an episode astray. `RigidFilter` fits the keypoints' template shape to each frame's keypoints (weighted
-Kabsch, with a consensus over triples of keypoints), and replaces each keypoint more than `threshold` off it
-by where the fit of the others places it.
+part of the object): on `angled`, jumps of 40-120 mm in single frames. `RigidFilter` fits the keypoints'
+template shape to each frame's keypoints (weighted Kabsch, with a consensus over triples of keypoints), and
+replaces each keypoint more than `threshold` off it by where the fit of the others places it. On `angled`
+(threshold 15 mm) it cuts the keypoints more than 30 mm off from 7.3% to 1.3% of sightings, though not the
+closed-loop error (README).
 
 The template is self-supervised: the dataset frame whose pairwise keypoint distances are closest to the median
 pairwise distances over the dataset (no ground truth; the keypoints' constant bias is part of the shape).
