@@ -17,6 +17,15 @@ from keydyn.vision.geometry import pixel_grid
 DESCRIPTOR_ETA = 5.0  # the original code's descriptor kernel width (sigma_descriptor_heatmap), descriptor units
 
 
+def _flat_features(descriptors: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, D, H, W) descriptors and (B, K, D), (1, K, D) or (K, D) references -> float32 (B, D, H W) features
+    and (B, K, D) references."""
+    references = references.float()
+    if references.dim() == 2:
+        references = references.unsqueeze(0)
+    return descriptors.float().flatten(2), references.expand(descriptors.shape[0], -1, -1)
+
+
 def descriptor_logits(descriptors: torch.Tensor, references: torch.Tensor, eta: float = DESCRIPTOR_ETA) -> torch.Tensor:
     """Heatmap logits -||I_D(p) - d_k||^2 / eta^2 for K reference descriptors in B descriptor images.
 
@@ -32,11 +41,7 @@ def descriptor_logits(descriptors: torch.Tensor, references: torch.Tensor, eta: 
         (B, K, H, W) float32 logits (<= 0).
     """
     batch, _, height, width = descriptors.shape
-    features = descriptors.float().flatten(2)  # (B, D, H W)
-    references = references.float()
-    if references.dim() == 2:
-        references = references.unsqueeze(0)
-    references = references.expand(batch, -1, -1)
+    features, references = _flat_features(descriptors, references)
     scale = 1.0 / eta**2
     features = torch.cat([features, torch.ones_like(features[:, :1]), features.pow(2).sum(1, keepdim=True)], dim=1)
     weights = torch.cat(
@@ -124,11 +129,7 @@ def heatmap_expectations(
         image has no valid depth).
     """
     batch, _, height, width = descriptors.shape
-    features = descriptors.float().flatten(2)  # (B, D, H W)
-    references = references.float()
-    if references.dim() == 2:
-        references = references.unsqueeze(0)
-    references = references.expand(batch, -1, -1)
+    features, references = _flat_features(descriptors, references)
     scale = 1.0 / eta**2
     logits = torch.baddbmm(-scale * features.pow(2).sum(1, keepdim=True), references, features, alpha=2.0 * scale)
     return expectations_from_logits(logits.view(batch, -1, height, width), depth)
