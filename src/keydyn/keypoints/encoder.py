@@ -42,10 +42,6 @@ class DescriptorEncoder:
         self.rigid = rigid
 
     @property
-    def camera(self) -> str:
-        return self.references.camera
-
-    @property
     def layout(self) -> LatentLayout:
         return LatentLayout(len(self.references))
 

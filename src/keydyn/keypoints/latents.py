@@ -65,8 +65,10 @@ def descriptor_latents(
     cache = Path(visual_run) / KEYPOINT_CACHE  # shared by every dynamics run of the same references (DS and WDS)
     points = dataset_keypoints(net, references, store, cache, config.batch_size, config.bf16).points
     if config.rigid_outlier_mm > 0:
-        rigid = RigidFilter.load(out) or RigidFilter(rigid_template(points), config.rigid_outlier_mm / 1000.0)
-        rigid.save(out)
+        rigid = RigidFilter.load(out)  # a resumed run keeps its template
+        if rigid is None:
+            rigid = RigidFilter(rigid_template(points), config.rigid_outlier_mm / 1000.0)
+            rigid.save(out)
         points = rigid(points)[0]
     pusher = np.asarray(store.frames("pusher_position"), dtype=np.float32)
     return LatentLayout(len(references)).pack(points.numpy(), pusher).astype(np.float32)

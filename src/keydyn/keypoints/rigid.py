@@ -106,7 +106,7 @@ class RigidFilter:
 
         Returns:
             The keypoints with outliers replaced (same shape and dtype), and the (B, K) or (K,) bool mask of
-            replaced keypoints. Frames with fewer than 3 keypoints in 3D are returned unchanged.
+            replaced keypoints. Frames without 3 keypoints in 3D that agree with one fit are returned unchanged.
         """
         single = points.dim() == 2
         batch = (points.unsqueeze(0) if single else points).double()
@@ -124,9 +124,7 @@ class RigidFilter:
         truncated = torch.where(finite[:, None], residual, math.inf).clamp_max(self.threshold).pow(2).sum(-1)
         best = torch.where(usable, truncated, math.inf).argmin(dim=-1)  # (B,)
         inliers = (residual[torch.arange(frames), best] <= self.threshold) & finite
-        inliers = inliers | ~(inliers.sum(-1, keepdim=True) >= MIN_INLIERS)  # no consensus: keep the frame
-        kept = finite.sum(-1, keepdim=True) >= MIN_INLIERS
-        inliers = torch.where(kept, inliers, True)
+        inliers = inliers | (inliers.sum(-1, keepdim=True) < MIN_INLIERS)  # no consensus: keep the frame
         refit = _apply(*rigid_fit(self.template, torch.nan_to_num(batch), inliers.double()), self.template)
         replaced = ~inliers
         filtered = torch.where(replaced[..., None], refit, batch).to(points.dtype)
