@@ -10,13 +10,7 @@ import torch
 
 from keydyn.data.store import EpisodeStore
 from keydyn.vision.geometry import invert_transform, pixel_grid, transform_points, unproject_to_world
-from keydyn.vision.heatmap import (
-    DESCRIPTOR_ETA,
-    depth_expectation,
-    descriptor_logits,
-    heatmap_expectations,
-    spatial_expectation,
-)
+from keydyn.vision.heatmap import DESCRIPTOR_ETA, descriptor_logits, expectations_from_logits, heatmap_expectations
 from keydyn.vision.keypoints import locate_keypoints, sample_reference_descriptors, select_spatial_descriptors
 from keydyn.vision.views import load_view
 
@@ -31,30 +25,49 @@ def _gaussian_logits(centres: torch.Tensor, width: float) -> torch.Tensor:
     return -(grid - centres[:, None, None]).pow(2).sum(-1) / width**2
 
 
+def spatial_expectation(logits: torch.Tensor) -> torch.Tensor:
+    """Reference: (..., H, W) logits -> (..., 2) expected pixel under their softmax (eq. 8, 10)."""
+    height, width = logits.shape[-2:]
+    return torch.softmax(logits.flatten(-2), dim=-1) @ pixel_grid(height, width).reshape(-1, 2)
+
+
+def depth_expectation(logits: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """Reference: (B, K) expected depth under a softmax masked to the valid depth of (B, H, W) (eq. 11)."""
+    valid = torch.isfinite(depth) & (depth > 0)
+    weights = torch.softmax(logits.masked_fill(~valid.unsqueeze(1), float("-inf")).flatten(-2), dim=-1)
+    return (weights @ torch.where(valid, depth, 0.0).flatten(-2).unsqueeze(-1).float()).squeeze(-1)
+
+
 def test_spatial_expectation_recovers_subpixel_peaks():
     centres = torch.tensor([[20.3, 14.7], [41.85, 30.05], [10.5, 33.25]])
-    expected = spatial_expectation(_gaussian_logits(centres, 1.5))
+    unit_depth = torch.ones(1, HEIGHT, WIDTH)
+    expected = expectations_from_logits(_gaussian_logits(centres, 1.5)[None], unit_depth)[0][0]
     torch.testing.assert_close(expected, centres, atol=1e-4, rtol=0)
     # a flat heatmap has the image centre as its expectation
-    flat = spatial_expectation(torch.zeros(1, HEIGHT, WIDTH))
+    flat = expectations_from_logits(torch.zeros(1, 1, HEIGHT, WIDTH), unit_depth)[0][0]
     torch.testing.assert_close(flat, torch.tensor([[(WIDTH - 1) / 2, (HEIGHT - 1) / 2]]))
+    torch.testing.assert_close(spatial_expectation(_gaussian_logits(centres, 1.5)), centres, atol=1e-4, rtol=0)
 
 
 def test_depth_expectation_uses_valid_depth_only():
     logits = _gaussian_logits(torch.tensor([[20.3, 14.7], [41.8, 30.0]]), 3.0)[None]  # (1, 2, H, W)
+
+    def expected_depth(logits: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        return expectations_from_logits(logits, depth)[1]
+
     plane = torch.full((1, HEIGHT, WIDTH), 0.734)
-    torch.testing.assert_close(depth_expectation(logits, plane), torch.full((1, 2), 0.734))
+    torch.testing.assert_close(expected_depth(logits, plane), torch.full((1, 2), 0.734))
     holes = plane.clone()
     holes[0, 12:17, 18:23] = 0.0  # unknown depth right under the first peak
     holes[0, 28:33, 40:44] = float("nan")
-    torch.testing.assert_close(depth_expectation(logits, holes), torch.full((1, 2), 0.734))
+    torch.testing.assert_close(expected_depth(logits, holes), torch.full((1, 2), 0.734))
     # a linear ramp under a symmetric peak gives the ramp's value at the peak
     grid = pixel_grid(HEIGHT, WIDTH)
     ramp = (0.5 + 0.01 * grid[..., 0] - 0.004 * grid[..., 1])[None]
     torch.testing.assert_close(
-        depth_expectation(logits, ramp)[0], torch.tensor([0.5 + 0.203 - 0.0588, 0.5 + 0.418 - 0.12]), atol=1e-5, rtol=0
+        expected_depth(logits, ramp)[0], torch.tensor([0.5 + 0.203 - 0.0588, 0.5 + 0.418 - 0.12]), atol=1e-5, rtol=0
     )
-    assert torch.isnan(depth_expectation(logits, torch.zeros(1, HEIGHT, WIDTH))).all()
+    assert torch.isnan(expected_depth(logits, torch.zeros(1, HEIGHT, WIDTH))).all()
 
 
 def test_descriptor_logits_match_the_direct_difference():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from keydyn.vision.heatmap import descriptor_logits, spatial_expectation
+from keydyn.vision.heatmap import descriptor_logits, expectations_from_logits
 from keydyn.vision.network import DescriptorNet, DescriptorNetConfig, ResNetBackbone, rgb_to_tensor
 
 from .vision_fixtures import one_thread
@@ -77,7 +77,8 @@ def test_bf16_inference_is_close_to_fp32():
         [torch.randint(5, 91, (30,), generator=generator), torch.randint(5, 67, (30,), generator=generator)], -1
     )
     references = reference[0][:, uv[:, 1], uv[:, 0]].T
-    located = spatial_expectation(descriptor_logits(reference[:1], references, eta=0.2))[0]
-    located_fast = spatial_expectation(descriptor_logits(fast[:1], references, eta=0.2))[0]
+    depth = torch.ones(1, *reference.shape[-2:])
+    located = expectations_from_logits(descriptor_logits(reference[:1], references, eta=0.2), depth)[0][0]
+    located_fast = expectations_from_logits(descriptor_logits(fast[:1], references, eta=0.2), depth)[0][0]
     assert (located - uv).norm(dim=-1).median() < 0.05
     assert (located_fast - located).norm(dim=-1).max() < 0.25

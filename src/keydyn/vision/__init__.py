@@ -17,7 +17,7 @@ from keydyn.vision.correspondence import (
     sample_pixels,
     stack_correspondences,
 )
-from keydyn.vision.heatmap import DESCRIPTOR_ETA, depth_expectation, descriptor_logits, spatial_expectation
+from keydyn.vision.heatmap import DESCRIPTOR_ETA, descriptor_logits, expectations_from_logits, heatmap_expectations
 from keydyn.vision.keypoints import (
     Keypoints,
     locate_keypoints,
@@ -48,11 +48,12 @@ __all__ = [
     "PairSampler",
     "RGBDView",
     "TrainVisualConfig",
-    "depth_expectation",
     "descriptor_colours",
     "descriptor_logits",
     "descriptor_losses",
+    "expectations_from_logits",
     "find_correspondences",
+    "heatmap_expectations",
     "jitter_colour",
     "load_descriptor_net",
     "load_view",
@@ -63,7 +64,6 @@ __all__ = [
     "sample_pixels",
     "sample_reference_descriptors",
     "select_spatial_descriptors",
-    "spatial_expectation",
     "stack_correspondences",
     "stack_pairs",
     "target_heatmap",

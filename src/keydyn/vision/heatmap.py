@@ -51,46 +51,11 @@ def descriptor_logits(descriptors: torch.Tensor, references: torch.Tensor, eta: 
     return logits.clamp_max(0.0).view(batch, -1, height, width)
 
 
-def spatial_expectation(logits: torch.Tensor) -> torch.Tensor:
-    """Expected pixel under the normalised heatmap (eq. 8, 10).
-
-    Args:
-        logits: (..., H, W) heatmap logits (log of the unnormalised heatmap, up to a constant).
-
-    Returns:
-        (..., 2) expected pixel coordinates (u, v).
-    """
-    height, width = logits.shape[-2:]
-    weights = torch.softmax(logits.flatten(-2), dim=-1)  # (..., H W)
-    grid = pixel_grid(height, width, logits.device).reshape(-1, 2)  # (H W, 2)
-    return weights @ grid
-
-
-def depth_expectation(logits: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-    """Expected depth under the normalised heatmap, over pixels with valid depth only (eq. 11).
-
-    The heatmap is renormalised over the pixels whose depth is finite and positive.
-
-    Args:
-        logits: (B, K, H, W) heatmap logits.
-        depth: (B, H, W) z-depth images, metres (0 or non-finite where unknown).
-
-    Returns:
-        (B, K) expected depth, metres; NaN for an image without any valid depth.
-    """
-    valid = torch.isfinite(depth) & (depth > 0)
-    masked = logits.masked_fill(~valid.unsqueeze(1), float("-inf")).flatten(-2)
-    weights = torch.softmax(masked, dim=-1)  # (B, K, H W)
-    values = torch.where(valid, depth, torch.zeros_like(depth)).flatten(-2).unsqueeze(-1).float()  # (B, H W, 1)
-    return (weights @ values).squeeze(-1)
-
-
 def expectations_from_logits(logits: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Expected pixel (eq. 10) and expected valid depth (eq. 11) from one softmax of the logits.
 
-    The same values as `spatial_expectation` and `depth_expectation`, with one softmax and one matrix product
-    against [u, v, valid * depth, valid] for all four sums (renormalising over the valid pixels afterwards is
-    the masked softmax of eq. 11).
+    One softmax and one matrix product against [u, v, valid * depth, valid] for all four sums; renormalising
+    over the valid pixels afterwards is the masked softmax of eq. 11.
 
     Args:
         logits: (B, K, H, W) heatmap logits.
