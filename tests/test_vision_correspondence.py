@@ -110,6 +110,25 @@ def test_self_occluded_points_on_the_mask_are_rejected_by_depth_alone():
     assert _kept(find_correspondences(view_a, view_b, ALL, generator, loose), uv)[hidden_on_mask].all()
 
 
+def test_hidden_points_are_those_behind_another_surface_in_b():
+    obj, boxes, cam_a, cam_b, view_a, view_b = _rendered()
+    matches = find_correspondences(view_a, view_b, ALL, torch.Generator().manual_seed(0))
+    uv, points = _object_points_of(cam_a, boxes, view_a)
+    clearly_visible, _ = visibility_margin(cam_b, boxes, obj, points)
+    _, behind = visibility_margin(cam_b, boxes, obj, points, depth_margin=0.02)
+    projected, _ = cam_b.project(points)
+    inside = np.all((np.floor(projected + 0.5) >= 0) & (np.floor(projected + 0.5) < [WIDTH, HEIGHT]), axis=-1)
+    hidden = {(int(u), int(v)) for u, v in matches.hidden_uv_a.numpy()}
+    flagged = np.array([(int(u), int(v)) in hidden for u, v in uv])
+    assert (behind & inside).sum() >= 30
+    assert flagged[behind & inside].mean() >= 0.95  # behind by 2 cm: flagged (some sit on an outline in B)
+    assert not flagged[clearly_visible].any()
+    assert not (flagged & _kept(matches, uv)).any()
+    stacked = stack_correspondences([matches], 50, num_hidden=20)
+    assert stacked.hidden_uv_a.shape == (1, 20, 2) and stacked.hidden_valid.all()
+    torch.testing.assert_close(stacked.hidden_uv_a[0], matches.hidden_uv_a[:20])
+
+
 def test_matches_follow_the_object_between_moments():
     cam = _cameras()[0]
     pose_a, pose_b = yaw_pose(0.0, 0.0, 0.03, 0.3), yaw_pose(0.03, -0.02, 0.03, 0.7)

@@ -109,6 +109,7 @@ def test_cli_writes_a_loadable_run(small_dataset, tmp_path, capsys):
     for row in validated:
         assert row["val_pixel_error_median"] >= 0 and 0 <= row["val_within_3px"] <= 1
         assert np.isfinite(row["val_error_3d_mm_median"])
+        assert 0 <= row["val_confidence_hidden"] <= 1 and 0 <= row["val_confidence_matched"] <= 1
     best = json.loads((out / "best.json").read_text())
     assert best["val_pixel_error_median"] == min(row["val_pixel_error_median"] for row in validated)
     assert json.loads((out / "task.json").read_text())["name"] == "top_down"
@@ -133,6 +134,25 @@ def test_loss_falls_on_real_pairs(small_dataset, tmp_path):
     first = np.mean([row["loss_total"] for row in rows[:5]])
     last = np.mean([row["loss_total"] for row in rows[-5:]])
     assert last < 0.6 * first
+
+
+def test_init_from_starts_from_another_runs_best_weights(small_dataset, tmp_path):
+    with one_thread():
+        source = train_visual(_config(small_dataset, tmp_path / "source", steps=2))
+        tuned = train_visual(_config(small_dataset, tmp_path / "tuned", steps=1, lr=1e-12, init_from=source))
+    # the weights (batch-norm statistics move with every step, whatever the learning rate)
+    start = dict(load_descriptor_net(source, "best").named_parameters())
+    after = dict(load_descriptor_net(tuned, "last").named_parameters())
+    for name, value in start.items():
+        torch.testing.assert_close(after[name].float(), value.float(), atol=1e-5, rtol=0, msg=name)
+    with one_thread():
+        fresh = train_visual(_config(small_dataset, tmp_path / "fresh", steps=1, lr=1e-12))
+    moved = dict(load_descriptor_net(fresh, "last").named_parameters())
+    assert any(not torch.allclose(moved[name].float(), value.float(), atol=1e-5) for name, value in start.items())
+    wider = DescriptorNetConfig("resnet18", 3, "strided", 8, width=16)
+    with pytest.raises(ValueError, match="same --network"):
+        train_visual(_config(small_dataset, tmp_path / "wider", network=wider, init_from=source))
+    assert not (tmp_path / "wider").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize(("variant", "precision"), [("strided", "fp32"), ("dilated", "bf16")])

@@ -5,7 +5,10 @@ unprojected with A's depth to a world point and projected into view B. Two views
 the same *object* points when the object's pose is known at both: the world point is carried by
 T_world_object(B) T_world_object(A)^-1 before projecting. A match is kept when its projection lies in B's
 image, in front of B's camera, where B's depth image agrees with the projected depth (else something hides
-the point from B) and, by default, on B's object mask at the nearest pixel. Depth agrees when the nearest
+the point from B) and, by default, on B's object mask at the nearest pixel. Points that land inside B's
+image but clearly behind what B sees there (by more than `hidden_margin`: another face of the object, or an
+occluder) come back too, as hidden points: B must not show them anywhere, which the descriptor losses can use
+as negatives (the two cameras, or two moments, see faces that never share an image). Depth agrees when the nearest
 pixel's depth is within the tolerance (the original code's test), or when the depth interpolated bilinearly
 at the projection is, away from depth discontinuities: on a slanted surface the nearest pixel's depth is off
 by up to half a pixel's depth change, more than the tolerance at low resolution.
@@ -37,12 +40,16 @@ class CorrespondenceConfig:
         require_mask_b: keep only matches that land on B's object mask.
         follow_object: carry points with the object's pose between the two views' moments (both views need
             `T_world_object`); False for two cameras at the same moment.
+        hidden_margin: metres; a point projecting inside B's image is hidden when B's depth at its nearest
+            pixel is nearer than the point by more than this (1 cm: well beyond the depth changes across a
+            pixel at an outline, so points at the edge of a face are neither matched nor hidden).
     """
 
     depth_tolerance: float = 0.003
     max_depth_step: float = 0.02
     require_mask_b: bool = True
     follow_object: bool = False
+    hidden_margin: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class Correspondences:
         depth_b: (N,) float32 z-depth of the point in B's camera frame, metres (agrees with B's depth image
             at uv_b to within the tolerance).
         points_world: (N, 3) float64 the matched points in the world at B's moment, metres.
+        hidden_uv_a: (M, 2) float32 pixels of A (integer pixel centres) whose points B cannot see: they
+            project inside B's image behind a nearer surface (see `CorrespondenceConfig.hidden_margin`).
     """
 
     uv_a: torch.Tensor
@@ -63,6 +72,7 @@ class Correspondences:
     depth_a: torch.Tensor
     depth_b: torch.Tensor
     points_world: torch.Tensor
+    hidden_uv_a: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.uv_a.shape[0])
@@ -77,15 +87,19 @@ class MatchBatch:
         uv_b: (B, N, 2) float32 pixel coordinates in the B images.
         depth_b: (B, N) float32 true z-depth of each match in its B camera, metres.
         valid: (B, N) bool, False for padding.
+        hidden_uv_a: (B, M, 2) float32 pixels of the A images whose points their B images do not show.
+        hidden_valid: (B, M) bool, False for padding.
     """
 
     uv_a: torch.Tensor
     uv_b: torch.Tensor
     depth_b: torch.Tensor
     valid: torch.Tensor
+    hidden_uv_a: torch.Tensor
+    hidden_valid: torch.Tensor
 
     def to(self, device: torch.device | str) -> MatchBatch:
-        return MatchBatch(self.uv_a.to(device), self.uv_b.to(device), self.depth_b.to(device), self.valid.to(device))
+        return MatchBatch(*(value.to(device) for value in vars(self).values()))
 
 
 def sample_pixels(region: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
@@ -172,6 +186,7 @@ def find_correspondences(
         (step <= config.max_depth_step) & ((interpolated - z_b).abs() <= config.depth_tolerance)
     )
     keep = inside & agrees
+    hidden = inside & ~agrees & (nearest > 0) & (nearest < z_b - config.hidden_margin)  # NaN compares False
     if config.require_mask_b:
         keep &= view_b.mask[v_b, u_b]
     return Correspondences(
@@ -180,6 +195,7 @@ def find_correspondences(
         depth_a=z_a[keep].float(),
         depth_b=z_b[keep].float(),
         points_world=points[keep],
+        hidden_uv_a=uv_a[hidden].float(),
     )
 
 
@@ -207,16 +223,22 @@ def _interpolate_depth(depth: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Ten
     return (corners_t * weights_t).sum(dim=0), torch.nan_to_num(step, nan=float("inf"))
 
 
-def stack_correspondences(matches: list[Correspondences], num_matches: int) -> MatchBatch:
-    """Pad (or cut) each pair's matches to `num_matches` and stack them into a batch of len(matches) pairs."""
+def stack_correspondences(matches: list[Correspondences], num_matches: int, num_hidden: int = 0) -> MatchBatch:
+    """Pad (or cut) each pair's matches to `num_matches`, and its hidden points to `num_hidden`, and stack
+    them into a batch of len(matches) pairs."""
     batch = len(matches)
     device = matches[0].uv_a.device if batch else None
     uv_a = torch.zeros((batch, num_matches, 2), device=device)
     uv_b = torch.zeros((batch, num_matches, 2), device=device)
     depth_b = torch.zeros((batch, num_matches), device=device)
     valid = torch.zeros((batch, num_matches), dtype=torch.bool, device=device)
+    hidden_uv_a = torch.zeros((batch, num_hidden, 2), device=device)
+    hidden_valid = torch.zeros((batch, num_hidden), dtype=torch.bool, device=device)
     for i, pair in enumerate(matches):
         n = min(len(pair), num_matches)
         uv_a[i, :n], uv_b[i, :n], depth_b[i, :n] = pair.uv_a[:n], pair.uv_b[:n], pair.depth_b[:n]
         valid[i, :n] = True
-    return MatchBatch(uv_a, uv_b, depth_b, valid)
+        m = min(len(pair.hidden_uv_a), num_hidden)
+        hidden_uv_a[i, :m] = pair.hidden_uv_a[:m]
+        hidden_valid[i, :m] = True
+    return MatchBatch(uv_a, uv_b, depth_b, valid, hidden_uv_a, hidden_valid)

@@ -6,7 +6,14 @@ over image B (eq. 7). The losses are
 - heatmap: MSE between the unnormalised predicted heatmap and a kernel around p* (eq. 6, 9);
 - spatial pixel: L1 distance between p* and the spatial expectation (eq. 10, 12);
 - spatial depth: L1 distance between the true depth and the depth expectation over valid depth (eq. 11, 13);
-- total: w_heatmap L_heatmap + w_spatial (L_pixel + L_depth) (eq. 14).
+- total: w_heatmap L_heatmap + w_spatial (L_pixel + L_depth) (eq. 14) + w_hidden L_hidden.
+
+L_hidden is not in the paper: for each point of A that B cannot see (`MatchBatch.hidden_uv_a`), the peak of
+its unnormalised heatmap over B, i.e. the best match B offers, which should be none. The heatmap loss pushes
+a descriptor away only from pixels of the same image B, so faces never seen together (opposite sides of a
+box) are free to share descriptors, and a point on a hidden face is then located, confidently, on the visible
+one. The peak's gradient reaches only the closest pixel (hard-negative mining, as in Dense Object Nets'
+non-match loss) and vanishes once the descriptors are a few eta apart.
 
 Constants and where they come from (see `DescriptorLossConfig`): the target kernel width sigma is 0.00625 of
 the image diagonal (the original code; 5 px at 640x480), the descriptor kernel width eta is 5 (the original
@@ -44,6 +51,7 @@ class DescriptorLossConfig:
             three terms have comparable size with unit weights); "none" keeps raw pixels (paper eq. 12).
         heatmap_weight: w_heatmap (eq. 14; original 1).
         spatial_weight: w_spatial, on the pixel and depth terms (eq. 14; original 1).
+        hidden_weight: w_hidden, on the hidden-point loss (not in the paper; 0 leaves it out).
     """
 
     sigma_fraction: float = 0.00625
@@ -52,6 +60,7 @@ class DescriptorLossConfig:
     pixel_normalization: Literal["diagonal", "none"] = "diagonal"
     heatmap_weight: float = 1.0
     spatial_weight: float = 1.0
+    hidden_weight: float = 0.0
 
     def sigma(self, height: int, width: int) -> float:
         """Target kernel width in pixels for an H x W image."""
@@ -67,6 +76,7 @@ class DescriptorLosses:
         heatmap: eq. 9, mean over matches and pixels.
         pixel: eq. 12, mean over matches (divided by the image diagonal unless configured otherwise).
         depth: eq. 13, mean over matches, metres.
+        hidden: mean over the hidden points of their heatmap's peak in B, in [0, 1] (0 when there are none).
         pixel_error: mean Euclidean distance between p* and the spatial expectation, pixels (a metric).
     """
 
@@ -74,6 +84,7 @@ class DescriptorLosses:
     heatmap: torch.Tensor
     pixel: torch.Tensor
     depth: torch.Tensor
+    hidden: torch.Tensor
     pixel_error: torch.Tensor
 
 
@@ -130,6 +141,11 @@ def descriptor_losses(
     height, width = descriptors_b.shape[-2:]
     references = bilinear_sample(descriptors_a.float(), matches.uv_a)  # (B, N, D)
     logits = descriptor_logits(descriptors_b, references, config.eta)  # (B, N, H, W)
+    hidden = torch.zeros((), device=logits.device)
+    if config.hidden_weight:
+        negatives = bilinear_sample(descriptors_a.float(), matches.hidden_uv_a)  # (B, M, D)
+        peaks = descriptor_logits(descriptors_b, negatives, config.eta).flatten(-2).amax(-1).exp()  # (B, M)
+        hidden = _masked_mean(peaks, matches.hidden_valid)
     target = target_heatmap(matches.uv_b, height, width, config.sigma(height, width), config.target_distance)
     squared_error = torch.linalg.vector_norm(logits.exp() - target, dim=(-2, -1)).pow(2) / (height * width)
     heatmap = _masked_mean(squared_error, matches.valid)
@@ -138,6 +154,6 @@ def descriptor_losses(
     scale = math.hypot(height, width) if config.pixel_normalization == "diagonal" else 1.0
     pixel = _masked_mean(difference.abs().sum(-1) / scale, matches.valid)
     depth = _masked_mean((expected_depth - matches.depth_b).abs().nan_to_num(0.0), matches.valid)
-    total = config.heatmap_weight * heatmap + config.spatial_weight * (pixel + depth)
+    total = config.heatmap_weight * heatmap + config.spatial_weight * (pixel + depth) + config.hidden_weight * hidden
     pixel_error = _masked_mean(difference.detach().norm(dim=-1), matches.valid)
-    return DescriptorLosses(total, heatmap, pixel, depth, pixel_error)
+    return DescriptorLosses(total, heatmap, pixel, depth, hidden, pixel_error)

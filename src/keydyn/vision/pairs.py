@@ -39,6 +39,8 @@ class PairConfig:
     Attributes:
         num_matches: N, matches per pair used by the losses (original code: 50).
         num_samples: object pixels of view A tried per pair (original code: 2 N); fewer survive the checks.
+        num_hidden: at most this many of the tried pixels whose points view B cannot see are kept per pair
+            (negatives for `DescriptorLossConfig.hidden_weight`, and the validation's hidden confidence).
         min_matches: a pair with fewer matches is replaced by a fresh draw (the original skipped batches with
             fewer than 10).
         attempts: draws per pair before giving up with an error (every draw had too few matches).
@@ -53,6 +55,7 @@ class PairConfig:
 
     num_matches: int = 50
     num_samples: int = 100
+    num_hidden: int = 25
     min_matches: int = 10
     attempts: int = 50
     time_fraction: float = 0.5
@@ -64,6 +67,8 @@ class PairConfig:
                 "need 1 <= --pairs.min-matches <= --pairs.num-matches <= --pairs.num-samples; got "
                 f"{self.min_matches}, {self.num_matches}, {self.num_samples}"
             )
+        if self.num_hidden < 0:
+            raise ValueError(f"--pairs.num-hidden must be at least 0, got {self.num_hidden}")
         if self.attempts < 1 or not 0.0 <= self.time_fraction <= 1.0:
             raise ValueError(
                 f"need --pairs.attempts >= 1 and 0 <= --pairs.time-fraction <= 1; got {self.attempts}, "
@@ -109,8 +114,9 @@ class PairBatch:
         return PairBatch(*(value.to(device) for value in vars(self).values()))
 
 
-def stack_pairs(pairs: list[Pair], num_matches: int) -> PairBatch:
-    """Stack pairs (all of one image size) into a batch, padding or cutting each to `num_matches` matches."""
+def stack_pairs(pairs: list[Pair], num_matches: int, num_hidden: int = 0) -> PairBatch:
+    """Stack pairs (all of one image size) into a batch, padding or cutting each to `num_matches` matches and
+    `num_hidden` hidden points."""
     points = torch.zeros((len(pairs), num_matches, 3), dtype=torch.float64)
     for index, pair in enumerate(pairs):
         kept = pair.matches.points_world[:num_matches]
@@ -120,7 +126,7 @@ def stack_pairs(pairs: list[Pair], num_matches: int) -> PairBatch:
         rgb=rgb_to_tensor(torch.stack([view.rgb for view in views])),
         mask=torch.stack([view.mask for view in views]),
         depth_b=torch.stack([pair.view_b.depth for pair in pairs]),
-        matches=stack_correspondences([pair.matches for pair in pairs], num_matches),
+        matches=stack_correspondences([pair.matches for pair in pairs], num_matches, num_hidden),
         points_b=points,
         intrinsics_b=torch.stack([pair.view_b.intrinsics for pair in pairs]),
         T_world_camera_b=torch.stack([pair.view_b.T_world_camera for pair in pairs]),
@@ -199,5 +205,6 @@ class PairSampler:
         )
 
     def sample_batch(self, size: int, generator: torch.Generator) -> PairBatch:
-        """`size` pairs stacked, each padded or cut to `num_matches` matches."""
-        return stack_pairs([self.sample(generator) for _ in range(size)], self.config.num_matches)
+        """`size` pairs stacked, each padded or cut to `num_matches` matches and `num_hidden` hidden points."""
+        pairs = [self.sample(generator) for _ in range(size)]
+        return stack_pairs(pairs, self.config.num_matches, self.config.num_hidden)

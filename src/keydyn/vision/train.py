@@ -8,8 +8,10 @@ in their B views, the errors against the true matches are logged, and the run is
 A run directory holds:
     config.json            the resolved TrainVisualConfig
     task.json              the TaskConfig the dataset was collected with
-    metrics.jsonl          one line per step: step, lr, loss_total, loss_heatmap, loss_pixel, loss_depth; at validation
-                           also val_pixel_error_median (px), val_within_3px (fraction), val_error_3d_mm_median
+    metrics.jsonl          one line per step: step, lr, loss_total, loss_heatmap, loss_pixel, loss_depth (and
+                           loss_hidden when weighted); at validation also val_pixel_error_median (px),
+                           val_within_3px (fraction), val_error_3d_mm_median, val_confidence_matched and
+                           val_confidence_hidden
     last.safetensors       network weights and batch-norm statistics after the last checkpointed step
     last_optim.pt          Adam state and the random generators' states of that step
     last.json              network and loss configs, step and best validation error; written last (the commit)
@@ -107,6 +109,9 @@ class TrainVisualConfig:
     """Torch device; "auto" picks cuda when available."""
     precision: Literal["fp32", "bf16"] = "bf16"
     """bf16: network forward and backward under bfloat16 autocast, channels-last (losses stay in float32)."""
+    init_from: Path | None = None
+    """Start from the best weights of another visual run with the same --network (to fine-tune it on other
+    data or at another image size); the steps and the learning-rate schedule start afresh."""
     resume: bool = False
     """Continue the run in --out from its last checkpoint."""
     progress: bool = True
@@ -114,6 +119,8 @@ class TrainVisualConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", Path(self.dataset))
         object.__setattr__(self, "out", Path(self.out))
+        if self.init_from is not None:
+            object.__setattr__(self, "init_from", Path(self.init_from))
         for name in ("steps", "batch_size", "val_pairs", "validate_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -138,6 +145,7 @@ class TrainVisualConfig:
     def to_json(self) -> dict[str, Any]:
         """The configuration as JSON values (paths as strings, tuples as lists)."""
         values = {**dataclasses.asdict(self), "dataset": str(self.dataset), "out": str(self.out)}
+        values["init_from"] = None if self.init_from is None else str(self.init_from)
         return json.loads(json.dumps(values))
 
 
@@ -173,6 +181,21 @@ def build_network(config: TrainVisualConfig) -> DescriptorNet:
         return DescriptorNet(config.network)
 
 
+def copy_initial_weights(net: DescriptorNet, run_dir: Path) -> None:
+    """Load the best weights of the visual run `run_dir` into `net` (--init-from).
+
+    Raises:
+        ValueError: that run's network differs from `net`'s.
+    """
+    source = load_descriptor_net(run_dir, "best")
+    if source.config != net.config:
+        raise ValueError(
+            f"--init-from {run_dir} has network {source.config}, not the --network asked for ({net.config}); "
+            "pass the same --network.* options as that run"
+        )
+    net.load_state_dict(source.state_dict())
+
+
 def describe(net: DescriptorNet, rgb: torch.Tensor, precision: str) -> torch.Tensor:
     """(B, 3, H, W) images -> (B, D, H, W) float32 descriptors; "bf16" runs the network under bfloat16
     autocast on channels-last images (the network's weights should be channels-last too)."""
@@ -198,44 +221,59 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     losses.total.backward()
     optimizer.step()
-    return {
+    row = {
         "loss_total": float(losses.total.detach()),
         "loss_heatmap": float(losses.heatmap.detach()),
         "loss_pixel": float(losses.pixel.detach()),
         "loss_depth": float(losses.depth.detach()),
     }
+    if config.loss.hidden_weight:
+        row["loss_hidden"] = float(losses.hidden.detach())
+    return row
 
 
 @torch.no_grad()
 def validate(
     net: DescriptorNet, batches: list[PairBatch], config: TrainVisualConfig, device: torch.device
-) -> dict[str, float]:
-    """Errors of the held-out matches: each match's descriptor in view A located in view B (eval mode).
+) -> dict[str, float | None]:
+    """Errors of the held-out matches: each match's descriptor in view A located in view B (eval mode), and
+    the confidence (eq. 15) of located matches against that of points B cannot see.
 
     Returns:
         val_pixel_error_median: median distance between located and true match, pixels.
         val_within_3px: fraction of matches located within 3 pixels.
         val_error_3d_mm_median: median distance between the located 3D point (expected pixel and depth,
             unprojected) and the true world point, millimetres.
+        val_confidence_matched: mean confidence of the located matches, in [0, 1].
+        val_confidence_hidden: mean confidence of the hidden points located in B (None if there were none):
+            descriptors that tell the faces apart keep it well below the matched one.
     """
     net.eval()
-    pixel_errors, errors_3d = [], []
+    pixel_errors, errors_3d, confidence_matched, confidence_hidden = [], [], [], []
     for batch in batches:
         batch = batch.to(device)
         descriptors = describe(net, batch.rgb, config.precision)
         size = len(batch)
-        references = bilinear_sample(descriptors[:size], batch.matches.uv_a)  # (B, N, D)
+        matches = batch.matches
+        uv_a = torch.cat([matches.uv_a, matches.hidden_uv_a], dim=1)
+        references = bilinear_sample(descriptors[:size], uv_a)  # (B, N + M, D)
         located = locate_keypoints(
             descriptors[size:], references, batch.depth_b, batch.intrinsics_b, batch.T_world_camera_b, config.loss.eta
         )
-        valid = batch.matches.valid
-        pixel_errors.append((located.uv - batch.matches.uv_b).norm(dim=-1)[valid].cpu())
-        errors_3d.append((located.points_world.double() - batch.points_b).norm(dim=-1)[valid].cpu())
-    pixel, distance = torch.cat(pixel_errors), torch.cat(errors_3d)
+        num_matches = matches.uv_a.shape[1]
+        valid = matches.valid
+        pixel_errors.append((located.uv[:, :num_matches] - matches.uv_b).norm(dim=-1)[valid].cpu())
+        points = located.points_world[:, :num_matches].double()
+        errors_3d.append((points - batch.points_b).norm(dim=-1)[valid].cpu())
+        confidence_matched.append(located.confidence[:, :num_matches][valid].cpu())
+        confidence_hidden.append(located.confidence[:, num_matches:][matches.hidden_valid].cpu())
+    pixel, distance, hidden = torch.cat(pixel_errors), torch.cat(errors_3d), torch.cat(confidence_hidden)
     return {
         "val_pixel_error_median": float(pixel.median()),
         "val_within_3px": float((pixel <= 3.0).double().mean()),
         "val_error_3d_mm_median": float(1000.0 * distance.nan_to_num(math.inf).median()),  # no depth: lost
+        "val_confidence_matched": float(torch.cat(confidence_matched).mean()),
+        "val_confidence_hidden": float(hidden.mean()) if len(hidden) else None,
     }
 
 
@@ -329,9 +367,12 @@ def _restore(
 def train_visual(config: TrainVisualConfig) -> Path:
     """Train (or resume) a descriptor network; returns the run directory `config.out`."""
     train, val_batches = make_samplers(config)  # checks the dataset before anything is written
+    net = build_network(config)
+    if config.init_from is not None and not (config.resume and (config.out / "last.json").exists()):
+        copy_initial_weights(net, config.init_from)  # before anything is written: a wrong run is refused
     resumed = resumed_checkpoint(config.out, config.resume, config.to_json(), _RESUMABLE_FIELDS)
     device = resolve_device(config.device)
-    net = build_network(config).to(device)
+    net = net.to(device)
     if config.precision == "bf16":
         net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
