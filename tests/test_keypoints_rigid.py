@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from keydyn.keypoints.references import KeypointConfig
 from keydyn.keypoints.rigid import RigidFilter, rigid_fit, rigid_template
 from keydyn.vision.geometry import pose_matrix
 
@@ -67,20 +68,64 @@ def test_rigid_filter_replaces_exactly_the_keypoints_that_break_the_shape():
     assert torch.equal(kept.isnan(), too_few.isnan()) and not none.any()
 
 
-def test_rigid_template_is_the_most_typical_frame():
+def test_rigid_projection_replaces_every_keypoint_by_the_fit_and_averages_the_jitter():
+    generator = torch.Generator().manual_seed(3)
+    poses = _random_poses(200, generator)
+    truth = _moved(poses)
+    located = truth + 0.003 * torch.randn(truth.shape, generator=generator, dtype=torch.float64)  # 3 mm per axis
+    located[::4, 1] += 0.08  # an 80 mm jump in every fourth frame: left out of the fit
+    projected, replaced = RigidFilter(TEMPLATE, threshold=0.015, project=True)(located)
+    assert replaced.all()
+    rotation, translation = rigid_fit(TEMPLATE, projected, torch.ones(200, 5, dtype=torch.float64))
+    torch.testing.assert_close(_apply_template(rotation, translation), projected)  # exactly the rigid shape
+    error_before = (located - truth).norm(dim=-1)
+    error_after = (projected - truth).norm(dim=-1)
+    assert error_after.median() < 0.75 * error_before.median()
+    assert error_after[::4, 1].max() < 0.02  # the jumped keypoint is placed by the others
+    too_few = located[:1].clone()
+    too_few[0, :3] = math.nan
+    kept, none = RigidFilter(TEMPLATE, threshold=0.015, project=True)(too_few)
+    assert torch.equal(kept.isnan(), too_few.isnan()) and not none.any()  # no consensus: the frame is kept
+
+
+def _apply_template(rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    return (rotation[:, None] @ TEMPLATE.double()[None, :, :, None])[..., 0] + translation[:, None]
+
+
+def test_rigid_template_is_the_median_shape_closer_to_the_truth_than_any_frame():
     generator = torch.Generator().manual_seed(2)
-    shapes = _moved(_random_poses(9, generator))
-    shapes[:4, 1] += torch.tensor([0.03, 0.0, 0.0], dtype=torch.float64)  # four frames with a misplaced keypoint
-    shapes[8, 0] = math.nan  # not a candidate
+    shapes = _moved(_random_poses(40, generator))
+    shapes += 0.001 * torch.randn(shapes.shape, generator=generator, dtype=torch.float64)  # 1 mm jitter
+    shapes[:10, 1] += torch.tensor([0.03, 0.0, 0.0], dtype=torch.float64)  # ten frames with a misplaced keypoint
+    shapes[39, 0] = math.nan  # not a candidate
+
+    def shape_error(points: torch.Tensor) -> torch.Tensor:  # (..., K, 3) -> largest pairwise-distance error
+        return (
+            (torch.cdist(points.double(), points.double()) - torch.cdist(TEMPLATE, TEMPLATE).double())
+            .abs()
+            .amax(dim=(-2, -1))
+        )
+
+    typical = rigid_template(shapes.float(), iterations=0)
+    assert shape_error(typical) < 0.005  # one of the frames without the misplaced keypoint
     template = rigid_template(shapes.float())
-    torch.testing.assert_close(torch.cdist(template, template), torch.cdist(TEMPLATE, TEMPLATE))
+    assert shape_error(template) < shape_error(shapes[:39]).min()  # better than every single frame
+    assert shape_error(template) < 0.0015
     with pytest.raises(ValueError, match="rigid template"):
         rigid_template(torch.full((2, 5, 3), math.nan))
 
 
 def test_rigid_filter_is_saved_and_loaded(tmp_path):
     assert RigidFilter.load(tmp_path) is None
-    RigidFilter(TEMPLATE, 0.015).save(tmp_path)
+    RigidFilter(TEMPLATE, 0.015, project=True).save(tmp_path)
     loaded = RigidFilter.load(tmp_path)
-    assert loaded is not None and loaded.threshold == 0.015
+    assert loaded is not None and loaded.threshold == 0.015 and loaded.project
     torch.testing.assert_close(loaded.template, TEMPLATE)
+
+
+def test_rigid_options_are_checked():
+    with pytest.raises(ValueError, match="rigid-outlier-mm must be >= 0"):
+        KeypointConfig(rigid_outlier_mm=-1.0)
+    with pytest.raises(ValueError, match="set that too"):
+        KeypointConfig(rigid_project=True)
+    assert KeypointConfig(rigid_outlier_mm=15.0, rigid_project=True).rigid_project

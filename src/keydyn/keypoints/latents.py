@@ -67,7 +67,7 @@ def descriptor_latents(
     if config.rigid_outlier_mm > 0:
         rigid = RigidFilter.load(out)  # a resumed run keeps its template
         if rigid is None:
-            rigid = RigidFilter(rigid_template(points), config.rigid_outlier_mm / 1000.0)
+            rigid = RigidFilter(rigid_template(points), config.rigid_outlier_mm / 1000.0, config.rigid_project)
             rigid.save(out)
         points = rigid(points)[0]
     pusher = np.asarray(store.frames("pusher_position"), dtype=np.float32)

@@ -66,6 +66,9 @@ class KeypointConfig:
     rigid_outlier_mm: float = 0.0
     """Replace keypoints more than this many millimetres off the rigid shape of the others (`keydyn.keypoints.rigid`;
     beyond the paper), in the training latents and at control time alike; 0 keeps every located keypoint."""
+    rigid_project: bool = False
+    """With --keypoints.rigid-outlier-mm: replace every keypoint by the rigid fit of the inliers (the template
+    moved by the estimated motion), not only the outliers."""
     reference_episode: int = 0
     reference_frame: int = 0
     """The reference image: this frame (0-based, within the episode) of --keypoints.reference-episode."""
@@ -100,6 +103,11 @@ class KeypointConfig:
             )
         if self.rigid_outlier_mm < 0:
             raise ValueError(f"--keypoints.rigid-outlier-mm must be >= 0 (0: off), got {self.rigid_outlier_mm}")
+        if self.rigid_project and self.rigid_outlier_mm == 0:
+            raise ValueError(
+                "--keypoints.rigid-project fits the rigid shape with --keypoints.rigid-outlier-mm as its inlier "
+                "threshold; set that too (e.g. 15)"
+            )
         if self.depth not in DEPTH_MODES:
             raise ValueError(f"--keypoints.depth {self.depth!r}: use one of {', '.join(DEPTH_MODES)}")
 

@@ -6,10 +6,12 @@ part of the object): on `angled`, jumps of 40-120 mm in single frames. `RigidFil
 template shape to each frame's keypoints (weighted Kabsch, with a consensus over triples of keypoints), and
 replaces each keypoint more than `threshold` off it by where the fit of the others places it. On `angled`
 (threshold 15 mm) it cuts the keypoints more than 30 mm off from 7.3% to 1.3% of sightings, though not the
-closed-loop error (README).
+closed-loop error (README). With `project` it replaces every keypoint by the fit of the inliers: the latent is
+then the template moved by an estimated rigid motion, as GT 3D's is the box's corners moved by the true pose,
+and the keypoints' independent jitter averages out in the fit.
 
-The template is self-supervised: the dataset frame whose pairwise keypoint distances are closest to the median
-pairwise distances over the dataset (no ground truth; the keypoints' constant bias is part of the shape).
+The template is self-supervised: the median shape of the dataset's frames aligned to its most typical one (no
+ground truth; the keypoints' constant bias is part of the shape).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from keydyn.files import write_atomic, write_json_atomic
 
 MIN_INLIERS = 3  # a rigid motion in 3D is fixed by 3 points
 MAX_TRIPLES = 120  # all triples up to K = 10 keypoints; a fixed sample of this many beyond
+TEMPLATE_ITERATIONS = 2  # rounds of aligning the frames to the template and taking their median shape
 
 
 def _triples(count: int) -> torch.Tensor:
@@ -65,20 +68,30 @@ def rigid_fit(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor)
     return rotation, translation
 
 
-def rigid_template(points: torch.Tensor) -> torch.Tensor:
-    """(K, 3) the keypoints of the frame whose pairwise distances are closest (L1) to the median pairwise
-    distances of all frames with finite keypoints.
+def rigid_template(points: torch.Tensor, iterations: int = TEMPLATE_ITERATIONS) -> torch.Tensor:
+    """(K, 3) the keypoints' mean rigid shape over a dataset, without ground truth.
+
+    Starts from the frame whose pairwise keypoint distances are closest (L1) to the median pairwise distances
+    of all frames, then `iterations` times aligns every frame to the current shape (Kabsch) and takes the
+    median of each aligned keypoint: one frame's jitter would stay in the shape, and in every keypoint the
+    projection places (`RigidFilter.project`).
 
     Args:
         points: (N, K, 3) keypoints of N frames (e.g. a whole dataset), metres.
+        iterations: alignment rounds (0: the most typical frame itself).
     """
     finite = torch.isfinite(points).all(dim=(1, 2))
     if not finite.any():
         raise ValueError("no frame has all its keypoints lifted to 3D; the rigid template needs one")
     candidates = points[finite].double()
     distances = torch.cdist(candidates, candidates)  # (N, K, K)
-    typical = (distances - distances.median(dim=0).values).abs().sum(dim=(1, 2)).argmin()
-    return candidates[typical].float()
+    template = candidates[(distances - distances.median(dim=0).values).abs().sum(dim=(1, 2)).argmin()]
+    weights = torch.ones(candidates.shape[:2], dtype=torch.float64)
+    for _ in range(iterations):
+        rotation, translation = rigid_fit(candidates, template.expand_as(candidates), weights)
+        aligned = (rotation[:, None] @ candidates[..., None])[..., 0] + translation[:, None]
+        template = aligned.median(dim=0).values
+    return template.float()
 
 
 @dataclass(frozen=True)
@@ -87,19 +100,22 @@ class RigidFilter:
 
     Attributes:
         template: (K, 3) float32 the keypoints' rigid shape, metres (any pose).
-        threshold: metres a keypoint may be off the fitted shape before it is replaced.
+        threshold: metres a keypoint may be off the fitted shape before it is replaced (or, with `project`,
+            left out of the fit).
+        project: replace every keypoint by the fit of the inliers, not only the outliers.
     """
 
     template: torch.Tensor
     threshold: float
+    project: bool = False
 
     def __call__(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Filter B frames of keypoints.
 
         Every triple of keypoints (at most `MAX_TRIPLES` of them, a fixed sample beyond) proposes the rigid motion
         that fits the template to it; the proposal with the lowest truncated squared residual over all keypoints
-        (MSAC) wins, the keypoints within `threshold` of it are refitted, and the others are replaced by the
-        refitted template's points.
+        (MSAC) wins, the keypoints within `threshold` of it are refitted, and the others (with `project`, all
+        of them) are replaced by the refitted template's points.
 
         Args:
             points: (B, K, 3) or (K, 3) keypoints, metres (NaN where a keypoint has no depth: always replaced).
@@ -124,17 +140,19 @@ class RigidFilter:
         truncated = torch.where(finite[:, None], residual, math.inf).clamp_max(self.threshold).pow(2).sum(-1)
         best = torch.where(usable, truncated, math.inf).argmin(dim=-1)  # (B,)
         inliers = (residual[torch.arange(frames), best] <= self.threshold) & finite
-        inliers = inliers | (inliers.sum(-1, keepdim=True) < MIN_INLIERS)  # no consensus: keep the frame
+        consensus = inliers.sum(-1, keepdim=True) >= MIN_INLIERS  # (B, 1); without it the frame is kept
+        inliers = inliers | ~consensus
         refit = _apply(*rigid_fit(self.template, torch.nan_to_num(batch), inliers.double()), self.template)
-        replaced = ~inliers
+        replaced = consensus.expand_as(inliers) if self.project else ~inliers
         filtered = torch.where(replaced[..., None], refit, batch).to(points.dtype)
         return (filtered[0], replaced[0]) if single else (filtered, replaced)
 
     def save(self, directory: Path) -> None:
-        """Write `rigid_filter.safetensors` (the template) and `rigid_filter.json` (the threshold)."""
+        """Write `rigid_filter.safetensors` (the template) and `rigid_filter.json` (threshold and mode)."""
         template = {"template": self.template.detach().float().contiguous()}
         write_atomic(Path(directory) / "rigid_filter.safetensors", lambda p: save_file(template, str(p)))
-        write_json_atomic(Path(directory) / "rigid_filter.json", {"threshold_m": self.threshold})
+        settings = {"threshold_m": self.threshold, "project": self.project}
+        write_json_atomic(Path(directory) / "rigid_filter.json", settings)
 
     @staticmethod
     def load(directory: Path) -> RigidFilter | None:
@@ -143,4 +161,5 @@ class RigidFilter:
         if not path.exists():
             return None
         template = load_file(str(Path(directory) / "rigid_filter.safetensors"))["template"]
-        return RigidFilter(template, float(json.loads(path.read_text())["threshold_m"]))
+        settings = json.loads(path.read_text())
+        return RigidFilter(template, float(settings["threshold_m"]), bool(settings.get("project", False)))
