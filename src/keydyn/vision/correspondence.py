@@ -5,13 +5,15 @@ unprojected with A's depth to a world point and projected into view B. Two views
 the same *object* points when the object's pose is known at both: the world point is carried by
 T_world_object(B) T_world_object(A)^-1 before projecting. A match is kept when its projection lies in B's
 image, in front of B's camera, where B's depth image agrees with the projected depth (else something hides
-the point from B) and, by default, on B's object mask at the nearest pixel. Points that land inside B's
-image but clearly behind what B sees there (by more than `hidden_margin`: another face of the object, or an
-occluder) come back too, as hidden points: B must not show them anywhere, which the descriptor losses can use
-as negatives (the two cameras, or two moments, see faces that never share an image). Depth agrees when the nearest
+the point from B) and, by default, on B's object mask at the nearest pixel. Depth agrees when the nearest
 pixel's depth is within the tolerance (the original code's test), or when the depth interpolated bilinearly
 at the projection is, away from depth discontinuities: on a slanted surface the nearest pixel's depth is off
 by up to half a pixel's depth change, more than the tolerance at low resolution.
+
+Points that land inside B's image but clearly behind what B sees there (by more than `hidden_margin`: another
+face of the object, or an occluder) come back too, as hidden points: B must not show them anywhere, so the
+descriptor losses can use them as negatives (the two cameras, or two moments, see faces that never share an
+image).
 
 All sampling takes a CPU `torch.Generator`, so a seed fixes the result.
 """
