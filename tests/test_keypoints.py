@@ -13,7 +13,13 @@ import torch
 from keydyn.dynamics.train import TrainDynamicsConfig, load_keypoint_weights, train_dynamics
 from keydyn.keypoints.dataset import compute_keypoints, dataset_keypoints
 from keydyn.keypoints.latents import load_descriptor_encoder, load_visual
-from keydyn.keypoints.references import KeypointConfig, References, choose_references, reference_frame
+from keydyn.keypoints.references import (
+    KeypointConfig,
+    References,
+    choose_references,
+    locate_references,
+    reference_frame,
+)
 from keydyn.keypoints.weights import KeypointWeights
 from keydyn.runs import open_dataset
 from keydyn.sim.config import SUGAR_BOX_SIZE
@@ -318,3 +324,26 @@ def test_fused_cameras_locate_alike_in_the_dataset_and_at_control_time(small_dat
     del observation[f"{second}/rgb"]
     with pytest.raises(KeyError, match=f"no {second}/rgb"):
         DescriptorEncoder(net, references).encode(observation, {})
+
+    # cameras of different image sizes are located one by one, with the same result
+    images = {
+        camera: (
+            torch.from_numpy(observation.get(f"{camera}/rgb", store.frames(f"{camera}/rgb", frame, frame + 1)[0]))[
+                None
+            ],
+            torch.from_numpy(store.frames(f"{camera}/depth", frame, frame + 1)),
+            torch.tensor(store.attrs["cameras"][camera]["intrinsics"]),
+            torch.tensor(store.attrs["cameras"][camera]["pose"]),
+        )
+        for camera in (first, second)
+    }
+    rgb, depth, intrinsics, pose = images[second]
+    images[second] = (rgb[:, :56, :80], depth[:, :56, :80], intrinsics, pose)  # a top-left crop keeps K
+    with one_thread():
+        mixed = locate_references(net, references, images, bf16=False)
+        alone = [
+            locate_references(net, dataclasses.replace(single, camera=camera), {camera: images[camera]}, bf16=False)
+            for camera in (first, second)
+        ]
+    expected = fuse_keypoints(alone, images[first][2], images[first][3])
+    torch.testing.assert_close(mixed.points_world, expected.points_world)
