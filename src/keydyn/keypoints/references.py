@@ -224,8 +224,7 @@ def locate_references(
     net: DescriptorNet, references: References, images: Mapping[str, CameraImages], bf16: bool
 ) -> Keypoints:
     """The (B, K) keypoints of the references in B frames: located in `references.camera`'s images, and fused
-    with those located in the images of its `fused_cameras` when it has any (the network runs once on the
-    images of all the cameras together when they are of one size).
+    with those located in the images of its `fused_cameras` when it has any.
 
     Args:
         net: the descriptor network, in eval mode.
@@ -234,28 +233,16 @@ def locate_references(
             `references.cameras`.
         bf16: bfloat16 autocast for the network.
     """
-    missing = [camera for camera in references.cameras if camera not in images]
-    if missing:
-        cameras = ", ".join(references.cameras)
-        raise KeyError(f"no {', '.join(missing)} images: the references are located with cameras {cameras}")
-    rgb = [rgb_to_tensor(images[camera][0]) for camera in references.cameras]
-    if len({batch.shape[-2:] for batch in rgb}) == 1:  # one pass for all the cameras
-        descriptors = net.infer(torch.cat(rgb), bf16=bf16).split([len(batch) for batch in rgb])
-    else:  # cameras of different image sizes
-        descriptors = [net.infer(batch, bf16=bf16) for batch in rgb]
     located = []
-    for camera, camera_descriptors in zip(references.cameras, descriptors, strict=True):
-        _, depth, intrinsics, pose = images[camera]
+    for camera in references.cameras:
+        if camera not in images:
+            cameras = ", ".join(references.cameras)
+            raise KeyError(f"no {camera} images: the references are located with cameras {cameras}")
+        rgb, depth, intrinsics, pose = images[camera]
+        descriptors = net.infer(rgb_to_tensor(rgb), bf16=bf16)
+        eta, depth_mode = references.eta, references.depth_mode
         located.append(
-            locate_keypoints(
-                camera_descriptors,
-                references.descriptors,
-                depth,
-                intrinsics,
-                pose,
-                references.eta,
-                depth_mode=references.depth_mode,
-            )
+            locate_keypoints(descriptors, references.descriptors, depth, intrinsics, pose, eta, depth_mode=depth_mode)
         )
     if len(located) == 1:
         return located[0]
