@@ -39,9 +39,9 @@ def _triples(count: int) -> torch.Tensor:
     return triples
 
 
-def _apply(rotation: torch.Tensor, translation: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
-    """(B, K, 3) the template (K, 3) moved by B rigid motions."""
-    return (rotation[:, None] @ template.double()[None, :, :, None])[..., 0] + translation[:, None]
+def _apply(rotation: torch.Tensor, translation: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(B, K, 3) points moved by B rigid motions: one (K, 3) set moved by each, or (B, K, 3), each by its own."""
+    return (rotation[:, None] @ points.double()[..., None])[..., 0] + translation[:, None]
 
 
 def rigid_fit(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +88,7 @@ def rigid_template(points: torch.Tensor, iterations: int = TEMPLATE_ITERATIONS) 
     template = candidates[(distances - distances.median(dim=0).values).abs().sum(dim=(1, 2)).argmin()]
     weights = torch.ones(candidates.shape[:2], dtype=torch.float64)
     for _ in range(iterations):
-        rotation, translation = rigid_fit(candidates, template.expand_as(candidates), weights)
-        aligned = (rotation[:, None] @ candidates[..., None])[..., 0] + translation[:, None]
+        aligned = _apply(*rigid_fit(candidates, template.expand_as(candidates), weights), candidates)
         template = aligned.median(dim=0).values
     return template.float()
 
