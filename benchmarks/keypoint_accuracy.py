@@ -75,6 +75,7 @@ def main(config: KeypointAccuracyConfig) -> dict:
         "depth_mode": references.depth_mode,
         "cameras": list(references.cameras),
         "rigid_outlier_mm": None if rigid is None else 1000.0 * rigid.threshold,
+        "rigid_project": None if rigid is None else rigid.project,
         "bf16": bf16,
         "held_out_episodes": len(held_out),
         **errors.summary(),
