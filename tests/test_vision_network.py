@@ -10,13 +10,13 @@ from keydyn.vision.network import DescriptorNet, DescriptorNetConfig, ResNetBack
 
 from .vision_fixtures import one_thread
 
-VARIANTS = [("strided", 8), ("strided", 16), ("strided", 32), ("dilated", 8)]
+VARIANTS = [("strided", 8, 8), ("strided", 16, 8), ("strided", 32, 8), ("strided", 16, 4), ("dilated", 8, 8)]
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50"])
-@pytest.mark.parametrize(("variant", "output_stride"), VARIANTS)
-def test_descriptor_images_have_the_input_resolution(backbone, variant, output_stride):
-    config = DescriptorNetConfig(backbone, 5, variant, output_stride, width=8)
+@pytest.mark.parametrize(("variant", "output_stride", "finest_stride"), VARIANTS)
+def test_descriptor_images_have_the_input_resolution(backbone, variant, output_stride, finest_stride):
+    config = DescriptorNetConfig(backbone, 5, variant, output_stride, finest_stride, width=8)
     net = DescriptorNet(config).eval()
     with one_thread(), torch.no_grad():
         for height, width in [(48, 64), (32, 32), (37, 50)]:
@@ -56,6 +56,29 @@ def test_config_is_validated():
         DescriptorNetConfig(variant="dilated", output_stride=32)
     with pytest.raises(ValueError, match="backbone"):
         DescriptorNetConfig(backbone="resnet101")
+    with pytest.raises(ValueError, match="finest_stride 4 applies to 'strided'"):
+        DescriptorNetConfig(variant="dilated", finest_stride=4)
+
+
+def test_finest_stride_4_adds_stage_1_detail_within_the_8_pixel_cells():
+    """With FCN-8s skips the descriptor image is bilinear between the stride-8 scores, so within each 8x8 cell
+    its second difference along a row vanishes; the stage-1 score layer of finest_stride 4 breaks that."""
+    images = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+
+    def curvature_inside_cells(finest_stride: int) -> float:
+        torch.manual_seed(0)
+        net = DescriptorNet(DescriptorNetConfig("resnet18", 3, "strided", 8, finest_stride, width=8)).eval()
+        with one_thread(), torch.no_grad():
+            out = net(images)
+        second = out[..., 2:] - 2 * out[..., 1:-1] + out[..., :-2]  # (1, 3, H, W - 2), centred on columns 1..W-2
+        columns = torch.arange(1, images.shape[-1] - 1)
+        inside = (columns % 8 != 3) & (columns % 8 != 4)  # stride-8 sample centres fall between columns 3 and 4
+        return float(second[..., inside].abs().max() / out.abs().max())
+
+    net = DescriptorNet(DescriptorNetConfig("resnet18", 3, "strided", 8, 4, width=8))
+    assert [score.in_channels for score in net.scores] == net.backbone.stage_channels  # stages 1 and 2 scored
+    assert curvature_inside_cells(8) < 1e-5
+    assert curvature_inside_cells(4) > 1e-3
 
 
 def test_bf16_inference_is_close_to_fp32():

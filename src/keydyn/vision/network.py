@@ -8,8 +8,9 @@ ImageNet mean/std normalisation happens inside the model. Two variants:
   1x1 conv to D) and bilinear upsampling give full resolution. The original used torchvision's
   `fcn_resnet50` built this way, with D = 3.
 - "strided": standard ResNet strides, keeping the stages down to `output_stride` (8: stages 1-2, 16: 1-3,
-  32: 1-4); each kept stage at stride >= 8 gets a 1x1 score layer and the scores are summed at stride 8
-  (FCN-8s style skips) before bilinear upsampling. Several times cheaper on a CPU.
+  32: 1-4); each kept stage at stride >= `finest_stride` gets a 1x1 score layer and the scores are summed at
+  that stride (FCN-8s style skips; `finest_stride=4` adds stage 1, FCN-4s style, for finer descriptors at a
+  few percent more compute) before bilinear upsampling. Several times cheaper on a CPU.
 
 The backbone's parameter names follow torchvision's ResNet (conv1, bn1, layer1.0.conv1, ..., downsample.0),
 so a state dict of ImageNet weights converted from torchvision loads with `net.backbone.load_state_dict`
@@ -44,6 +45,8 @@ class DescriptorNetConfig:
         descriptor_dim: D, channels of the descriptor image (the original code's value is 3).
         variant: "dilated" (paper / original: output stride 8 by dilation) or "strided".
         output_stride: 8, 16 or 32, the deepest stage kept by the "strided" variant; "dilated" is always 8.
+        finest_stride: 8 or 4, the stride of the shallowest stage whose scores the "strided" variant sums (4
+            adds stage 1: its descriptor image is bilinear over 4x4-pixel cells rather than 8x8); "dilated": 8.
         width: channels of the first stage (64 in the standard ResNets; smaller for tests and quick runs).
         pretrained: must be False: no ImageNet weights can be downloaded here (see the module docstring).
     """
@@ -52,6 +55,7 @@ class DescriptorNetConfig:
     descriptor_dim: int = 3
     variant: Literal["dilated", "strided"] = "dilated"
     output_stride: Literal[8, 16, 32] = 8
+    finest_stride: Literal[4, 8] = 8
     width: int = 64
     pretrained: bool = False
 
@@ -64,6 +68,10 @@ class DescriptorNetConfig:
             raise ValueError(f"output_stride {self.output_stride}: use 8, 16 or 32")
         if self.variant == "dilated" and self.output_stride != 8:
             raise ValueError("the dilated variant has output stride 8; output_stride applies to 'strided'")
+        if self.finest_stride not in (4, 8):
+            raise ValueError(f"finest_stride {self.finest_stride}: use 4 or 8")
+        if self.variant == "dilated" and self.finest_stride != 8:
+            raise ValueError("the dilated variant sums no skips; finest_stride 4 applies to 'strided'")
         if self.descriptor_dim < 1 or self.width < 1:
             raise ValueError("descriptor_dim and width must be positive")
         if self.pretrained:
@@ -212,9 +220,11 @@ class DescriptorNet(nn.Module):
             self.scores = nn.ModuleList()
         else:
             self.head = None
-            # stage 1 (stride 4) gets no score layer: FCN-8s fuses strides 8, 16 and 32 only
+            # stage 1 (stride 4) gets a score layer only with finest_stride 4 (FCN-4s); FCN-8s starts at stage 2
+            self.first_scored_stage = 0 if config.finest_stride == 4 else 1
             self.scores = nn.ModuleList(
-                nn.Conv2d(channels, config.descriptor_dim, 1) for channels in self.backbone.stage_channels[1:]
+                nn.Conv2d(channels, config.descriptor_dim, 1)
+                for channels in self.backbone.stage_channels[self.first_scored_stage :]
             )
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -224,7 +234,7 @@ class DescriptorNet(nn.Module):
         if self.head is not None:
             coarse = self.head(features[-1])
         else:
-            maps = features[1:]
+            maps = features[self.first_scored_stage :]
             coarse = self.scores[0](maps[0])
             for score, feature in zip(self.scores[1:], maps[1:], strict=True):
                 coarse = coarse + functional.interpolate(
