@@ -81,6 +81,19 @@ def test_sds_keeps_k_star_separated_descriptors_best_first(small_dataset, visual
         choose_references(net, store, dataclasses.replace(SMALL_KEYPOINTS, min_distance_px=50.0), spatial=True, eta=eta)
 
 
+def test_sds_ranked_by_rigid_consistency_keeps_separated_descriptors(small_dataset, visual_run):
+    store = open_dataset(small_dataset)
+    net, eta = load_visual(visual_run, "last")
+    config = dataclasses.replace(SMALL_KEYPOINTS, sds_ranking="rigid")
+    with one_thread():
+        references = choose_references(net, store, config, spatial=True, eta=eta)
+        by_confidence = choose_references(net, store, SMALL_KEYPOINTS, spatial=True, eta=eta)
+    assert len(references) == 5
+    assert (torch.cdist(references.uv, references.uv) + torch.eye(5) * 1e9).min() >= 3.0
+    assert torch.isfinite(references.confidence).all()  # still the mean confidence, for the record
+    assert not torch.equal(references.uv, by_confidence.uv)  # another ranking, another choice
+
+
 def test_sds_keeps_only_descriptors_found_at_their_own_pixel(small_dataset, visual_run):
     store = open_dataset(small_dataset)
     net, eta = load_visual(visual_run, "last")

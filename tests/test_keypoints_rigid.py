@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from keydyn.keypoints.references import KeypointConfig
-from keydyn.keypoints.rigid import RigidFilter, rigid_fit, rigid_template
+from keydyn.keypoints.rigid import RigidFilter, rigid_consistency, rigid_fit, rigid_template
 from keydyn.vision.geometry import pose_matrix
 
 TEMPLATE = torch.tensor(
@@ -123,9 +123,24 @@ def test_rigid_filter_is_saved_and_loaded(tmp_path):
     torch.testing.assert_close(loaded.template, TEMPLATE)
 
 
+def test_rigid_consistency_flags_the_point_lost_in_some_frames():
+    generator = torch.Generator().manual_seed(0)
+    points = _moved(_random_poses(60, generator))
+    points = points + 0.001 * torch.randn(points.shape, generator=generator, dtype=torch.float64)  # 1 mm jitter
+    lost = torch.rand(60, generator=generator) < 0.3  # point 3 is located elsewhere in ~30% of the frames
+    points[lost, 3] += torch.tensor([0.06, -0.02, 0.0], dtype=torch.float64)
+    points[5, 1] = float("nan")  # no depth once: that frame does not count for point 1
+    scores = rigid_consistency(points, threshold=0.015)
+    assert scores.shape == (5,) and scores.argmax() == 3
+    assert scores[3] > 0.05  # its 90th percentile is a frame where it is lost (63 mm off)
+    assert (scores[[0, 1, 2, 4]] < 0.005).all()  # the others: jitter only
+
+
 def test_rigid_options_are_checked():
     with pytest.raises(ValueError, match="rigid-outlier-mm must be >= 0"):
         KeypointConfig(rigid_outlier_mm=-1.0)
     with pytest.raises(ValueError, match="set that too"):
         KeypointConfig(rigid_project=True)
     assert KeypointConfig(rigid_outlier_mm=15.0, rigid_project=True).rigid_project
+    with pytest.raises(ValueError, match="sds-ranking 'visibility': use one of confidence, rigid"):
+        KeypointConfig(sds_ranking="visibility")

@@ -11,7 +11,12 @@ import torch
 from keydyn.data.store import EpisodeStore
 from keydyn.vision.geometry import invert_transform, pixel_grid, transform_points, unproject_to_world
 from keydyn.vision.heatmap import DESCRIPTOR_ETA, descriptor_logits, expectations_from_logits, heatmap_expectations
-from keydyn.vision.keypoints import locate_keypoints, sample_reference_descriptors, select_spatial_descriptors
+from keydyn.vision.keypoints import (
+    confidence_ranking,
+    locate_keypoints,
+    sample_reference_descriptors,
+    select_spatial_descriptors,
+)
 from keydyn.vision.views import load_view
 
 from .vision_fixtures import camera, cast, table
@@ -184,28 +189,32 @@ def test_sds_takes_the_most_confident_candidates_that_are_far_enough_apart():
             [0.97, 0.95, 0.6, 0.93, 0.3, 0.6],
         ]
     )  # mean ranking: 0, 1, 3, 5, 2, 4
-    chosen = select_spatial_descriptors(confidences, positions, min_distance=25.0, num_select=4)
+    chosen = select_spatial_descriptors(confidence_ranking(confidences), positions, min_distance=25.0, num_select=4)
     assert chosen.tolist() == [0, 3, 5, 4]  # 1 is too close to 0; 2 too close to 3
     chosen_positions = positions[chosen]
     distances = torch.cdist(chosen_positions, chosen_positions) + torch.eye(4) * 1e9
     assert distances.min() >= 25.0
-    assert select_spatial_descriptors(confidences, positions, min_distance=1.0, num_select=3).tolist() == [0, 1, 3]
+    assert select_spatial_descriptors(confidences.mean(0), positions, min_distance=1.0, num_select=3).tolist() == [
+        0,
+        1,
+        3,
+    ]
     with pytest.raises(ValueError, match="only 3 of 5"):
-        select_spatial_descriptors(confidences, positions, min_distance=30.0)
+        select_spatial_descriptors(confidences.mean(0), positions, min_distance=30.0)
 
 
 def test_sds_original_score_punishes_candidates_lost_in_some_frames():
     positions = torch.tensor([[0.0, 0.0], [100.0, 0.0]])
     confidences = torch.tensor([[1.0, 0.6], [1.0, 0.6], [0.1, 0.6]])  # candidate 0 is lost in one frame
-    assert select_spatial_descriptors(confidences, positions, 10.0, 1, score="mean").tolist() == [0]
-    assert select_spatial_descriptors(confidences, positions, 10.0, 1, score="original").tolist() == [1]
+    assert select_spatial_descriptors(confidence_ranking(confidences, "mean"), positions, 10.0, 1).tolist() == [0]
+    assert select_spatial_descriptors(confidence_ranking(confidences, "original"), positions, 10.0, 1).tolist() == [1]
 
 
 def test_sds_on_3d_positions():
     rng = np.random.default_rng(0)
     positions = torch.from_numpy(rng.uniform(-0.05, 0.05, size=(100, 3)))
     confidences = torch.from_numpy(rng.uniform(size=(7, 100)))
-    chosen = select_spatial_descriptors(confidences, positions, min_distance=0.03, num_select=5)
+    chosen = select_spatial_descriptors(confidences.mean(0), positions, min_distance=0.03, num_select=5)
     assert len(set(chosen.tolist())) == 5
     picked = positions[chosen]
     assert (torch.cdist(picked, picked) + torch.eye(5)).min() >= 0.03

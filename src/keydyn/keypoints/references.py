@@ -11,6 +11,11 @@ pixel in the reference image (more than `reference_tolerance_px` away): an ambig
 also matches a similar-looking part of the object) has a spread or two-peaked heatmap, and its keypoint marks
 some point between the parts rather than the one it was sampled at. A high mean confidence over the training
 frames does not reveal this.
+
+Also beyond the paper, and off by default: `sds_ranking="rigid"` ranks the candidates by how well they keep to
+the rigid motion of all the candidates over those frames (`rigid_consistency`) instead of by mean
+confidence. From an angled camera a point on a face that turns away is lost in some poses and located
+elsewhere with a confidence hardly lower; a goal image in such a pose gives a wrong goal keypoint.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from safetensors.torch import load_file, save_file
 from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic, write_json_atomic
 from keydyn.keypoints.fusion import fuse_keypoints
+from keydyn.keypoints.rigid import rigid_consistency
 from keydyn.vision.keypoints import (
     DEPTH_MODES,
     DepthMode,
     Keypoints,
+    confidence_ranking,
     locate_keypoints,
     sample_reference_descriptors,
     select_spatial_descriptors,
@@ -42,6 +49,8 @@ from keydyn.vision.views import RGBDView, load_view
 PAPER_MIN_DISTANCE_PX = 25.0  # SDS separation at the paper's 640 px wide images
 PAPER_WIDTH = 640
 REFERENCE_TOLERANCE_PX = 6.0  # SDS self-match tolerance at 640 px wide images (3 px at 320x240)
+RIGID_RANKING_THRESHOLD_M = 0.015  # MSAC inlier distance of the candidates' rigid fit (sds_ranking="rigid")
+SDS_RANKINGS = ("confidence", "rigid")
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,12 @@ class KeypointConfig:
     reference_episode: int = 0
     reference_frame: int = 0
     """The reference image: this frame (0-based, within the episode) of --keypoints.reference-episode."""
+    sds_ranking: Literal["confidence", "rigid"] = "confidence"
+    """How SDS ranks the candidates: by mean confidence (paper), or `rigid`, by the 90th percentile of their
+    distance to the rigid fit of all candidates over the frames, smallest first (beyond the paper: prefers
+    points the camera keeps seeing and locating consistently; see the module docstring)."""
     confidence_frames: int = 100
-    """SDS: frames (drawn at random from the dataset) over which the confidences are averaged."""
+    """SDS: frames (drawn at random from the dataset) over which the candidates are ranked."""
     checkpoint: Literal["best", "last"] = "best"
     """Checkpoint of the visual run: best or last."""
     batch_size: int = 16
@@ -108,6 +121,8 @@ class KeypointConfig:
                 "--keypoints.rigid-project fits the rigid shape with --keypoints.rigid-outlier-mm as its inlier "
                 "threshold; set that too (e.g. 15)"
             )
+        if self.sds_ranking not in SDS_RANKINGS:
+            raise ValueError(f"--keypoints.sds-ranking {self.sds_ranking!r}: use one of {', '.join(SDS_RANKINGS)}")
         if self.depth not in DEPTH_MODES:
             raise ValueError(f"--keypoints.depth {self.depth!r}: use one of {', '.join(DEPTH_MODES)}")
 
@@ -274,14 +289,16 @@ def locate_in_frames(
         yield views[references.camera], locate_references(net, references, images, bf16)
 
 
-def mean_confidence(
+def candidate_sightings(
     net: DescriptorNet, store: EpisodeStore, references: References, frames: torch.Tensor, config: KeypointConfig
-) -> torch.Tensor:
-    """(K,) mean confidence (eq. 15) of each reference descriptor over dataset rows `frames` (F,)."""
-    total = torch.zeros(len(references))
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confidences (F, K) (eq. 15) and world points (F, K, 3) (metres) of K references in dataset rows `frames`
+    (F,), located from their camera."""
+    confidences, points = [], []
     for _, located in locate_in_frames(net, store, references, frames.tolist(), config.batch_size, config.bf16):
-        total += located.confidence.sum(dim=0)
-    return total / len(frames)
+        confidences.append(located.confidence)
+        points.append(located.points_world)
+    return torch.cat(confidences), torch.cat(points)
 
 
 @torch.no_grad()
@@ -335,8 +352,11 @@ def choose_references(
     candidates = references.subset(self_matching)  # checked before the costly confidences, which need only these
     count = min(config.confidence_frames, store.num_frames)
     frames = torch.randperm(store.num_frames, generator=generator)[:count]
-    candidates = dataclasses.replace(candidates, confidence=mean_confidence(net, store, candidates, frames, config))
-    chosen = select_spatial_descriptors(
-        candidates.confidence[None], candidates.uv, config.separation(view.width), config.num_selected
-    )
+    confidences, points = candidate_sightings(net, store, candidates, frames, config)
+    candidates = dataclasses.replace(candidates, confidence=confidences.mean(dim=0))
+    if config.sds_ranking == "rigid":
+        ranking = -rigid_consistency(points, RIGID_RANKING_THRESHOLD_M).nan_to_num(nan=float("inf"))
+    else:
+        ranking = confidence_ranking(confidences)
+    chosen = select_spatial_descriptors(ranking, candidates.uv, config.separation(view.width), config.num_selected)
     return dataclasses.replace(candidates.subset(chosen), fused_cameras=others)

@@ -162,3 +162,25 @@ class RigidFilter:
         template = load_file(str(Path(directory) / "rigid_filter.safetensors"))["template"]
         settings = json.loads(path.read_text())
         return RigidFilter(template, float(settings["threshold_m"]), bool(settings.get("project", False)))
+
+
+def rigid_consistency(points: torch.Tensor, threshold: float, quantile: float = 0.9) -> torch.Tensor:
+    """(C,) how far each of C points strays from the rigid motion of the others over F frames, metres.
+
+    The C points (e.g. SDS candidates, spread over the object) are fitted each frame by their rigid template
+    (`rigid_template`, MSAC with `threshold`, as `RigidFilter`); a point's score is the `quantile` of its
+    distance to the fitted template point over the frames where it has depth. A point that the camera loses
+    in some poses (a face turned away) and locates elsewhere then, or one that slides along an edge, scores
+    high; no ground truth is used.
+
+    Args:
+        points: (F, C, 3) located points, metres (NaN where a point has no depth).
+        threshold: MSAC inlier distance of the fit, metres.
+        quantile: of each point's distances over the frames.
+
+    Returns:
+        (C,) float32 distances, metres (NaN for a point never in 3D).
+    """
+    fitted, _ = RigidFilter(rigid_template(points), threshold, project=True)(points)
+    distances = (fitted.double() - points.double()).norm(dim=-1)  # (F, C), NaN where a point has no depth
+    return torch.nanquantile(distances, quantile, dim=0).float()

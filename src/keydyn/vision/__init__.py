@@ -20,6 +20,7 @@ from keydyn.vision.correspondence import (
 from keydyn.vision.heatmap import DESCRIPTOR_ETA, descriptor_logits, expectations_from_logits, heatmap_expectations
 from keydyn.vision.keypoints import (
     Keypoints,
+    confidence_ranking,
     locate_keypoints,
     sample_reference_descriptors,
     select_spatial_descriptors,
@@ -48,6 +49,7 @@ __all__ = [
     "PairSampler",
     "RGBDView",
     "TrainVisualConfig",
+    "confidence_ranking",
     "descriptor_colours",
     "descriptor_logits",
     "descriptor_losses",

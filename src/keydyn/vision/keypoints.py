@@ -144,26 +144,33 @@ def sample_reference_descriptors(
     return descriptors[:, uv[:, 1], uv[:, 0]].T.float(), uv.float()
 
 
-def select_spatial_descriptors(
-    confidences: torch.Tensor,
-    positions: torch.Tensor,
-    min_distance: float,
-    num_select: int = 5,
-    score: Literal["mean", "original"] = "mean",
-) -> torch.Tensor:
-    """Spatial Descriptor Set (SDS): the most reliable candidates that are spread apart, chosen greedily.
+def confidence_ranking(confidences: torch.Tensor, score: Literal["mean", "original"] = "mean") -> torch.Tensor:
+    """(C,) SDS ranking of C candidates (higher first) from their confidences (F, C) (eq. 15) over F frames.
 
-    Candidates are ranked by their score over a set of frames, then taken best first, skipping any within
-    `min_distance` of one already chosen. The paper ranks by mean confidence and uses a 25 px separation
-    at 640x480 (scale it with the resolution; the original code used 22 px) with K* = 4 or 5.
+    "mean": the mean confidence (paper); "original": minus the mean of exp(3 (1 - h)^2) (the original code;
+    punishes frames where a candidate is lost).
+    """
+    if score == "mean":
+        return confidences.mean(dim=0)
+    if score == "original":
+        return -torch.exp(3.0 * (1.0 - confidences).pow(2)).mean(dim=0)
+    raise ValueError(f"score {score!r}: use 'mean' or 'original'")
+
+
+def select_spatial_descriptors(
+    ranking: torch.Tensor, positions: torch.Tensor, min_distance: float, num_select: int = 5
+) -> torch.Tensor:
+    """Spatial Descriptor Set (SDS): the best-ranked candidates that are spread apart, chosen greedily.
+
+    Candidates are taken best first, skipping any within `min_distance` of one already chosen. The paper ranks
+    by mean confidence (`confidence_ranking`) and uses a 25 px separation at 640x480 (scale it with the
+    resolution; the original code used 22 px) with K* = 4 or 5.
 
     Args:
-        confidences: (F, C) confidence (eq. 15, in [0, 1]) of each of C candidates in each of F frames.
+        ranking: (C,) score of each of C candidates, higher is better (ties: lower index first).
         positions: (C, P) candidate positions in the reference image (P = 2 pixels, or P = 3 metres).
         min_distance: minimum Euclidean distance between chosen candidates, in the units of `positions`.
         num_select: K*.
-        score: "mean" ranks by mean confidence, highest first (paper); "original" by the mean of
-            exp(3 (1 - h)^2), lowest first (original code; punishes frames where a candidate is lost).
 
     Returns:
         (K*,) int64 indices of the chosen candidates, best first.
@@ -171,12 +178,6 @@ def select_spatial_descriptors(
     Raises:
         ValueError: when fewer than K* candidates are far enough apart.
     """
-    if score == "mean":
-        ranking = confidences.mean(dim=0)
-    elif score == "original":
-        ranking = -torch.exp(3.0 * (1.0 - confidences).pow(2)).mean(dim=0)
-    else:
-        raise ValueError(f"score {score!r}: use 'mean' or 'original'")
     order = torch.argsort(ranking, descending=True, stable=True)
     distances = torch.cdist(positions.double(), positions.double())  # (C, C)
     chosen: list[int] = []
