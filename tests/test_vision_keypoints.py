@@ -194,13 +194,10 @@ def test_sds_takes_the_most_confident_candidates_that_are_far_enough_apart():
     chosen_positions = positions[chosen]
     distances = torch.cdist(chosen_positions, chosen_positions) + torch.eye(4) * 1e9
     assert distances.min() >= 25.0
-    assert select_spatial_descriptors(confidences.mean(0), positions, min_distance=1.0, num_select=3).tolist() == [
-        0,
-        1,
-        3,
-    ]
+    mean = confidences.mean(0)
+    assert select_spatial_descriptors(mean, positions, min_distance=1.0, num_select=3).tolist() == [0, 1, 3]
     with pytest.raises(ValueError, match="only 3 of 5"):
-        select_spatial_descriptors(confidences.mean(0), positions, min_distance=30.0)
+        select_spatial_descriptors(mean, positions, min_distance=30.0)
 
 
 def test_sds_original_score_punishes_candidates_lost_in_some_frames():

@@ -355,7 +355,7 @@ def choose_references(
     confidences, points = candidate_sightings(net, store, candidates, frames, config)
     candidates = dataclasses.replace(candidates, confidence=confidences.mean(dim=0))
     if config.sds_ranking == "rigid":
-        ranking = -rigid_consistency(points, RIGID_RANKING_THRESHOLD_M).nan_to_num(nan=float("inf"))
+        ranking = -rigid_consistency(points, RIGID_RANKING_THRESHOLD_M)
     else:
         ranking = confidence_ranking(confidences)
     chosen = select_spatial_descriptors(ranking, candidates.uv, config.separation(view.width), config.num_selected)

@@ -179,7 +179,10 @@ def rigid_consistency(points: torch.Tensor, threshold: float, quantile: float = 
         quantile: of each point's distances over the frames.
 
     Returns:
-        (C,) float32 distances, metres (NaN for a point never in 3D).
+        (C,) float32 distances, metres.
+
+    Raises:
+        ValueError: no frame has all C points in 3D (the template needs one; `rigid_template`).
     """
     fitted, _ = RigidFilter(rigid_template(points), threshold, project=True)(points)
     distances = (fitted.double() - points.double()).norm(dim=-1)  # (F, C), NaN where a point has no depth
