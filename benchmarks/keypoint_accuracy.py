@@ -8,6 +8,7 @@ on top_down; on occlusions, the confidence of occluded points clearly below that
 
     python benchmarks/keypoint_accuracy.py --dataset data/top_down --run runs/sds_top_down
     python benchmarks/keypoint_accuracy.py --dataset data/occlusions --visual-run visual/occlusions
+    python benchmarks/keypoint_accuracy.py --dataset data/occlusions --visual-run visual/occlusions --latent ds
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -35,7 +37,9 @@ class KeypointAccuracyConfig:
     run: Path | None = None
     """A dynamics run with a descriptor latent: measure its references (and its visual run)."""
     visual_run: Path | None = None
-    """A visual run: choose SDS references from it (ignored when --run is given)."""
+    """A visual run: choose references from it (ignored when --run is given)."""
+    latent: Literal["sds", "ds"] = "sds"
+    """With --visual-run: the SDS references (K* chosen), or DS's K random ones on the object mask."""
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     """How SDS references are chosen and located when --visual-run is given (a --run's own settings otherwise)."""
     max_frames: int = 2000
@@ -54,7 +58,7 @@ def main(config: KeypointAccuracyConfig) -> dict:
     elif config.visual_run is not None:
         visual_run = config.visual_run
         net, eta = load_visual(visual_run, config.keypoints.checkpoint)
-        references = choose_references(net, store, config.keypoints, spatial=True, eta=eta)
+        references = choose_references(net, store, config.keypoints, spatial=config.latent == "sds", eta=eta)
         bf16 = config.keypoints.bf16
         rigid = None
     else:
@@ -71,7 +75,7 @@ def main(config: KeypointAccuracyConfig) -> dict:
         "benchmark": "keypoint_accuracy",
         "dataset": str(config.dataset),
         "visual_run": str(visual_run),
-        "references": str(config.run) if config.run is not None else "sds chosen here",
+        "references": str(config.run) if config.run is not None else f"{config.latent} chosen here",
         "depth_mode": references.depth_mode,
         "cameras": list(references.cameras),
         "rigid_outlier_mm": None if rigid is None else 1000.0 * rigid.threshold,

@@ -288,6 +288,23 @@ def test_keypoint_errors_measure_located_points_against_the_true_object_points(s
     expected = 1000 * np.nanmedian(errors.error_3d[occluded])
     assert summary["error_3d_mm_median_occluded"] == pytest.approx(expected)
     assert summary["error_3d_mm_median_occluded"] > summary["error_3d_mm_median"]  # hidden points are found elsewhere
+    seen, hidden = errors.confidence[errors.visible], errors.confidence[occluded]
+    pairwise = (seen[:, None] > hidden[None]).mean() + 0.5 * (seen[:, None] == hidden[None]).mean()
+    assert summary["confidence_visibility_auc"] == pytest.approx(pairwise)
+
+
+def test_confidence_auc_counts_the_pairs_a_threshold_orders():
+    """The visibility AUC of confidence is the fraction of (visible, occluded) pairs in which the visible
+    sighting is more confident, ties counting half."""
+    from keydyn.keypoints.accuracy import confidence_auc
+
+    assert confidence_auc(np.array([0.9, 0.8]), np.array([0.1, 0.2, 0.3])) == 1.0
+    assert confidence_auc(np.array([0.1]), np.array([0.5, 0.6])) == 0.0
+    assert confidence_auc(np.array([0.5, 0.7]), np.array([0.5, 0.6])) == pytest.approx((0.5 + 0 + 1 + 1) / 4)
+    rng = np.random.default_rng(0)
+    seen, hidden = rng.integers(0, 20, 300) / 20, rng.integers(0, 20, 200) / 20  # many ties
+    pairwise = (seen[:, None] > hidden[None]).mean() + 0.5 * (seen[:, None] == hidden[None]).mean()
+    assert confidence_auc(seen, hidden) == pytest.approx(pairwise)
 
 
 def test_fused_cameras_locate_alike_in_the_dataset_and_at_control_time(small_dataset, visual_run, tmp_path):

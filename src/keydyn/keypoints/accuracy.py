@@ -70,7 +70,7 @@ class KeypointErrors:
 
     def summary(self) -> dict[str, float]:
         """Medians (and the mean and 95th percentile of the 3D error) of the errors of visible points, and the
-        confidence of visible vs occluded points."""
+        confidence of visible vs occluded points (their means and `confidence_auc`)."""
         visible = self.visible
         summary = {
             "frames": int(self.visible.shape[0]),
@@ -87,10 +87,31 @@ class KeypointErrors:
         }
         occluded = ~visible
         summary["confidence_occluded_mean"] = float(self.confidence[occluded].mean()) if occluded.any() else None
+        summary["confidence_visibility_auc"] = (
+            confidence_auc(self.confidence[visible], self.confidence[occluded])
+            if visible.any() and occluded.any()
+            else None
+        )
         summary["error_3d_mm_median_occluded"] = (
             float(1000.0 * np.nanmedian(self.error_3d[occluded])) if occluded.any() else None
         )
         return summary
+
+
+def confidence_auc(visible: np.ndarray, occluded: np.ndarray) -> float:
+    """How well confidence tells visible sightings from occluded ones: the chance that a random visible
+    sighting is more confident than a random occluded one, ties counting half (the area under the ROC curve of
+    confidence as a visibility detector; 0.5: no better than chance, 1: a threshold separates them all).
+
+    Args:
+        visible: (N,) confidences of sightings of visible points.
+        occluded: (M,) confidences of sightings of occluded points.
+    """
+    occluded = np.sort(np.asarray(occluded, dtype=np.float64))
+    visible = np.asarray(visible, dtype=np.float64)
+    below = np.searchsorted(occluded, visible, side="left")
+    not_above = np.searchsorted(occluded, visible, side="right")
+    return float((below + 0.5 * (not_above - below)).sum() / (len(visible) * len(occluded)))
 
 
 def reference_object_points(store: EpisodeStore, references: References) -> torch.Tensor:
