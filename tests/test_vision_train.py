@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from keydyn.data.store import EpisodeStore
+from keydyn.vision.geometry import invert_transform, transform_points, unproject_to_world
 from keydyn.vision.network import DescriptorNet, DescriptorNetConfig, rgb_to_tensor
 from keydyn.vision.pairs import PairConfig, PairSampler
 from keydyn.vision.pictures import descriptor_colours
 from keydyn.vision.train import TrainVisualConfig, load_descriptor_net, train_visual
+from keydyn.vision.views import load_view
 
 from .vision_fixtures import one_thread
 
@@ -73,6 +75,41 @@ def test_pairs_are_seeded_and_of_the_asked_kind(small_dataset):
     assert 0 < sum(same_camera) < len(kinds)
     with pytest.raises(ValueError, match="no episodes"):
         PairSampler(store, np.array([], dtype=np.int64), PairConfig())
+
+
+def test_episode_pairs_match_frames_of_other_episodes_through_the_object_pose(small_dataset):
+    """--pairs.episode-fraction 1: frame B of every across-time pair is any frame, of any episode and from
+    any camera; its matches are the object points of A carried by the two object poses."""
+    store = EpisodeStore.open(small_dataset)
+    episodes = np.array([0, 2])
+    episode_of = {}  # the object's pose in a frame -> its episode
+    for episode in episodes:
+        for frame in range(*store.episode_range(int(episode))):
+            episode_of[load_view(store, "top_down", frame).T_world_object.numpy().tobytes()] = int(episode)
+    sampler = PairSampler(store, episodes, PairConfig(time_fraction=1.0, episode_fraction=1.0))
+    pairs = [sampler.sample(torch.Generator().manual_seed(seed)) for seed in range(12)]
+    seen = [
+        (episode_of[p.view_a.T_world_object.numpy().tobytes()], episode_of[p.view_b.T_world_object.numpy().tobytes()])
+        for p in pairs
+    ]
+    assert any(a != b for a, b in seen) and {b for _, b in seen} == {0, 2}
+    assert any(not torch.equal(p.view_a.T_world_camera, p.view_b.T_world_camera) for p in pairs)  # any camera
+    for pair in pairs:
+        matches = pair.matches
+        world_a = unproject_to_world(
+            matches.uv_a.double(), matches.depth_a.double(), pair.view_a.intrinsics, pair.view_a.T_world_camera
+        )
+        moved = transform_points(pair.view_b.T_world_object @ invert_transform(pair.view_a.T_world_object), world_a)
+        assert (moved - matches.points_world).norm(dim=-1).max() < 1e-6
+    within = PairSampler(store, episodes, PairConfig(time_fraction=1.0))  # the default: B from A's episode
+    for seed in range(12):
+        pair = within.sample(torch.Generator().manual_seed(seed))
+        assert (
+            episode_of[pair.view_a.T_world_object.numpy().tobytes()]
+            == episode_of[pair.view_b.T_world_object.numpy().tobytes()]
+        )
+    with pytest.raises(ValueError, match="time-fraction"):
+        PairConfig(time_fraction=0.0, episode_fraction=0.5)
 
 
 def test_descriptor_colours_share_one_basis_across_images():

@@ -49,6 +49,11 @@ class PairConfig:
             pairs (works with a single camera). Default 0.5: the keypoints are tracked within one camera as the
             object moves and turns, which cross-view pairs of one moment do not teach (top_down: SDS keypoints'
             median 3D error 13.5 -> 10.0 mm, jitter 5.9 -> 4.4 mm).
+        episode_fraction: fraction of the across-time pairs whose frame B is any frame of another (or the
+            same) episode, seen from any camera, matched through the object's pose (beyond the paper; default 0).
+            Within an episode the object turns little, so faces never seen at once (the opposite ends of a box
+            on its side) are never in one pair and may share descriptors; across episodes they are, and
+            `DescriptorLossConfig.hidden_weight` then pushes a hidden face's descriptors away from what B shows.
         correspondence: the match checks; `follow_object` is switched on for across-time pairs whatever its
             value here.
     """
@@ -59,6 +64,7 @@ class PairConfig:
     min_matches: int = 10
     attempts: int = 50
     time_fraction: float = 0.5
+    episode_fraction: float = 0.0
     correspondence: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
 
     def __post_init__(self) -> None:
@@ -69,10 +75,15 @@ class PairConfig:
             )
         if self.num_hidden < 0:
             raise ValueError(f"--pairs.num-hidden must be at least 0, got {self.num_hidden}")
-        if self.attempts < 1 or not 0.0 <= self.time_fraction <= 1.0:
+        if self.attempts < 1 or not 0.0 <= self.time_fraction <= 1.0 or not 0.0 <= self.episode_fraction <= 1.0:
             raise ValueError(
-                f"need --pairs.attempts >= 1 and 0 <= --pairs.time-fraction <= 1; got {self.attempts}, "
-                f"{self.time_fraction}"
+                "need --pairs.attempts >= 1, 0 <= --pairs.time-fraction <= 1 and 0 <= --pairs.episode-fraction <= 1; "
+                f"got {self.attempts}, {self.time_fraction}, {self.episode_fraction}"
+            )
+        if self.episode_fraction > 0 and self.time_fraction == 0:
+            raise ValueError(
+                "--pairs.episode-fraction is a fraction of the across-time pairs, and --pairs.time-fraction 0 asks "
+                "for none; raise --pairs.time-fraction"
             )
 
 
@@ -167,14 +178,31 @@ class PairSampler:
     def num_frames(self) -> int:
         return int(self._lengths.sum())
 
+    def _frame(self, index: int) -> int:
+        """The dataset row of the sampler's `index`-th frame (0 <= index < num_frames)."""
+        episode = int(torch.searchsorted(self._offsets, torch.tensor(index), right=True)) - 1
+        return int(self._starts[episode]) + index - int(self._offsets[episode])
+
     def _draw(self, generator: torch.Generator) -> Pair:
         """One pair, whatever its number of matches."""
         index = int(torch.randint(self.num_frames, (1,), generator=generator))
         episode = int(torch.searchsorted(self._offsets, torch.tensor(index), right=True)) - 1
         start, length = int(self._starts[episode]), int(self._lengths[episode])
-        frame_a = start + index - int(self._offsets[episode])
+        frame_a = self._frame(index)
         across_time = bool(torch.rand(1, generator=generator) < self.config.time_fraction)
-        if across_time:
+        # (the extra draw only when asked for: runs without episode pairs keep their random stream)
+        across_episodes = (
+            across_time
+            and self.config.episode_fraction > 0
+            and bool(torch.rand(1, generator=generator) < self.config.episode_fraction)
+        )
+        if across_episodes:
+            camera_a, camera_b = (
+                self.cameras[int(c)] for c in torch.randint(len(self.cameras), (2,), generator=generator)
+            )
+            frame_b = self._frame(int(torch.randint(self.num_frames, (1,), generator=generator)))
+            checks = self._across_time
+        elif across_time:
             camera_a = camera_b = self.cameras[int(torch.randint(len(self.cameras), (1,), generator=generator))]
             shift = int(torch.randint(1, max(length, 2), (1,), generator=generator))  # another frame if any
             frame_b = start + (frame_a - start + shift) % length
