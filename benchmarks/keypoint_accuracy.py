@@ -41,7 +41,7 @@ class KeypointAccuracyConfig:
     latent: Literal["sds", "ds"] = "sds"
     """With --visual-run: the SDS references (K* chosen), or DS's K random ones on the object mask."""
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
-    """How SDS references are chosen and located when --visual-run is given (a --run's own settings otherwise)."""
+    """How references are chosen and located when --visual-run is given (a --run's own settings otherwise)."""
     max_frames: int = 2000
     """At most this many held-out frames (evenly spaced)."""
     visibility_tolerance: float = VISIBILITY_TOLERANCE_M

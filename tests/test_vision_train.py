@@ -86,12 +86,13 @@ def test_episode_pairs_match_frames_of_other_episodes_through_the_object_pose(sm
     for episode in episodes:
         for frame in range(*store.episode_range(int(episode))):
             episode_of[load_view(store, "top_down", frame).T_world_object.numpy().tobytes()] = int(episode)
+
+    def episodes_of(pair):
+        return tuple(episode_of[view.T_world_object.numpy().tobytes()] for view in (pair.view_a, pair.view_b))
+
     sampler = PairSampler(store, episodes, PairConfig(time_fraction=1.0, episode_fraction=1.0))
     pairs = [sampler.sample(torch.Generator().manual_seed(seed)) for seed in range(12)]
-    seen = [
-        (episode_of[p.view_a.T_world_object.numpy().tobytes()], episode_of[p.view_b.T_world_object.numpy().tobytes()])
-        for p in pairs
-    ]
+    seen = [episodes_of(pair) for pair in pairs]
     assert any(a != b for a, b in seen) and {b for _, b in seen} == {0, 2}
     assert any(not torch.equal(p.view_a.T_world_camera, p.view_b.T_world_camera) for p in pairs)  # any camera
     for pair in pairs:
@@ -103,11 +104,8 @@ def test_episode_pairs_match_frames_of_other_episodes_through_the_object_pose(sm
         assert (moved - matches.points_world).norm(dim=-1).max() < 1e-6
     within = PairSampler(store, episodes, PairConfig(time_fraction=1.0))  # the default: B from A's episode
     for seed in range(12):
-        pair = within.sample(torch.Generator().manual_seed(seed))
-        assert (
-            episode_of[pair.view_a.T_world_object.numpy().tobytes()]
-            == episode_of[pair.view_b.T_world_object.numpy().tobytes()]
-        )
+        a, b = episodes_of(within.sample(torch.Generator().manual_seed(seed)))
+        assert a == b
     with pytest.raises(ValueError, match="time-fraction"):
         PairConfig(time_fraction=0.0, episode_fraction=0.5)
 

@@ -178,17 +178,16 @@ class PairSampler:
     def num_frames(self) -> int:
         return int(self._lengths.sum())
 
-    def _frame(self, index: int) -> int:
-        """The dataset row of the sampler's `index`-th frame (0 <= index < num_frames)."""
+    def _locate(self, index: int) -> tuple[int, int]:
+        """(position of its episode among the sampler's episodes, dataset row) of the sampler's `index`-th frame
+        (0 <= index < num_frames)."""
         episode = int(torch.searchsorted(self._offsets, torch.tensor(index), right=True)) - 1
-        return int(self._starts[episode]) + index - int(self._offsets[episode])
+        return episode, int(self._starts[episode]) + index - int(self._offsets[episode])
 
     def _draw(self, generator: torch.Generator) -> Pair:
         """One pair, whatever its number of matches."""
-        index = int(torch.randint(self.num_frames, (1,), generator=generator))
-        episode = int(torch.searchsorted(self._offsets, torch.tensor(index), right=True)) - 1
+        episode, frame_a = self._locate(int(torch.randint(self.num_frames, (1,), generator=generator)))
         start, length = int(self._starts[episode]), int(self._lengths[episode])
-        frame_a = self._frame(index)
         across_time = bool(torch.rand(1, generator=generator) < self.config.time_fraction)
         # (the extra draw only when asked for: runs without episode pairs keep their random stream)
         across_episodes = (
@@ -200,7 +199,7 @@ class PairSampler:
             camera_a, camera_b = (
                 self.cameras[int(c)] for c in torch.randint(len(self.cameras), (2,), generator=generator)
             )
-            frame_b = self._frame(int(torch.randint(self.num_frames, (1,), generator=generator)))
+            _, frame_b = self._locate(int(torch.randint(self.num_frames, (1,), generator=generator)))
             checks = self._across_time
         elif across_time:
             camera_a = camera_b = self.cameras[int(torch.randint(len(self.cameras), (1,), generator=generator))]
