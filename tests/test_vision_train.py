@@ -204,6 +204,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(small_dataset, tm
     assert (whole / "best.json").read_text() == (part / "best.json").read_text()
 
 
+def test_a_run_older_than_a_setting_resumes_with_that_setting_at_its_default(small_dataset, tmp_path):
+    with one_thread():
+        run = train_visual(_config(small_dataset, tmp_path / "old", steps=2))
+        stored = json.loads((run / "config.json").read_text())
+        del stored["pairs"]["episode_fraction"], stored["loss"]["hidden_weight"]  # as written before they existed
+        (run / "config.json").write_text(json.dumps(stored))
+        with pytest.raises(ValueError, match=r"its pairs differ"):
+            train_visual(_config(small_dataset, run, steps=3, resume=True, pairs=PairConfig(episode_fraction=0.5)))
+        train_visual(_config(small_dataset, run, steps=3, resume=True))
+    assert json.loads((run / "last.json").read_text())["step"] == 3
+
+
 def test_clear_errors(small_dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="keydyn collect"):
         train_visual(_config(tmp_path / "missing", tmp_path / "a"))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -31,12 +32,42 @@ def store_task(store: EpisodeStore) -> TaskConfig:
     return TaskConfig.from_dict(store.attrs["task_config"])
 
 
-def prepare_run_dir(
-    out: Path, resume: bool, settings: dict[str, Any], may_change: tuple[str, ...], marker: str
-) -> bool:
-    """Create `out` for a new run, or check that a run there can be resumed with `settings`.
+class RunConfig(Protocol):
+    """A run's frozen config dataclass: whether to resume, and its fields as JSON values through to_json()."""
 
-    settings: the run's config as JSON values, compared with the config.json stored in `out` on resume.
+    @property
+    def resume(self) -> bool: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+def default_settings(config: RunConfig) -> dict[str, Any]:
+    """`config.to_json()` with every field that has a default set to that default (fields without one keep
+    `config`'s value): what a run whose config.json predates a field is taken to have used for it."""
+    values = {}
+    for field in dataclasses.fields(config):  # type: ignore[arg-type]
+        if field.default is not dataclasses.MISSING:
+            values[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            values[field.name] = field.default_factory()
+        else:
+            values[field.name] = getattr(config, field.name)
+    return type(config)(**values).to_json()
+
+
+def _with_missing_filled(stored: Any, defaults: Any) -> Any:
+    """`stored` (a JSON value) with the keys that only `defaults` has added, at every depth."""
+    if not isinstance(stored, dict) or not isinstance(defaults, dict):
+        return stored
+    return {**defaults, **{name: _with_missing_filled(value, defaults.get(name)) for name, value in stored.items()}}
+
+
+def prepare_run_dir(out: Path, config: RunConfig, may_change: tuple[str, ...], marker: str) -> bool:
+    """Create `out` for a new run, or check that a run there can be resumed with `config`.
+
+    config: the run's config (its `resume` field says which); compared with the config.json stored in `out` on
+        resume. A setting the stored file lacks (a field added to keydyn after that run started) counts as its
+        default, so runs made by older versions resume when the new setting is left at its default.
     may_change: settings that may differ between a run and its resumption.
     marker: the file whose presence shows there is something to resume (e.g. "last.json").
     Returns True when resuming.
@@ -45,15 +76,15 @@ def prepare_run_dir(
         ValueError: `out` holds files and resume is off, or settings outside `may_change` differ.
         FileNotFoundError: resume is on but `out` has no `marker`.
     """
-    if not resume:
+    if not config.resume:
         if out.exists() and any(out.iterdir()):
             raise ValueError(f"{out} already exists; pass --resume to continue that run, or pick a new --out")
         out.mkdir(parents=True, exist_ok=True)
         return False
     if not (out / marker).exists() or not (out / "config.json").exists():
         raise FileNotFoundError(f"--resume given but {out} holds nothing to resume ({marker}); drop --resume to start")
-    stored = json.loads((out / "config.json").read_text())
-    current = json.loads(json.dumps(settings))  # tuples compare as the lists JSON stores
+    current = json.loads(json.dumps(config.to_json()))  # tuples compare as the lists JSON stores
+    stored = _with_missing_filled(json.loads((out / "config.json").read_text()), default_settings(config))
     different = sorted(name for name in current if name not in may_change and stored.get(name) != current[name])
     if different:
         raise ValueError(
@@ -63,9 +94,9 @@ def prepare_run_dir(
     return True
 
 
-def resumed_checkpoint(out: Path, resume: bool, settings: dict[str, Any], may_change: tuple[str, ...]) -> dict | None:
+def resumed_checkpoint(out: Path, config: RunConfig, may_change: tuple[str, ...]) -> dict | None:
     """For a trainer: prepare `out` (see prepare_run_dir) and return its last.json when resuming, else None."""
-    if prepare_run_dir(out, resume, settings, may_change, "last.json"):
+    if prepare_run_dir(out, config, may_change, "last.json"):
         return json.loads((out / "last.json").read_text())
     return None
 

@@ -360,7 +360,7 @@ def _restore(
 
 def train_dynamics(config: TrainDynamicsConfig) -> Path:
     """Train (or resume) a dynamics model; returns the run directory `config.out`."""
-    resumed = resumed_checkpoint(config.out, config.resume, config.to_json(), _RESUMABLE_FIELDS)
+    resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS)
     train, val = load_windows(config)
     device = resolve_device(config.device)
     weights = build_weights(config, train)

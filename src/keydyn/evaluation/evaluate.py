@@ -105,7 +105,7 @@ class GoalReachingWorker:
 
 def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
     """Create the output directory, or check it against a resumed one; return the episodes already done."""
-    if not prepare_run_dir(config.out, config.resume, config.to_json(), _RESUMABLE_FIELDS, "config.json"):
+    if not prepare_run_dir(config.out, config, _RESUMABLE_FIELDS, "config.json"):
         return []
     rows = read_lines(config.out / "episodes.jsonl")
     write_lines_atomic(config.out / "episodes.jsonl", rows)  # without a torn last line: appends start afresh

@@ -370,7 +370,7 @@ def train_visual(config: TrainVisualConfig) -> Path:
     net = build_network(config)
     if config.init_from is not None and not (config.resume and (config.out / "last.json").exists()):
         copy_initial_weights(net, config.init_from)  # before anything is written: a wrong run is refused
-    resumed = resumed_checkpoint(config.out, config.resume, config.to_json(), _RESUMABLE_FIELDS)
+    resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS)
     device = resolve_device(config.device)
     net = net.to(device)
     if config.precision == "bf16":
