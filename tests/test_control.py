@@ -103,6 +103,31 @@ def test_controller_keeps_history_and_warm_start_and_shrinks_its_horizon():
     np.testing.assert_allclose(past[0, 0].numpy(), action)  # the action executed between the two latents
 
 
+@pytest.mark.parametrize("gain", [1.0, 0.25])
+def test_observation_gain_blends_located_keypoints_with_the_models_prediction(gain):
+    torch.manual_seed(0)
+    model = DynamicsMLP(latent_dim=14, history=2, hidden=(32,))
+    controller = MPCController(model, small_mpc(observation_gain=gain))
+    latent0 = np.linspace(-0.1, 0.1, 14).astype(np.float32)
+    latent1 = latent0 + 0.02
+
+    def make_cost(horizon):
+        return terminal_keypoint_cost(torch.zeros(12), controller.keypoints)
+
+    controller.reset(latent0, seed=0)
+    action = controller.act(latent0, make_cost, steps_left=3)
+    before = controller.state()
+    predicted = model_dynamics(model, "bf16")(before[None], torch.as_tensor(action)[None])[0, controller.keypoints]
+    controller.act(latent1, make_cost, steps_left=2)
+    recorded = model.unpack_state(controller.state()[None])[0][0, 1].numpy()
+    expected = latent1.copy()
+    expected[:12] = gain * latent1[:12] + (1 - gain) * predicted.numpy()  # the pusher (last 2) is as observed
+    np.testing.assert_allclose(recorded, expected, atol=1e-6)
+    assert np.abs(predicted.numpy() - latent1[:12]).max() > 1e-3  # the two sources differ: the blend is seen
+    with pytest.raises(ValueError, match=r"observation_gain.*\(0, 1\]"):
+        small_mpc(observation_gain=0.0)
+
+
 def test_controller_is_reproducible_from_its_seed():
     torch.manual_seed(0)
     model = DynamicsMLP(latent_dim=14, history=1, hidden=(32,))

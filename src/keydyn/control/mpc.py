@@ -61,8 +61,14 @@ class MPCConfig:
     """Arithmetic of the dynamics model's layers while planning; bf16 autocast keeps states in fp32."""
     device: str = "cpu"
     """Torch device for planning; "auto" picks cuda when available."""
+    observation_gain: float = 1.0
+    """Weight of each newly located set of object keypoints against the dynamics model's prediction of them from
+    the previous state and the executed action (a fixed-gain filter; beyond the paper). 1: the observation
+    alone, as the paper; below 1 damps the keypoints' frame-to-frame jitter and single-frame jumps."""
 
     def __post_init__(self) -> None:
+        if not 0 < self.observation_gain <= 1:
+            raise ValueError(f"observation_gain must be in (0, 1], got {self.observation_gain}; 1 turns the filter off")
         if self.horizon < 1:
             raise ValueError(f"horizon must be at least 1, got {self.horizon}")
         if self.action_limit <= 0:
@@ -154,8 +160,12 @@ class MPCController:
 
     @torch.no_grad()
     def plan(self, latent: np.ndarray, cost: Cost, horizon: int) -> PlanResult:
-        """Record (D,) `latent` as the newest observation and plan `horizon` steps under `cost`."""
-        self._latents = [*self._latents[1:], np.asarray(latent, dtype=np.float32)]
+        """Record (D,) `latent` as the newest observation (filtered, see MPCConfig.observation_gain) and plan
+        `horizon` steps under `cost`."""
+        latent = np.asarray(latent, dtype=np.float32)
+        if self._executed is not None and self.config.observation_gain < 1:
+            latent = self._filtered(latent)
+        self._latents = [*self._latents[1:], latent]
         if self._executed is not None and self.model.history > 1:
             self._actions = [*self._actions[1:], self._executed]
         state = self.state()
@@ -176,6 +186,16 @@ class MPCController:
         self._warm_start = self.planner.shift(result.actions)
         self._executed = action
         return action
+
+    def _filtered(self, observed: np.ndarray) -> np.ndarray:
+        """(D,) `observed` with its object keypoints (metres) moved toward the model's prediction of them, made
+        from the state before this observation and the action executed since; the pusher's position is kept."""
+        executed = torch.as_tensor(self._executed, device=self.device)
+        predicted = self.dynamics(self.state()[None], executed[None])[0, self.keypoints].cpu().numpy()
+        gain = self.config.observation_gain
+        filtered = observed.copy()
+        filtered[: predicted.shape[0]] = gain * observed[: predicted.shape[0]] + (1 - gain) * predicted
+        return filtered
 
     def _best_constant_velocity(self, state: Tensor, cost: Cost, horizon: int) -> Tensor:
         """(H, 2) the lowest-cost sequence holding one grid velocity for all H steps."""
