@@ -50,6 +50,7 @@ def visual_run(small_dataset, tmp_path_factory):
         *("--dataset", str(small_dataset), "--out", str(out), "--steps", str(VISUAL_STEPS)),
         *("--validate-every", str(VISUAL_STEPS), "--val-fraction", "0.34", "--val-pairs", "4"),
         *("--network.width", "8", "--lr", "1e-3", "--precision", "fp32", "--no-progress"),
+        *("--preset", "fast"),  # stride-8 descriptors, as the thresholds below were set for
     ]
     with one_thread():
         assert main(argv) == 0

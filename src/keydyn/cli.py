@@ -8,8 +8,13 @@ keydyn train-visual --dataset data/top_down --out runs/descriptors_top_down
 keydyn evaluate --run runs/gt3d_top_down --episodes 200 --out eval/gt3d_top_down
 keydyn track --run runs/gt3d_top_down --out track/gt3d_top_down
 keydyn table eval/gt3d_top_down eval/sds_top_down --out table1.md
+keydyn reproduce table1 --task angled --seeds 3 --out repro/angled
 keydyn preview --task angled --out angled.png
 keydyn demo --out demo_out
+
+collect, train-visual, train-dynamics, evaluate and reproduce start from their `default` preset (the best recipe
+measured; `keydyn/presets/<command>/default.yaml`); `--preset NAME` starts from another (`paper`, `original`,
+...); flags given override the preset.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -30,7 +35,9 @@ from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.imitation import TrackConfig, run_track
 from keydyn.evaluation.report import comparison_table
+from keydyn.evaluation.reproduce import ReproduceConfig, format_table, run_reproduce
 from keydyn.files import write_text_atomic
+from keydyn.presets import DEFAULT, cli_default, preset_names
 from keydyn.sim.preview import write_task_picture
 from keydyn.vision.train import TrainVisualConfig, train_visual
 
@@ -79,6 +86,9 @@ class Dataset:
 class Collect(CollectConfig):
     """Collect random-push episodes of a task into a zarr dataset (resumable, parallel, deterministic)."""
 
+    preset: str = DEFAULT
+    """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
+
     def execute(self) -> None:
         store = collect(self)
         print(format_summary(dataset_summary(store)))
@@ -88,6 +98,9 @@ class Collect(CollectConfig):
 class TrainDynamics(TrainDynamicsConfig):
     """Train a latent dynamics model (multi-step rollout loss, SE(2) augmentation) on a dataset."""
 
+    preset: str = DEFAULT
+    """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
+
     def execute(self) -> None:
         print(f"wrote {train_dynamics(self)}")
 
@@ -96,6 +109,9 @@ class TrainDynamics(TrainDynamicsConfig):
 class TrainVisual(TrainVisualConfig):
     """Train a dense descriptor network (heatmap + spatial expectation losses) on a dataset's camera views."""
 
+    preset: str = DEFAULT
+    """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
+
     def execute(self) -> None:
         print(f"wrote {train_visual(self)}")
 
@@ -103,6 +119,9 @@ class TrainVisual(TrainVisualConfig):
 @dataclass(frozen=True)
 class Evaluate(EvaluateConfig):
     """Goal reaching with MPC on fixed start/goal pairs: results.json, results.md, plots and videos."""
+
+    preset: str = DEFAULT
+    """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
 
     def execute(self) -> None:
         evaluate(self)
@@ -155,32 +174,99 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class Reproduce(ReproduceConfig):
+    """Reproduce a table of the paper on one task: every stage (collect, train-visual, train-dynamics, evaluate)
+    for every method and seed, sharing the data and descriptors of a seed; rerun to resume. Writes table.md."""
+
+    table: tyro.conf.Positional[Literal["table1"]] = "table1"
+    preset: str = DEFAULT
+    """The recipe these settings start from (keydyn/presets/reproduce/<preset>.yaml); flags override it."""
+
+    def execute(self) -> None:
+        print(format_table(run_reproduce(self)))
+        print(f"wrote {self.out}/table.md and table.json")
+
+
+@dataclass(frozen=True)
 class Demo(DemoConfig):
-    """The pipeline from pixels on CPU-friendly defaults: collect, train descriptors, choose SDS keypoints, train
-    their dynamics, drive the object to goals with MPC, and compare with GT 3D keypoints."""
+    """Goal reaching from pixels with the shipped models (SDS beside GT 3D), in a few minutes on 2 CPU cores; with
+    --from-scratch the whole pipeline: collect, train descriptors, choose SDS keypoints, train dynamics, evaluate."""
 
     def execute(self) -> None:
         print(run_demo(self)["table"])
         print(f"wrote {self.out}: results.md and one directory per stage (see `keydyn.demo`)")
 
 
-Command = (
-    Annotated[Collect, tyro.conf.subcommand("collect")]
-    | Annotated[Dataset, tyro.conf.subcommand("dataset")]
-    | Annotated[TrainDynamics, tyro.conf.subcommand("train-dynamics")]
-    | Annotated[TrainVisual, tyro.conf.subcommand("train-visual")]
-    | Annotated[Evaluate, tyro.conf.subcommand("evaluate")]
-    | Annotated[Track, tyro.conf.subcommand("track")]
-    | Annotated[Table, tyro.conf.subcommand("table")]
-    | Annotated[Preview, tyro.conf.subcommand("preview")]
-    | Annotated[Demo, tyro.conf.subcommand("demo")]
-)
+PRESET_COMMANDS: dict[str, type] = {
+    "collect": Collect,
+    "train-visual": TrainVisual,
+    "train-dynamics": TrainDynamics,
+    "evaluate": Evaluate,
+    "reproduce": Reproduce,
+}
+"""The subcommands whose settings start from a preset (keydyn/presets/<command>/)."""
+
+
+def split_preset(argv: list[str]) -> tuple[str | None, str, list[str]]:
+    """(subcommand, preset name, argv without --preset) of a command line; the preset is "default" unless
+    `--preset NAME` or `--preset=NAME` is given.
+
+    Raises:
+        ValueError: --preset without a name, or for a subcommand that has no presets.
+    """
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    preset, rest, index = DEFAULT, [], 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--preset":
+            if index + 1 >= len(argv) or argv[index + 1].startswith("-"):
+                raise ValueError("--preset needs a name, e.g. --preset paper")
+            preset, index = argv[index + 1], index + 2
+            continue
+        if arg.startswith("--preset="):
+            preset = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        index += 1
+    if preset != DEFAULT and command not in PRESET_COMMANDS:
+        raise ValueError(f"`keydyn {command}` has no presets; --preset works with {', '.join(PRESET_COMMANDS)}")
+    if command in PRESET_COMMANDS and preset not in preset_names(command):
+        known = ", ".join(preset_names(command))
+        raise ValueError(f"no preset {preset!r} for `keydyn {command}`; its presets: {known}")
+    return command, preset, rest
+
+
+def command_type(command: str | None, preset: str) -> Any:
+    """The union of subcommands, `command`'s settings starting from `preset` and the others' from their default."""
+
+    def entry(name: str) -> Any:
+        cls = PRESET_COMMANDS[name]
+        chosen = preset if name == command else DEFAULT
+        default = cli_default(cls, name, chosen)
+        object.__setattr__(default, "preset", chosen)
+        return Annotated[cls, tyro.conf.subcommand(name, default=default)]
+
+    return (
+        entry("collect")
+        | Annotated[Dataset, tyro.conf.subcommand("dataset")]
+        | entry("train-dynamics")
+        | entry("train-visual")
+        | entry("evaluate")
+        | Annotated[Track, tyro.conf.subcommand("track")]
+        | Annotated[Table, tyro.conf.subcommand("table")]
+        | entry("reproduce")
+        | Annotated[Preview, tyro.conf.subcommand("preview")]
+        | Annotated[Demo, tyro.conf.subcommand("demo")]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `keydyn` console script; returns the exit status."""
     try:
-        command = tyro.cli(Command, args=argv, prog="keydyn", config=(tyro.conf.OmitSubcommandPrefixes,))
+        name, preset, args = split_preset(list(sys.argv[1:] if argv is None else argv))
+        command = tyro.cli(
+            command_type(name, preset), args=args, prog="keydyn", config=(tyro.conf.OmitSubcommandPrefixes,)
+        )
         command.execute()
     except (StoreError, ValueError, FileNotFoundError) as error:
         print(f"keydyn: error: {error}", file=sys.stderr)

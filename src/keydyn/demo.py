@@ -1,158 +1,112 @@
-"""`keydyn demo`: the paper's whole pipeline from pixels, end to end on CPU-friendly defaults.
+"""`keydyn demo`: goal reaching from pixels with the models shipped in keydyn, or the whole pipeline.
 
-collect random pushes -> train dense descriptors (self-supervised, from the two cameras' RGB-D) -> choose SDS
-keypoints -> train the keypoint dynamics -> drive the object to start/goal pairs with MPPI, locating the
-keypoints from one camera's images -> a results table beside the same evaluation with ground-truth (GT 3D)
-keypoints. Writes, under `out`:
+By default it drives the box to the first `pairs` of the 200 fixed start/goal pairs with the shipped SDS model
+(descriptor network + dynamics, `keydyn.models`), locating the keypoints in the camera images, and does the same
+with the shipped GT 3D model as the reference row. Writes, under `out`:
 
-    results.md, results.json          the table (descriptor latent and GT 3D rows) and its numbers
-    dataset/, dataset_info.json, dataset_episode_0.mp4
-    visual/                           descriptor training run (descriptors.png, heatmap.png, metrics.jsonl)
-    dynamics/                         dynamics run on the descriptor keypoints (keypoints.png: the references)
-    goal_reaching/                    its evaluation (results, errors.png, videos/ with the keypoints drawn)
-    gt3d_dynamics/, gt3d_goal_reaching/   the GT 3D reference (with --baseline)
+    results.md, results.json     the table (the shipped models' 200-pair figures and the paper's beside it)
+    sds/, gt3d/                  each evaluation (results, errors.png, videos/ with the goal and current keypoints)
 
-Every stage resumes where it stopped when the demo is run again with the same settings.
+`--from-scratch` runs the pipeline instead, as `keydyn reproduce --preset demo` (collect, train descriptors,
+choose SDS keypoints, train dynamics, evaluate beside GT 3D) into `out`. Both resume when run again.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from keydyn.data.collect import CollectConfig, collect
-from keydyn.data.inspect import dataset_summary, format_summary, write_episode_video
-from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
-from keydyn.evaluation.report import markdown_table
+from keydyn.evaluation.paper import TABLE1
+from keydyn.evaluation.reproduce import ReproduceConfig, format_table, run_reproduce
 from keydyn.files import write_json_atomic, write_text_atomic
-from keydyn.keypoints.references import KeypointConfig
-from keydyn.vision.pairs import PairConfig
-from keydyn.vision.train import TrainVisualConfig, train_visual
+from keydyn.models import manifest, shipped_run
+from keydyn.presets import from_preset
+
+SHIPPED_METHODS = ("sds", "gt3d")
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The pipeline from pixels on CPU-friendly defaults (about 11 minutes on 2 cores)."""
+    """Goal reaching from pixels with the shipped models (a few minutes on 2 CPU cores), or the whole pipeline."""
 
     out: Path = Path("demo_out")
-    task: str = "top_down"
-    latent: Literal["sds", "wsds", "ds", "wds", "gt3d"] = "sds"
-    """Latent state of the controlled model; gt3d skips the descriptor training (about 2 minutes in all)."""
-    baseline: bool = True
-    """Also train and evaluate GT 3D dynamics on the same data and goals, as the table's reference row."""
-    episodes: int = 150
-    """Random-push episodes to collect."""
-    steps: int = 40
-    width: int = 160
-    """Camera width in pixels (the box is about 22 px long at 160x120; training is ~4x faster than 320x240)."""
-    height: int = 120
-    visual_steps: int = 6000
-    """Descriptor training steps (2 cross-view image pairs each; learning rate 1e-3 x 0.9 every 250 steps)."""
-    epochs: int = 200
-    """Dynamics training epochs (learning rate 1e-3, then 1e-4 for the second half)."""
-    val_fraction: float = 0.2
-    """Episodes held out to pick the best models."""
-    horizon: int = 10
-    """Rollout steps of the dynamics loss."""
-    goals: int = 8
-    """Start/goal pairs to drive the object to."""
+    task: Literal["top_down", "angled"] = "top_down"
+    """Task of the shipped models to run."""
+    pairs: int = 10
+    """Start/goal pairs (the first of the 200 fixed ones) to drive the object to."""
     videos: int = 2
+    """Pairs (the first ones) to record as videos."""
     workers: int = 2
-    seed: int = 0
+    from_scratch: bool = False
+    """Run the whole pipeline instead of the shipped models: `keydyn reproduce --preset <recipe>` into --out."""
+    recipe: str = "demo"
+    """With --from-scratch: the `keydyn reproduce` preset (demo: top_down at 160x120, about 15 min on 2 cores)."""
     progress: bool = True
 
-
-def _dynamics(config: DemoConfig, latent: str, out: Path, visual: Path | None) -> Path:
-    return train_dynamics(
-        TrainDynamicsConfig(
-            dataset=config.out / "dataset",
-            out=out,
-            latent=latent,
-            visual_run=visual,
-            # The demo's short low-resolution network is used as the paper does (eq. 11 depth, every SDS candidate):
-            # it finds no descriptor within 1.5 px of its own pixel, and the pixel's depth amplifies its misses.
-            keypoints=KeypointConfig(bf16=True, seed=config.seed, reference_tolerance_px=math.inf, depth="expectation"),
-            epochs=config.epochs,
-            horizon=config.horizon,
-            val_fraction=config.val_fraction,
-            lr=1e-3,
-            lr_decay_epochs=max(1, config.epochs // 2),
-            seed=config.seed,
-            resume=(out / "last.json").exists(),
-            progress=config.progress,
-        )
-    )
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        if self.pairs < 1 or self.videos < 0 or self.workers < 0:
+            raise ValueError("need --pairs >= 1, --videos >= 0 and --workers >= 0")
 
 
-def _evaluate(config: DemoConfig, run: Path, out: Path) -> dict:
-    return evaluate(
-        EvaluateConfig(
-            run=run,
-            out=out,
-            episodes=config.goals,
-            videos=config.videos,
-            workers=config.workers,
-            seed=config.seed,
-            resume=(out / "config.json").exists(),
-            progress=config.progress,
-        )
-    )
-
-
-def run_demo(config: DemoConfig) -> dict:
-    """Run (or resume) every stage; returns {"table": Markdown, "results": {label: evaluation summary}}."""
-    dataset = config.out / "dataset"
-    store = collect(
-        CollectConfig(
-            out=dataset,
-            task=config.task,
-            episodes=config.episodes,
-            steps=config.steps,
-            width=config.width,
-            height=config.height,
-            workers=config.workers,
-            seed=config.seed,
-            resume=dataset.exists(),
-            progress=config.progress,
-        )
-    )
-    summary = dataset_summary(store)
-    write_json_atomic(config.out / "dataset_info.json", summary)
-    write_episode_video(store, 0, config.out / "dataset_episode_0.mp4")
-    print(format_summary(summary))
-    visual = None
-    if config.latent != "gt3d":
-        visual = config.out / "visual"
-        train_visual(
-            TrainVisualConfig(
-                dataset=dataset,
-                out=visual,
-                steps=config.visual_steps,
-                # The paper's cross-view pairs at lr 1e-3: 6,000 steps give SDS 1.73 cm / 9.2 deg (7 of 8 pairs). At
-                # 3,000 steps they gave 2.37 / 13.8 (7 of 8), where the paper-scale defaults (half the pairs across
-                # time, lr 5e-4) gave 2.77 / 24.5 (3).
-                lr=1e-3,
-                pairs=PairConfig(time_fraction=0.0),
-                val_fraction=config.val_fraction,
-                seed=config.seed,
-                resume=(visual / "last.json").exists(),
+def run_demo(config: DemoConfig) -> dict[str, Any]:
+    """Run (or resume) the demo; returns {"table": Markdown, "results": {method: figures}}."""
+    if config.from_scratch:
+        table = run_reproduce(
+            from_preset(
+                ReproduceConfig,
+                "reproduce",
+                config.recipe,
+                out=config.out,
+                workers=config.workers,
                 progress=config.progress,
             )
         )
-    runs = [(config.latent, config.out / "dynamics", config.out / "goal_reaching")]
-    if config.baseline and config.latent != "gt3d":
-        runs.append(("gt3d", config.out / "gt3d_dynamics", config.out / "gt3d_goal_reaching"))
+        return {"table": format_table(table), "results": table["rows"]}
+    models = manifest(config.task)
     results = {}
-    for latent, run, evaluation in runs:
-        _dynamics(config, latent, run, visual if latent != "gt3d" else None)
-        outcome = _evaluate(config, run, evaluation)
-        results[outcome["label"]] = outcome["summary"]
-    table = f"Goal reaching on `{config.task}` from pixels ({config.width}x{config.height})\n\n" + markdown_table(
-        list(results.items())
-    )
+    for method in SHIPPED_METHODS:
+        out = config.out / method
+        outcome = evaluate(
+            from_preset(
+                EvaluateConfig,
+                "evaluate",
+                overrides={"episodes": config.pairs, "videos": config.videos},
+                run=shipped_run(config.task, method),
+                out=out,
+                workers=config.workers,
+                resume=(out / "config.json").exists(),
+                progress=config.progress,
+            )
+        )
+        results[method] = {"label": outcome["label"], "summary": outcome["summary"]}
+    table = shipped_table(config.task, results, models)
     write_text_atomic(config.out / "results.md", table)
-    write_json_atomic(config.out / "results.json", {"task": config.task, "results": results})
+    write_json_atomic(config.out / "results.json", {"task": config.task, "results": results, "models": models})
     return {"table": table, "results": results}
+
+
+def shipped_table(task: str, results: dict[str, Any], models: dict[str, Any]) -> str:
+    """Markdown: this demo's figures beside the shipped models' documented 200-pair figures and the paper's."""
+    lines = [
+        f"Goal reaching on `{task}` from the shipped models: final error against the goal pose over the first "
+        f"{next(iter(results.values()))['summary']['episodes']} start/goal pairs; beside it the same models on all "
+        "200 pairs (their manifest) and the paper (Table 1).",
+        "",
+        "| method | position (cm) mean | median | angle (deg) mean | success | 200 pairs: position / angle | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, outcome in results.items():
+        summary = outcome["summary"]
+        documented = models["runs"][method].get("evaluation")
+        measured = "" if documented is None else f"{documented['position_cm']:.2f} / {documented['angle_deg']:.2f}"
+        paper = TABLE1[task].get(method)
+        paper_text = "" if paper is None else f"{paper[0]} / {paper[1]}"
+        lines.append(
+            f"| {outcome['label']} | {summary['final_position_error_cm']['mean']:.2f} "
+            f"| {summary['final_position_error_cm']['median']:.2f} | {summary['final_angle_error_deg']['mean']:.2f} "
+            f"| {100 * summary['success_rate']:.0f}% | {measured} | {paper_text} |"
+        )
+    return "\n".join(lines) + "\n"

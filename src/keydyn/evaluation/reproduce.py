@@ -1,0 +1,308 @@
+"""`keydyn reproduce TABLE --task T`: a table of the paper, every stage from data to goal reaching, resumable.
+
+For each seed s (0 .. seeds - 1) it collects one dataset and trains one descriptor network (when a method
+needs one), shared by every method; then trains each method's dynamics and evaluates it on the same fixed
+start/goal pairs (the goal pairs do not depend on s; the data, the networks and the planner do). Under `out`:
+
+    data/seed<s>/                  `keydyn collect` (preset `collect`)
+    visual/seed<s>/                `keydyn train-visual` (preset `visual`)
+    runs/<method>/seed<s>/         `keydyn train-dynamics` (preset `dynamics`)
+    eval/<method>/seed<s>/         `keydyn evaluate` (preset `evaluation`)
+    table.md, table.json           the table: per method, mean (95% bootstrap interval over the pairs) and
+                                   median errors, success, ratio to GT 3D, spread over seeds, the paper's figure
+
+Each stage is the command of the same name with the named preset, so its directory is an ordinary run. Run
+the same command again to resume: finished stages are reused, a cut one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from keydyn.data.collect import CollectConfig, collect
+from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
+from keydyn.evaluation.evaluate import LATENT_LABELS, EvaluateConfig, evaluate
+from keydyn.evaluation.paper import TABLES
+from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
+from keydyn.files import write_json_atomic, write_text_atomic
+from keydyn.presets import from_preset, preset_names
+from keydyn.sim.config import TASK_NAMES
+from keydyn.vision.train import TrainVisualConfig, train_visual
+
+TABLE_METHODS = {"table1": ("gt3d", "ds", "sds", "wds", "wsds")}
+REFERENCE = "gt3d"  # the method every ratio is taken against
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """Reproduce a table of the paper on one task: collect, train descriptors, train dynamics, evaluate."""
+
+    table: Literal["table1"] = "table1"
+    """Which table: table1 = GT 3D and the descriptor latents DS, SDS, WDS, WSDS."""
+    task: str = "top_down"
+    out: Path = Path("repro")
+    """Directory of every stage's runs and of table.md / table.json (rerun the command to resume)."""
+    methods: tuple[str, ...] = ()
+    """Rows of the table (default: all of the table's methods, GT 3D first)."""
+    seeds: int = 1
+    """Seeds 0 .. seeds-1: one dataset, one descriptor network and one dynamics run per method and seed."""
+    collect: str = "default"
+    """Preset of the data collection (`keydyn collect --preset`)."""
+    visual: str = "default"
+    """Preset of the descriptor training (`keydyn train-visual --preset`)."""
+    dynamics: str = "default"
+    """Preset of the dynamics training (`keydyn train-dynamics --preset`)."""
+    evaluation: str = "default"
+    """Preset of the goal-reaching evaluation (`keydyn evaluate --preset`)."""
+    workers: int = 2
+    """Worker processes for collection and evaluation (0: evaluate in this process, collect with one)."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        if self.table not in TABLE_METHODS:
+            raise ValueError(f"unknown table {self.table!r}; choose {', '.join(TABLE_METHODS)}")
+        if self.task not in TASK_NAMES:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASK_NAMES)}")
+        methods = self.methods or TABLE_METHODS[self.table]
+        unknown = [m for m in methods if m not in TABLE_METHODS[self.table]]
+        if unknown:
+            raise ValueError(
+                f"{self.table} has no method {', '.join(unknown)}; its methods: {', '.join(TABLE_METHODS[self.table])}"
+            )
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(methods)))
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        for command, name in (
+            ("collect", self.collect),
+            ("train-visual", self.visual),
+            ("train-dynamics", self.dynamics),
+            ("evaluate", self.evaluation),
+        ):
+            if name not in preset_names(command):
+                raise ValueError(f"no preset {name!r} for `keydyn {command}`; its presets: {preset_names(command)}")
+
+
+def _fresh_or_resumed(run: Path, marker: str) -> bool:
+    """Whether to resume the stage in `run`: yes when its `marker` exists. A directory without it was cut
+    before its first checkpoint; it belongs to this reproduction, so it is cleared and started afresh."""
+    if (run / marker).exists():
+        return True
+    if run.exists():
+        shutil.rmtree(run)
+    return False
+
+
+def stage_dataset(config: ReproduceConfig, seed: int) -> Path:
+    """Collect (or finish collecting) the dataset of `seed`."""
+    out = config.out / "data" / f"seed{seed}"
+    collect(
+        from_preset(
+            CollectConfig,
+            "collect",
+            config.collect,
+            out=out,
+            task=config.task,
+            seed=seed,
+            workers=max(config.workers, 1),
+            resume=out.exists(),
+            progress=config.progress,
+        )
+    )
+    return out
+
+
+def stage_visual(config: ReproduceConfig, seed: int, dataset: Path) -> Path:
+    """Train (or finish training) the descriptor network of `seed`."""
+    out = config.out / "visual" / f"seed{seed}"
+    resume = _fresh_or_resumed(out, "last.json")
+    train_visual(
+        from_preset(
+            TrainVisualConfig,
+            "train-visual",
+            config.visual,
+            dataset=dataset,
+            out=out,
+            seed=seed,
+            resume=resume,
+            progress=config.progress,
+        )
+    )
+    return out
+
+
+def stage_dynamics(config: ReproduceConfig, method: str, seed: int, dataset: Path, visual: Path | None) -> Path:
+    """Train (or finish training) the dynamics of `method` on the dataset of `seed`."""
+    out = config.out / "runs" / method / f"seed{seed}"
+    resume = _fresh_or_resumed(out, "last.json")
+    train_dynamics(
+        from_preset(
+            TrainDynamicsConfig,
+            "train-dynamics",
+            config.dynamics,
+            overrides={"keypoints": {"seed": seed}},
+            dataset=dataset,
+            out=out,
+            latent=method,
+            visual_run=None if method == REFERENCE else visual,
+            seed=seed,
+            resume=resume,
+            progress=config.progress,
+        )
+    )
+    return out
+
+
+def stage_evaluation(config: ReproduceConfig, method: str, seed: int, run: Path) -> Path:
+    """Evaluate (or finish evaluating) a dynamics run on the fixed start/goal pairs, its planner seeded by `seed`."""
+    out = config.out / "eval" / method / f"seed{seed}"
+    evaluate(
+        from_preset(
+            EvaluateConfig,
+            "evaluate",
+            config.evaluation,
+            run=run,
+            out=out,
+            seed=seed,
+            workers=config.workers,
+            resume=(out / "config.json").exists(),
+            progress=config.progress,
+        )
+    )
+    return out
+
+
+def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
+    """Run (or resume) every stage, then write table.md and table.json; returns the table's JSON."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(config.out / "reproduce.json", {**vars(config), "out": str(config.out)})
+    evaluations: dict[str, list[Path]] = {method: [] for method in config.methods}
+    for seed in range(config.seeds):
+        dataset = stage_dataset(config, seed)
+        needs_visual = any(method != REFERENCE for method in config.methods)
+        visual = stage_visual(config, seed, dataset) if needs_visual else None
+        for method in config.methods:
+            run = stage_dynamics(config, method, seed, dataset, visual)
+            evaluations[method].append(stage_evaluation(config, method, seed, run))
+    table = results_table(config.table, config.task, evaluations)
+    write_json_atomic(config.out / "table.json", table)
+    write_text_atomic(config.out / "table.md", format_table(table))
+    return table
+
+
+def _episode_errors(evaluation: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(P,) final position errors (cm), angle errors (deg) and pair indices of an evaluation, and its summary."""
+    results = json.loads((evaluation / "results.json").read_text())
+    rows = sorted(results["episodes"], key=lambda row: row["index"])
+    position = np.array([row["final_position_error_cm"] for row in rows])
+    angle = np.array([row["final_angle_error_deg"] for row in rows])
+    return position, angle, np.array([row["index"] for row in rows]), results["summary"]
+
+
+def method_row(evaluations: list[Path]) -> dict[str, Any]:
+    """One method's figures over its seeds' evaluations (each on the same start/goal pairs).
+
+    The interval is a 95% bootstrap over the pairs of the per-pair error averaged over seeds; the spread is
+    over the per-seed means.
+
+    Raises:
+        ValueError: the seeds' evaluations are of different start/goal pairs.
+    """
+    positions, angles, successes, per_seed = [], [], [], []
+    pairs = None
+    for evaluation in evaluations:
+        position, angle, indices, summary = _episode_errors(evaluation)
+        if pairs is not None and not np.array_equal(indices, pairs):
+            raise ValueError(f"{evaluation} holds other start/goal pairs than {evaluations[0]}; evaluate them alike")
+        pairs = indices
+        threshold = summary["success_threshold"]
+        positions.append(position)
+        angles.append(angle)
+        successes.append(np.mean((position <= threshold["position_cm"]) & (angle <= threshold["angle_deg"])))
+        per_seed.append({"evaluation": str(evaluation), "position_mean_cm": float(position.mean())})
+    position, angle = np.mean(positions, axis=0), np.mean(angles, axis=0)
+    initial = _episode_errors(evaluations[0])[3]
+    return {
+        "seeds": len(evaluations),
+        "pairs": len(position),
+        "position_mean_cm": float(np.mean([p.mean() for p in positions])),
+        "position_median_cm": float(np.mean([np.median(p) for p in positions])),
+        "position_interval_cm": bootstrap_mean_interval(position),
+        "angle_mean_deg": float(np.mean([a.mean() for a in angles])),
+        "angle_median_deg": float(np.mean([np.median(a) for a in angles])),
+        "angle_interval_deg": bootstrap_mean_interval(angle),
+        "success_rate": float(np.mean(successes)),
+        "position_mean_over_seeds_cm": spread([p.mean() for p in positions]),
+        "per_seed": per_seed,
+        "trajectory": (
+            initial["initial_position_error_cm"]["mean"],
+            initial["initial_angle_error_deg"]["mean"],
+        ),
+    }
+
+
+def results_table(table: str, task: str, evaluations: dict[str, list[Path]]) -> dict[str, Any]:
+    """The table's JSON: a row per method (see `method_row`) with its ratio to GT 3D and the paper's figures."""
+    paper = TABLES[table].get(task, {})
+    rows = {method: method_row(paths) for method, paths in evaluations.items()}
+    reference = rows.get(REFERENCE)
+    for method, row in rows.items():
+        row["label"] = LATENT_LABELS.get(method, method)
+        row["paper"] = paper.get(method)
+        if reference is not None:
+            row["ratio_to_gt3d"] = row["position_mean_cm"] / reference["position_mean_cm"]
+            ratios = [
+                own["position_mean_cm"] / ref["position_mean_cm"]
+                for own, ref in zip(row["per_seed"], reference["per_seed"], strict=False)
+            ]
+            row["ratio_to_gt3d_over_seeds"] = spread(ratios)
+    first = next(iter(rows.values()))
+    return {
+        "table": table,
+        "task": task,
+        "rows": rows,
+        "trajectory": first["trajectory"],
+        "paper_trajectory": paper.get("trajectory"),
+    }
+
+
+def format_table(table: dict[str, Any]) -> str:
+    """table.md: the table's rows in Markdown, the paper's figures beside keydyn's."""
+    lines = [
+        f"Goal reaching on `{table['task']}` ({table['table']}): final error of the object against the goal pose, "
+        "mean over the start/goal pairs [95% bootstrap interval], median; success within 3 cm and 30 deg; over "
+        "seeds, the spread (std, min-max) of the mean position error.",
+        "",
+        "| method | position (cm) mean [95% CI] | median | angle (deg) mean [95% CI] | median | success | x GT 3D "
+        "| seeds: position mean std (min-max) | paper (cm / deg) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table["rows"].values():
+        low, high = row["position_interval_cm"]
+        angle_low, angle_high = row["angle_interval_deg"]
+        seeds = row["position_mean_over_seeds_cm"]
+        spread_text = (
+            f"{seeds['std']:.2f} ({seeds['min']:.2f}-{seeds['max']:.2f}), {row['seeds']} seeds"
+            if row["seeds"] > 1
+            else "1 seed"
+        )
+        ratio = f"{row['ratio_to_gt3d']:.2f}x" if "ratio_to_gt3d" in row else ""
+        paper = "" if row["paper"] is None else f"{row['paper'][0]:.2f} / {row['paper'][1]:.2f}"
+        lines.append(
+            f"| {row['label']} | {row['position_mean_cm']:.2f} [{low:.2f}, {high:.2f}] "
+            f"| {row['position_median_cm']:.2f} "
+            f"| {row['angle_mean_deg']:.2f} [{angle_low:.2f}, {angle_high:.2f}] | {row['angle_median_deg']:.2f} "
+            f"| {100 * row['success_rate']:.0f}% | {ratio} | {spread_text} | {paper} |"
+        )
+    trajectory, paper_trajectory = table["trajectory"], table["paper_trajectory"]
+    paper = "" if paper_trajectory is None else f"{paper_trajectory[0]:.2f} / {paper_trajectory[1]:.2f}"
+    lines.append(f"| Avg. trajectory | {trajectory[0]:.2f} | | {trajectory[1]:.2f} | | | | | {paper} |")
+    return "\n".join(lines) + "\n"

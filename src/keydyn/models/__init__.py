@@ -1,0 +1,81 @@
+"""Trained models shipped with keydyn: descriptor networks and dynamics runs, ready for control.
+
+`keydyn/models/<task>/` holds, for a task:
+
+    manifest.json      format version, provenance (the commands and commit that made the models, their measured
+                       errors) and the SHA-256 of every file below
+    visual/            the descriptor network (best.json + best.safetensors of `keydyn train-visual`)
+    <method>/          dynamics runs (`keydyn train-dynamics`): config.json, task.json, best.json,
+                       best.safetensors, and for descriptor latents the references, the rigid filter and
+                       visual_network.json, whose `visual_run` (../visual) is relative to the run
+
+`shipped_run(task, method)` checks the manifest (version, every file's hash) and returns the run directory, which
+loads like any other run (`keydyn.control.run.load_run`, `keydyn evaluate --run`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+"""Version of the shipped-model layout; bumped when the files or their meaning change."""
+
+
+def models_root() -> Path:
+    """The directory of the shipped models (inside the installed package)."""
+    return Path(str(resources.files(__name__)))
+
+
+def shipped_tasks() -> list[str]:
+    """Tasks with shipped models."""
+    return sorted(path.parent.name for path in models_root().glob("*/manifest.json"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(task: str) -> dict[str, Any]:
+    """The manifest of a task's shipped models, checked: its format version and the hash of every file.
+
+    Raises:
+        ValueError: no models for `task`, a manifest of another format version, or a file that is missing or
+            differs from the one shipped (its hash names it).
+    """
+    folder = models_root() / task
+    path = folder / "manifest.json"
+    if not path.exists():
+        raise ValueError(f"no shipped models for task {task!r}; shipped: {', '.join(shipped_tasks()) or 'none'}")
+    content = json.loads(path.read_text())
+    if content.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} is of shipped-model format {content.get('format')!r}, this keydyn reads format "
+            f"{FORMAT_VERSION}; reinstall keydyn so that its code and models match"
+        )
+    for name, expected in content["files"].items():
+        file = folder / name
+        if not file.exists():
+            raise ValueError(f"shipped model file {file} is missing; reinstall keydyn")
+        if file_sha256(file) != expected:
+            raise ValueError(f"shipped model file {file} differs from the one shipped (SHA-256); reinstall keydyn")
+    return content
+
+
+def shipped_run(task: str, method: str) -> Path:
+    """The checked directory of the shipped dynamics run of `method` (e.g. "sds", "gt3d") on `task`.
+
+    Raises:
+        ValueError: as `manifest`, or no shipped run of `method` for `task`.
+    """
+    content = manifest(task)
+    if method not in content["runs"]:
+        raise ValueError(f"no shipped {method} run for {task}; shipped: {', '.join(content['runs'])}")
+    return models_root() / task / method

@@ -1,0 +1,198 @@
+"""Recipes as data: YAML presets of every command's settings, shipped inside the package.
+
+A preset is `keydyn/presets/<command>/<name>.yaml`: a nested mapping of the settings that differ from the
+config dataclass's defaults (the same names as the command-line flags, with `_` for `-`). Every command
+applies its `default` preset (the best recipe measured, see README) unless `--preset NAME` picks another;
+`paper` and `original` give the paper's and the original code's settings where they differ. Flags given on
+the command line override the preset, and the run saves the resolved config (config.json).
+
+A preset may start from another one of the same command with `extends: NAME`; its own settings win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+DEFAULT = "default"
+
+
+def _folder(command: str) -> Any:
+    return resources.files(__name__).joinpath(command)
+
+
+def preset_names(command: str) -> list[str]:
+    """The presets shipped for `command` (e.g. "train-visual"), sorted."""
+    folder = _folder(command)
+    if not folder.is_dir():
+        return []
+    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def preset_commands() -> list[str]:
+    """Every command that has presets."""
+    folders = resources.files(__name__).iterdir()
+    return sorted(entry.name for entry in folders if entry.is_dir() and not entry.name.startswith("_"))
+
+
+@cache
+def _read(command: str, name: str) -> dict[str, Any]:
+    entry = _folder(command).joinpath(f"{name}.yaml")
+    if not entry.is_file():
+        known = ", ".join(preset_names(command)) or "none"
+        raise ValueError(f"no preset {name!r} for `keydyn {command}`; its presets: {known}")
+    try:
+        values = yaml.safe_load(entry.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"preset {command}/{name}.yaml is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"preset {command}/{name}.yaml must hold a mapping of settings, not {type(values).__name__}")
+    return values
+
+
+def load_preset(command: str, name: str = DEFAULT) -> dict[str, Any]:
+    """The settings of preset `name` of `command`, with `extends` resolved (a fresh nested dict)."""
+    values = dict(_read(command, name))
+    parent = values.pop("extends", None)
+    if parent is None:
+        return _copy(values)
+    if parent == name:
+        raise ValueError(f"preset {command}/{name}.yaml extends itself")
+    return merge(load_preset(command, parent), values)
+
+
+def _copy(values: Any) -> Any:
+    if isinstance(values, dict):
+        return {key: _copy(value) for key, value in values.items()}
+    if isinstance(values, list):
+        return [_copy(value) for value in values]
+    return values
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` laid over it, nested mappings merged key by key (neither is modified)."""
+    merged = _copy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = _copy(value)
+    return merged
+
+
+def _dataclass_of(annotation: Any) -> type | None:
+    """The dataclass named by a field's annotation (also inside `X | None`), else None."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        classes = [arg for arg in typing.get_args(annotation) if dataclasses.is_dataclass(arg)]
+        return classes[0] if len(classes) == 1 else None
+    return None
+
+
+def _is_tuple(annotation: Any) -> bool:
+    return annotation is tuple or typing.get_origin(annotation) is tuple
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
+def field_values(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Preset `values` for dataclass `cls` as constructor arguments: a nested mapping is laid over that field's
+    default (a nested dataclass, e.g. the CPU network of train-visual), lists become tuples where the field is
+    a tuple, strings paths where it is a path.
+
+    Raises:
+        ValueError: a key is not a field of `cls` (named with `where`, e.g. "train-visual/default.yaml").
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{where}: {', '.join(unknown)} {'is not a setting' if len(unknown) == 1 else 'are not settings'} of "
+            f"{cls.__name__}; its settings: {', '.join(fields)}"
+        )
+    arguments = {}
+    for name, value in values.items():
+        nested = _dataclass_of(hints[name])
+        if nested is not None and isinstance(value, dict):
+            default = _field_default(fields[name])
+            base = default if isinstance(default, nested) else None
+            overrides = field_values(type(base) if base is not None else nested, value, f"{where}: {name}")
+            arguments[name] = dataclasses.replace(base, **overrides) if base is not None else nested(**overrides)
+        elif _is_tuple(hints[name]) and isinstance(value, list):
+            arguments[name] = tuple(value)
+        elif isinstance(hints[name], type) and issubclass(hints[name], Path) and isinstance(value, str):
+            arguments[name] = Path(value)
+        else:
+            arguments[name] = value
+    return arguments
+
+
+def from_preset(
+    cls: type[T], command: str, name: str = DEFAULT, overrides: dict[str, Any] | None = None, **settings: Any
+) -> T:
+    """A validated `cls` config: its defaults, then preset `name` of `command`, then `overrides` (a nested
+    mapping merged into the preset's, as a preset would give it), then `settings` (whole values, for instance
+    the required paths)."""
+    values = merge(load_preset(command, name), overrides or {})
+    arguments = field_values(cls, values, f"preset {command}/{name}.yaml")
+    return cls(**{**arguments, **settings})
+
+
+def cli_default(cls: type[T], command: str, name: str = DEFAULT) -> T:
+    """`cls` at preset `name`, unvalidated, with the fields that have no default (the required paths) set to
+    tyro.MISSING: the default instance from which the command line parses the user's flags."""
+    import tyro  # only the command line needs it
+
+    arguments = field_values(cls, load_preset(command, name), f"preset {command}/{name}.yaml")
+    instance = object.__new__(cls)
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = arguments.get(field.name, _field_default(field))
+        if value is dataclasses.MISSING:
+            value = tyro.MISSING
+        object.__setattr__(instance, field.name, value)
+    return instance
+
+
+def to_preset(config: Any, defaults: Any = None) -> dict[str, Any]:
+    """The settings of `config` (a dataclass) that differ from `defaults` (by default its class's defaults;
+    nested dataclasses are compared with their field's default), as a preset mapping: nested dataclasses as
+    mappings, tuples and paths as lists and strings; fields without a default are included.
+    `field_values(type(config), to_preset(config))` rebuilds `config`."""
+    values = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        default = _field_default(field) if defaults is None else getattr(defaults, field.name)
+        if value == default:
+            continue
+        if dataclasses.is_dataclass(value) and type(default) is type(value):
+            values[field.name] = to_preset(value, default)
+        else:
+            values[field.name] = _plain(value)
+    return values
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

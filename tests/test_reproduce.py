@@ -1,0 +1,124 @@
+"""`keydyn reproduce`: every stage at toy sizes, its table, and resumption after a kill in each stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keydyn.evaluation.reproduce import ReproduceConfig, method_row
+from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
+
+ARGS = ["reproduce", "table1", "--task", "top_down", "--preset", "tiny", "--methods", "gt3d", "sds", "--no-progress"]
+STAGE_MARKERS = (
+    "data/seed0/zarr.json",  # collection under way
+    "visual/seed0/last.json",  # descriptor training checkpointed
+    "runs/sds/seed0/last.json",  # dynamics training checkpointed
+    "eval/sds/seed0/config.json",  # evaluation under way
+)
+
+
+def _command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "keydyn.cli", *ARGS, "--out", str(out)]
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _kill_when(out: Path, marker: str, timeout_s: float = 240.0) -> None:
+    """Start the reproduction and kill -9 its whole process group as soon as `marker` appears (or it ends)."""
+    process = subprocess.Popen(
+        _command(out), env=_environment(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and not (out / marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_reproduce_writes_the_table_and_resumes_after_a_kill_in_each_stage(tmp_path):
+    reference = tmp_path / "reference"
+    finished = subprocess.run(_command(reference), env=_environment(), capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    table = json.loads((reference / "table.json").read_text())
+    assert list(table["rows"]) == ["gt3d", "sds"]
+    gt3d, sds = table["rows"]["gt3d"], table["rows"]["sds"]
+    assert gt3d["pairs"] == sds["pairs"] == 2 and gt3d["ratio_to_gt3d"] == 1.0
+    assert sds["ratio_to_gt3d"] == pytest.approx(sds["position_mean_cm"] / gt3d["position_mean_cm"])
+    assert tuple(sds["paper"]) == (1.19, 3.88) and tuple(table["paper_trajectory"]) == (11.32, 32.05)
+    low, high = sds["position_interval_cm"]
+    assert low <= sds["position_mean_cm"] <= high
+    # The stages are ordinary runs, made from the named presets.
+    assert json.loads((reference / "runs/sds/seed0/config.json").read_text())["horizon"] == 5
+    assert json.loads((reference / "visual/seed0/last.json").read_text())["step"] == 4
+    markdown = (reference / "table.md").read_text()
+    assert "| SDS |" in markdown and "| 1.19 / 3.88 |" in markdown and "Avg. trajectory" in markdown
+
+    interrupted = tmp_path / "interrupted"
+    for marker in STAGE_MARKERS:
+        _kill_when(interrupted, marker)
+    resumed = subprocess.run(_command(interrupted), env=_environment(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    again = json.loads((interrupted / "table.json").read_text())
+    for method in ("gt3d", "sds"):
+        for key in ("position_mean_cm", "angle_mean_deg", "success_rate", "position_interval_cm"):
+            assert again["rows"][method][key] == table["rows"][method][key], (method, key)
+
+
+def _evaluation(directory: Path, positions: list[float], angles: list[float]) -> Path:
+    rows = [
+        {"index": i, "final_position_error_cm": p, "final_angle_error_deg": a}
+        for i, (p, a) in enumerate(zip(positions, angles, strict=True))
+    ]
+    summary = {
+        "success_threshold": {"position_cm": 3.0, "angle_deg": 30.0},
+        "initial_position_error_cm": {"mean": 10.0},
+        "initial_angle_error_deg": {"mean": 30.0},
+    }
+    directory.mkdir(parents=True)
+    (directory / "results.json").write_text(json.dumps({"episodes": rows, "summary": summary}))
+    return directory
+
+
+def test_method_row_averages_seeds_and_reports_their_spread(tmp_path):
+    one = _evaluation(tmp_path / "s0", [1.0, 2.0, 4.0], [5.0, 40.0, 10.0])
+    two = _evaluation(tmp_path / "s1", [3.0, 2.0, 1.0], [5.0, 5.0, 5.0])
+    row = method_row([one, two])
+    assert row["position_mean_cm"] == pytest.approx(np.mean([7 / 3, 2.0]))
+    assert row["success_rate"] == pytest.approx(np.mean([1 / 3, 1.0]))  # 40 deg and 4 cm fail; 3 cm succeeds
+    assert row["position_mean_over_seeds_cm"] == pytest.approx(spread([7 / 3, 2.0]))
+    assert row["position_interval_cm"] == bootstrap_mean_interval([2.0, 2.0, 2.5])  # per-pair means over seeds
+    other_pairs = tmp_path / "other"
+    _evaluation(other_pairs, [1.0, 2.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="other start/goal pairs"):
+        method_row([one, other_pairs])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_pairs():
+    generator = np.random.default_rng(3)
+    few, many = generator.exponential(1.0, 20), generator.exponential(1.0, 2000)
+    few_low, few_high = bootstrap_mean_interval(few)
+    many_low, many_high = bootstrap_mean_interval(many)
+    assert few_low < few.mean() < few_high and many_low < many.mean() < many_high
+    assert many_high - many_low < (few_high - few_low) / 5
+    assert bootstrap_mean_interval([2.5]) == (2.5, 2.5)
+    assert spread([1.0]) == {"mean": 1.0, "std": 0.0, "min": 1.0, "max": 1.0}
+
+
+def test_reproduce_refuses_unknown_methods_tasks_and_presets(tmp_path):
+    with pytest.raises(ValueError, match="has no method transporter"):
+        ReproduceConfig(out=tmp_path, methods=("sds", "transporter"))
+    with pytest.raises(ValueError, match="unknown task"):
+        ReproduceConfig(out=tmp_path, task="kitchen")
+    with pytest.raises(ValueError, match="no preset 'fastest' for `keydyn train-visual`"):
+        ReproduceConfig(out=tmp_path, visual="fastest")
