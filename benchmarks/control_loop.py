@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from keydyn.control import LatentEncoder, MPCController, terminal_keypoint_cost
+from keydyn.control import MPCController, terminal_cost
+from keydyn.latents import LatentEncoder
 from keydyn.sim.env import PushingEnv
 
 
@@ -22,8 +23,8 @@ def time_control_loop(
     encoder.reset(observation, info)
     latent = encoder.encode(observation, info)
     controller.reset(latent, seed=0)
-    goal = torch.as_tensor(latent[: encoder.layout.keypoint_dim] + 0.05)
-    cost = terminal_keypoint_cost(goal, controller.keypoints)
+    goal = torch.as_tensor(latent[controller.latent_part] + 0.05)
+    cost = terminal_cost(goal, controller.state_part)
     step_times, encode_times = [], []
     for step in range(steps + 2):
         start = time.perf_counter()

@@ -22,10 +22,10 @@ import numpy as np
 import tyro
 
 from keydyn.data.split import split_episodes
-from keydyn.keypoints.accuracy import VISIBILITY_TOLERANCE_M, keypoint_errors
-from keydyn.keypoints.latents import load_run_visual, load_visual, run_locates_in_bf16
-from keydyn.keypoints.references import KeypointConfig, References, choose_references
-from keydyn.keypoints.rigid import RigidFilter
+from keydyn.latents.descriptor.accuracy import VISIBILITY_TOLERANCE_M, keypoint_errors
+from keydyn.latents.descriptor.method import load_run_visual, load_visual, run_locates_in_bf16
+from keydyn.latents.descriptor.references import KeypointConfig, References, choose_references
+from keydyn.latents.descriptor.rigid import RigidFilter
 from keydyn.machine import machine
 from keydyn.runs import open_dataset
 

@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from control_loop import time_control_loop
-from keydyn.control import GroundTruthEncoder, MPCConfig, MPCController
+from keydyn.control import MPCConfig, MPCController
 from keydyn.control.mpc import model_dynamics
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
+from keydyn.latents.gt3d import GroundTruthEncoder
 from keydyn.machine import machine
 from keydyn.planning import MPPI, MPPIConfig
 from keydyn.sim.env import PushingEnv

@@ -33,8 +33,8 @@ from control_loop import time_control_loop
 from keydyn.control import MPCConfig, MPCController
 from keydyn.data.collect import CollectConfig, collect
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
-from keydyn.keypoints.encoder import DescriptorEncoder
-from keydyn.keypoints.references import References
+from keydyn.latents.descriptor.encoder import DescriptorEncoder
+from keydyn.latents.descriptor.references import References
 from keydyn.machine import machine
 from keydyn.sim.env import PushingEnv
 from keydyn.vision.keypoints import locate_keypoints

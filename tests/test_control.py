@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from keydyn.control import (
-    GroundTruthEncoder,
-    MPCConfig,
-    MPCController,
-    constant_velocity_grid,
-    terminal_keypoint_cost,
-    tracking_cost,
-)
+from keydyn.control import MPCConfig, MPCController, constant_velocity_grid, terminal_cost, tracking_cost
 from keydyn.control.mpc import model_dynamics
 from keydyn.dynamics.model import DynamicsMLP
 from keydyn.dynamics.train import load_dynamics
+from keydyn.latents.gt3d import GroundTruthEncoder
 from keydyn.planning import MPPIConfig
 from keydyn.sim.config import task_config
 from keydyn.sim.env import PushingEnv, mug_shape
@@ -32,7 +26,7 @@ def small_mpc(**overrides) -> MPCConfig:
 def test_terminal_cost_is_the_scaled_keypoint_distance_per_environment():
     keypoints = slice(0, 3)
     goals = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    cost = terminal_keypoint_cost(goals, keypoints, scale=100.0)
+    cost = terminal_cost(goals, keypoints, scale=100.0)
     # B = 2 environments x N = 2 samples, H = 1; state = 3 keypoint entries + 2 extra (ignored).
     states = torch.zeros(4, 2, 5)
     states[:, -1, :3] = torch.tensor([[0.03, 0.04, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -90,7 +84,7 @@ def test_controller_keeps_history_and_warm_start_and_shrinks_its_horizon():
 
     def make_cost(horizon):
         horizons.append(horizon)
-        return terminal_keypoint_cost(goal, controller.keypoints)
+        return terminal_cost(goal, controller.state_part)
 
     action = controller.act(latent0, make_cost, steps_left=3)
     assert action.shape == (2,) and np.all(np.abs(action) <= 0.3 + 1e-6)
@@ -112,12 +106,12 @@ def test_observation_gain_blends_located_keypoints_with_the_models_prediction(ga
     latent1 = latent0 + 0.02
 
     def make_cost(horizon):
-        return terminal_keypoint_cost(torch.zeros(12), controller.keypoints)
+        return terminal_cost(torch.zeros(12), controller.state_part)
 
     controller.reset(latent0, seed=0)
     action = controller.act(latent0, make_cost, steps_left=3)
     before = controller.state()
-    predicted = model_dynamics(model, "bf16")(before[None], torch.as_tensor(action)[None])[0, controller.keypoints]
+    predicted = model_dynamics(model, "bf16")(before[None], torch.as_tensor(action)[None])[0, controller.state_part]
     controller.act(latent1, make_cost, steps_left=2)
     recorded = model.unpack_state(controller.state()[None])[0][0, 1].numpy()
     expected = latent1.copy()
@@ -137,7 +131,7 @@ def test_controller_is_reproducible_from_its_seed():
         mppi = MPPIConfig(num_samples=64, iterations=2, return_best=False)  # the weighted mean: seed-dependent
         controller = MPCController(model, small_mpc(grid_seed=False, mppi=mppi))
         controller.reset(latent, seed)
-        return controller.act(latent, lambda h: terminal_keypoint_cost(torch.zeros(12), controller.keypoints))
+        return controller.act(latent, lambda h: terminal_cost(torch.zeros(12), controller.state_part))
 
     np.testing.assert_array_equal(first_action(3), first_action(3))
     assert not np.array_equal(first_action(3), first_action(4))

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 
-import pytest
-
-from keydyn import models
 from keydyn.cli import main
 from keydyn.data.store import EpisodeStore
 

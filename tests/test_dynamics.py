@@ -13,19 +13,12 @@ from safetensors.torch import load_file
 
 from keydyn.data.split import split_episodes
 from keydyn.data.store import EpisodeStore
-from keydyn.dynamics import (
-    DynamicsMLP,
-    GroundTruthKeypoints,
-    LatentLayout,
-    PlanarMotion,
-    ground_truth_latents,
-    make_windows,
-    transform_latents,
-)
+from keydyn.dynamics import DynamicsMLP, PlanarMotion, make_windows, transform_latents
 from keydyn.dynamics.augment import augment_windows, rotate_vectors_xy
-from keydyn.dynamics.latent import box_top_corners, rotate_by_quaternions
 from keydyn.dynamics.train import TrainDynamicsConfig, load_dynamics, train_dynamics
 from keydyn.dynamics.windows import window_starts
+from keydyn.latents import LatentLayout
+from keydyn.latents.gt3d import GroundTruthKeypoints, box_top_corners, ground_truth_latents, rotate_by_quaternions
 from keydyn.sim.config import SUGAR_BOX_SIZE, task_config
 from keydyn.sim.env import PushingEnv, quaternion_multiply, yaw_quaternion
 

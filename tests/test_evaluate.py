@@ -101,7 +101,7 @@ def test_demonstration_replays_its_pair_and_offsets_move_the_start(small_run):
     demo = pair_demonstration(env, trained.encoder, pair)
     assert demo.steps == 15 and demo.latents.shape == (16, 14)
     np.testing.assert_array_equal(demo.positions[-1], pair.goal_position)  # the replay is exact
-    reference = demo.reference(12, 5, 12)
+    reference = demo.reference(12, 5, slice(0, 12))
     np.testing.assert_array_equal(reference[3:], demo.latents[[15, 15], :12])  # padded with the last latent
     env.reset(options=perturbed_start(demo, 0.03, -0.02, np.radians(20)))
     position, quaternion = env.object_pose()

@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from keydyn.dynamics.train import TrainDynamicsConfig, load_keypoint_weights, train_dynamics
-from keydyn.keypoints.dataset import compute_keypoints, dataset_keypoints
-from keydyn.keypoints.latents import load_descriptor_encoder, load_visual
-from keydyn.keypoints.references import (
+from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
+from keydyn.latents import get_latent
+from keydyn.latents.descriptor.dataset import compute_keypoints, dataset_keypoints
+from keydyn.latents.descriptor.method import load_descriptor_encoder, load_visual
+from keydyn.latents.descriptor.references import (
     KeypointConfig,
     References,
     choose_references,
     locate_references,
     reference_frame,
 )
-from keydyn.keypoints.weights import KeypointWeights
+from keydyn.latents.descriptor.weights import KeypointWeights
 from keydyn.runs import open_dataset
 from keydyn.sim.config import SUGAR_BOX_SIZE
 from keydyn.vision.geometry import pose_matrix
@@ -205,7 +206,7 @@ def test_keypoint_weights_stay_convex_when_trained_with_the_dynamics(small_datas
     )
     with one_thread():
         train_dynamics(config)
-    trained = load_keypoint_weights(config.out, "last")
+    trained = get_latent("wsds").load_trainable(config.out, "last")
     assert trained is not None and trained.alpha.shape == (5, 5)
     assert not torch.equal(trained.alpha, KeypointWeights(5).alpha)  # trained jointly
     matrix = trained.matrix
@@ -247,7 +248,7 @@ def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, t
 def test_keypoint_errors_measure_located_points_against_the_true_object_points(small_dataset, visual_run):
     """The reference points carried by the true object poses land on the object mask wherever they count as
     visible, and the errors of a trained network are far below those of an untrained one."""
-    from keydyn.keypoints.accuracy import keypoint_errors, reference_object_points
+    from keydyn.latents.descriptor.accuracy import keypoint_errors, reference_object_points
     from keydyn.vision.geometry import project, transform_points
 
     store = open_dataset(small_dataset)
@@ -297,7 +298,7 @@ def test_keypoint_errors_measure_located_points_against_the_true_object_points(s
 def test_confidence_auc_counts_the_pairs_a_threshold_orders():
     """The visibility AUC of confidence is the fraction of (visible, occluded) pairs in which the visible
     sighting is more confident, ties counting half."""
-    from keydyn.keypoints.accuracy import confidence_auc
+    from keydyn.latents.descriptor.accuracy import confidence_auc
 
     assert confidence_auc(np.array([0.9, 0.8]), np.array([0.1, 0.2, 0.3])) == 1.0
     assert confidence_auc(np.array([0.1]), np.array([0.5, 0.6])) == 0.0
@@ -311,8 +312,8 @@ def test_confidence_auc_counts_the_pairs_a_threshold_orders():
 def test_fused_cameras_locate_alike_in_the_dataset_and_at_control_time(small_dataset, visual_run, tmp_path):
     """--keypoints.fuse-cameras: the references are located in both cameras; the dataset keypoints are the
     confidence-weighted mean of each camera's own, and the control-time encoder gives the same latent."""
-    from keydyn.keypoints.encoder import DescriptorEncoder
-    from keydyn.keypoints.fusion import fuse_keypoints
+    from keydyn.latents.descriptor.encoder import DescriptorEncoder
+    from keydyn.latents.descriptor.fusion import fuse_keypoints
     from keydyn.vision.keypoints import Keypoints
 
     store = open_dataset(small_dataset)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from keydyn.keypoints.references import KeypointConfig
-from keydyn.keypoints.rigid import RigidFilter, rigid_consistency, rigid_fit, rigid_template
+from keydyn.latents.descriptor.references import KeypointConfig
+from keydyn.latents.descriptor.rigid import RigidFilter, rigid_consistency, rigid_fit, rigid_template
 from keydyn.vision.geometry import pose_matrix
 
 TEMPLATE = torch.tensor(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from keydyn.dynamics.latent import rotate_by_quaternions
+from keydyn.latents.gt3d import rotate_by_quaternions
 from keydyn.vision.geometry import (
     bilinear_sample,
     invert_transform,

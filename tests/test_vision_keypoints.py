@@ -257,7 +257,7 @@ def test_pixel_depth_keeps_a_keypoint_on_the_surface_at_an_edge():
 
 
 def test_fused_keypoints_are_the_confidence_weighted_mean_seen_from_the_first_camera():
-    from keydyn.keypoints.fusion import fuse_keypoints
+    from keydyn.latents.descriptor.fusion import fuse_keypoints
     from keydyn.vision.geometry import project
     from keydyn.vision.keypoints import Keypoints
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from keydyn.dynamics.model import DynamicsMLP
+from keydyn.latents.base import PUSHER_DIM
 from keydyn.planning import (
     CEM,
     MPPI,
@@ -56,15 +57,16 @@ class MPCConfig:
     action_limit: float = 0.3
     """Per-axis bound of planned pusher velocities, m/s (the original code's clip)."""
     cost_scale: float = 100.0
-    """Cost units per metre of keypoint error (100: centimetres)."""
+    """Cost units per unit of the compared latent entries (keypoint latents: 100 per metre, centimetres)."""
     precision: Literal["fp32", "bf16"] = "bf16"
     """Arithmetic of the dynamics model's layers while planning; bf16 autocast keeps states in fp32."""
     device: str = "cpu"
     """Torch device for planning; "auto" picks cuda when available."""
     observation_gain: float = 1.0
-    """Weight of each newly located set of object keypoints against the dynamics model's prediction of them from
-    the previous state and the executed action (a fixed-gain filter; beyond the paper). 1: the observation
-    alone, as the paper; below 1 damps the keypoints' frame-to-frame jitter and single-frame jumps."""
+    """Weight of each newly located set of object keypoints (the compared latent entries) against the dynamics
+    model's prediction of them from the previous state and the executed action (a fixed-gain filter; beyond the
+    paper). 1: the observation alone, as the paper; below 1 damps the keypoints' frame-to-frame jitter and
+    single-frame jumps."""
 
     def __post_init__(self) -> None:
         if not 0 < self.observation_gain <= 1:
@@ -112,9 +114,13 @@ class MPCController:
 
     Usage per episode: `reset(first_latent, seed)`, then each step `act(latent, make_cost, steps_left)`, where
     `make_cost(H)` gives the planning cost for a horizon of H steps.
+
+    cost_part: the entries of a latent that costs compare and the observation filter blends (the run's
+        `LatentMethod.cost_part`); default all but the pusher xy. `latent_part` holds it, `state_part` the
+        same entries of the most recent latent inside the model's Markov state.
     """
 
-    def __init__(self, model: DynamicsMLP, config: MPCConfig) -> None:
+    def __init__(self, model: DynamicsMLP, config: MPCConfig, cost_part: slice | None = None) -> None:
         self.config = config
         device = resolve_device(config.device)
         self.device = device
@@ -127,10 +133,11 @@ class MPCController:
         )
         self.grid = torch.as_tensor(constant_velocity_grid(config.grid_headings, config.grid_speeds), device=device)
         self.grid = torch.clamp(self.grid, -limit, limit)
-        n = model.history
-        # Offset of the most recent latent's object keypoints inside the Markov state.
-        start = (n - 1) * model.latent_dim
-        self.keypoints = slice(start, start + model.latent_dim - 2)
+        dim = model.latent_dim
+        begin, end, _ = (slice(0, dim - PUSHER_DIM) if cost_part is None else cost_part).indices(dim)
+        self.latent_part = slice(begin, end)
+        offset = (model.history - 1) * dim  # where the most recent latent starts inside the Markov state
+        self.state_part = slice(offset + begin, offset + end)
         self._latents: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
         self._executed: np.ndarray | None = None  # the last action, which led to the next latent
@@ -188,13 +195,14 @@ class MPCController:
         return action
 
     def _filtered(self, observed: np.ndarray) -> np.ndarray:
-        """(D,) `observed` with its object keypoints (metres) moved toward the model's prediction of them, made
-        from the state before this observation and the action executed since; the pusher's position is kept."""
+        """(D,) `observed` with its compared entries (object keypoints, metres) moved toward the model's
+        prediction of them, made from the state before this observation and the action executed since; the other
+        entries (the pusher's position) are kept."""
         executed = torch.as_tensor(self._executed, device=self.device)
-        predicted = self.dynamics(self.state()[None], executed[None])[0, self.keypoints].cpu().numpy()
+        predicted = self.dynamics(self.state()[None], executed[None])[0, self.state_part].cpu().numpy()
         gain = self.config.observation_gain
         filtered = observed.copy()
-        filtered[: predicted.shape[0]] = gain * observed[: predicted.shape[0]] + (1 - gain) * predicted
+        filtered[self.latent_part] = gain * observed[self.latent_part] + (1 - gain) * predicted
         return filtered
 
     def _best_constant_velocity(self, state: Tensor, cost: Cost, horizon: int) -> Tensor:

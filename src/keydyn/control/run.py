@@ -1,4 +1,4 @@
-"""Load what a trained run needs at control time: its dynamics model, its latent encoder and its task."""
+"""Load what a trained run needs at control time: its dynamics model, its latent method and encoder, its task."""
 
 from __future__ import annotations
 
@@ -7,24 +7,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from keydyn.control.encoders import GroundTruthEncoder, LatentEncoder
 from keydyn.control.mpc import MPCConfig, MPCController
 from keydyn.dynamics.model import DynamicsMLP
-from keydyn.dynamics.train import load_dynamics, load_keypoint_weights
-from keydyn.keypoints.latents import DESCRIPTOR_LATENTS, load_descriptor_encoder
+from keydyn.dynamics.train import load_dynamics
+from keydyn.latents import LatentEncoder, LatentMethod, get_latent
 from keydyn.sim.config import TASK_NAMES, TaskConfig, task_config
 from keydyn.sim.env import PushingEnv
 
 
 @dataclass
 class TrainedRun:
-    """A dynamics training run loaded for control."""
+    """A dynamics training run loaded for control: `latent` names its `method` (keydyn.latents)."""
 
     path: Path
     model: DynamicsMLP
     encoder: LatentEncoder
     task: TaskConfig
     latent: str
+    method: LatentMethod
 
 
 def run_task(run_dir: Path, task: str | None = None) -> TaskConfig:
@@ -40,21 +40,6 @@ def run_task(run_dir: Path, task: str | None = None) -> TaskConfig:
     return replace(task_config(task), width=trained.width, height=trained.height)
 
 
-def make_encoder(
-    latent: str, task: TaskConfig, run_dir: Path | None = None, which: Literal["best", "last"] = "best"
-) -> LatentEncoder:
-    """The encoder of a latent kind: "gt3d", or a descriptor latent ("ds", "sds", "wds", "wsds"), which is
-    rebuilt from the run directory `run_dir` (references, visual network, and the `which` checkpoint's
-    keypoint weights for wds / wsds)."""
-    if latent == "gt3d":
-        return GroundTruthEncoder(task)
-    if latent in DESCRIPTOR_LATENTS:
-        if run_dir is None:
-            raise ValueError(f"latent {latent!r} is rebuilt from its dynamics run: pass run_dir")
-        return load_descriptor_encoder(run_dir, load_keypoint_weights(run_dir, which))
-    raise ValueError(f"latent {latent!r} has no encoder; supported: gt3d, {', '.join(DESCRIPTOR_LATENTS)}")
-
-
 def load_run(
     run_dir: str | Path, task: str | None = None, which: Literal["best", "last"] = "best", device: str = "cpu"
 ) -> TrainedRun:
@@ -65,18 +50,21 @@ def load_run(
             f"{run_dir} is not a training run (no config.json); train one with keydyn train-dynamics"
         )
     latent = json.loads((run_dir / "config.json").read_text())["latent"]
+    method = get_latent(latent)
     resolved = run_task(run_dir, task)
     model = load_dynamics(run_dir, which, device)
-    return TrainedRun(run_dir, model, make_encoder(latent, resolved, run_dir, which), resolved, latent)
+    return TrainedRun(run_dir, model, method.make_encoder(run_dir, resolved, which), resolved, latent, method)
 
 
 @dataclass
 class ControlSetup:
-    """An environment of a run's task with the run's encoder and an MPC controller over its dynamics."""
+    """An environment of a run's task with the run's encoder and an MPC controller over its dynamics, whose costs
+    compare the entries of the latent the run's `method` names."""
 
     env: PushingEnv
     encoder: LatentEncoder
     controller: MPCController
+    method: LatentMethod
 
 
 def control_setup(
@@ -85,4 +73,5 @@ def control_setup(
     """Load a run and build what a closed-loop episode needs (rendering only if the encoder reads images)."""
     trained = load_run(run_dir, task, which)
     env = PushingEnv(trained.task, images=trained.encoder.needs_images)
-    return ControlSetup(env, trained.encoder, MPCController(trained.model, mpc))
+    controller = MPCController(trained.model, mpc, trained.method.cost_part(trained.model.latent_dim))
+    return ControlSetup(env, trained.encoder, controller, trained.method)

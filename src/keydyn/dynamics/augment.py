@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from keydyn.dynamics.latent import LatentLayout
+from keydyn.latents.base import LatentLayout
 
 
 @dataclass(frozen=True)

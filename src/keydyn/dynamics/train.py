@@ -9,10 +9,12 @@ A run directory holds:
     last.json              model config, epoch and best validation error; written last (the commit)
     best.safetensors/json  the model with the lowest validation final-step error so far
 
-Descriptor latents (--latent ds/sds/wds/wsds with --visual-run) add the references, keypoints.png and the cached
-dataset keypoints (`keydyn.keypoints.latents`). WDS / WSDS train the convex keypoint weights W jointly with the
-model (windows are mapped by W before the loss, so prediction and target are both in z = W x) and store their
-alpha in the same checkpoints under `keypoint_weights.`; validation errors are then those of z.
+The latent method --latent names (`keydyn.latents.get_latent`) makes the latents of every dataset frame and may
+write files of its own into the run (descriptor latents: the references and keypoints.png, see
+`keydyn.latents.descriptor.method`). A method's `trainable` module (WDS / WSDS: the convex keypoint weights W) is
+trained jointly with the model: windows are mapped by it before the loss, so prediction and target are both in
+z = W x; its tensors are stored in the same checkpoints under the method's `parameter_prefix`, and validation
+errors are those of z. Training windows are SE(2)-augmented only for `augmentable` methods.
 
 Every file is written atomically (temporary file, then os.replace), so a killed run resumes from its last
 finished epoch with `resume=True` and then produces the same weights and metrics as an uninterrupted run.
@@ -30,17 +32,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 from tqdm import tqdm
 
 from keydyn.data.split import split_episodes
 from keydyn.dynamics.augment import augment_windows
-from keydyn.dynamics.latent import LatentLayout, ground_truth_latents
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.dynamics.windows import WindowSet, make_windows
 from keydyn.files import read_lines, write_atomic, write_json_atomic, write_lines_atomic
-from keydyn.keypoints.latents import DESCRIPTOR_LATENTS, WEIGHTED_LATENTS, descriptor_latents
-from keydyn.keypoints.references import KeypointConfig
-from keydyn.keypoints.weights import PARAMETER_PREFIX, KeypointWeights
+from keydyn.latents import KeypointConfig, LatentMethod, get_latent, latent_names
 from keydyn.runs import (
     checkpoint_paths,
     load_training_state,
@@ -55,16 +55,16 @@ _RESUMABLE_FIELDS = ("epochs", "resume", "progress", "device")  # may differ bet
 
 @dataclass(frozen=True)
 class TrainDynamicsConfig:
-    """Train a keypoint dynamics model on a dataset's latents."""
+    """Train a latent dynamics model on a dataset's latents."""
 
     dataset: Path
     """Dataset directory written by `keydyn collect`."""
     out: Path
     """Run directory to create (or to continue with --resume)."""
-    latent: Literal["gt3d", "ds", "sds", "wds", "wsds"] = "gt3d"
-    """Latent state: gt3d = 4 ground-truth 3D object keypoints + pusher xy; ds / sds = descriptor keypoints
-    (K = 50 random / K* = 5 spatial descriptors) located by --visual-run's network; wds / wsds = learnt convex
-    combinations of those."""
+    latent: str = "gt3d"
+    """Latent method (`keydyn.latents` registry): gt3d = 4 ground-truth 3D object keypoints + pusher xy;
+    ds / sds = descriptor keypoints (K = 50 random / K* = 5 spatial descriptors) located by --visual-run's
+    network; wds / wsds = learnt convex combinations of those."""
     visual_run: Path | None = None
     """Run directory of `keydyn train-visual`, required by the descriptor latents."""
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
@@ -82,7 +82,7 @@ class TrainDynamicsConfig:
     """Multiply the learning rate by --lr-decay every this many epochs (0: constant; original code: 700)."""
     lr_decay: float = 0.1
     augment: bool = True
-    """SE(2) augmentation of training windows (paper appendix 7.1)."""
+    """SE(2) augmentation of training windows (paper appendix 7.1), for latents that allow it (keypoints)."""
     augment_translation: float = 0.4
     """Maximum augmentation translation per axis, metres."""
     augment_yaw: float = math.pi
@@ -102,15 +102,10 @@ class TrainDynamicsConfig:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.visual_run is not None:
             object.__setattr__(self, "visual_run", Path(self.visual_run))
-        if self.latent not in ("gt3d", *DESCRIPTOR_LATENTS):
-            raise ValueError(f"unknown latent {self.latent!r}; choose gt3d, {', '.join(DESCRIPTOR_LATENTS)}")
-        if self.latent in DESCRIPTOR_LATENTS and self.visual_run is None:
-            raise ValueError(
-                f"--latent {self.latent} locates keypoints with a descriptor network: pass --visual-run with a "
-                "run directory of `keydyn train-visual`"
-            )
-        if self.latent == "gt3d" and self.visual_run is not None:
-            raise ValueError("--visual-run is only used by descriptor latents (ds, sds, wds, wsds); drop it for gt3d")
+        self.method.check_config(self)
+        if self.visual_run is not None and "visual_run" not in self.method.settings:
+            users = [name for name in latent_names() if "visual_run" in get_latent(name).settings]
+            raise ValueError(f"--visual-run is only used by the latents {', '.join(users)}; drop it for {self.latent}")
         for name in ("history", "horizon", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -123,6 +118,16 @@ class TrainDynamicsConfig:
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+
+    @property
+    def method(self) -> LatentMethod:
+        """The registered latent method named by `latent` (ValueError naming the registered ones if unknown)."""
+        return get_latent(self.latent)
+
+    @property
+    def augments(self) -> bool:
+        """Whether training windows are SE(2)-augmented: asked for, and the latent method allows it."""
+        return self.augment and self.method.augmentable
 
     def learning_rate(self, epoch: int) -> float:
         """The step-decayed learning rate of (1-based) `epoch`; a function of the epoch, so resuming needs no state."""
@@ -138,11 +143,14 @@ class TrainDynamicsConfig:
 
 
 # -- atomic files ---------------------------------------------------------------------------------------
-def save_model_atomic(path: Path, model: DynamicsMLP, epoch: int, weights: KeypointWeights | None) -> None:
-    """Weights and normaliser buffers (and the keypoint weights' alpha) as safetensors, tagged with the epoch."""
+def save_model_atomic(
+    path: Path, model: DynamicsMLP, epoch: int, method: LatentMethod, trainable: nn.Module | None
+) -> None:
+    """Weights and normaliser buffers (and the method's jointly trained module) as safetensors, tagged with the
+    epoch."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if weights is not None:
-        tensors.update(weights.tensors())
+    if trainable is not None:
+        tensors.update(method.trainable_tensors(trainable))
     write_atomic(path, lambda p: save_file(tensors, str(p), metadata={"epoch": str(epoch)}))
 
 
@@ -150,7 +158,7 @@ def save_model_atomic(path: Path, model: DynamicsMLP, epoch: int, weights: Keypo
 def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
     """(train, validation) windows of the configured latents, split by episode.
 
-    Descriptor latents write their references, picture and keypoint cache into `config.out`, which must exist.
+    The latent method may write files into `config.out` (e.g. descriptor references), which must exist.
 
     Raises:
         ValueError: no episode is long enough for history + horizon frames, or a split has no windows.
@@ -166,10 +174,7 @@ def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
             f"history + horizon = {needed} frames, but the longest episode of {config.dataset} has "
             f"{lengths.max()} frames; lower --horizon/--history or collect longer episodes (--steps)"
         )
-    if config.latent in DESCRIPTOR_LATENTS:
-        latents = descriptor_latents(store, config.latent, config.visual_run, config.keypoints, config.out)
-    else:
-        latents = ground_truth_latents(store)
+    latents = config.method.dataset_latents(store, config, config.out)
     actions = np.asarray(store.frames("action"), dtype=np.float32)
     train_episodes, val_episodes = split_episodes(store.num_episodes, config.val_fraction, config.seed)
     train = make_windows(latents, actions, ends, train_episodes, config.history, config.horizon)
@@ -184,71 +189,68 @@ def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
 
 
 # -- model set-up, losses -------------------------------------------------------------------------------
-def build_weights(config: TrainDynamicsConfig, train: WindowSet) -> KeypointWeights | None:
-    """The initial convex keypoint weights of WDS / WSDS (None for the other latents)."""
-    if config.latent not in WEIGHTED_LATENTS:
-        return None
-    return KeypointWeights(LatentLayout.from_dim(train.latents.shape[1]).num_keypoints)
-
-
 def window_batch(
     windows: WindowSet,
     indices: torch.Tensor,
-    weights: KeypointWeights | None,
+    trainable: nn.Module | None,
     augment: tuple[torch.Generator, float, float] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows `indices` -> latents (B, n + H, D) and actions (B, n + H - 1, 2), moved by a random SE(2)
-    motion when `augment` = (generator, max translation, max yaw) is given, then mapped by `weights`.
+    motion when `augment` = (generator, max translation, max yaw) is given, then mapped by the latent method's
+    `trainable` module (on its device) when there is one.
 
-    The weights are applied after the motion (convex combinations commute with it), so gradients reach them.
+    The module is applied after the motion (WDS / WSDS: convex combinations commute with it), so gradients
+    reach it.
     """
     latents, actions = windows.batch(indices)
     if augment is not None:
         latents, actions = augment_windows(latents, actions, *augment)
-    if weights is not None:
-        latents = weights(latents.to(weights.alpha.device))
+    if trainable is not None:
+        latents = trainable(latents.to(next(trainable.parameters()).device))
     return latents, actions
 
 
-def build_model(config: TrainDynamicsConfig, train: WindowSet, weights: KeypointWeights | None) -> DynamicsMLP:
+def build_model(config: TrainDynamicsConfig, train: WindowSet, trainable: nn.Module | None) -> DynamicsMLP:
     """A seeded model with its normaliser fitted on (augmented, when enabled) training windows, mapped by the
-    initial `weights` for WDS / WSDS."""
+    method's initial `trainable` module when there is one."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = DynamicsMLP(train.latents.shape[1], config.history, config.hidden)
     augment = None
-    if config.augment:
+    if config.augments:
         augment = (torch.Generator().manual_seed(config.seed + 1), config.augment_translation, config.augment_yaw)
     with torch.no_grad():
-        latents, actions = window_batch(train, torch.arange(len(train)), weights, augment)
+        latents, actions = window_batch(train, torch.arange(len(train)), trainable, augment)
     model.fit_normalizer(latents, actions)
     return model
 
 
-def rollout_loss(model: DynamicsMLP, latents: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paper eq. (1): MSE (m^2) of the open-loop rollout over the horizon, and the (B,) final-step keypoint error.
+def rollout_loss(
+    model: DynamicsMLP, latents: torch.Tensor, actions: torch.Tensor, method: LatentMethod
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paper eq. (1): MSE (m^2) of the open-loop rollout over the horizon, and the (B,) final-step error.
 
     Args:
         latents: (B, n + H, D) window latents, metres.
         actions: (B, n + H - 1, 2) window actions, m/s.
+        method: the latent method, whose `final_error` measures the last step.
 
     Returns:
         loss: scalar mean squared error over steps, samples and latent entries.
-        final_error: (B,) mean Euclidean distance (metres) of the object keypoints at the last step.
+        final_error: (B,) error of the last predicted step (keypoint latents: the mean Euclidean distance of the
+            object keypoints, metres).
     """
     n = model.history
     predicted = model.rollout(latents[:, :n], actions)
     target = latents[:, n:]
     loss = torch.mean((predicted - target) ** 2)
-    layout = LatentLayout.from_dim(latents.shape[-1])
-    difference = (predicted[:, -1, : layout.keypoint_dim] - target[:, -1, : layout.keypoint_dim]).detach()
-    final_error = difference.reshape(len(difference), -1, 3).norm(dim=-1).mean(dim=-1)
+    final_error = method.final_error(predicted[:, -1].detach(), target[:, -1].detach())
     return loss, final_error
 
 
 def train_epoch(
     model: DynamicsMLP,
-    weights: KeypointWeights | None,
+    trainable: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     windows: WindowSet,
     config: TrainDynamicsConfig,
@@ -256,14 +258,14 @@ def train_epoch(
     device: torch.device,
 ) -> float:
     """One pass over shuffled (and augmented) training windows; returns the mean loss (m^2). The optimizer
-    holds the keypoint weights too, when there are any."""
+    holds the method's trainable module too, when there is one."""
     model.train()
     order = torch.randperm(len(windows), generator=generator)
-    augment = (generator, config.augment_translation, config.augment_yaw) if config.augment else None
+    augment = (generator, config.augment_translation, config.augment_yaw) if config.augments else None
     total, count = 0.0, 0
     for begin in range(0, len(order), config.batch_size):
-        latents, actions = window_batch(windows, order[begin : begin + config.batch_size], weights, augment)
-        loss, _ = rollout_loss(model, latents.to(device), actions.to(device))
+        latents, actions = window_batch(windows, order[begin : begin + config.batch_size], trainable, augment)
+        loss, _ = rollout_loss(model, latents.to(device), actions.to(device), config.method)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -274,16 +276,21 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: DynamicsMLP, weights: KeypointWeights | None, windows: WindowSet, batch_size: int, device: torch.device
+    model: DynamicsMLP,
+    trainable: nn.Module | None,
+    windows: WindowSet,
+    method: LatentMethod,
+    batch_size: int,
+    device: torch.device,
 ) -> tuple[float, float]:
-    """(mean rollout loss in m^2, mean final-step keypoint error in metres) over all windows (no augmentation),
-    of the latents mapped by `weights` when given."""
+    """(mean rollout loss in m^2, mean final-step error, `method.final_error`) over all windows (no augmentation),
+    of the latents mapped by the `trainable` module when given."""
     model.eval()
     total, error, count = 0.0, 0.0, 0
     for begin in range(0, len(windows), batch_size):
         indices = torch.arange(begin, min(begin + batch_size, len(windows)))
-        latents, actions = window_batch(windows, indices, weights, None)
-        loss, final_error = rollout_loss(model, latents.to(device), actions.to(device))
+        latents, actions = window_batch(windows, indices, trainable, None)
+        loss, final_error = rollout_loss(model, latents.to(device), actions.to(device), method)
         total += float(loss) * len(indices)
         error += float(final_error.sum())
         count += len(indices)
@@ -294,7 +301,7 @@ def evaluate(
 def save_checkpoint(
     config: TrainDynamicsConfig,
     model: DynamicsMLP,
-    weights: KeypointWeights | None,
+    trainable: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     epoch: int,
@@ -302,7 +309,7 @@ def save_checkpoint(
 ) -> None:
     """Write last.safetensors, last_optim.pt, then last.json (which commits the checkpoint)."""
     out = config.out
-    save_model_atomic(out / "last.safetensors", model, epoch, weights)
+    save_model_atomic(out / "last.safetensors", model, epoch, config.method, trainable)
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
     write_atomic(out / "last_optim.pt", lambda p: torch.save(state, p))
     info = {"model": model.config(), "latent": config.latent, "epoch": epoch, "best_val_final_step_error_m": best_error}
@@ -310,9 +317,9 @@ def save_checkpoint(
 
 
 def save_best(
-    config: TrainDynamicsConfig, model: DynamicsMLP, weights: KeypointWeights | None, epoch: int, error: float
+    config: TrainDynamicsConfig, model: DynamicsMLP, trainable: nn.Module | None, epoch: int, error: float
 ) -> None:
-    save_model_atomic(config.out / "best.safetensors", model, epoch, weights)
+    save_model_atomic(config.out / "best.safetensors", model, epoch, config.method, trainable)
     info = {"model": model.config(), "latent": config.latent, "epoch": epoch, "val_final_step_error_m": error}
     write_json_atomic(config.out / "best.json", info)
 
@@ -327,33 +334,29 @@ def load_dynamics(run_dir: str | Path, which: Literal["best", "last"] = "best", 
     info_path, weights_path = checkpoint_paths(run_dir, which, "keydyn.dynamics.train_dynamics")
     config = json.loads(info_path.read_text())["model"]
     model = DynamicsMLP(config["latent_dim"], config["history"], config["hidden"])
-    tensors = load_file(str(weights_path))
-    model.load_state_dict({name: value for name, value in tensors.items() if not name.startswith(PARAMETER_PREFIX)})
+    _load_model_tensors(model, load_file(str(weights_path)))
     return model.to(device).eval()
 
 
-def load_keypoint_weights(run_dir: str | Path, which: Literal["best", "last"] = "best") -> KeypointWeights | None:
-    """The WDS / WSDS keypoint weights saved with the `which` checkpoint of a run (eval mode), None if it has none."""
-    _, weights_path = checkpoint_paths(Path(run_dir), which, "keydyn.dynamics.train_dynamics")
-    tensors = load_file(str(weights_path))
-    if not any(name.startswith(PARAMETER_PREFIX) for name in tensors):
-        return None
-    return KeypointWeights.from_tensors(tensors).eval()
+def _load_model_tensors(model: DynamicsMLP, tensors: dict[str, torch.Tensor]) -> None:
+    """Load the model's own tensors of a checkpoint (the latent method's trainable ones sit beside them)."""
+    names = model.state_dict().keys()
+    model.load_state_dict({name: value for name, value in tensors.items() if name in names})
 
 
 def _restore(
-    out: Path,
+    config: TrainDynamicsConfig,
     info: dict,
     model: DynamicsMLP,
-    weights: KeypointWeights | None,
+    trainable: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
 ) -> None:
-    state = load_training_state(out, info, "epoch")
-    tensors = load_file(str(out / "last.safetensors"))
-    model.load_state_dict({name: value for name, value in tensors.items() if not name.startswith(PARAMETER_PREFIX)})
-    if weights is not None:
-        weights.load_state_dict({"alpha": tensors[f"{PARAMETER_PREFIX}alpha"]})
+    state = load_training_state(config.out, info, "epoch")
+    tensors = load_file(str(config.out / "last.safetensors"))
+    _load_model_tensors(model, tensors)
+    if trainable is not None:
+        config.method.restore_trainable(trainable, tensors)
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
 
@@ -363,18 +366,18 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
     resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS)
     train, val = load_windows(config)
     device = resolve_device(config.device)
-    weights = build_weights(config, train)
-    model = build_model(config, train, weights)
+    trainable = config.method.trainable(train.latents.shape[1])
+    model = build_model(config, train, trainable)
     generator = torch.Generator().manual_seed(config.seed)
     model.to(device)
     parameters = list(model.parameters())
-    if weights is not None:
-        parameters += list(weights.to(device).parameters())
+    if trainable is not None:
+        parameters += list(trainable.to(device).parameters())
     optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=(0.9, 0.999))
     start_epoch, best_error = 0, math.inf
     metrics = []
     if resumed is not None:
-        _restore(config.out, resumed, model, weights, optimizer, generator)
+        _restore(config, resumed, model, trainable, optimizer, generator)
         start_epoch, best_error = resumed["epoch"], resumed["best_val_final_step_error_m"]
         metrics = [row for row in read_lines(config.out / "metrics.jsonl") if row["epoch"] <= start_epoch]
     write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
@@ -383,17 +386,17 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
     for epoch in bar:
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(epoch)
-        train_loss = train_epoch(model, weights, optimizer, train, config, generator, device)
-        val_loss, val_error = (
-            evaluate(model, weights, val, config.batch_size, device) if len(val) else (math.nan, math.nan)
-        )
+        train_loss = train_epoch(model, trainable, optimizer, train, config, generator, device)
+        val_loss, val_error = math.nan, math.nan
+        if len(val):
+            val_loss, val_error = evaluate(model, trainable, val, config.method, config.batch_size, device)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_final_step_error_m": val_error}
         metrics.append(row)
         write_lines_atomic(config.out / "metrics.jsonl", metrics)
         criterion = val_error if len(val) else train_loss
         if criterion < best_error:
             best_error = criterion
-            save_best(config, model, weights, epoch, criterion)
-        save_checkpoint(config, model, weights, optimizer, generator, epoch, best_error)
+            save_best(config, model, trainable, epoch, criterion)
+        save_checkpoint(config, model, trainable, optimizer, generator, epoch, best_error)
         bar.set_postfix(train=f"{train_loss:.2e}", val_err_m=f"{val_error:.4f}")
     return config.out

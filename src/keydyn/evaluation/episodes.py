@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from keydyn.control.costs import terminal_keypoint_cost
-from keydyn.control.encoders import LatentEncoder
+from keydyn.control.costs import terminal_cost
 from keydyn.control.mpc import MPCController
 from keydyn.evaluation.goals import GoalPair
 from keydyn.evaluation.metrics import pose_errors
+from keydyn.latents.base import LatentEncoder
 from keydyn.planning.base import Cost
 from keydyn.sim.env import PushingEnv
 from keydyn.sim.render import camera_intrinsics, camera_pose
@@ -28,14 +28,17 @@ from keydyn.vision.geometry import project
 GOAL_COLOUR = (40, 220, 40)
 CURRENT_COLOUR = (230, 40, 40)
 
+VideoPoints = Callable[[np.ndarray], np.ndarray | None]
+"""(D,) latent -> (P, 3) world points (metres) to draw, or None: `LatentMethod.video_points`."""
+
 
 @dataclass
 class EpisodeResult:
     """Outcome of one closed-loop episode. Distances in metres, angles in radians, times in seconds.
 
     latents: (T + 1, D) observed latents; actions: (T, 2) executed pusher velocities, m/s.
-    frames: (H, W, 3) uint8 images of the first camera with target (green) and current (red) keypoints, when
-        recorded.
+    frames: (H, W, 3) uint8 images of the first camera with the target's (green) and current (red) latent drawn
+        (keypoints, for keypoint latents), when recorded.
     """
 
     index: int
@@ -100,14 +103,17 @@ class ClosedLoopRun:
         )
 
 
-def annotated_frame(env: PushingEnv, target_keypoints: np.ndarray, current_keypoints: np.ndarray) -> np.ndarray:
-    """First camera's RGB with (K, 3) target and current world keypoints drawn as outlines and dots."""
+def annotated_frame(env: PushingEnv, target_points: np.ndarray | None, current_points: np.ndarray | None) -> np.ndarray:
+    """First camera's RGB with (P, 3) target and current world points drawn as outlines and dots (None: not
+    drawn)."""
     image = env.render().copy()
     camera = env.task.cameras[0]
     K = torch.as_tensor(camera_intrinsics(camera.fovy_deg, env.task.width, env.task.height))
     pose = torch.as_tensor(camera_pose(env.model, env.data, env.handles.camera_ids[0]))
-    for keypoints, colour in ((target_keypoints, GOAL_COLOUR), (current_keypoints, CURRENT_COLOUR)):
-        uv, depth = project(torch.as_tensor(keypoints, dtype=torch.float64), K, pose)
+    for points, colour in ((target_points, GOAL_COLOUR), (current_points, CURRENT_COLOUR)):
+        if points is None:
+            continue
+        uv, depth = project(torch.as_tensor(points, dtype=torch.float64), K, pose)
         uv = torch.where(depth[:, None] > 0, uv, torch.nan).numpy()  # nothing drawn behind the camera
         draw_polyline(image, uv, colour)
         draw_points(image, uv, colour, radius=max(1, env.task.width // 160))
@@ -122,13 +128,15 @@ def run_closed_loop(
     make_cost: Callable[[int, int], Cost],
     steps: int,
     seed: int,
-    target_keypoints: Callable[[int], np.ndarray] | None = None,
+    target: Callable[[int], np.ndarray] | None = None,
+    video_points: VideoPoints | None = None,
     shrinking: bool = True,
 ) -> ClosedLoopRun:
     """Reset with `reset_options` and run `steps` MPC steps (fewer if the episode terminates).
 
     make_cost(t, H): the cost of the plan made at step t with horizon H.
-    target_keypoints(t): (K, 3) world keypoints to draw at step t; frames are recorded only when given.
+    target(t): the (D,) target latent of step t, drawn with the current one by `video_points`; frames are
+        recorded only when both are given.
     shrinking: plan to the end of the `steps` (the controller caps the horizon) rather than a fixed window.
     """
     observation, info = env.reset(options=reset_options)
@@ -136,10 +144,10 @@ def run_closed_loop(
     encoder.reset(observation, info)
     latent = encoder.encode(observation, info)
     controller.reset(latent, seed)
-    layout = encoder.layout
+    record = target is not None and video_points is not None
     latents, actions, frames = [latent], [], []
-    if target_keypoints is not None:
-        frames.append(annotated_frame(env, target_keypoints(0), layout.keypoints(latent)))
+    if record:
+        frames.append(annotated_frame(env, video_points(target(0)), video_points(latent)))
     plan_time, termination = 0.0, ""
     for t in range(steps):
         begin = time.perf_counter()
@@ -149,8 +157,8 @@ def run_closed_loop(
         latent = encoder.encode(observation, info)
         latents.append(latent)
         actions.append(action)
-        if target_keypoints is not None:
-            frames.append(annotated_frame(env, target_keypoints(t + 1), layout.keypoints(latent)))
+        if record:
+            frames.append(annotated_frame(env, video_points(target(t + 1)), video_points(latent)))
         if terminated:
             termination = info.get("termination", "terminated")
             break
@@ -175,18 +183,18 @@ def reach_goal(
     pair: GoalPair,
     seed: int,
     steps: int | None = None,
-    record: bool = False,
+    video_points: VideoPoints | None = None,
 ) -> EpisodeResult:
     """Drive the object from the pair's start to its goal for `steps` MPC steps (default: the pair's push steps).
 
     The goal is given as an observation of the goal scene; the cost is the L2 distance of the predicted final
-    object keypoints to the goal's.
+    latent's compared entries (`controller.latent_part`; keypoint latents: the object keypoints) to the goal's.
+    Frames are recorded when `video_points` (the run's `LatentMethod.video_points`) is given.
     """
     steps = pair.push_steps if steps is None else steps
     goal = observe_latent(env, encoder, pair.reset_options(pair.goal_state))
-    layout = encoder.layout
-    goal_keypoints = torch.as_tensor(goal[: layout.keypoint_dim], device=controller.device)
-    cost = terminal_keypoint_cost(goal_keypoints, controller.keypoints, controller.config.cost_scale)
+    goal_part = torch.as_tensor(goal[controller.latent_part], device=controller.device)
+    cost = terminal_cost(goal_part, controller.state_part, controller.config.cost_scale)
     run = run_closed_loop(
         env,
         encoder,
@@ -195,6 +203,7 @@ def reach_goal(
         lambda t, horizon: cost,
         steps,
         seed,
-        (lambda t: layout.keypoints(goal)) if record else None,
+        lambda t: goal,
+        video_points,
     )
     return run.result(pair.index, pair.goal_position, pair.goal_quaternion)

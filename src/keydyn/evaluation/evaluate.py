@@ -6,7 +6,8 @@ The output directory holds:
     results.json    config, summary (mean/median errors, success rate, Avg. trajectory) and every episode row
     results.md      the summary as a Markdown table like the paper's Table 1
     errors.png      error distributions and final-versus-initial error
-    videos/episode_NNN.mp4  the first `videos` episodes: target keypoints green, current keypoints red
+    videos/episode_NNN.mp4  the first `videos` episodes: target keypoints green, current keypoints red (keypoint
+                            latents; others draw what their method's `video_points` gives)
 
 Episodes run in a pool of `workers` processes, each planning with one thread; an episode's planner is seeded
 from (seed, episode index), so results do not depend on the number of workers.
@@ -31,12 +32,14 @@ from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
 from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
+from keydyn.latents import get_latent, latent_names
 from keydyn.runs import prepare_run_dir
 from keydyn.video import write_video
 
 _RESUMABLE_FIELDS = ("episodes", "workers", "resume", "progress", "videos")
 
-LATENT_LABELS = {"gt3d": "GT 3D", "ds": "DS", "sds": "SDS", "wds": "WDS", "wsds": "WSDS"}
+LATENT_LABELS = {name: get_latent(name).label for name in latent_names()}
+"""Table labels of the latent methods registered on import (others: `keydyn.latents.get_latent(name).label`)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ class GoalReachingWorker:
         pair = goal_pair(setup.env, config.goals, index)
         record = index < config.videos
         seed = episode_seed(config.seed, index)
-        result = reach_goal(setup.env, setup.encoder, setup.controller, pair, seed, record=record)
+        points = setup.method.video_points if record else None
+        result = reach_goal(setup.env, setup.encoder, setup.controller, pair, seed, video_points=points)
         if record:
             write_video(result.frames, config.out / "videos" / f"episode_{index:03d}.mp4", fps=5)
         return {**result.row(), "push_steps": pair.push_steps, "actions": result.actions.tolist()}
@@ -132,7 +136,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         bar.close()
     rows.sort(key=lambda row: row["index"])
     summary = summarize(rows, config.success_position_cm, config.success_angle_deg)
-    label = f"{LATENT_LABELS.get(trained.latent, trained.latent)} ({config.mpc.planner.upper()})"
+    label = f"{trained.method.label} ({config.mpc.planner.upper()})"
     results = {
         "run": str(config.run),
         "task": trained.task.name,

@@ -117,7 +117,8 @@ class TrackingWorker:
         record = index == 0
         setup = self.setup
         seed = episode_seed(self.config.seed, index)
-        result = track(setup.env, setup.encoder, setup.controller, self.demo, seed, options, record)
+        points = setup.method.video_points if record else None
+        result = track(setup.env, setup.encoder, setup.controller, self.demo, seed, options, points)
         if record:
             write_video(result.frames, self.config.out / "videos" / "track.mp4", fps=5)
         return {**result.row(), "index": index, "dx_cm": 100 * dx, "dy_cm": 100 * dy, "dyaw_deg": math.degrees(dyaw)}

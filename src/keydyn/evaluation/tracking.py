@@ -1,9 +1,10 @@
 """Trajectory tracking (one-shot imitation, paper section 4.4 / 10.2) and its region of attraction (figure 7).
 
 A demonstration is one recorded episode: its observed latents z*_0..z*_T. The controller tracks it with the
-cost sum_t ||z_obj(t) - z*_obj(t)||^2 over a fixed MPC window (padded with the demonstration's last latent),
-for as many steps as the demonstration has. The region-of-attraction study starts the object from the
-demonstration's start pose offset in x, y and yaw and scores each run's final pose against the demonstration's.
+cost sum_t ||z_part(t) - z*_part(t)||^2 (the entries the latent method compares: object keypoints) over a fixed
+MPC window (padded with the demonstration's last latent), for as many steps as the demonstration has. The
+region-of-attraction study starts the object from the demonstration's start pose offset in x, y and yaw and
+scores each run's final pose against the demonstration's.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import numpy as np
 import torch
 
 from keydyn.control.costs import tracking_cost
-from keydyn.control.encoders import LatentEncoder
 from keydyn.control.mpc import MPCController
-from keydyn.evaluation.episodes import EpisodeResult, run_closed_loop
+from keydyn.evaluation.episodes import EpisodeResult, VideoPoints, run_closed_loop
 from keydyn.evaluation.goals import GoalPair
+from keydyn.latents.base import PUSHER_DIM, LatentEncoder
 from keydyn.sim.env import PushingEnv, object_yaw
 
 
@@ -41,10 +42,11 @@ class Demonstration:
     def steps(self) -> int:
         return len(self.actions)
 
-    def reference(self, t: int, horizon: int, keypoint_dim: int) -> np.ndarray:
-        """(H, 3K) object keypoints z*_{t+1..t+H}, repeating the last one past the end."""
+    def reference(self, t: int, horizon: int, part: slice) -> np.ndarray:
+        """(H, P) entries `part` (keypoint latents: the 3 K object keypoints) of z*_{t+1..t+H}, repeating the
+        last latent past the end."""
         indices = np.minimum(np.arange(t + 1, t + 1 + horizon), self.steps)
-        return self.latents[indices, :keypoint_dim]
+        return self.latents[indices, part]
 
 
 def record_demonstration(
@@ -78,7 +80,7 @@ def perturbed_start(demo: Demonstration, dx: float, dy: float, dyaw: float) -> d
     the pusher where it started (the scene then settles)."""
     start_xy = demo.positions[0, :2]
     options = {k: v for k, v in demo.reset_options.items() if k != "sim_state"}
-    pusher_xy = demo.latents[0, -2:].astype(np.float64)
+    pusher_xy = demo.latents[0, -PUSHER_DIM:].astype(np.float64)
     yaw = object_yaw(demo.quaternions[0]) + dyaw
     options["start"] = {"object_xy": start_xy + np.array([dx, dy]), "object_yaw": yaw, "pusher_xy": pusher_xy}
     return options
@@ -91,20 +93,18 @@ def track(
     demo: Demonstration,
     seed: int,
     reset_options: dict[str, Any] | None = None,
-    record: bool = False,
+    video_points: VideoPoints | None = None,
 ) -> EpisodeResult:
     """Track `demo` from its start (or from `reset_options`) for demo.steps steps with a fixed MPC window.
 
-    Errors are against the demonstration's final pose: `initial_*` of the start, `final_*` of the end.
+    Errors are against the demonstration's final pose: `initial_*` of the start, `final_*` of the end. Frames
+    (the demonstration's latent drawn as the target) are recorded when `video_points` is given.
     """
-    keypoint_dim = encoder.layout.keypoint_dim
 
     def make_cost(t: int, horizon: int):
-        reference = torch.as_tensor(demo.reference(t, horizon, keypoint_dim), device=controller.device)
-        return tracking_cost(reference, controller.keypoints, controller.config.cost_scale)
+        reference = torch.as_tensor(demo.reference(t, horizon, controller.latent_part), device=controller.device)
+        return tracking_cost(reference, controller.state_part, controller.config.cost_scale)
 
-    layout = encoder.layout
-    target = (lambda t: layout.keypoints(demo.latents[min(t, demo.steps)])) if record else None
     run = run_closed_loop(
         env,
         encoder,
@@ -113,7 +113,8 @@ def track(
         make_cost,
         demo.steps,
         seed,
-        target,
+        lambda t: demo.latents[min(t, demo.steps)],
+        video_points,
         shrinking=False,
     )
     return run.result(0, demo.positions[-1], demo.quaternions[-1])

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from keydyn.dynamics.latent import LatentLayout
-from keydyn.keypoints.references import References, locate_references
-from keydyn.keypoints.rigid import RigidFilter
-from keydyn.keypoints.weights import KeypointWeights
+from keydyn.latents.base import LatentLayout
+from keydyn.latents.descriptor.references import References, locate_references
+from keydyn.latents.descriptor.rigid import RigidFilter
+from keydyn.latents.descriptor.weights import KeypointWeights
 from keydyn.vision.network import DescriptorNet
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from keydyn.data.store import EpisodeStore
-from keydyn.keypoints.references import References, locate_in_frames
-from keydyn.keypoints.rigid import RigidFilter
+from keydyn.latents.descriptor.references import References, locate_in_frames
+from keydyn.latents.descriptor.rigid import RigidFilter
 from keydyn.vision.geometry import bilinear_sample, invert_transform, project, transform_points, unproject_to_world
 from keydyn.vision.network import DescriptorNet
 from keydyn.vision.views import load_view

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic
-from keydyn.keypoints.references import References, locate_references
+from keydyn.latents.descriptor.references import References, locate_references
 from keydyn.vision.network import DescriptorNet
 
 

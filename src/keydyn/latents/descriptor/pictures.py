@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keydyn.keypoints.references import References
+from keydyn.latents.descriptor.references import References
 from keydyn.plots import pyplot, save_figure
 
 

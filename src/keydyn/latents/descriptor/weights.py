@@ -14,9 +14,9 @@ import math
 import torch
 from torch import nn
 
-from keydyn.dynamics.latent import LatentLayout
+from keydyn.latents.base import LatentLayout
 
-PARAMETER_PREFIX = "keypoint_weights."  # the key prefix of alpha inside a dynamics checkpoint
+PARAMETER_PREFIX = "keypoint_weights."  # the key prefix of alpha inside a dynamics checkpoint (DescriptorLatent)
 
 
 class KeypointWeights(nn.Module):
@@ -39,16 +39,3 @@ class KeypointWeights(nn.Module):
         keypoints = latents[..., : layout.keypoint_dim].unflatten(-1, (layout.num_keypoints, 3))
         mixed = torch.einsum("mk,...kc->...mc", self.matrix.to(latents.dtype), keypoints)
         return torch.cat([mixed.flatten(-2), latents[..., layout.keypoint_dim :]], dim=-1)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """alpha under its checkpoint key."""
-        return {f"{PARAMETER_PREFIX}alpha": self.alpha.detach().cpu().contiguous()}
-
-    @staticmethod
-    def from_tensors(tensors: dict[str, torch.Tensor]) -> KeypointWeights:
-        """The module saved by `tensors` (other keys are ignored)."""
-        alpha = tensors[f"{PARAMETER_PREFIX}alpha"]
-        weights = KeypointWeights(alpha.shape[1])
-        with torch.no_grad():
-            weights.alpha.copy_(alpha)
-        return weights

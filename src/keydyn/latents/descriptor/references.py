@@ -32,8 +32,8 @@ from safetensors.torch import load_file, save_file
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic, write_json_atomic
-from keydyn.keypoints.fusion import fuse_keypoints
-from keydyn.keypoints.rigid import rigid_consistency
+from keydyn.latents.descriptor.fusion import fuse_keypoints
+from keydyn.latents.descriptor.rigid import rigid_consistency
 from keydyn.vision.keypoints import (
     DEPTH_MODES,
     DepthMode,
@@ -73,8 +73,9 @@ class KeypointConfig:
     (beyond the paper, which locates them from one camera; at control time each step runs the network once
     per camera). SDS still ranks and spaces the candidates in --keypoints.camera's images."""
     rigid_outlier_mm: float = 0.0
-    """Replace keypoints more than this many millimetres off the rigid shape of the others (`keydyn.keypoints.rigid`;
-    beyond the paper), in the training latents and at control time alike; 0 keeps every located keypoint."""
+    """Replace keypoints more than this many millimetres off the rigid shape of the others
+    (`keydyn.latents.descriptor.rigid`; beyond the paper), in the training latents and at control time alike;
+    0 keeps every located keypoint."""
     rigid_project: bool = False
     """With --keypoints.rigid-outlier-mm: replace every keypoint by the rigid fit of the inliers (the template
     moved by the estimated motion), not only the outliers."""
@@ -152,7 +153,7 @@ class References:
         eta: descriptor kernel width the network was trained with (eq. 7).
         depth_mode: how a located keypoint gets its depth ("expectation", eq. 11, or "pixel").
         fused_cameras: further cameras that locate them too, their points fused with `camera`'s
-            (`keydyn.keypoints.fusion`); empty for one camera, as in the paper.
+            (`keydyn.latents.descriptor.fusion`); empty for one camera, as in the paper.
     """
 
     descriptors: torch.Tensor

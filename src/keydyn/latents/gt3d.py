@@ -1,68 +1,25 @@
-"""The latent state shared by every dynamics method, and its ground-truth 3D keypoint instance (GT 3D).
+"""GT 3D: the paper's privileged baseline, fixed body-frame points moved by the true object pose.
 
-A latent state z is a flat float vector of size D = 3 K + 2:
-
-    z = [x_1, y_1, z_1, ..., x_K, y_K, z_K, pusher_x, pusher_y]
-
-the K object keypoints in the world frame (metres) followed by the world xy of the pusher axis (metres; the
-pusher moves in the table plane, so its height is omitted). Every method (GT 3D, dense-descriptor keypoints,
-autoencoder latents made to fit the layout) produces this layout, so augmentation, dynamics and planning
-are shared.
+The latent is a `LatentLayout` keypoint latent of K = 4 points: the corners of the box face that is up, or 3 rim
+points and the handle tip of each episode's mug. Training reads the dataset's true poses; the encoder reads
+`info["object_position"]` and `info["object_quaternion"]` (no images).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from keydyn.data.store import EpisodeStore
+from keydyn.latents.base import KeypointLatent, LatentLayout
+from keydyn.latents.registry import register_latent
 from keydyn.runs import store_task
 from keydyn.sim.config import SUGAR_BOX_SIZE, TaskConfig
 from keydyn.sim.meshes import MugShape
-
-PUSHER_DIM = 2  # the pusher's world xy, metres
-ACTION_DIM = 2  # the pusher's commanded world xy velocity, m/s
-
-
-@dataclass(frozen=True)
-class LatentLayout:
-    """Where things sit in a latent vector of `num_keypoints` object keypoints plus the pusher xy."""
-
-    num_keypoints: int
-
-    @property
-    def dim(self) -> int:
-        """D = 3 K + 2."""
-        return 3 * self.num_keypoints + PUSHER_DIM
-
-    @property
-    def keypoint_dim(self) -> int:
-        """3 K: the object-keypoint part of the latent."""
-        return 3 * self.num_keypoints
-
-    @staticmethod
-    def from_dim(dim: int) -> LatentLayout:
-        """The layout of a latent of size `dim` (must be 3 K + 2 with K >= 1)."""
-        if dim < 5 or (dim - PUSHER_DIM) % 3:
-            raise ValueError(f"a latent has 3 K + 2 entries (K object keypoints, pusher xy); got size {dim}")
-        return LatentLayout((dim - PUSHER_DIM) // 3)
-
-    def pack(self, keypoints: np.ndarray, pusher_xy: np.ndarray) -> np.ndarray:
-        """(..., K, 3) keypoints and (..., 2) pusher xy, metres -> (..., D) latents."""
-        keypoints = np.asarray(keypoints)
-        flat = keypoints.reshape(*keypoints.shape[:-2], self.keypoint_dim)
-        return np.concatenate([flat, np.asarray(pusher_xy, dtype=flat.dtype)], axis=-1)
-
-    def keypoints(self, latents: np.ndarray) -> np.ndarray:
-        """(..., D) latents -> (..., K, 3) object keypoints, metres."""
-        return latents[..., : self.keypoint_dim].reshape(*latents.shape[:-1], self.num_keypoints, 3)
-
-    def pusher(self, latents: np.ndarray) -> np.ndarray:
-        """(..., D) latents -> (..., 2) pusher xy, metres."""
-        return latents[..., self.keypoint_dim :]
 
 
 def rotate_by_quaternions(quaternions: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -109,7 +66,7 @@ def mug_body_points(shape: MugShape) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GroundTruthKeypoints:
-    """GT 3D latent: fixed body-frame points moved by the true object pose (the paper's GT_3D baseline).
+    """GT 3D keypoints of one object: fixed body-frame points moved by its pose.
 
     Attributes:
         body_points: (K, 3) points in the object body frame, metres.
@@ -168,3 +125,44 @@ def ground_truth_latents(store: EpisodeStore) -> np.ndarray:
         keypoints = GroundTruthKeypoints.for_task(task, mug_shape(int(instances[episode])))
         parts.append(keypoints.latents(position[start:stop], quaternion[start:stop], pusher[start:stop]))
     return np.concatenate(parts) if parts else np.zeros((0, 14), dtype=np.float32)
+
+
+class GroundTruthEncoder:
+    """GT 3D at control time: the body points moved by the true object pose from `info`."""
+
+    needs_images = False
+
+    def __init__(self, task: TaskConfig) -> None:
+        self.task = task
+        self._keypoints = None if task.object == "mug" else GroundTruthKeypoints.for_task(task)
+
+    @property
+    def layout(self) -> LatentLayout:
+        return LatentLayout(4)
+
+    def reset(self, observation: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+        if self.task.object == "mug":
+            from keydyn.sim.env import mug_shape
+
+            self._keypoints = GroundTruthKeypoints.for_task(self.task, mug_shape(int(info["mug_instance"])))
+
+    def encode(self, observation: Mapping[str, Any], info: Mapping[str, Any]) -> np.ndarray:
+        if self._keypoints is None:
+            raise RuntimeError("call reset() with the episode's first observation before encode()")
+        return self._keypoints.latent_from_info(info, np.asarray(observation["pusher_position"]))
+
+
+class GroundTruthLatent(KeypointLatent):
+    """--latent gt3d: 4 ground-truth 3D object keypoints and the pusher xy (D = 14)."""
+
+    name = "gt3d"
+    label = "GT 3D"
+
+    def dataset_latents(self, store: EpisodeStore, config: Any, out: Path) -> np.ndarray:
+        return ground_truth_latents(store)
+
+    def make_encoder(self, run_dir: Path, task: TaskConfig, which: str) -> GroundTruthEncoder:
+        return GroundTruthEncoder(task)
+
+
+register_latent(GroundTruthLatent())

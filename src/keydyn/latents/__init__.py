@@ -1,0 +1,38 @@
+"""Latent methods: how observations become the latent states the dynamics model predicts, as plug-ins by name.
+
+`base` is the contract (`LatentMethod`, `LatentEncoder`, `LatentLayout`), `registry` maps --latent names to
+methods, `gt3d` is the ground-truth keypoint baseline (GT 3D) and `descriptor` the dense-descriptor keypoints
+(DS, SDS, WDS, WSDS). Importing this package registers those built-in methods.
+"""
+
+from keydyn.latents.base import (
+    ACTION_DIM,
+    PUSHER_DIM,
+    KeypointLatent,
+    LatentEncoder,
+    LatentLayout,
+    LatentMethod,
+)
+from keydyn.latents.registry import get_latent, latent_names, register_latent
+
+# isort: split
+from keydyn.latents import gt3d  # registers gt3d
+
+# isort: split
+from keydyn.latents import descriptor  # registers ds, sds, wds, wsds
+from keydyn.latents.descriptor.references import KeypointConfig  # the descriptor latents' settings
+
+__all__ = [
+    "ACTION_DIM",
+    "PUSHER_DIM",
+    "KeypointConfig",
+    "KeypointLatent",
+    "LatentEncoder",
+    "LatentLayout",
+    "LatentMethod",
+    "descriptor",
+    "get_latent",
+    "gt3d",
+    "latent_names",
+    "register_latent",
+]
