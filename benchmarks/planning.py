@@ -82,18 +82,18 @@ def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) 
     dynamics = MLPDynamics(state_dim, ACTION_DIM).eval()
     state, goal = torch.randn(state_dim), torch.randn(state_dim)
     low, high = torch.full((ACTION_DIM,), -BOUND), torch.full((ACTION_DIM,), BOUND)
-    config = MPPIConfig(num_samples=args.samples, horizon=args.horizon, iterations=args.iterations)
+    config = MPPIConfig(num_samples=args.samples, iterations=args.iterations)
 
     def terminal_cost(states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return (states[:, -1] - goal).square().sum(-1)
 
-    ours = MPPI(dynamics, terminal_cost, config, low, high)
+    ours = MPPI(dynamics, terminal_cost, config, low, high, horizon=args.horizon)
 
     def bf16_dynamics(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return dynamics(x, u).float()
 
-    ours_bf16 = MPPI(bf16_dynamics, terminal_cost, config, low, high)
+    ours_bf16 = MPPI(bf16_dynamics, terminal_cost, config, low, high, horizon=args.horizon)
 
     theirs = pytorch_mppi_cls(
         dynamics,
@@ -135,7 +135,7 @@ def control_loop_rate(args: argparse.Namespace) -> dict:
     rates = {}
     for precision in ("fp32", "bf16"):
         mppi = MPPIConfig(num_samples=args.samples, iterations=args.iterations)
-        config = MPCConfig(mppi=mppi, horizon=args.horizon, shrinking_horizon=False, precision=precision)
+        config = MPCConfig(planner=mppi, horizon=args.horizon, shrinking_horizon=False, precision=precision)
         times, _ = time_control_loop(env, encoder, MPCController(model, config), args.loop_steps)
         rates[f"control_loop_{precision}_hz"] = round(1.0 / statistics.median(times), 2)
     # bf16 arithmetic against fp32: predicted latents of the same action sequences after H steps.

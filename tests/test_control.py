@@ -19,7 +19,7 @@ from keydyn.sim.env import PushingEnv, mug_shape
 
 
 def small_mpc(**overrides) -> MPCConfig:
-    values = {"mppi": MPPIConfig(num_samples=64, iterations=2), "grid_headings": 36, **overrides}
+    values = {"planner": MPPIConfig(num_samples=64, iterations=2), "grid_headings": 36, **overrides}
     return MPCConfig(**values)
 
 
@@ -129,7 +129,7 @@ def test_controller_is_reproducible_from_its_seed():
 
     def first_action(seed: int) -> np.ndarray:
         mppi = MPPIConfig(num_samples=64, iterations=2, return_best=False)  # the weighted mean: seed-dependent
-        controller = MPCController(model, small_mpc(grid_seed=False, mppi=mppi))
+        controller = MPCController(model, small_mpc(grid_seed=False, planner=mppi))
         controller.reset(latent, seed)
         return controller.act(latent, lambda h: terminal_cost(torch.zeros(12), controller.state_part))
 

@@ -6,15 +6,17 @@ import json
 
 import numpy as np
 import pytest
+import tyro
 
-from keydyn.cli import main
+from keydyn.cli import command_type, main
 from keydyn.control.run import load_run
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.report import summarize
 from keydyn.evaluation.tracking import pair_demonstration, perturbed_start
+from keydyn.planning import CEMConfig, GradientShootingConfig, MPPIConfig, RandomShootingConfig
 from keydyn.sim.env import PushingEnv, object_yaw
 
-FAST_MPC = ["--mpc.mppi.num-samples", "64", "--mpc.mppi.iterations", "2", "--mpc.grid-headings", "36"]
+FAST_MPC = ["--mpc.grid-headings", "36", "planner:mppi", "--num-samples", "64", "--iterations", "2"]
 
 
 def rows(path) -> list[dict]:
@@ -60,6 +62,16 @@ def test_results_do_not_depend_on_worker_count_and_resume_continues(small_run, t
     # An evaluation cut short resumes: it keeps the finished episodes and runs only the missing ones.
     episodes_log = tmp_path / "inline" / "episodes.jsonl"
     episodes_log.write_text(episodes_log.read_text() + '{"index": 7, "fin')  # a torn last line
+    # ... also one started by an older keydyn: its config.json names the planner beside every planner's settings,
+    # each with a horizon and a seed, and holds goals.pairs.
+    config_json = tmp_path / "inline" / "config.json"
+    saved = json.loads(config_json.read_text())
+    planner = saved["mpc"].pop("planner")
+    name = planner.pop("type")
+    legacy = {name: {**planner, "horizon": 10, "seed": 0}, "cem": {"num_samples": 500, "horizon": 10, "seed": 0}}
+    saved["mpc"] = {"planner": name, **legacy, **saved["mpc"]}
+    saved["goals"]["pairs"] = 200
+    config_json.write_text(json.dumps(saved))
     assert main([*base, "--out", str(tmp_path / "inline"), "--episodes", "3", "--workers", "0", "--resume"]) == 0
     assert rows(tmp_path / "inline") == pool
     assert main([*base, "--out", str(tmp_path / "inline"), "--episodes", "3", "--workers", "0"]) == 2  # exists
@@ -69,11 +81,42 @@ def test_results_do_not_depend_on_worker_count_and_resume_continues(small_run, t
     assert main(["table", str(tmp_path / "pool"), str(tmp_path / "inline"), "--out", str(tmp_path / "t.md")]) == 0
     table = (tmp_path / "t.md").read_text()
     assert "| GT 3D (MPPI) [pool] |" in table and "| GT 3D (MPPI) [inline] |" in table
+    older = json.loads((tmp_path / "pool" / "results.json").read_text())
+    older["config"]["goals"]["pairs"] = 200  # results of an older keydyn, whose goals had an unused `pairs`
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "results.json").write_text(json.dumps(older))
+    assert main(["table", str(tmp_path / "pool"), str(tmp_path / "older")]) == 0
     other_pairs = json.loads((tmp_path / "pool" / "results.json").read_text())
     other_pairs["config"]["goals"]["seed"] += 1
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "results.json").write_text(json.dumps(other_pairs))
     assert main(["table", str(tmp_path / "pool"), str(tmp_path / "other")]) == 2
+
+
+@pytest.mark.parametrize("command", ["evaluate", "track"])
+def test_command_line_picks_the_planner_and_shows_only_its_options(command, capsys):
+    def parsed(*extra: str):
+        args = [command, "--run", "r", "--out", "o", *extra]
+        config = (tyro.conf.OmitSubcommandPrefixes,)  # as keydyn.cli.main
+        return tyro.cli(command_type(command, "default"), args=args, prog="keydyn", config=config)
+
+    assert parsed().mpc.planner == MPPIConfig()
+    assert parsed("--num-samples", "7").mpc.planner == MPPIConfig(num_samples=7)  # MPPI's, without naming it
+    cem = parsed("planner:cem", "--num-samples", "500", "--seed", "3", "--mpc.horizon", "6")
+    assert (cem.mpc.planner, cem.seed, cem.mpc.horizon) == (CEMConfig(num_samples=500), 3, 6)
+    assert parsed("planner:random", "--sampling", "iid").mpc.planner == RandomShootingConfig(sampling="iid")
+    assert parsed("planner:gradient").mpc.planner == GradientShootingConfig()
+
+    def help_text(*extra: str) -> str:
+        with pytest.raises(SystemExit):
+            main([command, *extra, "--help"])
+        return capsys.readouterr().out
+
+    default = help_text()
+    assert "--noise-std" in default and "planner:cem" in default and "--num-elites" not in default
+    cem_help = help_text("planner:cem")
+    assert "--num-elites" in cem_help and "--noise-std" not in cem_help
+    assert "--mpc.mppi" not in default and "--mpc.planner" not in default and "--goals.pairs" not in default
 
 
 def test_summary_and_success_thresholds():

@@ -22,9 +22,9 @@ def test_angle_errors_wrap():
 
 def test_goal_pairs_are_deterministic_far_enough_and_replayable():
     env = PushingEnv("top_down", width=64, height=48)
-    config = GoalPairConfig(pairs=4, seed=3)
-    pairs = make_goal_pairs(env, config)
-    again = make_goal_pairs(env, config)
+    config = GoalPairConfig(seed=3)
+    pairs = make_goal_pairs(env, config, 4)
+    again = make_goal_pairs(env, config, 4)
     assert [p.push_steps for p in pairs] == [10, 15, 10, 15]
     for pair, same in zip(pairs, again, strict=True):
         assert np.array_equal(pair.goal_state, same.goal_state)
@@ -35,6 +35,6 @@ def test_goal_pairs_are_deterministic_far_enough_and_replayable():
     position, quaternion = env.object_pose()
     np.testing.assert_array_equal(position, pairs[0].goal_position)
     np.testing.assert_array_equal(quaternion, pairs[0].goal_quaternion)
-    other = make_goal_pairs(env, GoalPairConfig(pairs=1, seed=4))
+    other = make_goal_pairs(env, GoalPairConfig(seed=4), 1)
     assert not np.array_equal(other[0].start_state, pairs[0].start_state)
     env.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ from keydyn.vision.views import load_view
 
 from .vision_fixtures import one_thread
 
-FAST_MPC = ["--mpc.mppi.num-samples", "64", "--mpc.mppi.iterations", "2", "--mpc.grid-headings", "36"]
+FAST_MPC = ["--num-samples", "64", "--iterations", "2", "--mpc.grid-headings", "36"]  # MPPI's, the default
 VISUAL_STEPS = 40
 # The box is about 13 px long at 96x72: the paper's 25 px at 640x480 scales to 3.75 px; 3 px keeps 5 apart.
 # A 40-step network finds few descriptors within a pixel of their own pixel: no self-match filter by default.
@@ -239,10 +240,23 @@ def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, t
     encoder = load_descriptor_encoder(run, weights=None)  # the rigid filter travels with the run
     assert encoder.rigid is not None and encoder.rigid.threshold == pytest.approx(0.015)
     assert encoder.rigid.template.shape == (5, 3)
-    assert len(list((visual_run / "keypoint_cache").glob("keypoints-*.safetensors"))) >= 1
+    assert len(list((run / "keypoint_cache").glob("keypoints-*.safetensors"))) == 1
+    assert not (visual_run / "keypoint_cache").exists()  # nothing is written into the visual run
+    identity = json.loads((run / "visual_network.json").read_text())  # relative: the two runs move together
+    assert not Path(identity["visual_run"]).is_absolute()
+    assert (run / identity["visual_run"]).resolve() == visual_run.resolve()
     results = json.loads((out / "results.json").read_text())
     assert results["latent"] == "sds" and results["label"].startswith("SDS")
     assert results["episodes"][0]["steps"] > 0 and np.isfinite(results["episodes"][0]["final_position_error_cm"])
+    # The run's keypoints against the true object points on the held-out episodes, as a subcommand.
+    accuracy = tmp_path / "accuracy.json"
+    measure = ["keypoint-accuracy", "--dataset", str(small_dataset), "--run", str(run), "--out", str(accuracy)]
+    with one_thread():
+        assert main(measure) == 0
+    figures = json.loads(accuracy.read_text())
+    assert figures["rigid_outlier_mm"] == pytest.approx(15.0) and figures["held_out_episodes"] == 1
+    assert 0.0 < figures["error_3d_mm_median"] < 100.0 and "machine" in figures
+    assert main(["keypoint-accuracy", "--dataset", str(small_dataset)]) == 2  # neither --run nor --visual-run
 
 
 def test_keypoint_errors_measure_located_points_against_the_true_object_points(small_dataset, visual_run):

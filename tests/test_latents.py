@@ -20,7 +20,7 @@ from keydyn.dynamics.train import TrainDynamicsConfig, load_dynamics, train_dyna
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.latents import LatentMethod, get_latent, latent_names, register_latent
 from keydyn.latents.descriptor import KeypointWeights
-from keydyn.planning import MPPIConfig
+from keydyn.planning import CEMConfig
 from keydyn.sim.config import TaskConfig
 from keydyn.sim.env import object_yaw
 
@@ -100,7 +100,7 @@ def test_a_latent_registered_here_trains_and_evaluates(small_dataset, tmp_path):
     model = load_dynamics(run)
     assert model.latent_dim == 6
 
-    mpc = MPCConfig(mppi=MPPIConfig(num_samples=64, iterations=2), grid_headings=36)
+    mpc = MPCConfig(planner=CEMConfig(num_samples=64, num_elites=8, iterations=2), grid_headings=36)
     setup = control_setup(run, None, "best", mpc)
     assert isinstance(setup.encoder, PlanarPoseEncoder) and setup.method is method
     assert setup.controller.latent_part == slice(0, 4)  # object xy, cos and sin of its yaw
@@ -108,7 +108,7 @@ def test_a_latent_registered_here_trains_and_evaluates(small_dataset, tmp_path):
     setup.env.close()
     out = tmp_path / "eval"
     results = evaluate(EvaluateConfig(run=run, out=out, episodes=2, workers=0, videos=1, mpc=mpc, progress=False))
-    assert results["latent"] == method.name and results["label"] == "Planar pose (MPPI)"
+    assert results["latent"] == method.name and results["label"] == "Planar pose (CEM)"
     assert [row["index"] for row in results["episodes"]] == [0, 1]
     assert all(row["steps"] > 0 and np.isfinite(row["final_position_error_cm"]) for row in results["episodes"])
     assert (out / "videos" / "episode_000.mp4").stat().st_size > 0  # recorded, with nothing drawn on it

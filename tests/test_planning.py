@@ -38,7 +38,7 @@ def running_cost(states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     return 1e4 * (states[:, 1:] - GOAL).square().sum(-1).mean(-1)
 
 
-def make(name: str, cost=terminal_cost, **overrides) -> Planner:
+def make(name: str, cost=terminal_cost, seed: int = 0, **overrides) -> Planner:
     configs = {
         "mppi": (MPPI, MPPIConfig),
         "mppi_mean": (MPPI, lambda **kw: MPPIConfig(return_best=False, **kw)),
@@ -48,7 +48,7 @@ def make(name: str, cost=terminal_cost, **overrides) -> Planner:
         "gradient": (GradientShooting, GradientShootingConfig),
     }
     cls, config = configs[name]
-    return cls(step, cost, config(**overrides), LOW, HIGH)
+    return cls(step, cost, config(**overrides), LOW, HIGH, seed=seed)  # default horizon 10
 
 
 def closed_loop(planner: Planner, x: torch.Tensor, steps: int = 10, shrink: bool = False) -> torch.Tensor:
@@ -120,6 +120,8 @@ def test_same_seed_same_plan(name):
 def test_shrinking_horizon():
     planner = make("mppi")
     warm = torch.zeros(10, 2)
+    assert planner.plan(torch.zeros(2)).actions.shape == (10, 2)  # the planner's default horizon
+    assert MPPI(step, terminal_cost, MPPIConfig(), LOW, HIGH, horizon=4).plan(torch.zeros(2)).actions.shape == (4, 2)
     assert planner.plan(torch.zeros(2), warm_start=warm, horizon=4).actions.shape == (4, 2)
     assert planner.plan(torch.zeros(2), horizon=3).states.shape == (4, 2)
     assert planner.plan(torch.zeros(2), warm_start=warm[:6]).actions.shape == (6, 2)

@@ -11,6 +11,8 @@ import yaml
 
 from keydyn import presets
 from keydyn.cli import PRESET_COMMANDS, command_type, main, split_preset
+from keydyn.control.mpc import MPCConfig, planner_name
+from keydyn.planning import CEMConfig, MPPIConfig
 from keydyn.presets import field_values, from_preset, load_preset, merge, preset_commands, preset_names, to_preset
 
 REQUIRED = {
@@ -35,6 +37,9 @@ def test_every_command_with_presets_has_a_default_and_only_known_commands_have_p
 def _assert_holds(config, values: dict, where: str) -> None:
     """Every setting of the preset mapping `values` has its value in `config`, at every depth."""
     for key, value in values.items():
+        if key == "type":  # picks the class of a setting that may hold several (the planner)
+            assert planner_name(config) == value, where
+            continue
         actual = getattr(config, key)
         if isinstance(value, dict):
             _assert_holds(actual, value, f"{where}.{key}")
@@ -62,6 +67,22 @@ def test_presets_extend_merge_and_name_unknown_settings():
     # Nested settings are laid over the field's own default (the CPU network), not the nested class's default.
     visual = from_preset(_base(PRESET_COMMANDS["train-visual"]), "train-visual", **REQUIRED["train-visual"])
     assert (visual.network.backbone, visual.network.finest_stride, visual.steps) == ("resnet18", 4, 12000)
+
+
+def test_a_preset_picks_the_planner_by_type():
+    evaluate = _base(PRESET_COMMANDS["evaluate"])
+    cem = {"mpc": {"planner": {"type": "cem", "num_samples": 64}}}
+    config = from_preset(evaluate, "evaluate", "tiny", overrides=cem, **REQUIRED["evaluate"])
+    assert config.mpc.planner == CEMConfig(num_samples=64) and config.mpc.grid_headings == 8
+    assert to_preset(config.mpc) == {"planner": {"type": "cem", "num_samples": 64}, "grid_headings": 8}
+    # Without `type`, a mapping is laid over the default planner (MPPI) as any nested setting.
+    mpc = MPCConfig(**field_values(MPCConfig, {"planner": {"iterations": 2}}, "x.yaml"))
+    assert mpc.planner == MPPIConfig(iterations=2)
+    assert MPCConfig(**field_values(MPCConfig, to_preset(mpc), "x.yaml")) == mpc
+    with pytest.raises(ValueError, match="'annealing' is none of mppi, cem, random, gradient"):
+        field_values(MPCConfig, {"planner": {"type": "annealing"}}, "x.yaml")
+    with pytest.raises(ValueError, match="num_elites is not a setting of MPPIConfig"):
+        field_values(MPCConfig, {"planner": {"num_elites": 5}}, "x.yaml")
 
 
 def test_command_line_starts_from_the_preset_and_flags_override_it():

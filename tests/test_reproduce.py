@@ -61,6 +61,7 @@ def test_reproduce_writes_the_table_and_resumes_after_a_kill_in_each_stage(tmp_p
     # The stages are ordinary runs, made from the named presets.
     assert json.loads((reference / "runs/sds/seed0/config.json").read_text())["horizon"] == 5
     assert json.loads((reference / "visual/seed0/last.json").read_text())["step"] == 4
+    assert len(list((reference / "keypoint_cache/seed0").glob("keypoints-*.safetensors"))) == 1  # shared cache
     markdown = (reference / "table.md").read_text()
     assert "| SDS |" in markdown and "| 1.19 / 3.88 |" in markdown and "Avg. trajectory" in markdown
 

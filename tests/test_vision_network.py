@@ -50,8 +50,11 @@ def test_dilated_variant_is_the_original_fcn_head():
 
 
 def test_config_is_validated():
-    with pytest.raises(ValueError, match="pretrained"):
-        DescriptorNetConfig(pretrained=True)
+    # Runs of older versions saved `pretrained` (always false): it is dropped when read; true is refused.
+    old = {"backbone": "resnet18", "pretrained": False}
+    assert DescriptorNetConfig.from_json(old) == DescriptorNetConfig("resnet18")
+    with pytest.raises(ValueError, match="pretrained=True"):
+        DescriptorNetConfig.from_json({"pretrained": True})
     with pytest.raises(ValueError, match="dilated variant"):
         DescriptorNetConfig(variant="dilated", output_stride=32)
     with pytest.raises(ValueError, match="backbone"):

@@ -209,11 +209,16 @@ def test_a_run_older_than_a_setting_resumes_with_that_setting_at_its_default(sma
         run = train_visual(_config(small_dataset, tmp_path / "old", steps=2))
         stored = json.loads((run / "config.json").read_text())
         del stored["pairs"]["episode_fraction"], stored["loss"]["hidden_weight"]  # as written before they existed
+        stored["network"]["pretrained"] = False  # as written while that (never used) setting existed
         (run / "config.json").write_text(json.dumps(stored))
         with pytest.raises(ValueError, match=r"its pairs differ"):
             train_visual(_config(small_dataset, run, steps=3, resume=True, pairs=PairConfig(episode_fraction=0.5)))
         train_visual(_config(small_dataset, run, steps=3, resume=True))
     assert json.loads((run / "last.json").read_text())["step"] == 3
+    best = json.loads((run / "best.json").read_text())
+    best["network"]["pretrained"] = False
+    (run / "best.json").write_text(json.dumps(best))
+    assert load_descriptor_net(run).config == _config(small_dataset, run).network  # old runs' networks load
 
 
 def test_clear_errors(small_dataset, tmp_path):

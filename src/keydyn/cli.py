@@ -7,6 +7,7 @@ keydyn train-dynamics --dataset data/top_down --out runs/gt3d_top_down
 keydyn train-visual --dataset data/top_down --out runs/descriptors_top_down
 keydyn evaluate --run runs/gt3d_top_down --episodes 200 --out eval/gt3d_top_down
 keydyn track --run runs/gt3d_top_down --out track/gt3d_top_down
+keydyn keypoint-accuracy --dataset data/top_down --run runs/sds_top_down
 keydyn table eval/gt3d_top_down eval/sds_top_down --out table1.md
 keydyn reproduce table1 --task angled --seeds 3 --out repro/angled
 keydyn preview --task angled --out angled.png
@@ -34,6 +35,7 @@ from keydyn.demo import DemoConfig, run_demo
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.imitation import TrackConfig, run_track
+from keydyn.evaluation.keypoint_accuracy import KeypointAccuracyConfig, keypoint_accuracy
 from keydyn.evaluation.report import comparison_table
 from keydyn.evaluation.reproduce import ReproduceConfig, format_table, run_reproduce
 from keydyn.files import write_text_atomic
@@ -145,6 +147,15 @@ class Track(TrackConfig):
 
 
 @dataclass(frozen=True)
+class KeypointAccuracy(KeypointAccuracyConfig):
+    """Measure descriptor keypoints on a dataset's held-out episodes against the true object points: 3D error of
+    visible points, confidence of visible against occluded ones (JSON on standard output)."""
+
+    def execute(self) -> None:
+        print(json.dumps(keypoint_accuracy(self), indent=2))
+
+
+@dataclass(frozen=True)
 class Table:
     """Compare evaluations (directories of `keydyn evaluate`) in one Markdown table per task, like Table 1."""
 
@@ -253,6 +264,7 @@ def command_type(command: str | None, preset: str) -> Any:
         | entry("train-visual")
         | entry("evaluate")
         | Annotated[Track, tyro.conf.subcommand("track")]
+        | Annotated[KeypointAccuracy, tyro.conf.subcommand("keypoint-accuracy")]
         | Annotated[Table, tyro.conf.subcommand("table")]
         | entry("reproduce")
         | Annotated[Preview, tyro.conf.subcommand("preview")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,14 +63,30 @@ def _with_missing_filled(stored: Any, defaults: Any) -> Any:
     return {**defaults, **{name: _with_missing_filled(value, defaults.get(name)) for name, value in stored.items()}}
 
 
-def prepare_run_dir(out: Path, config: RunConfig, may_change: tuple[str, ...], marker: str) -> bool:
+def _without_removed(stored: Any, current: Any) -> Any:
+    """`stored` (a JSON value) without the keys that `current` lacks, at every depth."""
+    if not isinstance(stored, dict) or not isinstance(current, dict):
+        return stored
+    return {name: _without_removed(value, current[name]) for name, value in stored.items() if name in current}
+
+
+def prepare_run_dir(
+    out: Path,
+    config: RunConfig,
+    may_change: tuple[str, ...],
+    marker: str,
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> bool:
     """Create `out` for a new run, or check that a run there can be resumed with `config`.
 
     config: the run's config (its `resume` field says which); compared with the config.json stored in `out` on
         resume. A setting the stored file lacks (a field added to keydyn after that run started) counts as its
-        default, so runs made by older versions resume when the new setting is left at its default.
+        default, so runs made by older versions resume when the new setting is left at its default; a setting
+        only the stored file has (a field removed from keydyn since) is ignored.
     may_change: settings that may differ between a run and its resumption.
     marker: the file whose presence shows there is something to resume (e.g. "last.json").
+    upgrade: turns a stored config.json of an older layout into the current one (beyond added and removed
+        settings) before the comparison.
     Returns True when resuming.
 
     Raises:
@@ -84,7 +101,10 @@ def prepare_run_dir(out: Path, config: RunConfig, may_change: tuple[str, ...], m
     if not (out / marker).exists() or not (out / "config.json").exists():
         raise FileNotFoundError(f"--resume given but {out} holds nothing to resume ({marker}); drop --resume to start")
     current = json.loads(json.dumps(config.to_json()))  # tuples compare as the lists JSON stores
-    stored = _with_missing_filled(json.loads((out / "config.json").read_text()), default_settings(config))
+    stored = json.loads((out / "config.json").read_text())
+    if upgrade is not None:
+        stored = upgrade(stored)
+    stored = _without_removed(_with_missing_filled(stored, default_settings(config)), current)
     different = sorted(name for name in current if name not in may_change and stored.get(name) != current[name])
     if different:
         raise ValueError(
@@ -123,3 +143,13 @@ def checkpoint_paths(run_dir: Path, which: str, how_to_train: str) -> tuple[Path
             f"{how_to_train} or pass another run directory"
         )
     return info_path, weights_path
+
+
+def load_checked(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load `tensors` into `module`, every name and shape matched; a mismatch is a ValueError naming `source` and
+    the tensors that differ (a checkpoint of another model, another keydyn version, or a corrupt file)."""
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        raise ValueError(f"{source} does not fit its model configuration: {detail}") from error

@@ -8,13 +8,17 @@ seed the planner with the best of a grid of constant pusher velocities (the orig
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 import torch
+import tyro
 from torch import Tensor
 
 from keydyn.dynamics.model import DynamicsMLP
@@ -27,6 +31,7 @@ from keydyn.planning import (
     GradientShootingConfig,
     MPPIConfig,
     Planner,
+    PlannerConfig,
     PlanResult,
     RandomShooting,
     RandomShootingConfig,
@@ -36,15 +41,48 @@ from keydyn.planning.base import Cost, Dynamics
 from keydyn.runs import resolve_device
 
 
+class PlannerEntry(NamedTuple):
+    """A registered planner: its name (the `planner:NAME` subcommand, the `type` of a preset or config.json, the
+    label in result tables upper-cased) and the class that plans with its config."""
+
+    name: str
+    planner: Callable[..., Planner]
+
+
+PLANNERS: dict[type[PlannerConfig], PlannerEntry] = {
+    MPPIConfig: PlannerEntry("mppi", MPPI),
+    CEMConfig: PlannerEntry("cem", CEM),
+    RandomShootingConfig: PlannerEntry("random", RandomShooting),
+    GradientShootingConfig: PlannerEntry("gradient", GradientShooting),
+}
+"""The planner registry: config class -> planner. An entry here is all `MPCConfig.planner`, the command line
+(`planner:NAME` with that config's options), presets and the controller need."""
+
+PlannerChoice = functools.reduce(
+    operator.or_,
+    (
+        Annotated[config_class, tyro.conf.subcommand(f"planner:{entry.name}", prefix_name=False)]
+        for config_class, entry in PLANNERS.items()
+    ),
+)
+"""The config of any registered planner; on the command line one `planner:NAME` subcommand per planner."""
+
+
+def planner_name(config: PlannerConfig) -> str:
+    """The registered name of the planner `config` configures ("mppi", "cem", ...)."""
+    entry = PLANNERS.get(type(config))
+    if entry is None:
+        known = ", ".join(f"{cls.__name__} ({entry.name})" for cls, entry in PLANNERS.items())
+        raise ValueError(f"no planner is registered for {type(config).__name__}; registered: {known}")
+    return entry.name
+
+
 @dataclass(frozen=True)
 class MPCConfig:
     """Controller options. Units: m/s for actions, control steps for horizons."""
 
-    planner: Literal["mppi", "cem", "random", "gradient"] = "mppi"
-    mppi: MPPIConfig = field(default_factory=MPPIConfig)
-    cem: CEMConfig = field(default_factory=CEMConfig)
-    random: RandomShootingConfig = field(default_factory=RandomShootingConfig)
-    gradient: GradientShootingConfig = field(default_factory=GradientShootingConfig)
+    planner: PlannerChoice = field(default_factory=MPPIConfig)
+    """The planner; on the command line its name, then its options (e.g. `planner:cem --num-samples 500`)."""
     horizon: int = 10
     """Planning horizon H when fixed; with shrinking_horizon, the longest horizon used."""
     shrinking_horizon: bool = True
@@ -75,19 +113,25 @@ class MPCConfig:
             raise ValueError(f"horizon must be at least 1, got {self.horizon}")
         if self.action_limit <= 0:
             raise ValueError(f"action_limit must be positive, got {self.action_limit}")
-        if self.planner not in ("mppi", "cem", "random", "gradient"):
-            raise ValueError(f"unknown planner {self.planner!r}; choose mppi, cem, random or gradient")
+        planner_name(self.planner)  # a registered planner's config
 
-    def planner_config(self) -> MPPIConfig | CEMConfig | RandomShootingConfig | GradientShootingConfig:
-        return getattr(self, self.planner)
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON values, the planner's with its name under `type` (as a preset names it)."""
+        planner = {"type": planner_name(self.planner), **dataclasses.asdict(self.planner)}
+        return {**dataclasses.asdict(self), "planner": planner}
 
 
-PLANNERS: dict[str, Callable[..., Planner]] = {
-    "mppi": MPPI,
-    "cem": CEM,
-    "random": RandomShooting,
-    "gradient": GradientShooting,
-}
+def upgrade_mpc_json(values: dict[str, Any]) -> dict[str, Any]:
+    """MPC settings stored by keydyn before the planner was one field (`planner` a name beside one settings mapping
+    per planner, each with an ignored `horizon` and `seed`) in the current layout of `MPCConfig.to_json`; current
+    ones unchanged."""
+    if not isinstance(values.get("planner"), str):
+        return values
+    name = values["planner"]
+    names = {entry.name for entry in PLANNERS.values()}
+    settings = {key: value for key, value in values.get(name, {}).items() if key not in ("horizon", "seed")}
+    kept = {key: value for key, value in values.items() if key not in names and key != "planner"}
+    return {"planner": {"type": name, **settings}, **kept}
 
 
 def model_dynamics(model: DynamicsMLP, precision: Literal["fp32", "bf16"]) -> Dynamics:
@@ -128,9 +172,8 @@ class MPCController:
         self.dynamics = model_dynamics(self.model, config.precision)
         limit = torch.full((2,), config.action_limit, device=device)
         self.generator = torch.Generator(device=device)
-        self.planner = PLANNERS[config.planner](
-            self.dynamics, _unset_cost, config.planner_config(), -limit, limit, self.generator
-        )
+        planner = PLANNERS[type(config.planner)].planner
+        self.planner = planner(self.dynamics, _unset_cost, config.planner, -limit, limit, self.generator)
         self.grid = torch.as_tensor(constant_velocity_grid(config.grid_headings, config.grid_speeds), device=device)
         self.grid = torch.clamp(self.grid, -limit, limit)
         dim = model.latent_dim
@@ -142,6 +185,7 @@ class MPCController:
         self._actions: list[np.ndarray] = []
         self._executed: np.ndarray | None = None  # the last action, which led to the next latent
         self._warm_start: Tensor | None = None
+        self._planned_states: Tensor | None = None  # (H + 1, S) states predicted along the last plan
 
     def horizon(self, steps_left: int | None) -> int:
         """Planning horizon for a step with `steps_left` control steps to go (None: no episode end)."""
@@ -156,6 +200,7 @@ class MPCController:
         self._actions = [np.zeros(2, dtype=np.float32)] * (n - 1)
         self._executed = None
         self._warm_start = None
+        self._planned_states = None
         self.generator.manual_seed(seed)
 
     def state(self) -> Tensor:
@@ -192,7 +237,16 @@ class MPCController:
         action = result.actions[0].float().cpu().numpy()
         self._warm_start = self.planner.shift(result.actions)
         self._executed = action
+        self._planned_states = result.states
         return action
+
+    def predicted_latents(self) -> np.ndarray:
+        """(H + 1, D) latents the model predicts along the last plan (its first row: the latent planned from), in
+        the latent's units; what the paper's figure 1 draws."""
+        if self._planned_states is None:
+            raise RuntimeError("no plan yet: call act() first")
+        states = self._planned_states.reshape(-1, self._planned_states.shape[-1])
+        return self.model.current_latent(states.float()).cpu().numpy()
 
     def _filtered(self, observed: np.ndarray) -> np.ndarray:
         """(D,) `observed` with its compared entries (object keypoints, metres) moved toward the model's

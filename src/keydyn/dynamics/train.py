@@ -43,6 +43,7 @@ from keydyn.files import read_lines, write_atomic, write_json_atomic, write_line
 from keydyn.latents import KeypointConfig, LatentMethod, get_latent, latent_names
 from keydyn.runs import (
     checkpoint_paths,
+    load_checked,
     load_training_state,
     open_dataset,
     resolve_device,
@@ -139,6 +140,8 @@ class TrainDynamicsConfig:
         values = dataclasses.asdict(self)
         values["dataset"], values["out"], values["hidden"] = str(self.dataset), str(self.out), list(self.hidden)
         values["visual_run"] = None if self.visual_run is None else str(self.visual_run)
+        cache_dir = self.keypoints.cache_dir
+        values["keypoints"]["cache_dir"] = None if cache_dir is None else str(cache_dir)
         return values
 
 
@@ -334,14 +337,18 @@ def load_dynamics(run_dir: str | Path, which: Literal["best", "last"] = "best", 
     info_path, weights_path = checkpoint_paths(run_dir, which, "keydyn.dynamics.train_dynamics")
     config = json.loads(info_path.read_text())["model"]
     model = DynamicsMLP(config["latent_dim"], config["history"], config["hidden"])
-    _load_model_tensors(model, load_file(str(weights_path)))
+    _load_model_tensors(model, load_file(str(weights_path)), weights_path)
     return model.to(device).eval()
 
 
-def _load_model_tensors(model: DynamicsMLP, tensors: dict[str, torch.Tensor]) -> None:
-    """Load the model's own tensors of a checkpoint (the latent method's trainable ones sit beside them)."""
+def _load_model_tensors(model: DynamicsMLP, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load the model's own tensors of checkpoint `source` (the latent method's trainable ones sit beside them).
+
+    Raises:
+        ValueError: a tensor is missing or of another shape than the model's configuration gives.
+    """
     names = model.state_dict().keys()
-    model.load_state_dict({name: value for name, value in tensors.items() if name in names})
+    load_checked(model, {name: value for name, value in tensors.items() if name in names}, source)
 
 
 def _restore(
@@ -354,7 +361,7 @@ def _restore(
 ) -> None:
     state = load_training_state(config.out, info, "epoch")
     tensors = load_file(str(config.out / "last.safetensors"))
-    _load_model_tensors(model, tensors)
+    _load_model_tensors(model, tensors, config.out / "last.safetensors")
     if trainable is not None:
         config.method.restore_trainable(trainable, tensors)
     optimizer.load_state_dict(state["optimizer"])

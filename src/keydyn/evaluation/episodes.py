@@ -27,6 +27,8 @@ from keydyn.vision.geometry import project
 
 GOAL_COLOUR = (40, 220, 40)
 CURRENT_COLOUR = (230, 40, 40)
+PREDICTED_COLOUR = (250, 200, 30)
+DISPLAY_HEIGHT = 480  # videos show every camera at least this many pixels high
 
 VideoPoints = Callable[[np.ndarray], np.ndarray | None]
 """(D,) latent -> (P, 3) world points (metres) to draw, or None: `LatentMethod.video_points`."""
@@ -37,8 +39,9 @@ class EpisodeResult:
     """Outcome of one closed-loop episode. Distances in metres, angles in radians, times in seconds.
 
     latents: (T + 1, D) observed latents; actions: (T, 2) executed pusher velocities, m/s.
-    frames: (H, W, 3) uint8 images of the first camera with the target's (green) and current (red) latent drawn
-        (keypoints, for keypoint latents), when recorded.
+    frames: (h, w, 3) uint8 images of every camera at display size with the target's (green) and current (red)
+        latent drawn (keypoints, for keypoint latents) and the points predicted along each plan (yellow), when
+        recorded: one per step, as planned from, and the final scene.
     """
 
     index: int
@@ -103,21 +106,44 @@ class ClosedLoopRun:
         )
 
 
-def annotated_frame(env: PushingEnv, target_points: np.ndarray | None, current_points: np.ndarray | None) -> np.ndarray:
-    """First camera's RGB with (P, 3) target and current world points drawn as outlines and dots (None: not
-    drawn)."""
-    image = env.render().copy()
-    camera = env.task.cameras[0]
+def _to_display(env: PushingEnv, index: int, points: np.ndarray, scale: int) -> np.ndarray:
+    """(..., 3) world points (metres) -> (..., 2) pixels of camera `index`'s image scaled up `scale` times (NaN
+    behind the camera)."""
+    camera = env.task.cameras[index]
     K = torch.as_tensor(camera_intrinsics(camera.fovy_deg, env.task.width, env.task.height))
-    pose = torch.as_tensor(camera_pose(env.model, env.data, env.handles.camera_ids[0]))
-    for points, colour in ((target_points, GOAL_COLOUR), (current_points, CURRENT_COLOUR)):
-        if points is None:
-            continue
-        uv, depth = project(torch.as_tensor(points, dtype=torch.float64), K, pose)
-        uv = torch.where(depth[:, None] > 0, uv, torch.nan).numpy()  # nothing drawn behind the camera
-        draw_polyline(image, uv, colour)
-        draw_points(image, uv, colour, radius=max(1, env.task.width // 160))
-    return image
+    pose = torch.as_tensor(camera_pose(env.model, env.data, env.handles.camera_ids[index]))
+    flat = torch.as_tensor(np.asarray(points, dtype=np.float64).reshape(-1, 3))
+    uv, depth = project(flat, K, pose)
+    uv = torch.where(depth[:, None] > 0, uv, torch.nan).numpy()
+    return (uv * scale + (scale - 1) / 2).reshape(*np.shape(points)[:-1], 2)
+
+
+def annotated_frame(
+    env: PushingEnv,
+    target_points: np.ndarray | None,
+    current_points: np.ndarray | None,
+    predicted_points: np.ndarray | None = None,
+) -> np.ndarray:
+    """Every camera's RGB side by side, each scaled up by a whole factor to at least DISPLAY_HEIGHT pixels, with
+    (P, 3) target (green) and current (red) world points drawn as outlines and dots, and (H + 1, P, 3) points
+    predicted along the plan (yellow: each point's path); None: not drawn. Returns (h, w, 3) uint8."""
+    scale = max(1, -(-DISPLAY_HEIGHT // env.task.height))
+    radius = max(2, scale * env.task.width // 160)
+    panels = []
+    for index, image in enumerate(env.camera_images()):
+        image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+        if predicted_points is not None:
+            paths = _to_display(env, index, predicted_points, scale)  # (H + 1, P, 2)
+            for point in range(paths.shape[1]):
+                draw_polyline(image, paths[:, point], PREDICTED_COLOUR, closed=False)
+            draw_points(image, paths[-1], PREDICTED_COLOUR, radius=max(1, radius // 2))
+        for points, colour in ((target_points, GOAL_COLOUR), (current_points, CURRENT_COLOUR)):
+            if points is not None:
+                uv = _to_display(env, index, points, scale)
+                draw_polyline(image, uv, colour)
+                draw_points(image, uv, colour, radius=radius)
+        panels.append(image)
+    return np.concatenate(panels, axis=1)
 
 
 def run_closed_loop(
@@ -146,22 +172,24 @@ def run_closed_loop(
     controller.reset(latent, seed)
     record = target is not None and video_points is not None
     latents, actions, frames = [latent], [], []
-    if record:
-        frames.append(annotated_frame(env, video_points(target(0)), video_points(latent)))
     plan_time, termination = 0.0, ""
     for t in range(steps):
         begin = time.perf_counter()
         action = controller.act(latent, lambda horizon, t=t: make_cost(t, horizon), steps - t if shrinking else None)
         plan_time += time.perf_counter() - begin
+        if record:  # the scene as planned from, with the plan's predicted points
+            predicted = [video_points(z) for z in controller.predicted_latents()]
+            paths = None if predicted[0] is None else np.stack(predicted)
+            frames.append(annotated_frame(env, video_points(target(t)), video_points(latent), paths))
         observation, _, terminated, _, info = env.step(action)
         latent = encoder.encode(observation, info)
         latents.append(latent)
         actions.append(action)
-        if record:
-            frames.append(annotated_frame(env, video_points(target(t + 1)), video_points(latent)))
         if terminated:
             termination = info.get("termination", "terminated")
             break
+    if record:
+        frames.append(annotated_frame(env, video_points(target(len(actions))), video_points(latent)))
     return ClosedLoopRun(np.stack(latents), _stack_actions(actions), first_info, info, termination, plan_time, frames)
 
 

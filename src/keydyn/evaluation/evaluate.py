@@ -23,25 +23,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import tyro
 from tqdm import tqdm
 
-from keydyn.control.mpc import MPCConfig
+from keydyn.control.mpc import MPCConfig, planner_name, upgrade_mpc_json
 from keydyn.control.run import control_setup, load_run
 from keydyn.evaluation.episodes import reach_goal
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
 from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
-from keydyn.latents import get_latent, latent_names
 from keydyn.runs import prepare_run_dir
 from keydyn.video import write_video
 
 _RESUMABLE_FIELDS = ("episodes", "workers", "resume", "progress", "videos")
 
-LATENT_LABELS = {name: get_latent(name).label for name in latent_names()}
-"""Table labels of the latent methods registered on import (others: `keydyn.latents.get_latent(name).label`)."""
 
-
+@tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # the planner's options (MPPI's by default) show in --help
 @dataclass(frozen=True)
 class EvaluateConfig:
     """Goal-reaching evaluation of a trained dynamics run with MPC."""
@@ -53,11 +51,11 @@ class EvaluateConfig:
     task: str | None = None
     """Task to evaluate on; default the run's training task (its camera resolution is kept)."""
     episodes: int = 200
-    """Start/goal pairs; pair k is the same for every run with the same --goals-seed."""
+    """Start/goal pairs; pair k is the same for every run with the same --goals.seed."""
     checkpoint: Literal["best", "last"] = "best"
     mpc: MPCConfig = field(default_factory=MPCConfig)
     goals: GoalPairConfig = field(default_factory=GoalPairConfig)
-    """How start/goal pairs are drawn (its `pairs` is ignored: --episodes sets the count)."""
+    """How start/goal pairs are drawn (--episodes sets how many)."""
     seed: int = 0
     """Planner seed; episode k's planner is seeded from (seed, k)."""
     workers: int = 2
@@ -80,7 +78,13 @@ class EvaluateConfig:
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["run"], values["out"] = str(self.run), str(self.out)
+        values["mpc"] = self.mpc.to_json()
         return values
+
+
+def _upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
+    """A config.json of an older keydyn in the current layout (the planner's settings)."""
+    return {**values, "mpc": upgrade_mpc_json(values["mpc"])} if "mpc" in values else values
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -109,7 +113,7 @@ class GoalReachingWorker:
 
 def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
     """Create the output directory, or check it against a resumed one; return the episodes already done."""
-    if not prepare_run_dir(config.out, config, _RESUMABLE_FIELDS, "config.json"):
+    if not prepare_run_dir(config.out, config, _RESUMABLE_FIELDS, "config.json", _upgrade_stored):
         return []
     rows = read_lines(config.out / "episodes.jsonl")
     write_lines_atomic(config.out / "episodes.jsonl", rows)  # without a torn last line: appends start afresh
@@ -136,7 +140,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         bar.close()
     rows.sort(key=lambda row: row["index"])
     summary = summarize(rows, config.success_position_cm, config.success_angle_deg)
-    label = f"{trained.method.label} ({config.mpc.planner.upper()})"
+    label = f"{trained.method.label} ({planner_name(config.mpc.planner).upper()})"
     results = {
         "run": str(config.run),
         "task": trained.task.name,

@@ -21,7 +21,6 @@ from keydyn.sim.env import PushingEnv
 class GoalPairConfig:
     """How start/goal pairs are drawn. Units: metres, degrees, m/s, control steps."""
 
-    pairs: int = 200
     push_steps: tuple[int, ...] = (10, 15)  # pair k pushes for push_steps[k % len(push_steps)] steps
     object_xy_range: float = 0.2
     push_speed: tuple[float, float] = (0.15, 0.25)
@@ -31,8 +30,8 @@ class GoalPairConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.pairs < 1 or not self.push_steps or min(self.push_steps) < 1:
-            raise ValueError(f"need pairs >= 1 and push_steps >= 1, got {self.pairs} and {self.push_steps}")
+        if not self.push_steps or min(self.push_steps) < 1:
+            raise ValueError(f"need push_steps >= 1, got {self.push_steps}")
 
 
 @dataclass(frozen=True)
@@ -127,6 +126,6 @@ def goal_pair(env: PushingEnv, config: GoalPairConfig, index: int) -> GoalPair:
     )
 
 
-def make_goal_pairs(env: PushingEnv, config: GoalPairConfig) -> list[GoalPair]:
-    """Draw `config.pairs` start/goal pairs in `env` (deterministic in config.seed)."""
-    return [goal_pair(env, config, index) for index in range(config.pairs)]
+def make_goal_pairs(env: PushingEnv, config: GoalPairConfig, count: int) -> list[GoalPair]:
+    """Pairs 0 to `count` - 1 of the set `config` describes, in `env` (deterministic in config.seed)."""
+    return [goal_pair(env, config, index) for index in range(count)]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import tyro
 
 from keydyn.control.mpc import MPCConfig
 from keydyn.control.run import control_setup
@@ -31,6 +32,7 @@ from keydyn.sim.env import PushingEnv
 from keydyn.video import write_video
 
 
+@tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # the planner's options (MPPI's by default) show in --help
 @dataclass(frozen=True)
 class TrackConfig:
     """Track a demonstrated trajectory with MPC from its start and from offset starts."""
@@ -73,6 +75,7 @@ class TrackConfig:
         values = dataclasses.asdict(self)
         for key in ("run", "out", "dataset"):
             values[key] = None if values[key] is None else str(values[key])
+        values["mpc"] = self.mpc.to_json()
         return values
 
     def start_offsets(self) -> list[tuple[float, float, float]]:

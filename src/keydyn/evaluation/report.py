@@ -106,7 +106,8 @@ def comparison_table(evaluations: Sequence[Path]) -> str:
             raise FileNotFoundError(f"{path} does not exist; make it with `keydyn evaluate --out {directory}`")
         results = json.loads(path.read_text())
         config, task = results["config"], results["task"]
-        setting = (json.dumps(config["goals"], sort_keys=True), results["summary"]["episodes"])
+        goals = {key: value for key, value in config["goals"].items() if key != "pairs"}  # older keydyn's, unused
+        setting = (json.dumps(goals, sort_keys=True), results["summary"]["episodes"])
         if pairs.setdefault(task, setting) != setting:
             raise ValueError(
                 f"{directory} was evaluated on other start/goal pairs than the first `{task}` evaluation (--goals.* "

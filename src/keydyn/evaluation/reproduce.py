@@ -27,10 +27,11 @@ import numpy as np
 
 from keydyn.data.collect import CollectConfig, collect
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
-from keydyn.evaluation.evaluate import LATENT_LABELS, EvaluateConfig, evaluate
+from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.paper import TABLES
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
 from keydyn.files import write_json_atomic, write_text_atomic
+from keydyn.latents import get_latent
 from keydyn.presets import from_preset, preset_names
 from keydyn.sim.config import TASK_NAMES
 from keydyn.vision.train import TrainVisualConfig, train_visual
@@ -91,6 +92,11 @@ class ReproduceConfig:
                 raise ValueError(f"no preset {name!r} for `keydyn {command}`; its presets: {preset_names(command)}")
 
 
+def _needs_visual(method: str) -> bool:
+    """Whether a latent method locates its latents with a descriptor network (`--visual-run`)."""
+    return "visual_run" in get_latent(method).settings
+
+
 def _fresh_or_resumed(run: Path, marker: str) -> bool:
     """Whether to resume the stage in `run`: yes when its `marker` exists. A directory without it was cut
     before its first checkpoint; it belongs to this reproduction, so it is cleared and started afresh."""
@@ -148,11 +154,12 @@ def stage_dynamics(config: ReproduceConfig, method: str, seed: int, dataset: Pat
             TrainDynamicsConfig,
             "train-dynamics",
             config.dynamics,
-            overrides={"keypoints": {"seed": seed}},
+            # DS and WDS (SDS and WSDS) of one network share their references, so their located keypoints too.
+            overrides={"keypoints": {"seed": seed, "cache_dir": str(config.out / "keypoint_cache" / f"seed{seed}")}},
             dataset=dataset,
             out=out,
             latent=method,
-            visual_run=None if method == REFERENCE else visual,
+            visual_run=visual if _needs_visual(method) else None,
             seed=seed,
             resume=resume,
             progress=config.progress,
@@ -187,7 +194,7 @@ def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
     evaluations: dict[str, list[Path]] = {method: [] for method in config.methods}
     for seed in range(config.seeds):
         dataset = stage_dataset(config, seed)
-        needs_visual = any(method != REFERENCE for method in config.methods)
+        needs_visual = any(_needs_visual(method) for method in config.methods)
         visual = stage_visual(config, seed, dataset) if needs_visual else None
         for method in config.methods:
             run = stage_dynamics(config, method, seed, dataset, visual)
@@ -255,7 +262,7 @@ def results_table(table: str, task: str, evaluations: dict[str, list[Path]]) -> 
     rows = {method: method_row(paths) for method, paths in evaluations.items()}
     reference = rows.get(REFERENCE)
     for method, row in rows.items():
-        row["label"] = LATENT_LABELS.get(method, method)
+        row["label"] = get_latent(method).label
         row["paper"] = paper.get(method)
         if reference is not None:
             row["ratio_to_gt3d"] = row["position_mean_cm"] / reference["position_mean_cm"]

@@ -30,9 +30,9 @@ def models_root() -> Path:
     return Path(str(resources.files(__name__)))
 
 
-def shipped_tasks() -> list[str]:
-    """Tasks with shipped models."""
-    return sorted(path.parent.name for path in models_root().glob("*/manifest.json"))
+def shipped_tasks(root: Path | None = None) -> list[str]:
+    """Tasks with shipped models (in `root`, by default the package's)."""
+    return sorted(path.parent.name for path in (root or models_root()).glob("*/manifest.json"))
 
 
 def file_sha256(path: Path) -> str:
@@ -43,17 +43,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def manifest(task: str) -> dict[str, Any]:
-    """The manifest of a task's shipped models, checked: its format version and the hash of every file.
+def manifest(task: str, root: Path | None = None) -> dict[str, Any]:
+    """The manifest of a task's shipped models (in `root`, by default the package's), checked: its format
+    version and the hash of every file.
 
     Raises:
         ValueError: no models for `task`, a manifest of another format version, or a file that is missing or
             differs from the one shipped (its hash names it).
     """
-    folder = models_root() / task
+    folder = (root or models_root()) / task
     path = folder / "manifest.json"
     if not path.exists():
-        raise ValueError(f"no shipped models for task {task!r}; shipped: {', '.join(shipped_tasks()) or 'none'}")
+        raise ValueError(f"no shipped models for task {task!r}; shipped: {', '.join(shipped_tasks(root)) or 'none'}")
     content = json.loads(path.read_text())
     if content.get("format") != FORMAT_VERSION:
         raise ValueError(
@@ -69,13 +70,14 @@ def manifest(task: str) -> dict[str, Any]:
     return content
 
 
-def shipped_run(task: str, method: str) -> Path:
-    """The checked directory of the shipped dynamics run of `method` (e.g. "sds", "gt3d") on `task`.
+def shipped_run(task: str, method: str, root: Path | None = None) -> Path:
+    """The checked directory of the shipped dynamics run of `method` (e.g. "sds", "gt3d") on `task` (in `root`,
+    by default the package's).
 
     Raises:
         ValueError: as `manifest`, or no shipped run of `method` for `task`.
     """
-    content = manifest(task)
+    content = manifest(task, root)
     if method not in content["runs"]:
         raise ValueError(f"no shipped {method} run for {task}; shipped: {', '.join(content['runs'])}")
-    return models_root() / task / method
+    return (root or models_root()) / task / method

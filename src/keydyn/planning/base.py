@@ -25,17 +25,12 @@ WarmStart = Literal["shift_zero", "shift_repeat"]
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    """Options every planner shares.
+    """Options every planner shares (the horizon and the random source belong to whoever runs the planner: see
+    `Planner`)."""
 
-    horizon: default planning horizon H in control steps (a call may pass another).
-    seed: seed of the planner's torch.Generator; every random draw uses it.
-    warm_start: how `Planner.shift` turns the executed plan into the next call's warm start: drop the first
-        action and append zeros ("shift_zero") or a copy of the last action ("shift_repeat").
-    """
-
-    horizon: int = 10
-    seed: int = 0
     warm_start: WarmStart = "shift_zero"
+    """How `Planner.shift` turns the executed plan into the next call's warm start: drop the first action and
+    append zeros ("shift_zero") or a copy of the last action ("shift_repeat")."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +99,9 @@ class Planner:
 
     dynamics, cost: see `Dynamics` and `Cost`.
     low, high: (A,) action bounds in m/s; they fix the device and dtype of all planned actions.
-    generator: random source; by default a new torch.Generator on the bounds' device seeded with `config.seed`.
+    generator: random source of every draw; by default a new torch.Generator on the bounds' device seeded with
+        `seed` (the MPC controller passes its own and seeds it per episode).
+    horizon: planning horizon H, in control steps, of a call that gives neither a horizon nor a warm start.
     """
 
     def __init__(
@@ -115,17 +112,23 @@ class Planner:
         low: Tensor,
         high: Tensor,
         generator: torch.Generator | None = None,
+        *,
+        seed: int = 0,
+        horizon: int = 10,
     ) -> None:
         if low.shape != high.shape or low.dim() != 1 or bool((low > high).any()):
             raise ValueError("low and high must be (A,) tensors with low <= high")
+        if horizon < 1:
+            raise ValueError(f"horizon must be at least 1, got {horizon}")
         self.dynamics = dynamics
         self.cost = cost
         self.config = config
         self.low = low
         self.high = high
+        self.horizon = horizon
         if generator is None:
             generator = torch.Generator(device=low.device)
-            generator.manual_seed(config.seed)
+            generator.manual_seed(seed)
         self.generator = generator
 
     def shift(self, actions: Tensor) -> Tensor:
@@ -137,14 +140,14 @@ class Planner:
 
         warm_start: (H', A) or (B, H', A) initial guess in m/s (e.g. `self.shift(previous.actions)`); truncated to
             the horizon when longer.
-        horizon: H for this call; defaults to the warm start's length, else `config.horizon`. A shrinking horizon
-            is just a smaller value per call.
+        horizon: H for this call; defaults to the warm start's length, else the planner's `horizon`. A shrinking
+            horizon is just a smaller value per call.
         """
         unbatched = state.dim() == 1
         state = state.to(self.low.dtype).reshape(-1, state.shape[-1])
         B, A = state.shape[0], self.low.shape[0]
         if horizon is None:
-            horizon = self.config.horizon if warm_start is None else warm_start.shape[-2]
+            horizon = self.horizon if warm_start is None else warm_start.shape[-2]
         if warm_start is not None:
             if warm_start.shape[-2] < horizon:
                 raise ValueError(f"warm start has {warm_start.shape[-2]} steps, fewer than horizon {horizon}")

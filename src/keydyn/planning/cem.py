@@ -12,20 +12,18 @@ from keydyn.planning.base import Planner, PlannerConfig, PlanResult, keep_better
 
 @dataclass(frozen=True)
 class CEMConfig(PlannerConfig):
-    """CEM options.
-
-    num_samples: N sampled action sequences per environment and iteration.
-    num_elites: lowest-cost samples the Gaussian is refit to.
-    iterations: refits per call.
-    init_std: initial standard deviation per action dimension and step, in m/s.
-    alpha: smoothing, new = alpha * old + (1 - alpha) * elite statistic (for both mean and std).
-    """
+    """Cross-entropy method: refit a diagonal Gaussian over action sequences to the elite samples."""
 
     num_samples: int = 500
+    """N sampled action sequences per environment and iteration."""
     num_elites: int = 50
+    """Lowest-cost samples the Gaussian is refit to."""
     iterations: int = 5
+    """Refits per call."""
     init_std: float = 0.15
+    """Initial standard deviation per action dimension and step, m/s."""
     alpha: float = 0.1
+    """Smoothing, new = alpha * old + (1 - alpha) * elite statistic (for both mean and std)."""
 
 
 class CEM(Planner):

@@ -12,22 +12,20 @@ from keydyn.planning.base import Planner, PlannerConfig, PlanResult, keep_better
 
 @dataclass(frozen=True)
 class MPPIConfig(PlannerConfig):
-    """MPPI options (defaults from the paper).
-
-    num_samples: N sampled action sequences per environment and iteration.
-    iterations: M refinement iterations per call.
-    noise_std: standard deviation of the white noise u_t per action dimension, in m/s.
-    beta: noise filter coefficient, n_t = beta * u_t + (1 - beta) * n_{t-1} with n_{-1} = 0; 1 gives white noise.
-    gamma: reward weight (1/temperature); sample weights are softmax(gamma * R) with R = -cost.
-    return_best: return the lowest-cost sequence sampled in any iteration instead of the final weighted mean.
-    """
+    """MPPI with time-correlated noise (defaults from the paper)."""
 
     num_samples: int = 1000
+    """N sampled action sequences per environment and iteration."""
     iterations: int = 3
+    """M refinement iterations per call."""
     noise_std: float = 0.05
+    """Standard deviation of the white noise u_t per action dimension, m/s."""
     beta: float = 0.7
+    """Noise filter coefficient, n_t = beta * u_t + (1 - beta) * n_{t-1} with n_{-1} = 0; 1 gives white noise."""
     gamma: float = 20.0
+    """Reward weight (1/temperature); sample weights are softmax(gamma * R) with R = -cost."""
     return_best: bool = True
+    """Return the lowest-cost sequence sampled in any iteration instead of the final weighted mean."""
 
 
 def correlation_filter(horizon: int, beta: float, dtype: torch.dtype, device: torch.device) -> Tensor:

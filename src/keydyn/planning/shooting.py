@@ -13,15 +13,13 @@ from keydyn.planning.base import Planner, PlannerConfig, PlanResult, keep_better
 
 @dataclass(frozen=True)
 class RandomShootingConfig(PlannerConfig):
-    """Random shooting options.
-
-    num_samples: N candidate sequences per environment (a warm start, if given, replaces the first one).
-    sampling: "constant" draws one velocity in the bounds per sequence and holds it for all H steps (m/s);
-        "iid" draws every step independently and uniformly within the bounds.
-    """
+    """Random shooting: the best of N uniformly sampled action sequences."""
 
     num_samples: int = 1000
+    """N candidate sequences per environment (a warm start, if given, replaces the first one)."""
     sampling: Literal["constant", "iid"] = "constant"
+    """"constant" draws one velocity within the bounds per sequence and holds it for all H steps; "iid" draws every
+    step independently and uniformly within the bounds."""
 
 
 class RandomShooting(Planner):
@@ -49,17 +47,15 @@ class RandomShooting(Planner):
 
 @dataclass(frozen=True)
 class GradientShootingConfig(PlannerConfig):
-    """Gradient shooting options.
-
-    num_sequences: K sequences per environment optimised in parallel, initialised uniformly within the bounds
-        (a warm start, if given, replaces the first one).
-    steps: Adam steps per call.
-    lr: Adam learning rate, in m/s (roughly the largest change of an action per step).
-    """
+    """Gradient shooting: Adam on K action sequences through the differentiable dynamics."""
 
     num_sequences: int = 16
+    """K sequences per environment optimised in parallel, initialised uniformly within the bounds (a warm start,
+    if given, replaces the first one)."""
     steps: int = 50
+    """Adam steps per call."""
     lr: float = 0.02
+    """Adam learning rate, m/s (roughly the largest change of an action per step)."""
 
 
 class GradientShooting(Planner):

@@ -7,6 +7,10 @@ applies its `default` preset (the best recipe measured, see README) unless `--pr
 the command line override the preset, and the run saves the resolved config (config.json).
 
 A preset may start from another one of the same command with `extends: NAME`; its own settings win.
+
+A setting that may hold one of several dataclasses (the planner: MPPI, CEM, ...) is a mapping laid over its
+default, or, with `type: NAME`, over the defaults of the class that NAME picks: NAME is that class's subcommand
+on the command line without its prefix (`planner:cem` -> `type: cem`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import yaml
 T = TypeVar("T")
 
 DEFAULT = "default"
+
+TYPE = "type"
+"""The key of a preset mapping that picks one of the dataclasses a setting may hold."""
 
 
 def _folder(command: str) -> Any:
@@ -79,24 +86,52 @@ def _copy(values: Any) -> Any:
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `override` laid over it, nested mappings merged key by key (neither is modified)."""
+    """`base` with `override` laid over it, nested mappings merged key by key (neither is modified); a mapping
+    whose `type` picks another class than the one it would be merged with (or picks one where that did not)
+    replaces it."""
     merged = _copy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if (
+            isinstance(value, dict)
+            and isinstance(merged.get(key), dict)
+            and value.get(TYPE, merged[key].get(TYPE)) == merged[key].get(TYPE)
+        ):
             merged[key] = merge(merged[key], value)
         else:
             merged[key] = _copy(value)
     return merged
 
 
+def _is_union(annotation: Any) -> bool:
+    return isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+
+
 def _dataclass_of(annotation: Any) -> type | None:
     """The dataclass named by a field's annotation (also inside `X | None`), else None."""
     if dataclasses.is_dataclass(annotation):
         return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+    if _is_union(annotation):
         classes = [arg for arg in typing.get_args(annotation) if dataclasses.is_dataclass(arg)]
         return classes[0] if len(classes) == 1 else None
     return None
+
+
+def _choices(annotation: Any) -> dict[str, type]:
+    """The dataclasses a field annotated `annotation` (with its `Annotated` extras) may hold, when it may hold
+    several, by name: the part after the last colon of the class's tyro subcommand name (`planner:cem` -> "cem"),
+    else the class name."""
+    if not _is_union(annotation):
+        return {}
+    choices = {}
+    for option in typing.get_args(annotation):
+        cls, extras = option, ()
+        if typing.get_origin(option) is typing.Annotated:
+            cls, *extras = typing.get_args(option)
+        if not dataclasses.is_dataclass(cls):
+            continue
+        names = [extra.name for extra in extras if isinstance(getattr(extra, "name", None), str)]
+        choices[names[0].rsplit(":", 1)[-1] if names else cls.__name__] = cls
+    return choices if len(choices) > 1 else {}
 
 
 def _is_tuple(annotation: Any) -> bool:
@@ -121,6 +156,7 @@ def field_values(cls: type, values: dict[str, Any], where: str) -> dict[str, Any
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    extras = typing.get_type_hints(cls, include_extras=True)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(
@@ -130,7 +166,10 @@ def field_values(cls: type, values: dict[str, Any], where: str) -> dict[str, Any
     arguments = {}
     for name, value in values.items():
         nested = _dataclass_of(hints[name])
-        if nested is not None and isinstance(value, dict):
+        choices = _choices(extras[name])
+        if choices and isinstance(value, dict):
+            arguments[name] = _chosen(choices, _field_default(fields[name]), value, f"{where}: {name}")
+        elif nested is not None and isinstance(value, dict):
             default = _field_default(fields[name])
             base = default if isinstance(default, nested) else None
             overrides = field_values(type(base) if base is not None else nested, value, f"{where}: {name}")
@@ -142,6 +181,25 @@ def field_values(cls: type, values: dict[str, Any], where: str) -> dict[str, Any
         else:
             arguments[name] = value
     return arguments
+
+
+def _chosen(choices: dict[str, type], default: Any, value: dict[str, Any], where: str) -> Any:
+    """The dataclass a preset mapping `value` gives a setting that may hold any of `choices`: the class its `type`
+    names (laid over `default` when that is of this class, else over the class's defaults), or `default`'s."""
+    value = dict(value)
+    name = value.pop(TYPE, None)
+    if name is None:
+        if not dataclasses.is_dataclass(default):
+            raise ValueError(f"{where}: say which of {', '.join(choices)} with `{TYPE}:`")
+        chosen = type(default)
+    elif name in choices:
+        chosen = choices[name]
+    else:
+        raise ValueError(f"{where}: {TYPE} {name!r} is none of {', '.join(choices)}")
+    overrides = field_values(chosen, value, where)
+    if type(default) is chosen:
+        return dataclasses.replace(default, **overrides)
+    return chosen(**overrides)
 
 
 def from_preset(
@@ -176,13 +234,17 @@ def to_preset(config: Any, defaults: Any = None) -> dict[str, Any]:
     mappings, tuples and paths as lists and strings; fields without a default are included.
     `field_values(type(config), to_preset(config))` rebuilds `config`."""
     values = {}
+    extras = typing.get_type_hints(type(config), include_extras=True)
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         default = _field_default(field) if defaults is None else getattr(defaults, field.name)
         if value == default:
             continue
+        names = {cls: name for name, cls in _choices(extras[field.name]).items()}
         if dataclasses.is_dataclass(value) and type(default) is type(value):
             values[field.name] = to_preset(value, default)
+        elif type(value) in names:
+            values[field.name] = {TYPE: names[type(value)], **to_preset(value)}
         else:
             values[field.name] = _plain(value)
     return values

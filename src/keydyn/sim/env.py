@@ -240,6 +240,12 @@ class PushingEnv(gym.Env):
         rgb, _, _ = self._ensure_renderer().render(self._model, self._data, self._handles.camera_ids[0])
         return rgb
 
+    def camera_images(self) -> list[np.ndarray]:
+        """RGB images of every camera, in `task.cameras` order, each (H, W, 3) uint8 (rendered even when the
+        environment was made with images=False: for videos)."""
+        renderer = self._ensure_renderer()
+        return [renderer.render(self._model, self._data, camera_id)[0] for camera_id in self._handles.camera_ids]
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()

@@ -14,13 +14,13 @@ ImageNet mean/std normalisation happens inside the model. Two variants:
 
 The backbone's parameter names follow torchvision's ResNet (conv1, bn1, layer1.0.conv1, ..., downsample.0),
 so a state dict of ImageNet weights converted from torchvision loads with `net.backbone.load_state_dict`
-(the `fc` layer is not built). Nothing is downloaded: `pretrained` must stay False.
+(the `fc` layer is not built). Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -48,7 +48,6 @@ class DescriptorNetConfig:
         finest_stride: 8 or 4, the stride of the shallowest stage whose scores the "strided" variant sums (4
             adds stage 1: its descriptor image is bilinear over 4x4-pixel cells rather than 8x8); "dilated": 8.
         width: channels of the first stage (64 in the standard ResNets; smaller for tests and quick runs).
-        pretrained: must be False: no ImageNet weights can be downloaded here (see the module docstring).
     """
 
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
@@ -57,7 +56,6 @@ class DescriptorNetConfig:
     output_stride: Literal[8, 16, 32] = 8
     finest_stride: Literal[4, 8] = 8
     width: int = 64
-    pretrained: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in _BLOCKS:
@@ -74,11 +72,22 @@ class DescriptorNetConfig:
             raise ValueError("the dilated variant sums no skips; finest_stride 4 applies to 'strided'")
         if self.descriptor_dim < 1 or self.width < 1:
             raise ValueError("descriptor_dim and width must be positive")
-        if self.pretrained:
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> DescriptorNetConfig:
+        """The config saved in a run's checkpoint JSON (its "network"). Runs of older keydyn versions also saved
+        `pretrained`, which was always false (ImageNet weights were never supported); it is dropped.
+
+        Raises:
+            ValueError: `pretrained` is true.
+        """
+        values = dict(values)
+        if values.pop("pretrained", False):
             raise ValueError(
-                "pretrained=True: no ImageNet weights can be downloaded here; build with pretrained=False and "
-                "load a torchvision-named ResNet state dict with net.backbone.load_state_dict(..., strict=False)"
+                "this network's config says pretrained=True, but keydyn never loaded ImageNet weights; load a "
+                "torchvision-named ResNet state dict with net.backbone.load_state_dict(..., strict=False) instead"
             )
+        return cls(**values)
 
 
 def _conv3x3(inputs: int, outputs: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:

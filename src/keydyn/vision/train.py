@@ -41,6 +41,7 @@ from keydyn.data.split import split_episodes
 from keydyn.files import read_lines, write_atomic, write_json_atomic, write_lines_atomic
 from keydyn.runs import (
     checkpoint_paths,
+    load_checked,
     load_training_state,
     open_dataset,
     resolve_device,
@@ -349,8 +350,8 @@ def load_descriptor_net(
     """
     run_dir = Path(run_dir)
     info_path, weights_path = checkpoint_paths(run_dir, which, "`keydyn train-visual`")
-    net = DescriptorNet(DescriptorNetConfig(**json.loads(info_path.read_text())["network"]))
-    net.load_state_dict(load_file(str(weights_path)))
+    net = DescriptorNet(DescriptorNetConfig.from_json(json.loads(info_path.read_text())["network"]))
+    load_checked(net, load_file(str(weights_path)), weights_path)
     return net.to(device).eval()
 
 
@@ -358,7 +359,7 @@ def _restore(
     out: Path, info: dict, net: DescriptorNet, optimizer: torch.optim.Optimizer, generator: torch.Generator
 ) -> None:
     state = load_training_state(out, info, "step")
-    net.load_state_dict(load_file(str(out / "last.safetensors")))
+    load_checked(net, load_file(str(out / "last.safetensors")), out / "last.safetensors")
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])

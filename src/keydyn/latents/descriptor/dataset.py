@@ -45,8 +45,8 @@ def network_hash(net: DescriptorNet) -> str:
     return digest.hexdigest()
 
 
-def cache_key(net: DescriptorNet, references: References, store: EpisodeStore) -> str:
-    """A hash of everything the keypoints depend on: weights, references, camera and dataset identity."""
+def cache_key(net: DescriptorNet, references: References, store: EpisodeStore, bf16: bool) -> str:
+    """A hash of everything the keypoints depend on: weights, references, camera, precision, dataset identity."""
     digest = hashlib.sha256(network_hash(net).encode())
     for tensor in (references.descriptors, references.uv):
         digest.update(tensor.detach().float().contiguous().numpy().tobytes())
@@ -55,6 +55,7 @@ def cache_key(net: DescriptorNet, references: References, store: EpisodeStore) -
         **({"fused_cameras": list(references.fused_cameras)} if references.fused_cameras else {}),
         "eta": references.eta,
         "depth_mode": references.depth_mode,
+        "bf16": bf16,
         "dataset": str(store.path.resolve()),
         "frames": store.num_frames,
         "collection": store.attrs.get("collection", {}),
@@ -113,7 +114,7 @@ def dataset_keypoints(
 ) -> DatasetKeypoints:
     """The keypoints of every frame of `store`, loaded from `cache_dir` when computed before, else computed
     (see `compute_keypoints`) and cached there."""
-    path = Path(cache_dir) / f"keypoints-{cache_key(net, references, store)}.safetensors"
+    path = Path(cache_dir) / f"keypoints-{cache_key(net, references, store, bf16)}.safetensors"
     if path.exists():
         tensors = load_file(str(path))
         return DatasetKeypoints(tensors["points"], tensors["confidence"])

@@ -3,16 +3,20 @@
 A dynamics run with a descriptor latent (ds, sds, wds, wsds) holds, besides the dynamics files:
     references.json/.safetensors   the reference descriptors, their pixels, camera and reference frame
     rigid_filter.json/.safetensors the keypoints' rigid template and outlier threshold (--keypoints.rigid-outlier-mm)
-    visual_network.json            the visual run, its checkpoint and the SHA-256 of its weights
+    visual_network.json            the visual run (its path relative to this run), its checkpoint and the SHA-256
+                                   of its weights
     keypoints.png                  the references on the reference image (paper figure 3)
-and, for wds / wsds, the weights' alpha inside the dynamics checkpoints (under `weights.PARAMETER_PREFIX`). The
-keypoints of every dataset frame are cached in the visual run (keypoint_cache/keypoints-<hash>.safetensors),
-keyed by the network, the references and the dataset, so runs with the same references share them.
+    keypoint_cache/                the keypoints of every dataset frame (keypoints-<hash>.safetensors), keyed by
+                                   the network, the references, the precision and the dataset
+                                   (--keypoints.cache-dir puts them elsewhere, to share them between runs)
+and, for wds / wsds, the weights' alpha inside the dynamics checkpoints (under `weights.PARAMETER_PREFIX`).
+Nothing is written into the visual run, and a dynamics run moved together with its visual run still loads.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,7 @@ from keydyn.sim.config import TaskConfig
 from keydyn.vision.network import DescriptorNet
 from keydyn.vision.train import load_descriptor_net
 
-KEYPOINT_CACHE = "keypoint_cache"  # directory of cached dataset keypoints inside a visual run
+KEYPOINT_CACHE = "keypoint_cache"  # directory of cached dataset keypoints inside a dynamics run
 
 
 class DescriptorLatent(KeypointLatent):
@@ -74,7 +78,7 @@ class DescriptorLatent(KeypointLatent):
             references = choose_references(net, store, keypoints, self.spatial, eta)
             references.save(out)
         identity = {
-            "visual_run": str(visual_run),
+            "visual_run": os.path.relpath(visual_run.resolve(), out.resolve()),  # relative: the runs can move together
             "checkpoint": keypoints.checkpoint,
             "network_sha256": network_hash(net),
         }
@@ -82,7 +86,7 @@ class DescriptorLatent(KeypointLatent):
         rgb = store.frames(f"{references.camera}/rgb", references.frame, references.frame + 1)[0]
         title = f"{self.label}: {len(references)} reference descriptors, camera {references.camera}"
         write_reference_picture(out / "keypoints.png", rgb, references, title)
-        cache = visual_run / KEYPOINT_CACHE  # shared by every dynamics run of the same references (DS and WDS)
+        cache = out / KEYPOINT_CACHE if keypoints.cache_dir is None else keypoints.cache_dir
         points = dataset_keypoints(net, references, store, cache, keypoints.batch_size, keypoints.bf16).points
         if keypoints.rigid_outlier_mm > 0:
             rigid = RigidFilter.load(out)  # a resumed run keeps its template
@@ -142,7 +146,7 @@ def load_run_visual(run_dir: Path) -> tuple[DescriptorNet, Path]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run of a descriptor --latent")
     identity = json.loads(path.read_text())
-    visual_run = Path(identity["visual_run"])
+    visual_run = Path(run_dir) / identity["visual_run"]  # relative to the run (an absolute path stays as it is)
     net, _ = load_visual(visual_run, identity["checkpoint"])
     if network_hash(net) != identity["network_sha256"]:
         raise ValueError(

@@ -98,8 +98,14 @@ class KeypointConfig:
     """A keypoint's depth: the depth image at its pixel (keeps points whose heatmaps straddle an edge on the
     surface) or `expectation`, the heatmap-weighted depth of the paper (eq. 11)."""
     seed: int = 0
+    cache_dir: Path | None = None
+    """Where the keypoints located in every dataset frame are cached, keyed by network, references, precision
+    and dataset, so that runs with the same references share them (DS and WDS of one network, a rerun); default:
+    keypoint_cache/ inside the dynamics run."""
 
     def __post_init__(self) -> None:
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         for name in ("num_descriptors", "num_selected", "confidence_frames", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--keypoints.{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -1,14 +1,13 @@
-"""Visual accuracy of descriptor keypoints on held-out episodes: located 3D points against the true positions
-of the same object points, and the confidence of visible vs occluded points.
+"""`keydyn keypoint-accuracy`: descriptor keypoints on held-out episodes, their located 3D points against the
+true positions of the same object points, and the confidence of visible vs occluded points.
 
 The keypoints are the references of a dynamics run with a descriptor latent (`--run`), or SDS references
 chosen here from the visual run (`--visual-run`, with `--keypoints.*`). The held-out episodes are those the
 visual run did not train on (its seeded split). Targets (issue 4): median 3D error of SDS keypoints <= 5 mm
 on top_down; on occlusions, the confidence of occluded points clearly below that of visible ones.
 
-    python benchmarks/keypoint_accuracy.py --dataset data/top_down --run runs/sds_top_down
-    python benchmarks/keypoint_accuracy.py --dataset data/occlusions --visual-run visual/occlusions
-    python benchmarks/keypoint_accuracy.py --dataset data/occlusions --visual-run visual/occlusions --latent ds
+    keydyn keypoint-accuracy --dataset data/top_down --run runs/sds_top_down
+    keydyn keypoint-accuracy --dataset data/occlusions --visual-run visual/occlusions [--latent ds] [--out a.json]
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import tyro
 
 from keydyn.data.split import split_episodes
+from keydyn.files import write_json_atomic
 from keydyn.latents.descriptor.accuracy import VISIBILITY_TOLERANCE_M, keypoint_errors
 from keydyn.latents.descriptor.method import load_run_visual, load_visual, run_locates_in_bf16
 from keydyn.latents.descriptor.references import KeypointConfig, References, choose_references
@@ -32,6 +31,8 @@ from keydyn.runs import open_dataset
 
 @dataclass(frozen=True)
 class KeypointAccuracyConfig:
+    """Which keypoints to measure on which dataset's held-out episodes."""
+
     dataset: Path
     """Dataset the visual run trained on (its held-out episodes are measured)."""
     run: Path | None = None
@@ -46,9 +47,16 @@ class KeypointAccuracyConfig:
     """At most this many held-out frames (evenly spaced)."""
     visibility_tolerance: float = VISIBILITY_TOLERANCE_M
     """Metres between the rendered depth and a point's depth for the point to count as visible."""
+    out: Path | None = None
+    """Also write the figures to this JSON file."""
 
 
-def main(config: KeypointAccuracyConfig) -> dict:
+def keypoint_accuracy(config: KeypointAccuracyConfig) -> dict:
+    """The figures (3D errors of visible points, confidence of visible and occluded points, the machine).
+
+    Raises:
+        ValueError: neither --run nor --visual-run is given.
+    """
     store = open_dataset(config.dataset)
     if config.run is not None:
         net, visual_run = load_run_visual(config.run)
@@ -62,7 +70,7 @@ def main(config: KeypointAccuracyConfig) -> dict:
         bf16 = config.keypoints.bf16
         rigid = None
     else:
-        raise SystemExit("give --run (a dynamics run with a descriptor latent) or --visual-run")
+        raise ValueError("give --run (a dynamics run with a descriptor latent) or --visual-run (a descriptor run)")
     visual = json.loads((visual_run / "config.json").read_text())
     _, held_out = split_episodes(store.num_episodes, visual["val_fraction"], visual["seed"])
     frames = np.concatenate([np.arange(*store.episode_range(int(episode))) for episode in held_out])
@@ -71,8 +79,8 @@ def main(config: KeypointAccuracyConfig) -> dict:
     errors = keypoint_errors(
         net, store, references, frames, bf16=bf16, visibility_tolerance=config.visibility_tolerance, rigid=rigid
     )
-    return {
-        "benchmark": "keypoint_accuracy",
+    figures = {
+        "measurement": "keypoint_accuracy",
         "dataset": str(config.dataset),
         "visual_run": str(visual_run),
         "references": str(config.run) if config.run is not None else f"{config.latent} chosen here",
@@ -85,7 +93,6 @@ def main(config: KeypointAccuracyConfig) -> dict:
         **errors.summary(),
         "machine": machine(),
     }
-
-
-if __name__ == "__main__":
-    print(json.dumps(main(tyro.cli(KeypointAccuracyConfig)), indent=2))
+    if config.out is not None:
+        write_json_atomic(config.out, figures)
+    return figures
