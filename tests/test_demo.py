@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import imageio.v3 as iio
+
 from keydyn.cli import main
 from keydyn.data.store import EpisodeStore
 
@@ -29,3 +31,21 @@ def test_demo_from_scratch_runs_the_pixel_pipeline_and_resumes(tmp_path, capsys)
     with one_thread():
         assert main(args) == 0
     assert json.loads((out / "table.json").read_text()) == table
+
+
+def test_demo_drives_the_box_with_the_shipped_models(tmp_path, capsys):
+    """The README's main job: the shipped SDS and GT 3D models from pixels, a table and a video, resumable."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--pairs", "1", "--videos", "1", "--workers", "0", "--no-progress"]
+    with one_thread():
+        assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["results"]) == {"sds", "gt3d"} and results["models"]["task"] == "top_down"
+    assert all(outcome["summary"]["episodes"] == 1 for outcome in results["results"].values())
+    video = iio.imread(out / "sds" / "videos" / "episode_000.mp4")
+    assert video.shape[1] >= 480 and video.shape[2] >= 2 * video.shape[1]  # both cameras at display size
+    printed = capsys.readouterr().out
+    assert "| SDS (MPPI) |" in printed and "| GT 3D (MPPI) |" in printed and (out / "results.md").read_text() in printed
+    with one_thread():  # again: both evaluations are found finished
+        assert main(args) == 0
+    assert json.loads((out / "results.json").read_text())["results"] == results["results"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import mujoco
 import numpy as np
@@ -247,6 +248,29 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(small_dataset, tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (whole / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
     assert json.loads((whole / "best.json").read_text()) == json.loads((part / "best.json").read_text())
+
+
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_kill_inside_a_checkpoint_commit_resumes_to_the_same_result(small_dataset, tmp_path, committed):
+    """A kill while epoch 3's checkpoint is written: before last.json commits it (its files stay `.next`, dropped
+    on resume, and epoch 3 is trained again) or after (they are moved into place). Both end where an
+    uninterrupted run does."""
+    whole = train_dynamics(_config(small_dataset, tmp_path / "whole", epochs=3))
+    part = train_dynamics(_config(small_dataset, tmp_path / "part", epochs=2))
+    shutil.copy(whole / "last.safetensors", part / "last.safetensors.next")
+    shutil.copy(whole / "last_optim.pt", part / "last_optim.pt.next")
+    if committed:
+        shutil.copy(whole / "last.json", part / "last.json")
+        shutil.copy(whole / "metrics.jsonl", part / "metrics.jsonl")
+    train_dynamics(_config(small_dataset, part, epochs=3, resume=True))
+    a, b = load_file(str(whole / "last.safetensors")), load_file(str(part / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (whole / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
+    assert not list(part.glob("*.next"))
+    # A run whose files were mixed from outside keydyn is refused, not resumed from the wrong weights.
+    (part / "last.json").write_text(json.dumps({**json.loads((part / "last.json").read_text()), "epoch": 2}))
+    with pytest.raises(ValueError, match=r"last\.safetensors is of epoch 3 but last\.json of 2"):
+        train_dynamics(_config(small_dataset, part, epochs=4, resume=True))
 
 
 def test_normalizer_is_saved_and_restored_with_the_model(small_dataset, tmp_path):

@@ -34,7 +34,7 @@ class DemoConfig:
     out: Path = Path("demo_out")
     task: str = "top_down"
     """Task of the shipped models to run (`keydyn.models.shipped_tasks()`)."""
-    pairs: int = 10
+    pairs: int = 20
     """Start/goal pairs (the first of the 200 fixed ones) to drive the object to."""
     videos: int = 2
     """Pairs (the first ones) to record as videos."""

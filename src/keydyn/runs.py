@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors import safe_open
 
 from keydyn.data.store import EpisodeStore
+from keydyn.files import write_atomic, write_json_atomic
 from keydyn.sim.config import TaskConfig
 
 
@@ -121,15 +124,64 @@ def resumed_checkpoint(out: Path, config: RunConfig, may_change: tuple[str, ...]
     return None
 
 
+LAST_WEIGHTS, LAST_STATE, LAST_INFO = "last.safetensors", "last_optim.pt", "last.json"
+PENDING = ".next"  # suffix of a checkpoint's files written but not yet moved onto their names
+
+
+def _counter_of(path: Path, counter: str) -> int:
+    """The `counter` ("epoch" or "step") a checkpoint file was written at: safetensors metadata, or the state's."""
+    if path.name.startswith(LAST_WEIGHTS):
+        with safe_open(str(path), "pt") as weights:
+            return int((weights.metadata() or {})[counter])
+    return int(torch.load(path, map_location="cpu", weights_only=True)[counter])
+
+
+def commit_checkpoint(
+    out: Path, weights: Callable[[Path], None], state: Callable[[Path], None], info: dict[str, Any]
+) -> None:
+    """Write the last checkpoint of a trainer so that a kill at any moment leaves either the previous checkpoint
+    or this one, never a mix: the weights (`weights(path)` writes safetensors whose metadata holds the counter)
+    and the optimiser state (`state(path)`, a dict holding the counter) go to `.next` files, then last.json
+    (`info`, with the counter) commits them, then they are moved onto last.safetensors and last_optim.pt.
+    `recover_checkpoint` finishes or drops an interrupted commit."""
+    write_atomic(out / (LAST_WEIGHTS + PENDING), weights)
+    write_atomic(out / (LAST_STATE + PENDING), state)
+    write_json_atomic(out / LAST_INFO, info)
+    os.replace(out / (LAST_WEIGHTS + PENDING), out / LAST_WEIGHTS)
+    os.replace(out / (LAST_STATE + PENDING), out / LAST_STATE)
+
+
+def recover_checkpoint(out: Path, info: dict[str, Any], counter: str) -> None:
+    """Before resuming from `info` (last.json): move the `.next` files of a commit that last.json had made onto
+    their names, and drop those of one it had not; then check that last.safetensors and last_optim.pt are of
+    last.json's `counter`.
+
+    Raises:
+        ValueError: a checkpoint file is of another counter than last.json (a run damaged from outside).
+    """
+    for name in (LAST_WEIGHTS, LAST_STATE):
+        pending = out / (name + PENDING)
+        if pending.exists():
+            try:
+                committed = _counter_of(pending, counter) == info[counter]
+            except Exception:  # cut while written: never committed
+                committed = False
+            if committed:
+                os.replace(pending, out / name)
+            else:
+                pending.unlink()
+        found = _counter_of(out / name, counter)
+        if found != info[counter]:
+            raise ValueError(
+                f"{out}: {name} is of {counter} {found} but last.json of {info[counter]}; the run was changed "
+                "from outside keydyn and cannot resume: start a new --out"
+            )
+
+
 def load_training_state(out: Path, info: dict, counter: str) -> dict:
-    """The optimizer/generator state saved beside last.json (last_optim.pt), checked to be of the same `counter`
-    value ("epoch" or "step") as `info`, the last.json it belongs to."""
-    state = torch.load(out / "last_optim.pt", map_location="cpu", weights_only=True)
-    if state[counter] != info[counter]:
-        raise ValueError(
-            f"{out}: last_optim.pt is of {counter} {state[counter]} but last.json of {info[counter]}; corrupt run"
-        )
-    return state
+    """The optimizer/generator state saved beside last.json (last_optim.pt), after `recover_checkpoint`."""
+    recover_checkpoint(out, info, counter)
+    return torch.load(out / LAST_STATE, map_location="cpu", weights_only=True)
 
 
 def checkpoint_paths(run_dir: Path, which: str, how_to_train: str) -> tuple[Path, Path]:

@@ -43,6 +43,7 @@ from keydyn.files import read_lines, write_atomic, write_json_atomic, write_line
 from keydyn.latents import KeypointConfig, LatentMethod, get_latent, latent_names
 from keydyn.runs import (
     checkpoint_paths,
+    commit_checkpoint,
     load_checked,
     load_training_state,
     open_dataset,
@@ -310,13 +311,15 @@ def save_checkpoint(
     epoch: int,
     best_error: float,
 ) -> None:
-    """Write last.safetensors, last_optim.pt, then last.json (which commits the checkpoint)."""
-    out = config.out
-    save_model_atomic(out / "last.safetensors", model, epoch, config.method, trainable)
+    """Commit last.safetensors, last_optim.pt and last.json together (`keydyn.runs.commit_checkpoint`)."""
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-    write_atomic(out / "last_optim.pt", lambda p: torch.save(state, p))
     info = {"model": model.config(), "latent": config.latent, "epoch": epoch, "best_val_final_step_error_m": best_error}
-    write_json_atomic(out / "last.json", info)
+    commit_checkpoint(
+        config.out,
+        lambda path: save_model_atomic(path, model, epoch, config.method, trainable),
+        lambda path: torch.save(state, path),
+        info,
+    )
 
 
 def save_best(

@@ -45,8 +45,9 @@ class DescriptorNetConfig:
         descriptor_dim: D, channels of the descriptor image (the original code's value is 3).
         variant: "dilated" (paper / original: output stride 8 by dilation) or "strided".
         output_stride: 8, 16 or 32, the deepest stage kept by the "strided" variant; "dilated" is always 8.
-        finest_stride: 8 or 4, the stride of the shallowest stage whose scores the "strided" variant sums (4
-            adds stage 1: its descriptor image is bilinear over 4x4-pixel cells rather than 8x8); "dilated": 8.
+        finest_stride: 8 or 4, the stride of the shallowest stage whose scores the "strided" variant sums (4,
+            beyond the paper, adds stage 1: its descriptor image is bilinear over 4x4-pixel cells rather than
+            8x8); "dilated": 8.
         width: channels of the first stage (64 in the standard ResNets; smaller for tests and quick runs).
     """
 

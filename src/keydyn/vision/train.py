@@ -41,6 +41,7 @@ from keydyn.data.split import split_episodes
 from keydyn.files import read_lines, write_atomic, write_json_atomic, write_lines_atomic
 from keydyn.runs import (
     checkpoint_paths,
+    commit_checkpoint,
     load_checked,
     load_training_state,
     open_dataset,
@@ -112,7 +113,7 @@ class TrainVisualConfig:
     """bf16: network forward and backward under bfloat16 autocast, channels-last (losses stay in float32)."""
     init_from: Path | None = None
     """Start from the best weights of another visual run with the same --network (to fine-tune it on other
-    data or at another image size); the steps and the learning-rate schedule start afresh."""
+    data or at another image size; beyond the paper); the steps and the learning-rate schedule start afresh."""
     resume: bool = False
     """Continue the run in --out from its last checkpoint."""
     progress: bool = True
@@ -319,17 +320,18 @@ def save_checkpoint(
     step: int,
     best_error: float,
 ) -> None:
-    """Write last.safetensors, last_optim.pt, then last.json (which commits the checkpoint)."""
-    _save_network(config.out / "last.safetensors", net, step)
+    """Commit last.safetensors, last_optim.pt and last.json together (`keydyn.runs.commit_checkpoint`)."""
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),  # dropout of the dilated head draws from the global generator
     }
-    write_atomic(config.out / "last_optim.pt", lambda p: torch.save(state, p))
-    write_json_atomic(
-        config.out / "last.json", {**_network_info(config, step), "best_val_pixel_error_median": best_error}
+    commit_checkpoint(
+        config.out,
+        lambda path: _save_network(path, net, step),
+        lambda path: torch.save(state, path),
+        {**_network_info(config, step), "best_val_pixel_error_median": best_error},
     )
 
 

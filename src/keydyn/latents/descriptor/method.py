@@ -130,8 +130,11 @@ def load_descriptor_encoder(run_dir: Path, weights: KeypointWeights | None) -> D
 
 
 def run_locates_in_bf16(run_dir: Path) -> bool:
-    """Whether a dynamics run with a descriptor latent locates its keypoints under bfloat16 (--keypoints.bf16)."""
-    return bool(json.loads((Path(run_dir) / "config.json").read_text())["keypoints"]["bf16"])
+    """Whether a dynamics run with a descriptor latent locates its keypoints under bfloat16 (precision bf16)."""
+    keypoints = json.loads((Path(run_dir) / "config.json").read_text())["keypoints"]
+    if "precision" in keypoints:
+        return keypoints["precision"] == "bf16"
+    return bool(keypoints["bf16"])  # runs made before --keypoints.precision replaced --keypoints.bf16
 
 
 def load_run_visual(run_dir: Path) -> tuple[DescriptorNet, Path]:

@@ -64,8 +64,8 @@ class KeypointConfig:
     min_distance_px: float | None = None
     """SDS separation of the kept descriptors' reference pixels; default 25 px scaled by width / 640."""
     reference_tolerance_px: float | None = None
-    """SDS keeps only candidates located within this many pixels of their own pixel in the reference image;
-    default 6 px scaled by width / 640 (`inf` keeps all, as the paper)."""
+    """SDS keeps only candidates located within this many pixels of their own pixel in the reference image
+    (beyond the paper); default 6 px scaled by width / 640 (`inf` keeps all, as the paper)."""
     camera: str | None = None
     """Camera whose images locate the keypoints; default the task's first camera."""
     fuse_cameras: bool = False
@@ -78,7 +78,7 @@ class KeypointConfig:
     0 keeps every located keypoint."""
     rigid_project: bool = False
     """With --keypoints.rigid-outlier-mm: replace every keypoint by the rigid fit of the inliers (the template
-    moved by the estimated motion), not only the outliers."""
+    moved by the estimated motion), not only the outliers (beyond the paper)."""
     reference_episode: int = 0
     reference_frame: int = 0
     """The reference image: this frame (0-based, within the episode) of --keypoints.reference-episode."""
@@ -92,18 +92,26 @@ class KeypointConfig:
     """Checkpoint of the visual run: best or last."""
     batch_size: int = 16
     """Images per network call when locating keypoints in a dataset."""
-    bf16: bool = False
-    """Run the descriptor network under bfloat16 autocast (faster on CPUs with AMX / AVX-512 BF16)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Arithmetic of the descriptor network while locating keypoints; bf16 autocast is faster on CPUs with AMX /
+    AVX-512 BF16 (`--precision` of train-visual and `--mpc.precision` name the same choice)."""
     depth: DepthMode = "pixel"
-    """A keypoint's depth: the depth image at its pixel (keeps points whose heatmaps straddle an edge on the
-    surface) or `expectation`, the heatmap-weighted depth of the paper (eq. 11)."""
+    """A keypoint's depth: the depth image at its pixel (beyond the paper; keeps points whose heatmaps straddle an
+    edge on the surface) or `expectation`, the heatmap-weighted depth of the paper (eq. 11)."""
     seed: int = 0
     cache_dir: Path | None = None
     """Where the keypoints located in every dataset frame are cached, keyed by network, references, precision
     and dataset, so that runs with the same references share them (DS and WDS of one network, a rerun); default:
     keypoint_cache/ inside the dynamics run."""
 
+    @property
+    def bf16(self) -> bool:
+        """Whether the network runs under bfloat16 autocast."""
+        return self.precision == "bf16"
+
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"--keypoints.precision {self.precision!r}: use 'fp32' or 'bf16'")
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         for name in ("num_descriptors", "num_selected", "confidence_frames", "batch_size"):
