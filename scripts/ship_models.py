@@ -88,6 +88,8 @@ def main() -> None:
                 "evaluate_config": results["config"],
             }
         entries[method] = entry
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     files = {
         str(path.relative_to(folder)): file_sha256(path)
         for path in sorted(folder.rglob("*"))

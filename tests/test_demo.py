@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import imageio.v3 as iio
+import pytest
 
 from keydyn.cli import main
 from keydyn.data.store import EpisodeStore
@@ -49,3 +50,10 @@ def test_demo_drives_the_box_with_the_shipped_models(tmp_path, capsys):
     with one_thread():  # again: both evaluations are found finished
         assert main(args) == 0
     assert json.loads((out / "results.json").read_text())["results"] == results["results"]
+
+
+def test_demo_from_scratch_refuses_settings_its_recipe_makes(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # refused while the command line is parsed
+        main(["demo", "--out", str(tmp_path / "d"), "--from-scratch", "--pairs", "3"])
+    assert exit_.value.code == 2
+    assert "with --from-scratch the recipe sets the pairs" in " ".join(capsys.readouterr().err.split())

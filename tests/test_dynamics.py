@@ -273,6 +273,21 @@ def test_a_kill_inside_a_checkpoint_commit_resumes_to_the_same_result(small_data
         train_dynamics(_config(small_dataset, part, epochs=4, resume=True))
 
 
+def test_a_run_stored_with_keypoints_bf16_resumes_with_that_precision(small_dataset, tmp_path):
+    """Runs made before --keypoints.precision stored `keypoints.bf16`: it counts as that precision on resume."""
+    run = train_dynamics(_config(small_dataset, tmp_path / "old", epochs=1))
+    stored = json.loads((run / "config.json").read_text())
+    for old_flag, allowed in ((False, True), (True, False)):  # the run's own precision is fp32
+        keypoints = {k: v for k, v in stored["keypoints"].items() if k != "precision"}
+        (run / "config.json").write_text(json.dumps({**stored, "keypoints": {**keypoints, "bf16": old_flag}}))
+        if allowed:
+            train_dynamics(_config(small_dataset, run, epochs=2, resume=True))
+            assert json.loads((run / "last.json").read_text())["epoch"] == 2
+        else:
+            with pytest.raises(ValueError, match="its keypoints differ"):
+                train_dynamics(_config(small_dataset, run, epochs=3, resume=True))
+
+
 def test_normalizer_is_saved_and_restored_with_the_model(small_dataset, tmp_path):
     run = train_dynamics(_config(small_dataset, tmp_path / "run", epochs=1, hidden=(32,)))
     loaded = load_dynamics(run, "last")

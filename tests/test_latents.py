@@ -124,7 +124,7 @@ LAYERS = (
     {"planning"},
     {"control"},
     {"evaluation"},
-    {"cli", "demo", "reproduce"},
+    {"cli", "demo"},
 )
 UTILITIES = {"runs", "files", "plots", "video", "machine", "presets", "models"}
 """Shared modules any layer may import; they import only each other, sim and data."""

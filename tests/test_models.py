@@ -63,6 +63,12 @@ def test_a_corrupt_or_foreign_shipped_model_is_refused_with_a_clear_error(tmp_pa
         handle.write(bytes([last[0] ^ 0xFF]))
     with pytest.raises(ValueError, match=r"sds/best.safetensors differs from the one shipped"):
         shipped_run("top_down", "sds", root)
+    shutil.copy(models_root() / "top_down" / "sds" / "best.safetensors", root / "top_down" / "sds" / "best.safetensors")
+    (root / "top_down" / "sds" / "rigid_filter.json").write_text("{}")  # not shipped: would be applied unchecked
+    with pytest.raises(ValueError, match=r"does not list \(sds/rigid_filter.json\)"):
+        shipped_run("top_down", "sds", root)
+    (root / "top_down" / "sds" / "rigid_filter.json").unlink()
+    assert shipped_run("top_down", "sds", root) == root / "top_down" / "sds"
     content = json.loads((root / "top_down" / "manifest.json").read_text())
     (root / "top_down" / "manifest.json").write_text(json.dumps({**content, "format": FORMAT_VERSION + 1}))
     with pytest.raises(ValueError, match=f"format {FORMAT_VERSION + 1}"):

@@ -92,6 +92,7 @@ def test_command_line_starts_from_the_preset_and_flags_override_it():
     assert (parsed.epochs, parsed.lr, parsed.hidden, parsed.preset) == (7, 1e-4, (500, 1000, 1000, 500), "original")
     default = tyro.cli(command_type("train-dynamics", "default"), args=args)
     assert (default.epochs, default.lr, default.keypoints.sds_ranking) == (160, 1e-3, "rigid")
+    assert split_preset(["--preset", "paper", "train-dynamics", "--out", "o"])[:2] == ("train-dynamics", "paper")
     with pytest.raises(ValueError, match="has no presets"):
         split_preset(["table", "--preset", "paper"])
     with pytest.raises(ValueError, match="needs a name"):

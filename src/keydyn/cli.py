@@ -205,7 +205,8 @@ class Demo(DemoConfig):
 
     def execute(self) -> None:
         print(run_demo(self)["table"])
-        print(f"wrote {self.out}: results.md and one directory per stage (see `keydyn.demo`)")
+        written = "table.md" if self.from_scratch else "results.md"
+        print(f"wrote {self.out}: {written} and one directory per stage (see `keydyn.demo`)")
 
 
 PRESET_COMMANDS: dict[str, type] = {
@@ -225,7 +226,6 @@ def split_preset(argv: list[str]) -> tuple[str | None, str, list[str]]:
     Raises:
         ValueError: --preset without a name, or for a subcommand that has no presets.
     """
-    command = next((arg for arg in argv if not arg.startswith("-")), None)
     preset, rest, index = DEFAULT, [], 0
     while index < len(argv):
         arg = argv[index]
@@ -239,6 +239,7 @@ def split_preset(argv: list[str]) -> tuple[str | None, str, list[str]]:
         else:
             rest.append(arg)
         index += 1
+    command = next((arg for arg in rest if not arg.startswith("-")), None)
     if preset != DEFAULT and command not in PRESET_COMMANDS:
         raise ValueError(f"`keydyn {command}` has no presets; --preset works with {', '.join(PRESET_COMMANDS)}")
     if command in PRESET_COMMANDS and preset not in preset_names(command):
@@ -284,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keydyn: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("keydyn: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+        print(
+            "keydyn: interrupted; rerun the same command to continue (collect, train-visual, train-dynamics and "
+            "evaluate with --resume)",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -25,6 +25,7 @@ from keydyn.models import manifest, shipped_run
 from keydyn.presets import from_preset
 
 SHIPPED_METHODS = ("sds", "gt3d")
+DEMO_PAIRS, DEMO_VIDEOS = 20, 2
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,10 @@ class DemoConfig:
 
     out: Path = Path("demo_out")
     task: str = "top_down"
-    """Task of the shipped models to run (`keydyn.models.shipped_tasks()`)."""
-    pairs: int = 20
+    """Task of the shipped models to run (`keydyn.models.shipped_tasks()`), or with --from-scratch to train on."""
+    pairs: int = DEMO_PAIRS
     """Start/goal pairs (the first of the 200 fixed ones) to drive the object to."""
-    videos: int = 2
+    videos: int = DEMO_VIDEOS
     """Pairs (the first ones) to record as videos."""
     workers: int = 2
     from_scratch: bool = False
@@ -49,6 +50,11 @@ class DemoConfig:
         object.__setattr__(self, "out", Path(self.out))
         if self.pairs < 1 or self.videos < 0 or self.workers < 0:
             raise ValueError("need --pairs >= 1, --videos >= 0 and --workers >= 0")
+        if self.from_scratch and (self.pairs, self.videos) != (DEMO_PAIRS, DEMO_VIDEOS):
+            raise ValueError(
+                "with --from-scratch the recipe sets the pairs and videos (its `evaluation` preset); drop --pairs "
+                "and --videos, or run `keydyn reproduce --preset demo --evaluation NAME` with another preset"
+            )
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -59,6 +65,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 ReproduceConfig,
                 "reproduce",
                 config.recipe,
+                task=config.task,
                 out=config.out,
                 workers=config.workers,
                 progress=config.progress,

@@ -117,9 +117,14 @@ def prepare_run_dir(
     return True
 
 
-def resumed_checkpoint(out: Path, config: RunConfig, may_change: tuple[str, ...]) -> dict | None:
+def resumed_checkpoint(
+    out: Path,
+    config: RunConfig,
+    may_change: tuple[str, ...],
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> dict | None:
     """For a trainer: prepare `out` (see prepare_run_dir) and return its last.json when resuming, else None."""
-    if prepare_run_dir(out, config, may_change, "last.json"):
+    if prepare_run_dir(out, config, may_change, "last.json", upgrade):
         return json.loads((out / "last.json").read_text())
     return None
 

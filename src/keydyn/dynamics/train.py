@@ -146,6 +146,17 @@ class TrainDynamicsConfig:
         return values
 
 
+def upgrade_keypoints_json(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored TrainDynamicsConfig of a run made before `keypoints.precision` replaced `keypoints.bf16`, in the
+    current layout (others unchanged), so that such a run resumes with the precision it was trained with."""
+    keypoints = values.get("keypoints")
+    if not isinstance(keypoints, dict) or "bf16" not in keypoints:
+        return values
+    upgraded = {name: value for name, value in keypoints.items() if name != "bf16"}
+    upgraded["precision"] = "bf16" if keypoints["bf16"] else "fp32"
+    return {**values, "keypoints": upgraded}
+
+
 # -- atomic files ---------------------------------------------------------------------------------------
 def save_model_atomic(
     path: Path, model: DynamicsMLP, epoch: int, method: LatentMethod, trainable: nn.Module | None
@@ -373,7 +384,7 @@ def _restore(
 
 def train_dynamics(config: TrainDynamicsConfig) -> Path:
     """Train (or resume) a dynamics model; returns the run directory `config.out`."""
-    resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS)
+    resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, upgrade_keypoints_json)
     train, val = load_windows(config)
     device = resolve_device(config.device)
     trainable = config.method.trainable(train.latents.shape[1])

@@ -36,13 +36,14 @@ class KeypointAccuracyConfig:
     dataset: Path
     """Dataset the visual run trained on (its held-out episodes are measured)."""
     run: Path | None = None
-    """A dynamics run with a descriptor latent: measure its references (and its visual run)."""
+    """A dynamics run with a descriptor latent: measure its references, rigid filter and precision (and its visual
+    run); nothing else may be given with it."""
     visual_run: Path | None = None
-    """A visual run: choose references from it (ignored when --run is given)."""
+    """A visual run: choose references from it with --latent and --keypoints.* (no rigid filter: use --run)."""
     latent: Literal["sds", "ds"] = "sds"
     """With --visual-run: the SDS references (K* chosen), or DS's K random ones on the object mask."""
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
-    """How references are chosen and located when --visual-run is given (a --run's own settings otherwise)."""
+    """How references are chosen and located with --visual-run (with --run, the run's own settings)."""
     max_frames: int = 2000
     """At most this many held-out frames (evenly spaced)."""
     visibility_tolerance: float = VISIBILITY_TOLERANCE_M
@@ -57,6 +58,18 @@ def keypoint_accuracy(config: KeypointAccuracyConfig) -> dict:
     Raises:
         ValueError: neither --run nor --visual-run is given.
     """
+    if config.run is not None and (
+        config.visual_run is not None or config.latent != "sds" or config.keypoints != KeypointConfig()
+    ):
+        raise ValueError(
+            "--run measures that run's own references and settings: drop --visual-run, --latent and --keypoints.*, "
+            "or give --visual-run alone to choose references here"
+        )
+    if config.run is None and (config.keypoints.rigid_outlier_mm > 0 or config.keypoints.rigid_project):
+        raise ValueError(
+            "the rigid filter is fitted when a dynamics run is trained: measure such a run with --run instead of "
+            "--keypoints.rigid-outlier-mm / --keypoints.rigid-project"
+        )
     store = open_dataset(config.dataset)
     if config.run is not None:
         net, visual_run = load_run_visual(config.run)
@@ -77,7 +90,14 @@ def keypoint_accuracy(config: KeypointAccuracyConfig) -> dict:
     if len(frames) > config.max_frames:
         frames = frames[np.linspace(0, len(frames) - 1, config.max_frames).round().astype(int)]
     errors = keypoint_errors(
-        net, store, references, frames, bf16=bf16, visibility_tolerance=config.visibility_tolerance, rigid=rigid
+        net,
+        store,
+        references,
+        frames,
+        batch_size=config.keypoints.batch_size,
+        bf16=bf16,
+        visibility_tolerance=config.visibility_tolerance,
+        rigid=rigid,
     )
     figures = {
         "measurement": "keypoint_accuracy",

@@ -217,8 +217,9 @@ def _episode_errors(evaluation: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def method_row(evaluations: list[Path]) -> dict[str, Any]:
     """One method's figures over its seeds' evaluations (each on the same start/goal pairs).
 
-    The interval is a 95% bootstrap over the pairs of the per-pair error averaged over seeds; the spread is
-    over the per-seed means.
+    The means and medians are averaged over the seeds (the mean of each seed's mean, of each seed's median); the
+    interval is a 95% bootstrap over the pairs of the per-pair error averaged over seeds (so it leaves out the
+    seed-to-seed variation, which the spread over the per-seed means gives).
 
     Raises:
         ValueError: the seeds' evaluations are of different start/goal pairs.
@@ -260,6 +261,10 @@ def results_table(table: str, task: str, evaluations: dict[str, list[Path]]) -> 
     """The table's JSON: a row per method (see `method_row`) with its ratio to GT 3D and the paper's figures."""
     paper = TABLES[table].get(task, {})
     rows = {method: method_row(paths) for method, paths in evaluations.items()}
+    if REFERENCE in evaluations:  # ratios compare errors on the same pairs
+        for paths in evaluations.values():
+            if not np.array_equal(_episode_errors(paths[0])[2], _episode_errors(evaluations[REFERENCE][0])[2]):
+                raise ValueError(f"{paths[0]} holds other start/goal pairs than {evaluations[REFERENCE][0]}")
     reference = rows.get(REFERENCE)
     for method, row in rows.items():
         row["label"] = get_latent(method).label
@@ -268,7 +273,7 @@ def results_table(table: str, task: str, evaluations: dict[str, list[Path]]) -> 
             row["ratio_to_gt3d"] = row["position_mean_cm"] / reference["position_mean_cm"]
             ratios = [
                 own["position_mean_cm"] / ref["position_mean_cm"]
-                for own, ref in zip(row["per_seed"], reference["per_seed"], strict=False)
+                for own, ref in zip(row["per_seed"], reference["per_seed"], strict=True)
             ]
             row["ratio_to_gt3d_over_seeds"] = spread(ratios)
     first = next(iter(rows.values()))

@@ -61,6 +61,13 @@ def manifest(task: str, root: Path | None = None) -> dict[str, Any]:
             f"{path} is of shipped-model format {content.get('format')!r}, this keydyn reads format "
             f"{FORMAT_VERSION}; reinstall keydyn so that its code and models match"
         )
+    if not isinstance(content.get("files"), dict) or not isinstance(content.get("runs"), dict):
+        raise ValueError(f"{path} lacks its `files` or `runs`; reinstall keydyn")
+    present = {str(file.relative_to(folder)) for file in folder.rglob("*") if file.is_file()}
+    present -= {"manifest.json"} | {name for name in present if "__pycache__" in name}
+    unlisted = sorted(present - set(content["files"]))
+    if unlisted:
+        raise ValueError(f"{folder} holds files its manifest does not list ({', '.join(unlisted)}); remove them")
     for name, expected in content["files"].items():
         file = folder / name
         if not file.exists():

@@ -66,15 +66,19 @@ def _read(command: str, name: str) -> dict[str, Any]:
     return values
 
 
-def load_preset(command: str, name: str = DEFAULT) -> dict[str, Any]:
-    """The settings of preset `name` of `command`, with `extends` resolved (a fresh nested dict)."""
+def load_preset(command: str, name: str = DEFAULT, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings of preset `name` of `command`, with `extends` resolved (a fresh nested dict).
+
+    Raises:
+        ValueError: no such preset, invalid YAML, or presets that extend each other in a cycle.
+    """
+    if name in _seen:
+        raise ValueError(f"presets of {command} extend each other in a cycle: {' -> '.join((*_seen, name))}")
     values = dict(_read(command, name))
     parent = values.pop("extends", None)
     if parent is None:
         return _copy(values)
-    if parent == name:
-        raise ValueError(f"preset {command}/{name}.yaml extends itself")
-    return merge(load_preset(command, parent), values)
+    return merge(load_preset(command, parent, (*_seen, name)), values)
 
 
 def _copy(values: Any) -> Any:
@@ -232,7 +236,7 @@ def to_preset(config: Any, defaults: Any = None) -> dict[str, Any]:
     """The settings of `config` (a dataclass) that differ from `defaults` (by default its class's defaults;
     nested dataclasses are compared with their field's default), as a preset mapping: nested dataclasses as
     mappings, tuples and paths as lists and strings; fields without a default are included.
-    `field_values(type(config), to_preset(config))` rebuilds `config`."""
+    included. `type(config)(**field_values(type(config), to_preset(config), where))` rebuilds `config`."""
     values = {}
     extras = typing.get_type_hints(type(config), include_extras=True)
     for field in dataclasses.fields(config):

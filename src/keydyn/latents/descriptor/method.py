@@ -68,7 +68,8 @@ class DescriptorLatent(KeypointLatent):
         """(N, 3 K + 2) float32 latents of every dataset frame: located keypoints (world, metres) and pusher xy.
 
         Chooses the references (or reloads those already in `out`, when a run resumes), writes them, the visual
-        network's identity and keypoints.png into `out`, and caches the dataset's keypoints in the visual run.
+        network's identity and keypoints.png into `out`, and caches the dataset's keypoints in `out` (or in
+        --keypoints.cache-dir).
         """
         visual_run, keypoints = Path(config.visual_run), config.keypoints
         net, eta = load_visual(visual_run, keypoints.checkpoint)
