@@ -220,7 +220,7 @@ def test_descriptor_latents_need_a_visual_run(small_dataset, tmp_path):
         TrainDynamicsConfig(dataset=small_dataset, out=tmp_path / "run", latent="sds")
 
 
-def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, tmp_path):
+def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, tmp_path, capsys):
     from keydyn.cli import main
 
     run, out = tmp_path / "sds", tmp_path / "eval"
@@ -257,6 +257,11 @@ def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, t
     assert figures["rigid_outlier_mm"] == pytest.approx(15.0) and figures["held_out_episodes"] == 1
     assert 0.0 < figures["error_3d_mm_median"] < 100.0 and "machine" in figures
     assert main(["keypoint-accuracy", "--dataset", str(small_dataset)]) == 2  # neither --run nor --visual-run
+    # A resumed run whose visual network changed since it started is refused (its references belong to the old one).
+    (run / "visual_network.json").write_text(json.dumps({**identity, "network_sha256": "0" * 64}))
+    with one_thread():
+        assert main([*train, "--epochs", "3", "--resume"]) == 2
+    assert "changed since" in capsys.readouterr().err
 
 
 def test_keypoint_errors_measure_located_points_against_the_true_object_points(small_dataset, visual_run):

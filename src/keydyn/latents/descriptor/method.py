@@ -83,6 +83,13 @@ class DescriptorLatent(KeypointLatent):
             "checkpoint": keypoints.checkpoint,
             "network_sha256": network_hash(net),
         }
+        if (out / "visual_network.json").exists():  # a resumed run: its references belong to that network
+            trained_with = json.loads((out / "visual_network.json").read_text())["network_sha256"]
+            if trained_with != identity["network_sha256"]:
+                raise ValueError(
+                    f"the {keypoints.checkpoint} network of {visual_run} changed since {out} started; its references "
+                    "and cached keypoints belong to the earlier one: train the dynamics anew in a new --out"
+                )
         write_json_atomic(out / "visual_network.json", identity)
         rgb = store.frames(f"{references.camera}/rgb", references.frame, references.frame + 1)[0]
         title = f"{self.label}: {len(references)} reference descriptors, camera {references.camera}"
