@@ -64,10 +64,10 @@ def test_a_corrupt_or_foreign_shipped_model_is_refused_with_a_clear_error(tmp_pa
     with pytest.raises(ValueError, match=r"sds/best.safetensors differs from the one shipped"):
         shipped_run("top_down", "sds", root)
     shutil.copy(models_root() / "top_down" / "sds" / "best.safetensors", root / "top_down" / "sds" / "best.safetensors")
-    (root / "top_down" / "sds" / "rigid_filter.json").write_text("{}")  # not shipped: would be applied unchecked
-    with pytest.raises(ValueError, match=r"does not list \(sds/rigid_filter.json\)"):
+    (root / "top_down" / "sds" / "last.json").write_text("{}")  # not shipped: `--checkpoint last` would read it
+    with pytest.raises(ValueError, match=r"does not list \(sds/last.json\)"):
         shipped_run("top_down", "sds", root)
-    (root / "top_down" / "sds" / "rigid_filter.json").unlink()
+    (root / "top_down" / "sds" / "last.json").unlink()
     assert shipped_run("top_down", "sds", root) == root / "top_down" / "sds"
     content = json.loads((root / "top_down" / "manifest.json").read_text())
     (root / "top_down" / "manifest.json").write_text(json.dumps({**content, "format": FORMAT_VERSION + 1}))
