@@ -225,19 +225,18 @@ def method_row(evaluations: list[Path]) -> dict[str, Any]:
         ValueError: the seeds' evaluations are of different start/goal pairs.
     """
     positions, angles, successes, per_seed = [], [], [], []
-    pairs = None
+    pairs, initial = None, None
     for evaluation in evaluations:
         position, angle, indices, summary = _episode_errors(evaluation)
         if pairs is not None and not np.array_equal(indices, pairs):
             raise ValueError(f"{evaluation} holds other start/goal pairs than {evaluations[0]}; evaluate them alike")
-        pairs = indices
+        pairs, initial = indices, initial or summary  # the start-to-goal figures are those of every seed
         threshold = summary["success_threshold"]
         positions.append(position)
         angles.append(angle)
         successes.append(np.mean((position <= threshold["position_cm"]) & (angle <= threshold["angle_deg"])))
         per_seed.append({"evaluation": str(evaluation), "position_mean_cm": float(position.mean())})
     position, angle = np.mean(positions, axis=0), np.mean(angles, axis=0)
-    initial = _episode_errors(evaluations[0])[3]
     return {
         "seeds": len(evaluations),
         "pairs": len(position),
@@ -262,8 +261,9 @@ def results_table(table: str, task: str, evaluations: dict[str, list[Path]]) -> 
     paper = TABLES[table].get(task, {})
     rows = {method: method_row(paths) for method, paths in evaluations.items()}
     if REFERENCE in evaluations:  # ratios compare errors on the same pairs
+        reference_pairs = _episode_errors(evaluations[REFERENCE][0])[2]
         for paths in evaluations.values():
-            if not np.array_equal(_episode_errors(paths[0])[2], _episode_errors(evaluations[REFERENCE][0])[2]):
+            if not np.array_equal(_episode_errors(paths[0])[2], reference_pairs):
                 raise ValueError(f"{paths[0]} holds other start/goal pairs than {evaluations[REFERENCE][0]}")
     reference = rows.get(REFERENCE)
     for method, row in rows.items():
