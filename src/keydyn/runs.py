@@ -156,13 +156,20 @@ def commit_checkpoint(
     os.replace(out / (LAST_STATE + PENDING), out / LAST_STATE)
 
 
+def _mixed_run(out: Path, name: str, counter: str, found: int, expected: int) -> ValueError:
+    return ValueError(
+        f"{out}: {name} is of {counter} {found} but last.json of {expected}; the run was changed from outside "
+        "keydyn and cannot resume: start a new --out"
+    )
+
+
 def recover_checkpoint(out: Path, info: dict[str, Any], counter: str) -> None:
     """Before resuming from `info` (last.json): move the `.next` files of a commit that last.json had made onto
-    their names, and drop those of one it had not; then check that last.safetensors and last_optim.pt are of
-    last.json's `counter`.
+    their names, and drop those of one it had not; then check that last.safetensors is of last.json's `counter`
+    (`load_training_state` checks last_optim.pt as it loads it).
 
     Raises:
-        ValueError: a checkpoint file is of another counter than last.json (a run damaged from outside).
+        ValueError: the weights are of another counter than last.json (a run damaged from outside).
     """
     for name in (LAST_WEIGHTS, LAST_STATE):
         pending = out / (name + PENDING)
@@ -175,18 +182,19 @@ def recover_checkpoint(out: Path, info: dict[str, Any], counter: str) -> None:
                 os.replace(pending, out / name)
             else:
                 pending.unlink()
-        found = _counter_of(out / name, counter)
-        if found != info[counter]:
-            raise ValueError(
-                f"{out}: {name} is of {counter} {found} but last.json of {info[counter]}; the run was changed "
-                "from outside keydyn and cannot resume: start a new --out"
-            )
+    found = _counter_of(out / LAST_WEIGHTS, counter)
+    if found != info[counter]:
+        raise _mixed_run(out, LAST_WEIGHTS, counter, found, info[counter])
 
 
 def load_training_state(out: Path, info: dict, counter: str) -> dict:
-    """The optimizer/generator state saved beside last.json (last_optim.pt), after `recover_checkpoint`."""
+    """The optimizer/generator state saved beside last.json (last_optim.pt), after `recover_checkpoint`, checked to
+    be of last.json's `counter`."""
     recover_checkpoint(out, info, counter)
-    return torch.load(out / LAST_STATE, map_location="cpu", weights_only=True)
+    state = torch.load(out / LAST_STATE, map_location="cpu", weights_only=True)
+    if state[counter] != info[counter]:
+        raise _mixed_run(out, LAST_STATE, counter, state[counter], info[counter])
+    return state
 
 
 def checkpoint_paths(run_dir: Path, which: str, how_to_train: str) -> tuple[Path, Path]:
