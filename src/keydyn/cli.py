@@ -3,6 +3,7 @@
 keydyn collect --task top_down --episodes 500 --steps 40 --out data/top_down --workers 2
 keydyn dataset info data/top_down [--json]
 keydyn dataset video data/top_down --episode 0 --out episode0.mp4
+keydyn dataset verify data/top_down
 keydyn train-dynamics --dataset data/top_down --out runs/gt3d_top_down
 keydyn train-visual --dataset data/top_down --out runs/descriptors_top_down
 keydyn evaluate --run runs/gt3d_top_down --episodes 200 --out eval/gt3d_top_down
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tyro
+from tqdm import tqdm
 
 from keydyn.data.collect import CollectConfig, collect
 from keydyn.data.inspect import dataset_summary, format_summary, write_episode_video
@@ -39,6 +41,7 @@ from keydyn.evaluation.keypoint_accuracy import KeypointAccuracyConfig, keypoint
 from keydyn.evaluation.report import comparison_table
 from keydyn.evaluation.reproduce import ReproduceConfig, format_table, run_reproduce
 from keydyn.files import write_text_atomic
+from keydyn.locks import DirectoryBusyError
 from keydyn.presets import DEFAULT, cli_default, preset_names
 from keydyn.sim.preview import write_task_picture
 from keydyn.vision.train import TrainVisualConfig, train_visual
@@ -73,11 +76,34 @@ class DatasetVideo:
 
 
 @dataclass(frozen=True)
+class DatasetVerify:
+    """Check a whole dataset: every chunk file present and passing its checksum, every episode's contents equal
+    to the SHA-256 written when it was collected. Lists each damaged episode; exit status 2 when there is one."""
+
+    path: tyro.conf.Positional[Path]
+    progress: bool = True
+
+    def execute(self) -> None:
+        store = EpisodeStore.open(self.path, check_chunks=False)
+        damage = store.verify(lambda items: tqdm(items, desc="verify", unit="episode", disable=not self.progress))
+        if damage:
+            print(damage.report(limit=store.num_episodes))
+            raise StoreError(
+                f"{self.path}: {len(damage.episodes)} of {store.num_episodes} episodes are damaged "
+                f"({len(damage.chunks)} damaged chunk files); `keydyn collect --resume --out {self.path}` with the "
+                "settings it was collected with re-collects them"
+            )
+        print(f"{self.path}: all {store.num_episodes} episodes ({store.num_frames} frames) verified intact")
+
+
+@dataclass(frozen=True)
 class Dataset:
-    """Inspect a dataset."""
+    """Inspect or verify a dataset."""
 
     command: tyro.conf.OmitSubcommandPrefixes[
-        Annotated[DatasetInfo, tyro.conf.subcommand("info")] | Annotated[DatasetVideo, tyro.conf.subcommand("video")]
+        Annotated[DatasetInfo, tyro.conf.subcommand("info")]
+        | Annotated[DatasetVideo, tyro.conf.subcommand("video")]
+        | Annotated[DatasetVerify, tyro.conf.subcommand("verify")]
     ]
 
     def execute(self) -> None:
@@ -281,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             command_type(name, preset), args=args, prog="keydyn", config=(tyro.conf.OmitSubcommandPrefixes,)
         )
         command.execute()
-    except (StoreError, ValueError, FileNotFoundError) as error:
+    except (StoreError, DirectoryBusyError, ValueError, FileNotFoundError) as error:
         print(f"keydyn: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,10 +6,13 @@ order, so a dataset is bit-identical whatever the number of workers and however 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import math
 import multiprocessing
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +21,11 @@ import numpy as np
 from tqdm import tqdm
 
 from keydyn.data.store import EpisodeStore, StoreError, encode_frames
+from keydyn.locks import DirectoryLock
 from keydyn.sim.config import TASK_NAMES, TaskConfig, task_config
 from keydyn.sim.env import PushingEnv
 from keydyn.sim.policy import RandomPushConfig, RandomPushPolicy
+from keydyn.workers import die_with_parent, worker_count
 
 TERMINATIONS = ("", "out_of_bounds", "tipped_over")  # meta/termination codes
 
@@ -53,9 +58,11 @@ class CollectConfig:
     width: int = 320
     height: int = 240
     workers: int = 1
-    """Parallel worker processes (the dataset does not depend on it)."""
+    """Parallel worker processes (the dataset does not depend on it); at most one per episode to collect and
+    per usable CPU, and as many as the available memory allows."""
     resume: bool = False
-    """Continue an interrupted collection in --out (same task and settings)."""
+    """Continue an interrupted collection in --out (same task and settings); damaged episodes (see `keydyn
+    dataset verify`) are collected again first."""
     mug_split: Literal["train", "test"] = "train"
     policy: RandomPushConfig = field(default_factory=RandomPushConfig)
     filter: EpisodeFilter = field(default_factory=EpisodeFilter)
@@ -70,6 +77,7 @@ class CollectConfig:
             raise ValueError(f"--steps must be at least 1, got {self.steps}")
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        self.task_config()  # checks the image size
         if self.filter.min_steps > self.steps:
             raise ValueError(
                 f"--filter.min-steps ({self.filter.min_steps}) exceeds --steps ({self.steps}): every episode "
@@ -195,7 +203,8 @@ class _Worker:
     config: CollectConfig | None = None
 
 
-def _init_worker(config: CollectConfig) -> None:
+def _init_worker(config: CollectConfig, parent: int) -> None:
+    die_with_parent(parent)
     _Worker.config = config
     _Worker.env = PushingEnv(config.task_config())
 
@@ -210,8 +219,10 @@ def _encode_images(frames: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple
     return {k: encode_frames(v) if v.ndim >= 3 else v for k, v in frames.items()}, meta
 
 
-def _episodes(config: CollectConfig, indices: range) -> Iterator[tuple[dict, dict]]:
-    if config.workers == 1:
+def _episodes(config: CollectConfig, indices: Sequence[int]) -> Iterator[tuple[dict, dict]]:
+    """Episodes `indices` in order, simulated by up to `config.workers` processes (see `worker_count`)."""
+    workers = worker_count(config.workers, len(indices))
+    if workers == 1:
         env = PushingEnv(config.task_config())
         try:
             for index in indices:
@@ -221,18 +232,20 @@ def _episodes(config: CollectConfig, indices: range) -> Iterator[tuple[dict, dic
         return
     # Spawned (not forked) workers: an OpenGL context must not be shared with a parent.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(config.workers, initializer=_init_worker, initargs=(config,)) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=(config, os.getpid())) as pool:
         yield from pool.imap(_worker_episode, indices, chunksize=1)
         pool.close()  # a clean shutdown; leaving the block early (an error, Ctrl-C) terminates the workers
         pool.join()
 
 
 def _open_for_collection(config: CollectConfig) -> EpisodeStore:
+    """The store to collect into: created, or for --resume opened (damage and all: `_repair` mends it)."""
     task = config.task_config()
     if config.resume:
-        if not config.out.exists():
-            raise StoreError(f"--resume given but {config.out} does not exist; drop --resume to start a new dataset")
-        store = EpisodeStore.open(config.out, mode="a")
+        if not config.out.is_dir():
+            problem = "is not a directory" if config.out.exists() else "does not exist"
+            raise StoreError(f"--resume given but {config.out} {problem}; drop --resume to start a new dataset")
+        store = EpisodeStore.open(config.out, mode="a", check_chunks=False)
         stored = store.attrs.get("collection", {})
         expected = config.identity()
         different = sorted(k for k in expected if stored.get(k) != _jsonable(expected[k]))
@@ -280,13 +293,45 @@ def _jsonable(value: Any) -> Any:
 
 
 def collect(config: CollectConfig) -> EpisodeStore:
-    """Collect (or resume collecting) `config.episodes` episodes into `config.out`; returns the store."""
-    store = _open_for_collection(config)
+    """Collect (or resume collecting) `config.episodes` episodes into `config.out`; returns the store.
+
+    One collection at a time writes a store (a lock in it names the holder). On --resume, episodes that fail
+    `EpisodeStore.verify` are collected again, in place, before new ones are appended.
+    """
+    lock = DirectoryLock(config.out, "keydyn collect")
+    if config.resume and config.out.is_dir():
+        lock.acquire()  # before opening: opening to append drops rows that another writer may be adding
+    try:
+        store = _open_for_collection(config)
+        if not config.resume:
+            lock.acquire()
+        with _disk_full_named(config.out):
+            if config.resume:
+                _repair(store, config)
+            _append(store, config)
+    finally:
+        lock.release()
+    return store
+
+
+def _repair(store: EpisodeStore, config: CollectConfig) -> None:
+    """Collect the damaged episodes of `store` again (deterministic: the same seeds give the same rows)."""
+    progress = (lambda items: tqdm(items, desc="verify", unit="episode")) if config.progress else iter
+    damage = store.verify(progress)
+    if not damage:
+        return
+    print(f"{config.out}: re-collecting {len(damage.episodes)} damaged episodes:\n{damage.report()}")
+    store.discard_chunks(damage.chunks)
+    indices = sorted(damage.episodes)
+    for index, (frames, meta) in zip(indices, _episodes(config, indices), strict=True):
+        store.rewrite_episode(index, frames, meta)
+
+
+def _append(store: EpisodeStore, config: CollectConfig) -> None:
     done = store.num_episodes
     if done >= config.episodes:
-        return store
+        return
     store.update_attrs({"target_episodes": max(config.episodes, store.attrs.get("target_episodes", 0))})
-    indices = range(done, config.episodes)
     with tqdm(
         total=config.episodes,
         initial=done,
@@ -294,7 +339,20 @@ def collect(config: CollectConfig) -> EpisodeStore:
         disable=not config.progress,
         desc=f"collect {config.task}",
     ) as bar:
-        for frames, meta in _episodes(config, indices):
+        for frames, meta in _episodes(config, range(done, config.episodes)):
             store.append_episode(frames, meta)
             bar.update(1)
-    return store
+
+
+@contextlib.contextmanager
+def _disk_full_named(out: Path) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT) while writing `out` into a StoreError naming it and the fix."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StoreError(
+            f"the disk holding {out} is full ({error.strerror}: {error.filename}); free space, then rerun with "
+            "--resume: the episodes written so far are kept"
+        ) from error

@@ -4,28 +4,37 @@ Writes are crash-safe. Every zarr key is written atomically (temporary file + re
 part of the store only when the root attribute `num_episodes` is rewritten after all of its rows, so a
 process killed at any moment leaves at most rows past the committed end, which readers ignore and
 `open(..., mode="a")` truncates.
+
+Reads are checked. Every chunk ends with a CRC-32C of its bytes (zarr's crc32c codec), every chunk of the
+committed rows is written (also an all-zero one) so that a missing chunk file is damage, never zeros, and
+every episode carries the SHA-256 of its contents (`meta/content_sha256`), which `verify` recomputes.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Blosc
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
+from zarr.storage import LocalStore
 
 import keydyn
 
 FORMAT = "keydyn-episodes"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: CRC-32C per chunk, every chunk written, per-episode SHA-256 (1 had none of these)
+CONTENT_HASH = "content_sha256"  # per-episode field: SHA-256 of the episode's rows and metadata, (32,) uint8
 _ROWS_PER_CHUNK = 4096  # for small per-frame arrays (actions, poses, states)
 
 
@@ -36,9 +45,74 @@ class StoreError(RuntimeError):
 _CNAME, _CLEVEL = "zstd", 3  # lossless; ~20x smaller than raw images at ~1 ms per 320x240 RGB-D frame
 
 
-def _compressor(dtype: np.dtype) -> BloscCodec:
+def _compressors(dtype: np.dtype) -> tuple[BloscCodec, Crc32cCodec]:
+    """Blosc, then a CRC-32C of the compressed bytes appended (checked before every decompression)."""
     shuffle = BloscShuffle.bitshuffle if np.dtype(dtype).itemsize > 1 else BloscShuffle.shuffle
-    return BloscCodec(cname=_CNAME, clevel=_CLEVEL, shuffle=shuffle)
+    return BloscCodec(cname=_CNAME, clevel=_CLEVEL, shuffle=shuffle), Crc32cCodec()
+
+
+def _with_checksum(payload: bytes) -> bytes:
+    """`payload` followed by its CRC-32C, little-endian, as zarr's crc32c codec writes it."""
+    return payload + google_crc32c.value(payload).to_bytes(4, "little")
+
+
+def _checksum_problem(chunk: bytes) -> str | None:
+    """Why a stored chunk fails its CRC-32C (None when it passes)."""
+    if len(chunk) < 4:
+        return f"truncated ({len(chunk)} bytes)"
+    if google_crc32c.value(chunk[:-4]).to_bytes(4, "little") != chunk[-4:]:
+        return "checksum mismatch (truncated or corrupt)"
+    return None
+
+
+def _little_endian(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values)
+    return np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False))
+
+
+def _digest(values: np.ndarray) -> bytes:
+    """SHA-256 of an array's little-endian C-order bytes."""
+    return hashlib.sha256(_little_endian(values).data).digest()
+
+
+def _content_hash(parts: Iterable[tuple[str, bytes]]) -> np.ndarray:
+    """The episode hash from (field name, field digest) pairs in sorted field order, (32,) uint8."""
+    total = hashlib.sha256()
+    for name, digest in parts:
+        total.update(name.encode() + b"\0" + digest)
+    return np.frombuffer(total.digest(), dtype=np.uint8)
+
+
+class MissingChunkError(StoreError):
+    """A chunk file of the committed rows is missing."""
+
+
+class _CheckedLocalStore(LocalStore):
+    """A local zarr store for reading in which a missing chunk file is an error, not the array's fill value."""
+
+    async def get(self, key: str, prototype=None, byte_range=None):
+        value = await super().get(key, prototype, byte_range)
+        if value is None and not key.endswith("zarr.json"):
+            raise MissingChunkError(key)
+        return value
+
+
+@dataclass(frozen=True)
+class StoreDamage:
+    """What `EpisodeStore.verify` found. `episodes`: episode -> its problems (e.g. "data/action/c.0.0: missing");
+    `chunks`: the damaged chunk files, relative to the store (missing or failing their checksum)."""
+
+    episodes: dict[int, list[str]]
+    chunks: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.episodes)
+
+    def report(self, limit: int = 20) -> str:
+        lines = [f"episode {e}: {'; '.join(problems)}" for e, problems in sorted(self.episodes.items())[:limit]]
+        if len(self.episodes) > limit:
+            lines.append(f"... and {len(self.episodes) - limit} more damaged episodes")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -47,12 +121,14 @@ class EncodedFrames:
 
     Compressing is the costly part of writing images, so collection workers do it in parallel and the
     writing process only stores the bytes. Attributes: `frame_shape` and `dtype` of one frame; `chunks`,
-    one Blosc frame of the little-endian C-order bytes per frame.
+    one Blosc frame of the little-endian C-order bytes per frame followed by its CRC-32C; `sha256`, the
+    digest of all frames' little-endian bytes (the episode's content hash is built from it).
     """
 
     frame_shape: tuple[int, ...]
     dtype: str
     chunks: tuple[bytes, ...]
+    sha256: bytes
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -63,9 +139,9 @@ def encode_frames(frames: np.ndarray) -> EncodedFrames:
     frames = np.asarray(frames)
     shuffle = Blosc.BITSHUFFLE if frames.dtype.itemsize > 1 else Blosc.SHUFFLE
     codec = Blosc(cname=_CNAME, clevel=_CLEVEL, shuffle=shuffle)
-    little = frames.astype(frames.dtype.newbyteorder("<"), copy=False)
-    chunks = tuple(bytes(codec.encode(np.ascontiguousarray(frame))) for frame in little)
-    return EncodedFrames(tuple(frames.shape[1:]), frames.dtype.str.lstrip("<>|="), chunks)
+    little = _little_endian(frames)
+    chunks = tuple(_with_checksum(bytes(codec.encode(frame))) for frame in little)
+    return EncodedFrames(tuple(frames.shape[1:]), frames.dtype.str.lstrip("<>|="), chunks, _digest(little))
 
 
 def _frame_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -87,6 +163,9 @@ class EpisodeStore:
         self.path = path
         self._root = root
         self._writable = writable
+        # Reads go through a store that refuses missing chunks; writes (which may read a chunk not yet written,
+        # past the committed rows) through `root`.
+        self._reader = zarr.open_group(store=_CheckedLocalStore(path, read_only=True), mode="r", zarr_format=3)
         self._num_episodes = int(root.attrs["num_episodes"])
         self._episode_ends = np.asarray(root["meta/episode_ends"][: self._num_episodes], dtype=np.int64)
 
@@ -108,6 +187,8 @@ class EpisodeStore:
             episode_fields: name -> (shape per episode, dtype) for per-episode metadata.
         """
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} is a file, not a directory; choose another --out for the dataset")
         if path.exists() and any(path.iterdir()):
             raise StoreError(
                 f"{path} already exists and is not empty; pass --resume to continue the collection stored "
@@ -117,10 +198,12 @@ class EpisodeStore:
             json.dumps(dict(attributes))
         except TypeError as error:
             raise StoreError(f"store attributes must be JSON-serialisable: {error}") from error
-        # Built beside its destination and renamed into place, so a kill during creation leaves no store.
-        building = path.with_name(f".{path.name}.creating")
-        if building.exists():
-            shutil.rmtree(building)
+        # Built beside its destination and renamed into place, so a kill during creation leaves no store; named
+        # by process, so that two collections started at once cannot mix their files (the second fails below).
+        for stale in path.parent.glob(f".{path.name}.creating-*"):
+            if not _process_alive(int(stale.name.rsplit("-", 1)[1])):
+                shutil.rmtree(stale, ignore_errors=True)
+        building = path.with_name(f".{path.name}.creating-{os.getpid()}")
         root = zarr.open_group(str(building), mode="w", zarr_format=3)
         for name, (shape, dtype) in frame_fields.items():
             root.create_array(
@@ -128,18 +211,18 @@ class EpisodeStore:
                 shape=(0, *shape),
                 chunks=_frame_chunks(tuple(shape)),
                 dtype=dtype,
-                compressors=_compressor(np.dtype(dtype)),
+                compressors=_compressors(np.dtype(dtype)),
                 fill_value=0,
                 chunk_key_encoding={"name": "default", "separator": "."},  # flat: no directory per frame
             )
-        fields = {"episode_ends": ((), "int64"), **dict(episode_fields)}
+        fields = {"episode_ends": ((), "int64"), **dict(episode_fields), CONTENT_HASH: ((32,), "uint8")}
         for name, (shape, dtype) in fields.items():
             root.create_array(
                 f"meta/{name}",
                 shape=(0, *shape),
                 chunks=(1024, *shape),
                 dtype=dtype,
-                compressors=_compressor(np.dtype(dtype)),
+                compressors=_compressors(np.dtype(dtype)),
                 fill_value=0,
             )
         root.attrs.update(
@@ -154,18 +237,26 @@ class EpisodeStore:
                 "num_episodes": 0,
             }
         )
-        if path.exists():
-            path.rmdir()  # empty, checked above
-        os.replace(building, path)
+        try:
+            os.replace(building, path)  # onto a missing or empty directory
+        except OSError as error:
+            shutil.rmtree(building, ignore_errors=True)
+            raise StoreError(
+                f"{path} was created by another process meanwhile ({error}); choose another --out"
+            ) from error
         root = zarr.open_group(str(path), mode="r+", zarr_format=3)
         return cls(path, root, writable=True)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> EpisodeStore:
+    def open(cls, path: str | Path, mode: str = "r", check_chunks: bool = True) -> EpisodeStore:
         """Open and validate a store; mode "r" reads, "a" appends (and drops any uncommitted rows).
 
+        check_chunks: also check that every chunk file of the committed rows exists (a directory listing per
+            array; `verify` also reads them). `verify` and the repair of `keydyn collect --resume` open damaged
+            stores with False.
+
         Raises:
-            StoreError: the path is missing, not a keydyn store, of another format version, or corrupt.
+            StoreError: the path is missing, not a keydyn store, of another format version, or damaged.
         """
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
@@ -183,13 +274,17 @@ class EpisodeStore:
         if version != FORMAT_VERSION:
             raise StoreError(
                 f"{path} has store format version {version}; this keydyn ({keydyn.__version__}) reads version "
-                f"{FORMAT_VERSION}. Re-collect it with this version or use the keydyn that wrote it "
-                f"({attrs.get('keydyn_version')})."
+                f"{FORMAT_VERSION} (version 2 added the checksums that make damage visible). Re-collect it with "
+                f"this version or use the keydyn that wrote it ({attrs.get('keydyn_version')})."
             )
         cls._validate(path, root, attrs)
         store = cls(path, root, writable=mode == "a")
         if mode == "a":
             store._truncate_uncommitted()
+        if check_chunks:
+            damaged = store._damaged_chunks()
+            if damaged:
+                raise StoreError(store._damage_message(damaged))
         return store
 
     @staticmethod
@@ -205,6 +300,12 @@ class EpisodeStore:
         for name, array in meta.items():
             if array.shape[0] < n:
                 raise StoreError(f"{path}: meta/{name} has {array.shape[0]} rows for {n} episodes; corrupt store")
+        for key, problem in _chunk_problems(path, meta["episode_ends"], n, read=True):
+            if problem is None:
+                continue
+            raise StoreError(
+                f"{path}: {key} is {problem}: the index of the store's episodes is lost; re-collect into a new --out"
+            )
         ends = np.asarray(meta["episode_ends"][:n])
         if n and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
             raise StoreError(f"{path}: meta/episode_ends is not strictly increasing; the store is corrupt")
@@ -263,11 +364,15 @@ class EpisodeStore:
         return start, int(self._episode_ends[episode])
 
     def frames(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows [start, stop) of the per-frame array `name` (e.g. "top_down/rgb", "action")."""
+        """Rows [start, stop) of the per-frame array `name` (e.g. "top_down/rgb", "action").
+
+        Raises:
+            StoreError: a chunk of those rows is missing or fails its checksum (naming the file and episode).
+        """
         if name not in self.frame_fields:
             raise KeyError(f"no per-frame array {name!r}; the store has {', '.join(self.frame_fields)}")
         stop = self.num_frames if stop is None else min(stop, self.num_frames)
-        return self._root[f"data/{name}"][start:stop]
+        return self._read(f"data/{name}", start, stop)
 
     def episode(self, episode: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """The per-frame arrays of one episode, (T+1, ...) each."""
@@ -278,7 +383,93 @@ class EpisodeStore:
         """The per-episode array `name` for all committed episodes, (E, ...)."""
         if name not in self.episode_fields:
             raise KeyError(f"no per-episode array {name!r}; the store has {', '.join(self.episode_fields)}")
-        return self._root[f"meta/{name}"][: self._num_episodes]
+        return self._read(f"meta/{name}", 0, self._num_episodes)
+
+    def _read(self, array_path: str, start: int, stop: int) -> np.ndarray:
+        try:
+            return self._reader[array_path][start:stop]
+        except Exception as error:  # a missing chunk, or a checksum / decompression failure inside zarr
+            array = self._root[array_path]
+            found = [
+                (key, problem)
+                for key, problem in _chunk_problems(self.path, array, stop, first_row=start)
+                if problem is not None
+            ]
+            if not found:
+                raise StoreError(f"{self.path}: reading {array_path} rows {start}..{stop} failed: {error}") from error
+            raise StoreError(self._damage_message(found)) from error
+
+    # -- checking ---------------------------------------------------------------------------------------
+    def verify(self, progress: Callable[[Iterable[int]], Iterable[int]] = iter) -> StoreDamage:
+        """Check the whole store: every chunk of the committed rows exists and passes its CRC-32C, and every
+        episode's contents hash to its stored SHA-256. `progress` wraps the loop over episodes (e.g. tqdm).
+
+        Returns:
+            The damaged episodes with their problems and the damaged chunk files (empty when all is well).
+        """
+        episodes: dict[int, list[str]] = {}
+        chunks: list[str] = []
+        for array_path in self._array_paths():
+            array = self._root[array_path]
+            rows = self._num_episodes if array_path.startswith("meta/") else self.num_frames
+            for key, problem in _chunk_problems(self.path, array, rows, read=True):
+                if problem is None:
+                    continue
+                chunks.append(key)
+                for episode in self._chunk_episodes(array, key):
+                    episodes.setdefault(episode, []).append(f"{key}: {problem}")
+        for episode in progress(range(self._num_episodes)):
+            if episode in episodes:
+                continue
+            stored = self._read(f"meta/{CONTENT_HASH}", episode, episode + 1)[0]
+            if not np.array_equal(self._content_hash(episode), stored):
+                episodes[episode] = ["its rows differ from the SHA-256 written when it was collected (corrupt rows)"]
+        return StoreDamage(episodes, sorted(chunks))
+
+    def _content_hash(self, episode: int) -> np.ndarray:
+        start, stop = self.episode_range(episode)
+        parts = [(name, _digest(self._read(f"data/{name}", start, stop))) for name in sorted(self.frame_fields)]
+        meta = sorted(set(self.episode_fields) - {"episode_ends", CONTENT_HASH})
+        parts += [(name, _digest(self._read(f"meta/{name}", episode, episode + 1))) for name in meta]
+        return _content_hash(parts)
+
+    def _array_paths(self) -> list[str]:
+        return [f"data/{name}" for name in self.frame_fields] + [f"meta/{name}" for name in self.episode_fields]
+
+    def _damaged_chunks(self) -> list[tuple[str, str]]:
+        """(key, problem) of the chunk files of the committed rows that are missing, and of those that fail their
+        CRC-32C among the arrays of few chunks (the small per-frame and per-episode arrays)."""
+        found = []
+        for array_path in self._array_paths():
+            array = self._root[array_path]
+            rows = self._num_episodes if array_path.startswith("meta/") else self.num_frames
+            found += [(key, problem) for key, problem in _chunk_problems(self.path, array, rows) if problem]
+        return found
+
+    def _chunk_episodes(self, array: zarr.Array, key: str) -> range:
+        """The episodes with rows in the chunk file `key` of `array`."""
+        index = int(re.split(r"[./]", key[len(array.path) + 1 :])[1])
+        first, last = index * array.chunks[0], (index + 1) * array.chunks[0]
+        if array.path.startswith("meta/"):
+            return range(first, min(last, self._num_episodes))
+        begin = int(np.searchsorted(self._episode_ends, first, side="right"))
+        end = int(np.searchsorted(self._episode_ends, min(last, self.num_frames), side="left")) + 1
+        return range(begin, min(end, self._num_episodes))
+
+    def _damage_message(self, found: list[tuple[str, str]]) -> str:
+        episodes = sorted({e for key, _ in found for e in self._chunk_episodes(self._root[_array_of(key)], key)})
+        shown = ", ".join(f"{key} {problem}" for key, problem in found[:3])
+        more = f" and {len(found) - 3} more chunk files" if len(found) > 3 else ""
+        span = (
+            f"episode {episodes[0]}"
+            if len(episodes) == 1
+            else f"{len(episodes)} episodes ({episodes[0]}..{episodes[-1]})"
+        )
+        return (
+            f"{self.path} is damaged: {shown}{more}, in {span}. "
+            f"`keydyn dataset verify {self.path}` lists every damaged episode; `keydyn collect --resume --out "
+            f"{self.path}` with the settings it was collected with re-collects them"
+        )
 
     # -- writing ----------------------------------------------------------------------------------------
     def update_attrs(self, values: Mapping[str, Any]) -> None:
@@ -291,9 +482,38 @@ class EpisodeStore:
         Args:
             frames: every per-frame array of the store, each (T+1, ...) with the same T+1 >= 1; image arrays
                 may come pre-compressed by `encode_frames`.
-            meta: every per-episode field except episode_ends.
+            meta: every per-episode field except episode_ends and content_sha256.
         """
         self._require_writable()
+        length = self._check_episode(frames, meta)
+        start, episode = self.num_frames, self._num_episodes
+        self._write_rows(frames, meta, start, length, episode, grow=True)
+        self._root.attrs["num_episodes"] = episode + 1  # the commit
+        self._num_episodes = episode + 1
+        self._episode_ends = np.append(self._episode_ends, start + length)
+
+    def rewrite_episode(
+        self, episode: int, frames: Mapping[str, np.ndarray | EncodedFrames], meta: Mapping[str, Any]
+    ) -> None:
+        """Write a committed episode's rows again in place (the repair of a damaged episode); the new episode
+        must have the stored one's length. A kill midway leaves it damaged, for `verify` to find again."""
+        self._require_writable()
+        start, stop = self.episode_range(episode)
+        length = self._check_episode(frames, meta)
+        if length != stop - start:
+            raise StoreError(
+                f"{self.path}: episode {episode} was re-collected with {length} frames but holds {stop - start}; "
+                "it was collected with other settings or another keydyn version: re-collect into a new --out"
+            )
+        self._write_rows(frames, meta, start, length, episode, grow=False)
+
+    def discard_chunks(self, keys: Iterable[str]) -> None:
+        """Delete damaged chunk files (from `verify`) so that the episodes rewritten into them start afresh."""
+        self._require_writable()
+        for key in keys:
+            (self.path / key).unlink(missing_ok=True)
+
+    def _check_episode(self, frames: Mapping[str, np.ndarray | EncodedFrames], meta: Mapping[str, Any]) -> int:
         missing = set(self.frame_fields) - set(frames)
         if missing:
             raise ValueError(f"episode lacks per-frame arrays {sorted(missing)}")
@@ -301,29 +521,53 @@ class EpisodeStore:
         length = lengths[self.frame_fields[0]]
         if length < 1 or len(set(lengths.values())) != 1:
             raise ValueError(f"per-frame arrays of an episode must share one non-zero length, got {lengths}")
-        meta_fields = [f for f in self.episode_fields if f != "episode_ends"]
+        meta_fields = [f for f in self.episode_fields if f not in ("episode_ends", CONTENT_HASH)]
         if set(meta) != set(meta_fields):
             raise ValueError(f"episode metadata must have exactly {sorted(meta_fields)}, got {sorted(meta)}")
-        start = self.num_frames
         for name in self.frame_fields:
-            array = self._root[f"data/{name}"]
             values = frames[name]
             shape = values.frame_shape if isinstance(values, EncodedFrames) else np.shape(values)[1:]
-            if tuple(shape) != array.shape[1:]:
-                raise ValueError(f"{name}: frames of shape {tuple(shape)}, the store holds {array.shape[1:]}")
-            array.resize((start + length, *array.shape[1:]))
+            stored = self._root[f"data/{name}"].shape[1:]
+            if tuple(shape) != stored:
+                raise ValueError(f"{name}: frames of shape {tuple(shape)}, the store holds {stored}")
+        return length
+
+    def _write_rows(
+        self,
+        frames: Mapping[str, np.ndarray | EncodedFrames],
+        meta: Mapping[str, Any],
+        start: int,
+        length: int,
+        episode: int,
+        grow: bool,
+    ) -> None:
+        parts = []
+        for name in sorted(self.frame_fields):
+            array = self._writer(f"data/{name}")
+            if grow:
+                array.resize((start + length, *array.shape[1:]))
+            values = frames[name]
             if isinstance(values, EncodedFrames):
                 self._write_encoded(array, start, values)
+                parts.append((name, values.sha256))
             else:
-                array[start : start + length] = np.asarray(values)
-        episode = self._num_episodes
-        for name, value in {"episode_ends": start + length, **dict(meta)}.items():
-            array = self._root[f"meta/{name}"]
-            array.resize((episode + 1, *array.shape[1:]))
+                values = np.asarray(values, dtype=array.dtype)
+                array[start : start + length] = values
+                parts.append((name, _digest(values)))
+        rows = {"episode_ends": start + length, **dict(meta)}
+        for name in sorted(set(rows) - {"episode_ends"}):
+            parts.append((name, _digest(np.asarray(rows[name], dtype=self._root[f"meta/{name}"].dtype)[None])))
+        rows[CONTENT_HASH] = _content_hash(parts)
+        for name, value in rows.items():
+            array = self._writer(f"meta/{name}")
+            if grow:
+                array.resize((episode + 1, *array.shape[1:]))
             array[episode] = value
-        self._root.attrs["num_episodes"] = episode + 1  # the commit
-        self._num_episodes = episode + 1
-        self._episode_ends = np.append(self._episode_ends, start + length)
+
+    def _writer(self, array_path: str) -> zarr.Array:
+        """An array of the store that writes every chunk, also one that equals the fill value (a chunk file
+        missing from the committed rows then always means damage)."""
+        return self._root[array_path].with_config({"write_empty_chunks": True})
 
     def _write_encoded(self, array: zarr.Array, start: int, values: EncodedFrames) -> None:
         if array.chunks != (1, *array.shape[1:]) or np.dtype(values.dtype) != array.dtype:
@@ -344,3 +588,42 @@ class EpisodeStore:
     def _require_writable(self) -> None:
         if not self._writable:
             raise StoreError(f"{self.path} was opened read-only; open it with mode='a' to write")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _array_of(key: str) -> str:
+    """The array path of a chunk file key ("data/top_down/rgb/c.3.0.0.0" -> "data/top_down/rgb")."""
+    return key.rsplit("/c", 1)[0] if "/c/" in key else key.rsplit("/", 1)[0]
+
+
+def _chunk_problems(
+    path: Path, array: zarr.Array, rows: int, first_row: int = 0, read: bool = False
+) -> Iterable[tuple[str, str | None]]:
+    """(chunk file key, problem or None) for every chunk of `array` holding rows [first_row, rows): "missing",
+    or with `read` (and always for a file that exists when only a few chunks are asked for) a failed CRC-32C."""
+    step = array.chunks[0]
+    zeros = (0,) * (array.ndim - 1)
+    indices = range(first_row // step, -(-rows // step))
+    read = read or len(indices) <= 64
+    directory = path / array.path
+    listing = set(os.listdir(directory)) if directory.is_dir() and len(indices) > 64 else None
+    for index in indices:
+        name = array.metadata.encode_chunk_key((index, *zeros))
+        key = f"{array.path}/{name}"
+        file = directory / name
+        exists = (name in listing) if listing is not None and "/" not in name else file.is_file()
+        if not exists:
+            yield key, "missing"
+        elif read:
+            yield key, _checksum_problem(file.read_bytes())
+        else:
+            yield key, None

@@ -40,6 +40,10 @@ class StartDistribution:
     pusher_lateral: float = 0.08
 
 
+MAX_IMAGE_SIDE = 2048
+"""Largest image width or height, in pixels, a task renders (memory per episode grows with the pixels)."""
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     """Everything that defines a pushing task. Units: metres, seconds, kilograms, pixels.
@@ -77,6 +81,12 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16:
             raise ValueError(f"image size {self.width}x{self.height} is too small; use at least 16x16 pixels")
+        if max(self.width, self.height) > MAX_IMAGE_SIDE:
+            episode_gb = 41 * self.width * self.height * 8 * len(self.cameras) / 1e9  # RGB + depth + mask bytes
+            raise ValueError(
+                f"image size {self.width}x{self.height} is too large: at most {MAX_IMAGE_SIDE} pixels on a side (a "
+                f"41-frame episode would hold {episode_gb:.1f} GB per worker); the paper used 640x480"
+            )
         if not self.cameras:
             raise ValueError(f"task {self.name!r} has no cameras; give at least one CameraSpec")
         steps = self.control_dt / self.physics_dt

@@ -1,0 +1,76 @@
+"""One writer at a time per dataset or run directory: an advisory lock that names its holder.
+
+The lock is `fcntl.flock` on a file in the directory, so the kernel releases it when its process ends,
+however it ends (no stale locks after a kill -9). The file records who holds it, for the error a second
+writer gets.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from types import TracebackType
+
+LOCK_NAME = ".keydyn.lock"
+
+
+class DirectoryBusyError(RuntimeError):
+    """Another process is writing the directory."""
+
+
+class DirectoryLock:
+    """An exclusive lock on `directory` (which must exist), held from `acquire` (or `with`) until `release`."""
+
+    def __init__(self, directory: Path, what: str) -> None:
+        self.path = Path(directory) / LOCK_NAME
+        self.what = what
+        self._file: int | None = None
+
+    def acquire(self) -> DirectoryLock:
+        """Take the lock, or raise DirectoryBusyError naming the process that holds it."""
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(os.read(descriptor, 4096))
+            os.close(descriptor)
+            raise DirectoryBusyError(
+                f"{self.path.parent} is being written by {holder}; wait for it to finish or stop it, then rerun "
+                "(two writers at once would corrupt it)"
+            ) from None
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else self.what,
+            "what": self.what,
+            "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(record).encode(), 0)
+        self._file = descriptor
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            os.close(self._file)  # closing drops the flock; the file stays (removing it would race a new holder)
+            self._file = None
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType) -> None:
+        self.release()
+
+
+def _describe(content: bytes) -> str:
+    try:
+        record = json.loads(content)
+        since, command = record["since"], record["command"]
+        return f"process {record['pid']} on {record['host']} ({record['what']}: `{command}`, since {since})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"

@@ -1,0 +1,201 @@
+"""Damage to a dataset is found and named, never read as data: missing and corrupt chunks, rows that differ from
+their episode's hash; `keydyn collect --resume` mends it; one writer at a time; workers bounded and tied to
+their parent."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keydyn.cli import main
+from keydyn.data.collect import collect
+from keydyn.data.store import EpisodeStore, StoreError
+from keydyn.locks import DirectoryBusyError, DirectoryLock
+from keydyn.sim.config import task_config
+from keydyn.workers import usable_cpus, worker_count
+
+from .conftest import small_collect_config
+from .test_collect import _assert_same_store
+
+
+@pytest.fixture
+def damaged(small_dataset, tmp_path) -> Path:
+    """A copy of the 3-episode dataset to damage."""
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dataset, copy)
+    return copy
+
+
+def _image_chunk(store: Path, camera_field: str, frame: int) -> Path:
+    return store / "data" / camera_field / f"c.{frame}.0.0{'.0' if camera_field.endswith('rgb') else ''}"
+
+
+def test_a_missing_chunk_is_named_never_read_as_zeros(damaged, capsys):
+    (damaged / "data" / "action" / "c.0.0").unlink()
+    with pytest.raises(StoreError, match=r"data/action/c\.0\.0 missing, in 3 episodes \(0\.\.2\).*collect --resume"):
+        EpisodeStore.open(damaged)
+    store = EpisodeStore.open(damaged, check_chunks=False)
+    with pytest.raises(StoreError, match=r"data/action/c\.0\.0 missing"):
+        store.frames("action")  # a read after opening is checked too
+    assert main(["dataset", "info", str(damaged)]) == 2
+    assert main(["train-dynamics", "--dataset", str(damaged), "--out", str(damaged.parent / "run")]) == 2
+    assert "data/action/c.0.0 missing" in capsys.readouterr().err
+
+
+def test_a_truncated_or_flipped_chunk_fails_its_checksum_with_the_episode_named(damaged, capsys):
+    store = EpisodeStore.open(damaged)
+    start, stop = store.episode_range(1)
+    chunk = _image_chunk(damaged, "top_down/rgb", start + 2)
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])  # truncated
+    flipped = _image_chunk(damaged, "top_down/depth", stop)  # first frame of episode 2
+    raw = bytearray(flipped.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    flipped.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        EpisodeStore.open(damaged)  # a small store's chunks are all checked on opening
+    store = EpisodeStore.open(damaged, check_chunks=False)  # a large one's (images) as they are read
+    with pytest.raises(StoreError, match=rf"c\.{start + 2}\.0\.0\.0 checksum mismatch .* in episode 1\b"):
+        store.episode(1)
+    np.testing.assert_array_equal(store.frames("top_down/rgb", start, start + 2).shape[0], 2)  # the rest reads
+    assert main(["dataset", "verify", str(damaged), "--no-progress"]) == 2
+    output = capsys.readouterr()
+    assert "episode 1: data/top_down/rgb" in output.out and "episode 2: data/top_down/depth" in output.out
+    assert "episode 0" not in output.out
+    assert "2 of 3 episodes are damaged" in output.err
+
+
+def test_rows_that_differ_from_their_hash_are_found(damaged):
+    start, _ = EpisodeStore.open(damaged).episode_range(2)
+    first, second = _image_chunk(damaged, "top_down/rgb", start), _image_chunk(damaged, "top_down/rgb", start + 1)
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)  # two valid chunks swapped: every checksum passes
+    second.write_bytes(a)
+    store = EpisodeStore.open(damaged)  # opens and reads: every checksum passes
+    assert store.frames("top_down/rgb", start, start + 2).shape[0] == 2
+    damage = store.verify()
+    assert list(damage.episodes) == [2] and damage.chunks == []
+    assert "differ from the SHA-256" in damage.episodes[2][0]
+
+
+def test_collect_resume_recollects_damaged_episodes_bit_identically(small_dataset, damaged):
+    (damaged / "data" / "object_position" / "c.0.0").unlink()
+    store = EpisodeStore.open(damaged, check_chunks=False)
+    start, _ = store.episode_range(1)
+    chunk = _image_chunk(damaged, "top_down_rotated/rgb", start + 3)
+    chunk.write_bytes(chunk.read_bytes()[:-9])
+    collect(small_collect_config(damaged, resume=True))
+    assert not EpisodeStore.open(damaged).verify()
+    _assert_same_store(small_dataset, damaged)
+
+
+def test_every_chunk_is_written_even_all_zero(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s", {}, {"a": ((2,), "float32"), "im": ((4, 4), "uint8")}, {})
+    store.append_episode({"a": np.zeros((3, 2)), "im": np.zeros((3, 4, 4))}, {})
+    assert (tmp_path / "s" / "data" / "a" / "c.0.0").is_file()
+    assert all((tmp_path / "s" / "data" / "im" / f"c.{t}.0.0").is_file() for t in range(3))
+    assert not EpisodeStore.open(tmp_path / "s").verify()
+
+
+def test_one_collection_at_a_time_writes_a_store(small_dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dataset, copy)
+    busy = pytest.raises(DirectoryBusyError, match=rf"being written by process {os.getpid()} .*a test")
+    with DirectoryLock(copy, "a test"), busy:
+        collect(small_collect_config(copy, resume=True, episodes=4))
+    assert EpisodeStore.open(copy).num_episodes == 3  # untouched by the refused writer
+    collect(small_collect_config(copy, resume=True, episodes=3))  # free again once released
+
+
+def test_a_full_disk_is_named_and_resumable(small_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "full"
+    real = EpisodeStore.append_episode
+
+    def fill_disk_after_one(store, frames, meta):
+        if store.num_episodes >= 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(out / "data"))
+        real(store, frames, meta)
+
+    monkeypatch.setattr(EpisodeStore, "append_episode", fill_disk_after_one)
+    with pytest.raises(StoreError, match=r"disk holding .*full\b.*--resume"):
+        collect(small_collect_config(out))
+    monkeypatch.setattr(EpisodeStore, "append_episode", real)
+    collect(small_collect_config(out, resume=True))
+    _assert_same_store(small_dataset, out)
+
+
+def test_bad_outputs_and_sizes_are_refused(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(StoreError, match="is a file, not a directory"):
+        collect(small_collect_config(file))
+    with pytest.raises(ValueError, match="too large: at most 2048"):
+        task_config("top_down", width=8000, height=6000)
+    with pytest.raises(SystemExit):
+        main(["collect", "--width", "8000", "--height", "6000", "--out", str(tmp_path / "big")])
+
+
+def test_worker_counts_are_bounded_by_the_work_and_the_machine():
+    assert worker_count(100, 4) == min(4, usable_cpus())
+    assert worker_count(3, 0) == 1
+    assert 1 <= worker_count(10**6, 10**6) <= usable_cpus()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or usable_cpus() < 2, reason="needs Linux and 2 CPUs")
+def test_collection_workers_die_with_their_parent(tmp_path):
+    # Long episodes keep the workers busy: without a death signal they would run on after the parent's kill.
+    command = [sys.executable, "-m", "keydyn.cli", "collect", "--out", str(tmp_path / "d"), "--episodes", "4"]
+    command += ["--steps", "1000", "--width", "160", "--height", "120", "--workers", "2", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 60, []
+    while time.time() < deadline and len(workers) < 2:
+        time.sleep(0.2)
+        workers = [c for c in _children(process.pid) if "resource_tracker" not in _command_line(c)]
+    assert len(workers) == 2, "the pool did not start"
+    time.sleep(1.0)  # into their first episodes
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 3
+    while time.time() < deadline and any(_running(w) for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if _running(w)]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived their parent"
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
