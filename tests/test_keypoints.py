@@ -25,6 +25,7 @@ from keydyn.latents.descriptor.references import (
 from keydyn.latents.descriptor.weights import KeypointWeights
 from keydyn.runs import open_dataset
 from keydyn.sim.config import SUGAR_BOX_SIZE
+from keydyn.sim.observations import ObservationError
 from keydyn.vision.geometry import pose_matrix
 from keydyn.vision.keypoints import locate_keypoints
 from keydyn.vision.network import rgb_to_tensor
@@ -373,7 +374,7 @@ def test_fused_cameras_locate_alike_in_the_dataset_and_at_control_time(small_dat
         latent = DescriptorEncoder(net, references).encode(observation, {})
     np.testing.assert_allclose(latent[:-2], fused.points[frame].flatten().numpy(), atol=1e-5)
     del observation[f"{second}/rgb"]
-    with pytest.raises(KeyError, match=f"no {second}/rgb"):
+    with pytest.raises(ObservationError, match=f"has no {second}/rgb .*; give {second}/rgb"):
         DescriptorEncoder(net, references).encode(observation, {})
 
     # cameras of different image sizes are located one by one, with the same result

@@ -13,9 +13,26 @@ Batched environments: a goal or reference with a leading B dimension is matched 
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from keydyn.planning.base import Cost
+
+
+def nonfinite_entries(values: Tensor | np.ndarray) -> str:
+    """The non-finite entries of `values` with their values ("3 (nan), 13 (inf)"; indices as tuples for arrays of
+    more than one dimension, at most 8 listed), "" when every entry is finite."""
+    values = torch.as_tensor(values).detach().cpu()
+    bad = torch.nonzero(~torch.isfinite(values)).tolist()
+    names = [f"{index[0] if len(index) == 1 else tuple(index)} ({float(values[tuple(index)])})" for index in bad[:8]]
+    return ", ".join(names) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+
+
+def _check_finite(values: Tensor, name: str, fix: str) -> None:
+    bad = nonfinite_entries(values)
+    if bad:
+        raise ValueError(f"{name} entries {bad} of {tuple(values.shape)} are not finite; {fix}")
 
 
 def _per_environment(states: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -27,8 +44,9 @@ def _per_environment(states: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 def terminal_cost(goal: Tensor, part: slice, scale: float = 100.0) -> Cost:
     """Cost = scale * || z_part(T) - z_part_goal ||_2 of the final predicted state (the original code's reward).
 
-    goal: (P,) or (B, P) the goal latent's compared entries (`latent[MPCController.latent_part]`).
+    goal: (P,) or (B, P) the goal latent's compared entries (`latent[MPCController.latent_part]`); must be finite.
     """
+    _check_finite(goal, "terminal_cost (keydyn/control/costs.py): the goal", "observe the goal again")
     goal = goal.reshape(-1, goal.shape[-1])
 
     def cost(states: Tensor, actions: Tensor) -> Tensor:
@@ -42,8 +60,9 @@ def tracking_cost(reference: Tensor, part: slice, scale: float = 100.0) -> Cost:
     """Cost = sum_t || scale * (z_part(t) - z*_part(t)) ||^2 over the predicted steps t = 1..H (section 10.2).
 
     reference: (H, P) or (B, H, P) target entries for the H predicted steps (keypoint latents: object keypoints,
-        metres; pad a short demonstration with its last entry).
+        metres; pad a short demonstration with its last entry); must be finite.
     """
+    _check_finite(reference, "tracking_cost (keydyn/control/costs.py): the reference", "record the demonstration again")
     reference = reference.reshape(-1, *reference.shape[-2:])
 
     def cost(states: Tensor, actions: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ import torch
 import tyro
 from torch import Tensor
 
+from keydyn.control.costs import nonfinite_entries
 from keydyn.dynamics.model import DynamicsMLP
 from keydyn.latents.base import PUSHER_DIM
 from keydyn.planning import (
@@ -188,7 +189,13 @@ class MPCController:
         self._planned_states: Tensor | None = None  # (H + 1, S) states predicted along the last plan
 
     def horizon(self, steps_left: int | None) -> int:
-        """Planning horizon for a step with `steps_left` control steps to go (None: no episode end)."""
+        """Planning horizon for a step with `steps_left` control steps to go, this one included (None: no episode
+        end)."""
+        if steps_left is not None and steps_left < 1:
+            raise ValueError(
+                f"MPCController (keydyn/control/mpc.py): steps_left is {steps_left}; give the control steps left in "
+                "the episode counting this one (at least 1), or None when the episode has no end"
+            )
         if self.config.shrinking_horizon and steps_left is not None:
             return max(1, min(self.config.horizon, steps_left))
         return self.config.horizon
@@ -196,7 +203,7 @@ class MPCController:
     def reset(self, latent: np.ndarray, seed: int) -> None:
         """Start an episode at (D,) `latent`: the history is that latent repeated with zero actions."""
         n = self.model.history
-        self._latents = [np.asarray(latent, dtype=np.float32)] * n
+        self._latents = [self._checked(latent)] * n
         self._actions = [np.zeros(2, dtype=np.float32)] * (n - 1)
         self._executed = None
         self._warm_start = None
@@ -214,7 +221,7 @@ class MPCController:
     def plan(self, latent: np.ndarray, cost: Cost, horizon: int) -> PlanResult:
         """Record (D,) `latent` as the newest observation (filtered, see MPCConfig.observation_gain) and plan
         `horizon` steps under `cost`."""
-        latent = np.asarray(latent, dtype=np.float32)
+        latent = self._checked(latent)
         if self._executed is not None and self.config.observation_gain < 1:
             latent = self._filtered(latent)
         self._latents = [*self._latents[1:], latent]
@@ -231,7 +238,12 @@ class MPCController:
         return self.planner.plan(state, warm_start, horizon)
 
     def act(self, latent: np.ndarray, make_cost: Callable[[int], Cost], steps_left: int | None = None) -> np.ndarray:
-        """Plan from the newest (D,) latent and return the (2,) action to execute now, m/s."""
+        """Plan from the newest (D,) latent and return the (2,) action to execute now, m/s.
+
+        Raises:
+            ValueError: the latent is not a finite (D,) vector, the cost's goal or reference is not finite
+                (`keydyn.control.costs`), or steps_left < 1.
+        """
         horizon = self.horizon(steps_left)
         result = self.plan(latent, make_cost(horizon), horizon)
         action = result.actions[0].float().cpu().numpy()
@@ -247,6 +259,19 @@ class MPCController:
             raise RuntimeError("no plan yet: call act() first")
         states = self._planned_states.reshape(-1, self._planned_states.shape[-1])
         return self.model.current_latent(states.float()).cpu().numpy()
+
+    def _checked(self, latent: np.ndarray) -> np.ndarray:
+        """(D,) `latent` as float32, or a ValueError naming its non-finite entries or its wrong shape."""
+        latent = np.asarray(latent, dtype=np.float32)
+        dim = self.model.latent_dim
+        problem = f"has shape {latent.shape}, not ({dim},)" if latent.shape != (dim,) else ""
+        bad = "" if problem else nonfinite_entries(latent)
+        if problem or bad:
+            raise ValueError(
+                f"MPCController (keydyn/control/mpc.py): the latent {problem or f'entries {bad} are not finite'}; "
+                "plan only from latents of valid observations (keydyn.sim.observations.check_observation)"
+            )
+        return latent
 
     def _filtered(self, observed: np.ndarray) -> np.ndarray:
         """(D,) `observed` with its compared entries (object keypoints, metres) moved toward the model's

@@ -2,25 +2,30 @@
 
 Both run the same loop, observe -> encode -> plan -> act, on a `PushingEnv`, and score the final object pose
 against the target's true pose (ground truth is read for scoring only).
+
+An observation the encoder refuses (`keydyn.sim.observations.ObservationError`: a missing entry, a wrong dtype or
+shape, no valid depth, keypoints without depth) or whose latent is not finite is never planned from: the loop
+commands zero velocity, records why in the episode's `fault`, and ends the episode, which counts as failed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from keydyn.control.costs import terminal_cost
+from keydyn.control.costs import nonfinite_entries, terminal_cost
 from keydyn.control.mpc import MPCController
 from keydyn.evaluation.goals import GoalPair
 from keydyn.evaluation.metrics import pose_errors
-from keydyn.latents.base import LatentEncoder
+from keydyn.latents.base import ACTION_DIM, LatentEncoder
 from keydyn.planning.base import Cost
 from keydyn.sim.env import PushingEnv
+from keydyn.sim.observations import ObservationError
 from keydyn.sim.render import camera_intrinsics, camera_pose
 from keydyn.video import draw_points, draw_polyline
 from keydyn.vision.geometry import project
@@ -39,6 +44,9 @@ class EpisodeResult:
     """Outcome of one closed-loop episode. Distances in metres, angles in radians, times in seconds.
 
     latents: (T + 1, D) observed latents; actions: (T, 2) executed pusher velocities, m/s.
+    fault: why the episode was stopped ("" if it was not): the refused observation's error. The goal's, before any
+        step; otherwise observation T - 1's, after which the last action is the zero-velocity stop and `latents`
+        holds the T - 1 latents before it.
     frames: (h, w, 3) uint8 images of every camera at display size with the target's (green) and current (red)
         latent drawn (keypoints, for keypoint latents) and the points predicted along each plan (yellow), when
         recorded: one per step, as planned from, and the final scene.
@@ -54,6 +62,7 @@ class EpisodeResult:
     plan_time: float
     latents: np.ndarray
     actions: np.ndarray
+    fault: str = ""
     frames: list[np.ndarray] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
@@ -66,6 +75,7 @@ class EpisodeResult:
             "final_position_error_cm": 100 * self.final_position_error,
             "final_angle_error_deg": float(np.degrees(self.final_angle_error)),
             "termination": self.termination,
+            "fault": self.fault,
             "mean_plan_time_s": self.plan_time / max(self.steps, 1),
         }
 
@@ -73,7 +83,8 @@ class EpisodeResult:
 @dataclass
 class ClosedLoopRun:
     """What `run_closed_loop` observed: latents (T + 1, D), actions (T, 2) in m/s, the env info at the start and
-    at the end, the termination reason ("" if none), planning seconds in total, and recorded frames."""
+    at the end, the termination reason ("" if none), planning seconds in total, recorded frames, and why the
+    episode was stopped ("" if it was not; see `EpisodeResult.fault`)."""
 
     latents: np.ndarray
     actions: np.ndarray
@@ -82,6 +93,7 @@ class ClosedLoopRun:
     termination: str
     plan_time: float
     frames: list[np.ndarray]
+    fault: str = ""
 
     def result(self, index: int, target_position: np.ndarray, target_quaternion: np.ndarray) -> EpisodeResult:
         """Score the run against a target pose: initial errors from the start, final errors from the end."""
@@ -102,6 +114,7 @@ class ClosedLoopRun:
             plan_time=self.plan_time,
             latents=self.latents,
             actions=self.actions,
+            fault=self.fault,
             frames=self.frames,
         )
 
@@ -158,7 +171,8 @@ def run_closed_loop(
     video_points: VideoPoints | None = None,
     shrinking: bool = True,
 ) -> ClosedLoopRun:
-    """Reset with `reset_options` and run `steps` MPC steps (fewer if the episode terminates).
+    """Reset with `reset_options` and run `steps` MPC steps (fewer if the episode terminates, or is stopped by a
+    refused observation: see the module docstring).
 
     make_cost(t, H): the cost of the plan made at step t with horizon H.
     target(t): the (D,) target latent of step t, drawn with the current one by `video_points`; frames are
@@ -167,13 +181,14 @@ def run_closed_loop(
     """
     observation, info = env.reset(options=reset_options)
     first_info = info
-    encoder.reset(observation, info)
-    latent = encoder.encode(observation, info)
-    controller.reset(latent, seed)
+    latent, fault = observe(encoder, observation, info, reset=True)
     record = target is not None and video_points is not None
-    latents, actions, frames = [latent], [], []
+    latents, actions, frames = [], [], []
     plan_time, termination = 0.0, ""
-    for t in range(steps):
+    if not fault:
+        controller.reset(latent, seed)
+        latents.append(latent)
+    for t in range(0 if fault else steps):
         begin = time.perf_counter()
         action = controller.act(latent, lambda horizon, t=t: make_cost(t, horizon), steps - t if shrinking else None)
         plan_time += time.perf_counter() - begin
@@ -182,26 +197,45 @@ def run_closed_loop(
             paths = None if predicted[0] is None else np.stack(predicted)
             frames.append(annotated_frame(env, video_points(target(t)), video_points(latent), paths))
         observation, _, terminated, _, info = env.step(action)
-        latent = encoder.encode(observation, info)
-        latents.append(latent)
         actions.append(action)
+        latent, fault = observe(encoder, observation, info)
+        if fault:
+            break
+        latents.append(latent)
         if terminated:
             termination = info.get("termination", "terminated")
             break
+    if fault:  # the safe stop: the pusher is commanded to stand still, and the episode ends
+        stop = np.zeros(ACTION_DIM, dtype=np.float32)
+        _, _, terminated, _, info = env.step(stop)
+        actions.append(stop)
+        termination = info.get("termination", "terminated") if terminated else ""
     if record:
-        frames.append(annotated_frame(env, video_points(target(len(actions))), video_points(latent)))
-    return ClosedLoopRun(np.stack(latents), _stack_actions(actions), first_info, info, termination, plan_time, frames)
+        current = None if fault else video_points(latent)
+        frames.append(annotated_frame(env, video_points(target(len(actions))), current))
+    latents = np.stack(latents) if latents else np.zeros((0, controller.model.latent_dim), np.float32)
+    return ClosedLoopRun(latents, _stack_actions(actions), first_info, info, termination, plan_time, frames, fault)
 
 
 def _stack_actions(actions: list[np.ndarray]) -> np.ndarray:
-    return np.stack(actions) if actions else np.zeros((0, 2), np.float32)
+    return np.stack(actions) if actions else np.zeros((0, ACTION_DIM), np.float32)
 
 
-def observe_latent(env: PushingEnv, encoder: LatentEncoder, reset_options: dict) -> np.ndarray:
-    """(D,) latent of the scene `reset_options` restores (e.g. a goal state)."""
-    observation, info = env.reset(options=reset_options)
-    encoder.reset(observation, info)
-    return encoder.encode(observation, info)
+def observe(
+    encoder: LatentEncoder, observation: Mapping[str, Any], info: Mapping[str, Any], reset: bool = False
+) -> tuple[np.ndarray | None, str]:
+    """The (D,) latent of an observation and "", or None and why the observation is refused (its
+    ObservationError, or the latent's non-finite entries); `reset` first resets the encoder with it."""
+    try:
+        if reset:
+            encoder.reset(observation, info)
+        latent = encoder.encode(observation, info)
+    except ObservationError as error:
+        return None, str(error)
+    bad = nonfinite_entries(latent)
+    if bad:
+        return None, f"the encoder gave a latent whose entries {bad} are not finite; check the observation it read"
+    return latent, ""
 
 
 def reach_goal(
@@ -220,7 +254,14 @@ def reach_goal(
     Frames are recorded when `video_points` (the run's `LatentMethod.video_points`) is given.
     """
     steps = pair.push_steps if steps is None else steps
-    goal = observe_latent(env, encoder, pair.reset_options(pair.goal_state))
+    observation, info = env.reset(options=pair.reset_options(pair.goal_state))
+    goal, fault = observe(encoder, observation, info, reset=True)
+    if fault:  # no goal to plan towards: the episode stops before its first step
+        _, info = env.reset(options=pair.reset_options(pair.start_state))
+        frames = [] if video_points is None else [annotated_frame(env, None, None)]
+        latents, actions = np.zeros((0, controller.model.latent_dim), np.float32), _stack_actions([])
+        run = ClosedLoopRun(latents, actions, info, info, "", 0.0, frames, f"the goal: {fault}")
+        return run.result(pair.index, pair.goal_position, pair.goal_quaternion)
     goal_part = torch.as_tensor(goal[controller.latent_part], device=controller.device)
     cost = terminal_cost(goal_part, controller.state_part, controller.config.cost_scale)
     run = run_closed_loop(

@@ -25,6 +25,7 @@ from keydyn.data.store import EpisodeStore
 from keydyn.evaluation.evaluate import episode_seed
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
+from keydyn.evaluation.report import stops
 from keydyn.evaluation.tracking import Demonstration, pair_demonstration, perturbed_start, record_demonstration, track
 from keydyn.files import write_json_atomic
 from keydyn.plots import pyplot, save_figure
@@ -160,7 +161,8 @@ def plot_region_of_attraction(rows: list[dict[str, Any]], out: Path) -> Path:
 
 
 def _success(row: dict[str, Any]) -> bool:
-    return row["final_position_error_cm"] <= 3.0 and row["final_angle_error_deg"] <= 30.0
+    """Within 3 cm and 30 degrees, and not stopped by a refused observation."""
+    return row["final_position_error_cm"] <= 3.0 and row["final_angle_error_deg"] <= 30.0 and not row["fault"]
 
 
 def run_track(config: TrackConfig) -> dict[str, Any]:
@@ -178,6 +180,7 @@ def run_track(config: TrackConfig) -> dict[str, Any]:
         "success_rate": float(np.mean([_success(row) for row in rows])),
         "mean_final_position_error_cm": float(np.mean([row["final_position_error_cm"] for row in rows])),
         "mean_final_angle_error_deg": float(np.mean([row["final_angle_error_deg"] for row in rows])),
+        **stops(rows),
     }
     results = {"summary": summary, "config": config.to_json(), "runs": rows}
     write_json_atomic(config.out / "track.json", results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,17 @@ import numpy as np
 from keydyn.plots import pyplot, save_figure
 
 
+def stops(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many episode rows were stopped by a refused observation (their `fault`), and why: {reason: count}."""
+    reasons = Counter(row["fault"] for row in rows if row.get("fault"))  # rows of older keydyn have no fault
+    return {"stopped": sum(reasons.values()), "stop_reasons": dict(reasons.most_common())}
+
+
 def summarize(rows: Sequence[dict[str, Any]], success_cm: float = 3.0, success_deg: float = 30.0) -> dict[str, Any]:
     """Mean and median final errors, the initial ('Avg. trajectory') errors and the success rate of episode rows.
 
-    A success ends within `success_cm` of the goal position and `success_deg` of its orientation.
+    A success ends within `success_cm` of the goal position and `success_deg` of its orientation, and was not
+    stopped by a refused observation (`stops`: counted, with the reasons).
     """
     if not rows:
         raise ValueError("no episodes to summarise")
@@ -25,7 +33,10 @@ def summarize(rows: Sequence[dict[str, Any]], success_cm: float = 3.0, success_d
         return {"mean": float(values.mean()), "median": float(np.median(values))}
 
     successes = [
-        row["final_position_error_cm"] <= success_cm and row["final_angle_error_deg"] <= success_deg for row in rows
+        row["final_position_error_cm"] <= success_cm
+        and row["final_angle_error_deg"] <= success_deg
+        and not row.get("fault")
+        for row in rows
     ]
     return {
         "episodes": len(rows),
@@ -36,6 +47,7 @@ def summarize(rows: Sequence[dict[str, Any]], success_cm: float = 3.0, success_d
         "success_rate": float(np.mean(successes)),
         "success_threshold": {"position_cm": success_cm, "angle_deg": success_deg},
         "terminated_early": sum(bool(row["termination"]) for row in rows),
+        **stops(rows),
         "mean_plan_time_s": float(np.mean([row["mean_plan_time_s"] for row in rows])),
     }
 
@@ -58,7 +70,17 @@ def markdown_table(results: Sequence[tuple[str, dict[str, Any]]]) -> str:
     first = results[0][1]
     p, a = first["initial_position_error_cm"], first["initial_angle_error_deg"]
     lines.append(f"| Avg. trajectory | {p['mean']:.2f} | {p['median']:.2f} | {a['mean']:.2f} | {a['median']:.2f} | | |")
-    return header + "\n".join(lines) + "\n"
+    notes = [stop_note(label, s) for label, s in results if s.get("stopped")]
+    return header + "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes)
+
+
+def stop_note(label: str, summary: dict[str, Any]) -> str:
+    """One line saying how many of a summary's episodes were stopped by a refused observation, and why."""
+    reasons = "; ".join(f"{count} x {reason}" for reason, count in summary["stop_reasons"].items())
+    return (
+        f"{label}: {summary['stopped']} of {summary['episodes']} episodes stopped on a refused observation (zero "
+        f"velocity, counted as failures): {reasons}"
+    )
 
 
 def plot_errors(rows: Sequence[dict[str, Any]], out: Path, title: str, success_cm: float, success_deg: float) -> Path:

@@ -205,13 +205,15 @@ def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
     return table
 
 
-def _episode_errors(evaluation: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """(P,) final position errors (cm), angle errors (deg) and pair indices of an evaluation, and its summary."""
+def _episode_errors(evaluation: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(P,) final position errors (cm), angle errors (deg), pair indices and whether each episode was stopped by a
+    refused observation, of an evaluation, and its summary."""
     results = json.loads((evaluation / "results.json").read_text())
     rows = sorted(results["episodes"], key=lambda row: row["index"])
     position = np.array([row["final_position_error_cm"] for row in rows])
     angle = np.array([row["final_angle_error_deg"] for row in rows])
-    return position, angle, np.array([row["index"] for row in rows]), results["summary"]
+    stopped = np.array([bool(row.get("fault")) for row in rows], dtype=bool)
+    return position, angle, np.array([row["index"] for row in rows]), stopped, results["summary"]
 
 
 def method_row(evaluations: list[Path]) -> dict[str, Any]:
@@ -227,14 +229,14 @@ def method_row(evaluations: list[Path]) -> dict[str, Any]:
     positions, angles, successes, per_seed = [], [], [], []
     pairs, initial = None, None
     for evaluation in evaluations:
-        position, angle, indices, summary = _episode_errors(evaluation)
+        position, angle, indices, stopped, summary = _episode_errors(evaluation)
         if pairs is not None and not np.array_equal(indices, pairs):
             raise ValueError(f"{evaluation} holds other start/goal pairs than {evaluations[0]}; evaluate them alike")
         pairs, initial = indices, initial or summary  # the start-to-goal figures are those of every seed
         threshold = summary["success_threshold"]
         positions.append(position)
         angles.append(angle)
-        successes.append(np.mean((position <= threshold["position_cm"]) & (angle <= threshold["angle_deg"])))
+        successes.append(np.mean((position <= threshold["position_cm"]) & (angle <= threshold["angle_deg"]) & ~stopped))
         per_seed.append({"evaluation": str(evaluation), "position_mean_cm": float(position.mean())})
     position, angle = np.mean(positions, axis=0), np.mean(angles, axis=0)
     return {

@@ -20,6 +20,7 @@ from keydyn.latents.registry import register_latent
 from keydyn.runs import store_task
 from keydyn.sim.config import SUGAR_BOX_SIZE, TaskConfig
 from keydyn.sim.meshes import MugShape
+from keydyn.sim.observations import check_observation
 
 
 def rotate_by_quaternions(quaternions: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -149,6 +150,7 @@ class GroundTruthEncoder:
     def encode(self, observation: Mapping[str, Any], info: Mapping[str, Any]) -> np.ndarray:
         if self._keypoints is None:
             raise RuntimeError("call reset() with the episode's first observation before encode()")
+        check_observation(observation)  # the pusher position; the object pose is ground truth from `info`
         return self._keypoints.latent_from_info(info, np.asarray(observation["pusher_position"]))
 
 

@@ -51,7 +51,9 @@ def descriptor_logits(descriptors: torch.Tensor, references: torch.Tensor, eta: 
     return logits.clamp_max(0.0).view(batch, -1, height, width)
 
 
-def expectations_from_logits(logits: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def expectations_from_logits(
+    logits: torch.Tensor, depth: torch.Tensor, min_support: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Expected pixel (eq. 10) and expected valid depth (eq. 11) from one softmax of the logits.
 
     One softmax and one matrix product against [u, v, valid * depth, valid] for all four sums; renormalising
@@ -60,10 +62,11 @@ def expectations_from_logits(logits: torch.Tensor, depth: torch.Tensor) -> tuple
     Args:
         logits: (B, K, H, W) heatmap logits.
         depth: (B, H, W) z-depth, metres (0 or non-finite where unknown).
+        min_support: the share of a heatmap's weight that must lie on valid depth for it to have a depth.
 
     Returns:
         uv: (B, K, 2) expected pixels (u, v); z: (B, K) expected depth over valid pixels, metres (NaN when an
-        image has no valid depth).
+        image has no valid depth, or less than `min_support` of the heatmap's weight lies on valid depth).
     """
     batch, _, height, width = logits.shape
     weights = torch.softmax(logits.flatten(-2), dim=-1)  # (B, K, H W)
@@ -72,11 +75,16 @@ def expectations_from_logits(logits: torch.Tensor, depth: torch.Tensor) -> tuple
     values = torch.where(valid > 0, depth.flatten(1).float(), torch.zeros_like(valid))
     basis = torch.cat([grid, (values * valid).unsqueeze(-1), valid.unsqueeze(-1)], dim=-1)  # (B, H W, 4)
     sums = weights @ basis  # (B, K, 4)
-    return sums[..., :2], sums[..., 2] / sums[..., 3]
+    support = sums[..., 3]  # the share of each heatmap's weight on valid depth
+    return sums[..., :2], (sums[..., 2] / support).masked_fill(support < min_support, float("nan"))
 
 
 def heatmap_expectations(
-    descriptors: torch.Tensor, references: torch.Tensor, depth: torch.Tensor, eta: float = DESCRIPTOR_ETA
+    descriptors: torch.Tensor,
+    references: torch.Tensor,
+    depth: torch.Tensor,
+    eta: float = DESCRIPTOR_ETA,
+    min_support: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Expected pixel (eq. 10) and expected valid depth (eq. 11) of K references, for inference.
 
@@ -88,13 +96,14 @@ def heatmap_expectations(
         references: (B, K, D) or (K, D) reference descriptors.
         depth: (B, H, W) z-depth, metres (0 or non-finite where unknown).
         eta: kernel width, descriptor units.
+        min_support: the share of a heatmap's weight that must lie on valid depth for it to have a depth.
 
     Returns:
         uv: (B, K, 2) expected pixels (u, v); z: (B, K) expected depth over valid pixels, metres (NaN when an
-        image has no valid depth).
+        image has no valid depth, or less than `min_support` of the heatmap's weight lies on valid depth).
     """
     batch, _, height, width = descriptors.shape
     features, references = _flat_features(descriptors, references)
     scale = 1.0 / eta**2
     logits = torch.baddbmm(-scale * features.pow(2).sum(1, keepdim=True), references, features, alpha=2.0 * scale)
-    return expectations_from_logits(logits.view(batch, -1, height, width), depth)
+    return expectations_from_logits(logits.view(batch, -1, height, width), depth, min_support)

@@ -8,6 +8,11 @@ pixel (eq. 15). All K keypoints of all B frames are computed at once.
 Depth can instead be read from the depth image at the expected pixel (`depth_mode="pixel"`): a heatmap that
 straddles the object's edge blends the object's depth with the table's in eq. 11, and its point sinks below
 the surface; the pixel's own depth keeps it on the surface.
+
+Depth holes (pixels 0, negative or non-finite, as real sensors give) are left out of eq. 11. A keypoint whose
+heatmap puts less than `MIN_DEPTH_SUPPORT` of its weight on valid depth has no depth (NaN, in either mode): its
+expectation would come from the heatmap's far tails, e.g. the table around an object that is a hole in the
+depth image.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from keydyn.vision.heatmap import DESCRIPTOR_ETA, descriptor_logits, heatmap_exp
 
 DepthMode = Literal["expectation", "pixel"]
 DEPTH_MODES = ("expectation", "pixel")
+MIN_DEPTH_SUPPORT = 0.01
+"""The share of a keypoint's heatmap weight that must lie on valid depth for the keypoint to have a depth."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,8 @@ def locate_keypoints(
 
     Returns:
         `Keypoints` with a leading B dimension, or without it when `descriptors` was (D, H, W). Depths and
-        points are NaN in a frame without any valid depth.
+        points are NaN for keypoints with less than `MIN_DEPTH_SUPPORT` of their heatmap on valid depth (all of
+        them in a frame without any valid depth).
     """
     single = descriptors.dim() == 3
     if single:
@@ -82,9 +90,9 @@ def locate_keypoints(
         intrinsics = intrinsics.unsqueeze(0)
     if T_world_camera.dim() == 2:
         T_world_camera = T_world_camera.unsqueeze(0)
-    uv, z = heatmap_expectations(descriptors, references, depth, eta)  # (B, K, 2), (B, K)
+    uv, z = heatmap_expectations(descriptors, references, depth, eta, MIN_DEPTH_SUPPORT)  # (B, K, 2), (B, K)
     if depth_mode == "pixel":
-        z = depth_at_pixels(depth, uv, fallback=z)
+        z = torch.where(torch.isnan(z), z, depth_at_pixels(depth, uv, fallback=z))  # unsupported stays NaN
     elif depth_mode != "expectation":
         raise ValueError(f"depth mode {depth_mode!r}: use one of {', '.join(DEPTH_MODES)}")
     geometry_dtype = torch.promote_types(intrinsics.dtype, torch.float32)

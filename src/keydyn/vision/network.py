@@ -278,4 +278,9 @@ class DescriptorNet(nn.Module):
 
 def rgb_to_tensor(rgb: torch.Tensor) -> torch.Tensor:
     """(..., H, W, 3) uint8 images -> (..., 3, H, W) float32 in [0, 1], the network's input."""
+    if rgb.dtype != torch.uint8:
+        raise ValueError(
+            f"rgb_to_tensor (keydyn/vision/network.py) takes uint8 0-255 RGB, got {rgb.dtype} (float RGB would "
+            "read as a dark image); convert RGB in [0, 1] with (rgb * 255).round().to(torch.uint8)"
+        )
     return rgb.movedim(-1, -3).float() / 255.0

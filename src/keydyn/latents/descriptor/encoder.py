@@ -12,6 +12,8 @@ from keydyn.latents.base import LatentLayout
 from keydyn.latents.descriptor.references import References, locate_references
 from keydyn.latents.descriptor.rigid import RigidFilter
 from keydyn.latents.descriptor.weights import KeypointWeights
+from keydyn.sim.observations import FORMAT, ObservationError, check_observation
+from keydyn.vision.keypoints import MIN_DEPTH_SUPPORT
 from keydyn.vision.network import DescriptorNet
 
 
@@ -22,7 +24,9 @@ class DescriptorEncoder:
     encode() runs the network on observation[f"{camera}/rgb"], locates the K references with that camera's
     depth, intrinsics and pose (world points, metres), replaces outliers with the rigid filter when given,
     applies the fixed weights W when given (WDS / WSDS), and appends observation["pusher_position"]. It reads
-    nothing from `info`.
+    nothing from `info`. The observation is checked first (`keydyn.sim.observations`; images at `image_size` =
+    (width, height) pixels when given), and a keypoint left without depth (`MIN_DEPTH_SUPPORT`) that the rigid
+    filter does not replace is refused: both raise ObservationError.
     """
 
     needs_images = True
@@ -34,8 +38,10 @@ class DescriptorEncoder:
         weights: KeypointWeights | None = None,
         bf16: bool = False,
         rigid: RigidFilter | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> None:
         self.net = net.eval()
+        self.image_size = image_size
         self.references = references
         self.weights = None if weights is None else weights.eval()
         self.bf16 = bf16
@@ -51,10 +57,9 @@ class DescriptorEncoder:
     @torch.no_grad()
     def encode(self, observation: Mapping[str, Any], info: Mapping[str, Any]) -> np.ndarray:
         """(3 K + 2,) float32 latent of the observation, metres."""
+        check_observation(observation, self.references.cameras, self.image_size)
         images = {}
         for camera in self.references.cameras:
-            if f"{camera}/rgb" not in observation:
-                raise KeyError(f"the observation has no {camera}/rgb; make the environment with images=True")
             images[camera] = (
                 torch.as_tensor(np.asarray(observation[f"{camera}/rgb"]))[None],
                 torch.as_tensor(np.asarray(observation[f"{camera}/depth"]))[None],
@@ -66,6 +71,14 @@ class DescriptorEncoder:
         points = located.points_world[0]  # (K, 3)
         if self.rigid is not None:
             points = self.rigid(points)[0]
+        lost = torch.nonzero(~torch.isfinite(points).all(dim=-1)).flatten().tolist()
+        if lost:
+            depths = ", ".join(f"{camera}/depth" for camera in self.references.cameras)
+            raise ObservationError(
+                f"keypoints {', '.join(map(str, lost))} of {len(points)} have no depth: less than "
+                f"{MIN_DEPTH_SUPPORT:.0%} of their heatmaps' weight lies on valid depth in observation {depths} (the "
+                f"object is a hole there); fill the holes or locate with another camera (--keypoints.camera) ({FORMAT})"
+            )
         latent = torch.cat([points.flatten(), pusher])
         if self.weights is not None:
             latent = self.weights(latent)

@@ -110,7 +110,7 @@ class DescriptorLatent(KeypointLatent):
     def make_encoder(self, run_dir: Path, task: TaskConfig, which: str) -> DescriptorEncoder:
         """The run's references, visual network and rigid filter, with the `which` checkpoint's keypoint weights
         (WDS / WSDS)."""
-        return load_descriptor_encoder(run_dir, self.load_trainable(run_dir, which))
+        return load_descriptor_encoder(run_dir, self.load_trainable(run_dir, which), (task.width, task.height))
 
     def trainable(self, latent_dim: int) -> KeypointWeights | None:
         """WDS / WSDS: the convex keypoint weights W (latents map to z = W x before the loss)."""
@@ -124,9 +124,12 @@ def load_visual(visual_run: Path, checkpoint: str) -> tuple[DescriptorNet, float
     return load_descriptor_net(visual_run, checkpoint), eta
 
 
-def load_descriptor_encoder(run_dir: Path, weights: KeypointWeights | None) -> DescriptorEncoder:
+def load_descriptor_encoder(
+    run_dir: Path, weights: KeypointWeights | None, image_size: tuple[int, int] | None = None
+) -> DescriptorEncoder:
     """The encoder (on the CPU) of a dynamics run with a descriptor latent: its references, visual network,
-    rigid filter (if any) and the WDS / WSDS `weights`.
+    rigid filter (if any) and the WDS / WSDS `weights`, reading images of `image_size` = (width, height) pixels
+    (None: any).
 
     Raises:
         ValueError: the visual run's weights changed since the dynamics run was trained.
@@ -134,7 +137,7 @@ def load_descriptor_encoder(run_dir: Path, weights: KeypointWeights | None) -> D
     run_dir = Path(run_dir)
     net, _ = load_run_visual(run_dir)
     references, rigid = References.load(run_dir), RigidFilter.load(run_dir)
-    return DescriptorEncoder(net, references, weights, run_locates_in_bf16(run_dir), rigid)
+    return DescriptorEncoder(net, references, weights, run_locates_in_bf16(run_dir), rigid, image_size)
 
 
 def run_locates_in_bf16(run_dir: Path) -> bool:
