@@ -43,7 +43,8 @@ from keydyn.evaluation.reproduce import ReproduceConfig, format_table, run_repro
 from keydyn.files import write_text_atomic
 from keydyn.locks import DirectoryBusyError
 from keydyn.presets import DEFAULT, cli_default, preset_names
-from keydyn.sim.preview import write_task_picture
+from keydyn.runs import check_seed
+from keydyn.sim.preview import check_picture_path, write_task_picture
 from keydyn.vision.train import TrainVisualConfig, train_visual
 
 
@@ -206,6 +207,10 @@ class Preview:
     width: int = 320
     height: int = 240
 
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+        check_picture_path(self.out)
+
     def execute(self) -> None:
         print(f"wrote {write_task_picture(self.task, self.out, self.seed, width=self.width, height=self.height)}")
 
@@ -307,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             command_type(name, preset), args=args, prog="keydyn", config=(tyro.conf.OmitSubcommandPrefixes,)
         )
         command.execute()
-    except (StoreError, DirectoryBusyError, ValueError, FileNotFoundError) as error:
+    except (StoreError, DirectoryBusyError, ValueError, OSError) as error:  # OSError: files (a full disk, permissions)
         print(f"keydyn: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

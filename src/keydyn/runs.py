@@ -1,27 +1,52 @@
-"""What every run directory shares: creating it or checking it for --resume, the device, the dataset it reads."""
+"""What every run directory shares: creating it or checking it for --resume, the device, the dataset it reads, and
+its checkpoints, committed as a whole and verified when read."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 
 from keydyn.data.store import EpisodeStore
-from keydyn.files import write_atomic, write_json_atomic
+from keydyn.files import DAMAGED, file_sha256, read_json, read_lines, write_atomic, write_json_atomic
 from keydyn.sim.config import TaskConfig
 
 
 def resolve_device(device: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; anything else as given."""
+    """ "auto" -> cuda when available, else cpu; anything else as given.
+
+    Raises:
+        ValueError: `device` is no torch device, or a CUDA device this torch build or machine does not have.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or auto") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r}: CUDA is not available in this torch build or on this machine; use --device cpu or auto"
+        )
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices; use cuda:0")
+    return resolved
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """Raise ValueError naming `flag` when `seed` is negative (numpy's and gymnasium's seeds are >= 0)."""
+    if seed < 0:
+        raise ValueError(f"{flag} must be >= 0, got {seed}")
 
 
 def open_dataset(path: Path) -> EpisodeStore:
@@ -73,6 +98,17 @@ def _without_removed(stored: Any, current: Any) -> Any:
     return {name: _without_removed(value, current[name]) for name, value in stored.items() if name in current}
 
 
+def _paths_resolved(values: Any, config: Any) -> Any:
+    """`values` (the JSON of `config`, or of a stored config of its type) with the settings that are paths in
+    `config` made absolute and free of symbolic links (relative ones from the working directory), at every depth,
+    so that `runs/a` and `/home/me/runs/a` compare equal."""
+    if isinstance(config, Path):
+        return str(Path(values).resolve()) if isinstance(values, str) else values
+    if dataclasses.is_dataclass(config) and isinstance(values, dict):
+        return {name: _paths_resolved(value, getattr(config, name, None)) for name, value in values.items()}
+    return values
+
+
 def prepare_run_dir(
     out: Path,
     config: RunConfig,
@@ -82,132 +118,313 @@ def prepare_run_dir(
 ) -> bool:
     """Create `out` for a new run, or check that a run there can be resumed with `config`.
 
+    An existing directory is written only with --resume (two commands given the same --out by mistake never mix
+    their files), and resuming needs the settings the run was started with. A run stopped before its first
+    checkpoint (config.json but no `marker`) is started again from the beginning by --resume: its files belong
+    to the same settings.
+
     config: the run's config (its `resume` field says which); compared with the config.json stored in `out` on
         resume. A setting the stored file lacks (a field added to keydyn after that run started) counts as its
         default, so runs made by older versions resume when the new setting is left at its default; a setting
-        only the stored file has (a field removed from keydyn since) is ignored.
+        only the stored file has (a field removed from keydyn since) is ignored. Paths compare resolved; `out`
+        itself is not compared (the run is the directory, wherever it is given from).
     may_change: settings that may differ between a run and its resumption.
     marker: the file whose presence shows there is something to resume (e.g. "last.json").
     upgrade: turns a stored config.json of an older layout into the current one (beyond added and removed
         settings) before the comparison.
-    Returns True when resuming.
+    Returns True when resuming from `marker`, False when starting from the beginning.
 
     Raises:
         ValueError: `out` holds files and resume is off, or settings outside `may_change` differ.
-        FileNotFoundError: resume is on but `out` has no `marker`.
+        FileNotFoundError: resume is on but `out` holds no run (no config.json).
     """
+    stored_path = out / "config.json"
     if not config.resume:
         if out.exists() and any(out.iterdir()):
+            if stored_path.exists() and not (out / marker).exists():
+                raise ValueError(
+                    f"{out} holds a run stopped before its first checkpoint ({marker}); pass --resume to start it "
+                    "again from the beginning with the same settings, or pick a new --out"
+                )
             raise ValueError(f"{out} already exists; pass --resume to continue that run, or pick a new --out")
         out.mkdir(parents=True, exist_ok=True)
         return False
-    if not (out / marker).exists() or not (out / "config.json").exists():
-        raise FileNotFoundError(f"--resume given but {out} holds nothing to resume ({marker}); drop --resume to start")
+    if not stored_path.exists():
+        raise FileNotFoundError(f"--resume given but {out} holds nothing to resume (no config.json); drop --resume")
     current = json.loads(json.dumps(config.to_json()))  # tuples compare as the lists JSON stores
-    stored = json.loads((out / "config.json").read_text())
+    stored = read_json(stored_path)
     if upgrade is not None:
         stored = upgrade(stored)
     stored = _without_removed(_with_missing_filled(stored, default_settings(config)), current)
-    different = sorted(name for name in current if name not in may_change and stored.get(name) != current[name])
+    current, stored = _paths_resolved(current, config), _paths_resolved(stored, config)
+    different = sorted(
+        name for name in current if name not in (*may_change, "out") and stored.get(name) != current[name]
+    )
+    checkpointed = (out / marker).exists()
     if different:
+        also = "" if checkpointed else f", or delete {out} (it holds no checkpoint yet)"
         raise ValueError(
             f"cannot resume {out}: its {', '.join(different)} differ from this run's; resume with the original "
-            f"settings (only {', '.join(may_change)} may change) or write to a new --out"
+            f"settings (only {', '.join(may_change)} may change) or write to a new --out{also}"
         )
-    return True
+    if not checkpointed:
+        print(f"keydyn: {out} stopped before its first checkpoint; starting it from the beginning", file=sys.stderr)
+    return checkpointed
 
 
-def resumed_checkpoint(
-    out: Path,
-    config: RunConfig,
-    may_change: tuple[str, ...],
-    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> dict | None:
-    """For a trainer: prepare `out` (see prepare_run_dir) and return its last.json when resuming, else None."""
-    if prepare_run_dir(out, config, may_change, "last.json", upgrade):
-        return json.loads((out / "last.json").read_text())
+# -- checkpoints ----------------------------------------------------------------------------------------------
+LAST_WEIGHTS, LAST_STATE, LAST_INFO, METRICS = "last.safetensors", "last_optim.pt", "last.json", "metrics.jsonl"
+PENDING = ".next"  # suffix of a checkpoint's files written but not yet moved onto their names
+HASHES = "sha256"  # key of a checkpoint's JSON: {file name: SHA-256 (hex)} of the files it commits
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save `state` (tensors, numbers, lists, dicts) to `path` through a Python file, so that a full disk
+    is an OSError(ENOSPC) rather than torch's "enforce fail" RuntimeError."""
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+def commit_checkpoint(out: Path, name: str, files: dict[str, Callable[[Path], None]], info: dict[str, Any]) -> None:
+    """Write checkpoint `name` ("last", "best") of the run in `out` as a whole.
+
+    Each of `files` (file name -> function writing that file at the path it is given) is written to
+    `<file>.next`; then `<name>.json` (`info` and, under "sha256", the SHA-256 of every file) commits them; then
+    they are moved onto their names. A kill at any moment leaves the previous checkpoint or this one, never a mix:
+    `recover_checkpoint` finishes or drops an interrupted commit, and `load_checkpoint` reads a committed file
+    still under its `.next` name. A full disk is an OSError naming the file (`keydyn.files.write_atomic`) that
+    leaves the previous checkpoint.
+    """
+    hashes = {}
+    for file, write in files.items():
+        pending = out / (file + PENDING)
+        write_atomic(pending, write)
+        hashes[file] = file_sha256(pending)
+    write_json_atomic(out / f"{name}.json", {**info, HASHES: hashes})
+    for file in files:
+        os.replace(out / (file + PENDING), out / file)
+
+
+def _hashes(info: dict[str, Any], info_path: Path) -> dict[str, str] | None:
+    """The SHA-256 of every file a checkpoint's JSON commits; None for a checkpoint of a keydyn that wrote none."""
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_path} is not a JSON object; restore it from a copy")
+    hashes = info.get(HASHES)
+    if hashes is None:
+        return None
+    if not isinstance(hashes, dict) or not all(isinstance(value, str) for value in hashes.values()):
+        raise ValueError(f"{info_path}: its sha256 is not a table of file hashes; restore the file from a copy")
+    return hashes
+
+
+def _corrupt(path: Path, info_path: Path, fix: str) -> ValueError:
+    return ValueError(
+        f"{path} is corrupt: its SHA-256 differs from the one {info_path.name} recorded (damaged or truncated); {fix}"
+    )
+
+
+def _unreadable(path: Path, error: Exception, fix: str) -> ValueError:
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return ValueError(f"{path} cannot be read ({detail}): damaged or truncated; {fix}")
+
+
+def _committed_bytes(out: Path, file: str, hashes: dict[str, str] | None) -> bytes | None:
+    """The bytes of `file` as its checkpoint committed it: of `file`, else of `file.next` (a commit cut before
+    the move); None when neither has the SHA-256 in `hashes` (`hashes` None: `file`'s bytes, unchecked)."""
+    if hashes is None:
+        return (out / file).read_bytes()
+    for path in (out / file, out / (file + PENDING)):
+        if path.exists():
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() == hashes.get(file):
+                return data
     return None
 
 
-LAST_WEIGHTS, LAST_STATE, LAST_INFO = "last.safetensors", "last_optim.pt", "last.json"
-PENDING = ".next"  # suffix of a checkpoint's files written but not yet moved onto their names
+def _tensors(data: bytes, path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """The tensors of safetensors `data` read from `path` (ValueError naming `path` and `fix` when damaged)."""
+    try:
+        return load_safetensors(data)
+    except Exception as error:  # safetensors raises its own error types for every kind of damage
+        raise _unreadable(path, error, fix) from error
 
 
-def _counter_of(path: Path, counter: str) -> int:
-    """The `counter` ("epoch" or "step") a checkpoint file was written at: safetensors metadata, or the state's."""
-    if path.name.startswith(LAST_WEIGHTS):
-        with safe_open(str(path), "pt") as weights:
-            return int((weights.metadata() or {})[counter])
-    return int(torch.load(path, map_location="cpu", weights_only=True)[counter])
+def read_tensors(path: Path, fix: str = DAMAGED) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; ValueError naming `path` and `fix` when it is damaged or truncated."""
+    return _tensors(Path(path).read_bytes(), Path(path), fix)
 
 
-def commit_checkpoint(
-    out: Path, weights: Callable[[Path], None], state: Callable[[Path], None], info: dict[str, Any]
-) -> None:
-    """Write the last checkpoint of a trainer so that a kill at any moment leaves either the previous checkpoint
-    or this one, never a mix: the weights (`weights(path)` writes safetensors whose metadata holds the counter)
-    and the optimiser state (`state(path)`, a dict holding the counter) go to `.next` files, then last.json
-    (`info`, with the counter) commits them, then they are moved onto last.safetensors and last_optim.pt.
-    `recover_checkpoint` finishes or drops an interrupted commit."""
-    write_atomic(out / (LAST_WEIGHTS + PENDING), weights)
-    write_atomic(out / (LAST_STATE + PENDING), state)
-    write_json_atomic(out / LAST_INFO, info)
-    os.replace(out / (LAST_WEIGHTS + PENDING), out / LAST_WEIGHTS)
-    os.replace(out / (LAST_STATE + PENDING), out / LAST_STATE)
+def _safetensors_counter(data: bytes, counter: str) -> int | None:
+    """The `counter` ("epoch", "step") in the metadata of safetensors `data`; None when it holds none."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        return int(json.loads(data[8 : 8 + size])["__metadata__"][counter])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
-def _mixed_run(out: Path, name: str, counter: str, found: int, expected: int) -> ValueError:
+def _state(data: bytes, path: Path, fix: str) -> dict[str, Any]:
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, pickle and EOF errors for a damaged archive
+        raise _unreadable(path, error, fix) from error
+
+
+def checkpoint_paths(run_dir: Path, which: str, how_to_train: str) -> tuple[Path, Path]:
+    """(which.json, which.safetensors) of a run; FileNotFoundError naming `how_to_train` when missing (the
+    weights may still be under their `.next` name, see `commit_checkpoint`)."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    info_path, weights_path = run_dir / f"{which}.json", run_dir / f"{which}.safetensors"
+    pending = weights_path.with_name(weights_path.name + PENDING)
+    if not info_path.exists() or not (weights_path.exists() or pending.exists()):
+        raise FileNotFoundError(
+            f"{run_dir} has no {which} checkpoint ({info_path.name}, {weights_path.name}); train one with "
+            f"{how_to_train} or pass another run directory"
+        )
+    return info_path, weights_path
+
+
+def load_checkpoint(
+    run_dir: Path, which: str, how_to_train: str, required: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON (holding `required`) and the weights of checkpoint `which` ("best" or "last") of a run, the
+    weights verified against the SHA-256 the JSON recorded (checkpoints of a keydyn that recorded none load
+    unverified). A commit by a trainer still running may replace the files while they are read: that read is
+    tried again.
+
+    Raises:
+        FileNotFoundError: the checkpoint is missing (the message names `how_to_train`).
+        ValueError: its JSON is damaged or lacks `required`, or its weights are corrupt; naming the file and
+            the fix.
+    """
+    run_dir = Path(run_dir)
+    info_path, weights_path = checkpoint_paths(run_dir, which, how_to_train)
+    fix = f"restore it from a copy or train the run again ({how_to_train})"
+    if which == "best":
+        fix += ", or use its last checkpoint"
+    for attempt in range(3):
+        if attempt:
+            time.sleep(0.2 * attempt)
+        info = read_json(info_path, required, fix)
+        data = _committed_bytes(run_dir, weights_path.name, _hashes(info, info_path))
+        if data is not None:
+            return info, _tensors(data, weights_path, fix)
+    raise _corrupt(weights_path, info_path, fix)
+
+
+@dataclasses.dataclass
+class Resumed:
+    """The last checkpoint of a run being resumed: last.json's content, the weights (last.safetensors), the
+    training state (last_optim.pt) and the metrics rows up to its counter (metrics.jsonl), checked to agree."""
+
+    info: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+
+def _mixed_run(out: Path, name: str, counter: str, found: Any, expected: int) -> ValueError:
     return ValueError(
         f"{out}: {name} is of {counter} {found} but last.json of {expected}; the run was changed from outside "
         "keydyn and cannot resume: start a new --out"
     )
 
 
-def recover_checkpoint(out: Path, info: dict[str, Any], counter: str) -> None:
-    """Before resuming from `info` (last.json): move the `.next` files of a commit that last.json had made onto
-    their names, and drop those of one it had not; then check that last.safetensors is of last.json's `counter`
-    (`load_training_state` checks last_optim.pt as it loads it).
-
-    Raises:
-        ValueError: the weights are of another counter than last.json (a run damaged from outside).
-    """
-    for name in (LAST_WEIGHTS, LAST_STATE):
+def _finish_commit(out: Path, hashes: dict[str, str]) -> None:
+    """Move the `.next` files whose SHA-256 a checkpoint's JSON records (`hashes`) onto their names; drop the
+    others (written for a commit that was cut before its JSON)."""
+    for name, expected in hashes.items():
         pending = out / (name + PENDING)
         if pending.exists():
-            try:
-                committed = _counter_of(pending, counter) == info[counter]
-            except Exception:  # cut while written: never committed
-                committed = False
-            if committed:
+            if file_sha256(pending) == expected:
                 os.replace(pending, out / name)
             else:
                 pending.unlink()
-    found = _counter_of(out / LAST_WEIGHTS, counter)
+
+
+def recover_checkpoint(out: Path, info: dict[str, Any], counter: str) -> None:
+    """Before resuming from `info` (last.json's content): move the `.next` files of a commit that last.json had
+    made onto their names, and drop those of one it had not; the same for best.json. A file is committed when
+    its SHA-256 is the one the JSON records; for a checkpoint of a keydyn that recorded none, when it is of
+    last.json's `counter`."""
+    best = out / "best.json"
+    if best.exists():
+        _finish_commit(out, _hashes(read_json(best), best) or {})
+    hashes = _hashes(info, out / LAST_INFO)
+    if hashes is not None:
+        _finish_commit(out, hashes)
+        return
+    for name in (LAST_WEIGHTS, LAST_STATE):
+        pending = out / (name + PENDING)
+        if pending.exists():
+            data = pending.read_bytes()
+            if name == LAST_WEIGHTS:
+                found = _safetensors_counter(data, counter)
+            else:
+                try:
+                    found = _state(data, pending, "")[counter]
+                except (ValueError, KeyError, TypeError):  # cut while written: never committed
+                    found = None
+            if found == info[counter]:
+                os.replace(pending, out / name)
+            else:
+                pending.unlink()
+
+
+def _resumed_metrics(out: Path, counter: str, last: int) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl up to `counter` `last`, checked to be one for each of 1 .. `last`."""
+    path = out / METRICS
+    rows = [row for row in read_lines(path) if not isinstance(row.get(counter), int) or row[counter] <= last]
+    if [row.get(counter) for row in rows] != list(range(1, last + 1)):
+        raise ValueError(
+            f"{path} does not hold one row for each {counter} 1 to {last} of last.json; the file was changed from "
+            "outside keydyn: restore it, or start a new --out"
+        )
+    return rows
+
+
+def resumed_checkpoint(
+    out: Path,
+    config: RunConfig,
+    may_change: tuple[str, ...],
+    counter: str,
+    required: tuple[str, ...] = (),
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Resumed | None:
+    """For a trainer: prepare `out` (see prepare_run_dir); when resuming, recover its last checkpoint
+    (`recover_checkpoint`) and return it, every file verified and of last.json's `counter` ("epoch", "step");
+    None when the run starts from the beginning.
+
+    Raises:
+        ValueError: as prepare_run_dir; last.json lacks `counter` or `required`; a file is corrupt (damaged,
+            truncated) or of another counter; naming the file and the fix.
+    """
+    if not prepare_run_dir(out, config, may_change, LAST_INFO, upgrade):
+        return None
+    fix = "restore it from a copy, or start a new --out"
+    info_path = out / LAST_INFO
+    info = read_json(info_path, (counter, *required), fix)
+    if not isinstance(info[counter], int):
+        raise ValueError(f"{info_path}: its {counter} is {info[counter]!r}, not a whole number; {fix}")
+    recover_checkpoint(out, info, counter)
+    hashes = _hashes(info, info_path)
+    files = {}
+    for name in dict.fromkeys((LAST_WEIGHTS, LAST_STATE, *(hashes or ()))):
+        if not (out / name).exists():
+            raise FileNotFoundError(f"{out / name} is missing, though {info_path.name} commits it; {fix}")
+        files[name] = (out / name).read_bytes()
+        if hashes is not None and hashlib.sha256(files[name]).hexdigest() != hashes.get(name):
+            raise _corrupt(out / name, info_path, fix)
+    tensors = _tensors(files[LAST_WEIGHTS], out / LAST_WEIGHTS, fix)
+    found = _safetensors_counter(files[LAST_WEIGHTS], counter)
     if found != info[counter]:
         raise _mixed_run(out, LAST_WEIGHTS, counter, found, info[counter])
-
-
-def load_training_state(out: Path, info: dict, counter: str) -> dict:
-    """The optimizer/generator state saved beside last.json (last_optim.pt), after `recover_checkpoint`, checked to
-    be of last.json's `counter`."""
-    recover_checkpoint(out, info, counter)
-    state = torch.load(out / LAST_STATE, map_location="cpu", weights_only=True)
-    if state[counter] != info[counter]:
-        raise _mixed_run(out, LAST_STATE, counter, state[counter], info[counter])
-    return state
-
-
-def checkpoint_paths(run_dir: Path, which: str, how_to_train: str) -> tuple[Path, Path]:
-    """(which.json, which.safetensors) of a run; FileNotFoundError naming `how_to_train` when missing."""
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    info_path, weights_path = run_dir / f"{which}.json", run_dir / f"{which}.safetensors"
-    if not info_path.exists() or not weights_path.exists():
-        raise FileNotFoundError(
-            f"{run_dir} has no {which} checkpoint ({info_path.name}, {weights_path.name}); train one with "
-            f"{how_to_train} or pass another run directory"
-        )
-    return info_path, weights_path
+    state = _state(files[LAST_STATE], out / LAST_STATE, fix)
+    if not isinstance(state, dict) or state.get(counter) != info[counter]:
+        found = state.get(counter) if isinstance(state, dict) else None
+        raise _mixed_run(out, LAST_STATE, counter, found, info[counter])
+    return Resumed(info, tensors, state, _resumed_metrics(out, counter, info[counter]))
 
 
 def load_checked(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -10,6 +9,7 @@ from typing import Literal
 from keydyn.control.mpc import MPCConfig, MPCController
 from keydyn.dynamics.model import DynamicsMLP
 from keydyn.dynamics.train import load_dynamics
+from keydyn.files import read_json
 from keydyn.latents import LatentEncoder, LatentMethod, get_latent
 from keydyn.sim.config import TASK_NAMES, TaskConfig, task_config
 from keydyn.sim.env import PushingEnv
@@ -32,7 +32,7 @@ def run_task(run_dir: Path, task: str | None = None) -> TaskConfig:
     path = Path(run_dir) / "task.json"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} has no task.json; is it a run directory written by keydyn train-dynamics?")
-    trained = TaskConfig.from_dict(json.loads(path.read_text()))
+    trained = TaskConfig.from_dict(read_json(path))
     if task is None or task == trained.name:
         return trained
     if task not in TASK_NAMES:
@@ -49,7 +49,13 @@ def load_run(
         raise FileNotFoundError(
             f"{run_dir} is not a training run (no config.json); train one with keydyn train-dynamics"
         )
-    latent = json.loads((run_dir / "config.json").read_text())["latent"]
+    settings = read_json(run_dir / "config.json")
+    if not isinstance(settings, dict) or "latent" not in settings:
+        raise ValueError(
+            f"{run_dir} is not a dynamics run (its config.json names no latent; a run of keydyn train-visual?); "
+            "pass a run directory of keydyn train-dynamics"
+        )
+    latent = settings["latent"]
     method = get_latent(latent)
     resolved = run_task(run_dir, task)
     model = load_dynamics(run_dir, which, device)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from keydyn.data.store import EpisodeStore, StoreError, encode_frames
 from keydyn.locks import DirectoryLock
+from keydyn.runs import check_seed
 from keydyn.sim.config import TASK_NAMES, TaskConfig, task_config
 from keydyn.sim.env import PushingEnv
 from keydyn.sim.policy import RandomPushConfig, RandomPushPolicy
@@ -78,6 +79,7 @@ class CollectConfig:
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         self.task_config()  # checks the image size
+        check_seed(self.seed)
         if self.filter.min_steps > self.steps:
             raise ValueError(
                 f"--filter.min-steps ({self.filter.min_steps}) exceeds --steps ({self.steps}): every episode "

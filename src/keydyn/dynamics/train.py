@@ -6,8 +6,12 @@ A run directory holds:
     metrics.jsonl          one line per epoch: epoch, train_loss, val_loss (m^2), val_final_step_error_m
     last.safetensors       model weights and normaliser buffers after the last finished epoch
     last_optim.pt          Adam state and the training random generator's state of that epoch
-    last.json              model config, epoch and best validation error; written last (the commit)
-    best.safetensors/json  the model with the lowest validation final-step error so far
+    last.json              model config, epoch, best validation error and the SHA-256 of the three files above;
+                           written after them (the commit, `keydyn.runs.commit_checkpoint`)
+    best.safetensors/json  the model with the lowest validation final-step error so far (best.json holds the
+                           SHA-256 of best.safetensors)
+
+config.json is written first: a directory holding anything of a run holds its config.json.
 
 The latent method --latent names (`keydyn.latents.get_latent`) makes the latents of every dataset frame and may
 write files of its own into the run (descriptor latents: the references and keypoints.png, see
@@ -16,14 +20,14 @@ trained jointly with the model: windows are mapped by it before the loss, so pre
 z = W x; its tensors are stored in the same checkpoints under the method's `parameter_prefix`, and validation
 errors are those of z. Training windows are SE(2)-augmented only for `augmentable` methods.
 
-Every file is written atomically (temporary file, then os.replace), so a killed run resumes from its last
-finished epoch with `resume=True` and then produces the same weights and metrics as an uninterrupted run.
+Every file is written atomically (temporary file, then os.replace) and each checkpoint as a whole, so a run killed
+at any moment resumes from its last finished epoch with `resume=True` (one killed before its first starts again)
+and then produces the same weights and metrics as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,24 +35,30 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
 from keydyn.data.split import split_episodes
+from keydyn.data.store import EpisodeStore
 from keydyn.dynamics.augment import augment_windows
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
-from keydyn.dynamics.windows import WindowSet, make_windows
-from keydyn.files import read_lines, write_atomic, write_json_atomic, write_lines_atomic
+from keydyn.dynamics.windows import WindowSet, make_windows, window_starts
+from keydyn.files import write_json_atomic, write_lines
 from keydyn.latents import KeypointConfig, LatentMethod, get_latent, latent_names
 from keydyn.runs import (
-    checkpoint_paths,
+    LAST_STATE,
+    LAST_WEIGHTS,
+    METRICS,
+    Resumed,
+    check_seed,
     commit_checkpoint,
     load_checked,
-    load_training_state,
+    load_checkpoint,
     open_dataset,
     resolve_device,
     resumed_checkpoint,
+    save_state,
     store_task,
 )
 
@@ -120,6 +130,7 @@ class TrainDynamicsConfig:
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        check_seed(self.seed)
 
     @property
     def method(self) -> LatentMethod:
@@ -157,25 +168,12 @@ def upgrade_keypoints_json(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "keypoints": upgraded}
 
 
-# -- atomic files ---------------------------------------------------------------------------------------
-def save_model_atomic(
-    path: Path, model: DynamicsMLP, epoch: int, method: LatentMethod, trainable: nn.Module | None
-) -> None:
-    """Weights and normaliser buffers (and the method's jointly trained module) as safetensors, tagged with the
-    epoch."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if trainable is not None:
-        tensors.update(method.trainable_tensors(trainable))
-    write_atomic(path, lambda p: save_file(tensors, str(p), metadata={"epoch": str(epoch)}))
-
-
 # -- data -----------------------------------------------------------------------------------------------
-def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
-    """(train, validation) windows of the configured latents, split by episode.
-
-    The latent method may write files into `config.out` (e.g. descriptor references), which must exist.
+def split_dataset(config: TrainDynamicsConfig) -> tuple[EpisodeStore, np.ndarray, np.ndarray]:
+    """The dataset and its (training, validation) episodes, checked to give windows of history + horizon frames.
 
     Raises:
+        FileNotFoundError: the dataset is missing.
         ValueError: no episode is long enough for history + horizon frames, or a split has no windows.
     """
     store = open_dataset(config.dataset)
@@ -189,17 +187,27 @@ def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
             f"history + horizon = {needed} frames, but the longest episode of {config.dataset} has "
             f"{lengths.max()} frames; lower --horizon/--history or collect longer episodes (--steps)"
         )
+    train_episodes, val_episodes = split_episodes(store.num_episodes, config.val_fraction, config.seed)
+    for which, episodes in (("training", train_episodes), ("validation", val_episodes)):
+        if (which == "training" or config.val_fraction > 0) and len(window_starts(ends, episodes, needed)) == 0:
+            raise ValueError(
+                f"the {which} episodes of {config.dataset} are all shorter than history + horizon = {needed} "
+                "frames; lower --horizon, change --val-fraction/--seed, or collect more or longer episodes"
+            )
+    return store, train_episodes, val_episodes
+
+
+def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
+    """(train, validation) windows of the configured latents, split by episode (`split_dataset`).
+
+    The latent method may write files into `config.out` (e.g. descriptor references), which must exist.
+    """
+    store, train_episodes, val_episodes = split_dataset(config)
     latents = config.method.dataset_latents(store, config, config.out)
     actions = np.asarray(store.frames("action"), dtype=np.float32)
-    train_episodes, val_episodes = split_episodes(store.num_episodes, config.val_fraction, config.seed)
+    ends = store.episode_ends
     train = make_windows(latents, actions, ends, train_episodes, config.history, config.horizon)
     val = make_windows(latents, actions, ends, val_episodes, config.history, config.horizon)
-    if len(train) == 0 or (config.val_fraction > 0 and len(val) == 0):
-        which = "training" if len(train) == 0 else "validation"
-        raise ValueError(
-            f"the {which} episodes of {config.dataset} are all shorter than history + horizon = {needed} frames; "
-            "lower --horizon, change --val-fraction/--seed, or collect more or longer episodes"
-        )
     return train, val
 
 
@@ -313,6 +321,15 @@ def evaluate(
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------
+def save_model(path: Path, model: DynamicsMLP, epoch: int, method: LatentMethod, trainable: nn.Module | None) -> None:
+    """Weights and normaliser buffers (and the method's jointly trained module) as safetensors, tagged with the
+    epoch."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if trainable is not None:
+        tensors.update(method.trainable_tensors(trainable))
+    save_file(tensors, str(path), metadata={"epoch": str(epoch)})
+
+
 def save_checkpoint(
     config: TrainDynamicsConfig,
     model: DynamicsMLP,
@@ -321,37 +338,42 @@ def save_checkpoint(
     generator: torch.Generator,
     epoch: int,
     best_error: float,
+    metrics: list[dict[str, Any]],
 ) -> None:
-    """Commit last.safetensors, last_optim.pt and last.json together (`keydyn.runs.commit_checkpoint`)."""
+    """Commit last.safetensors, last_optim.pt, metrics.jsonl (the rows of epochs 1 .. `epoch`) and last.json
+    together (`keydyn.runs.commit_checkpoint`)."""
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
     info = {"model": model.config(), "latent": config.latent, "epoch": epoch, "best_val_final_step_error_m": best_error}
-    commit_checkpoint(
-        config.out,
-        lambda path: save_model_atomic(path, model, epoch, config.method, trainable),
-        lambda path: torch.save(state, path),
-        info,
-    )
+    files = {
+        LAST_WEIGHTS: lambda path: save_model(path, model, epoch, config.method, trainable),
+        LAST_STATE: lambda path: save_state(state, path),
+        METRICS: lambda path: write_lines(path, metrics),
+    }
+    commit_checkpoint(config.out, "last", files, info)
 
 
 def save_best(
     config: TrainDynamicsConfig, model: DynamicsMLP, trainable: nn.Module | None, epoch: int, error: float
 ) -> None:
-    save_model_atomic(config.out / "best.safetensors", model, epoch, config.method, trainable)
+    """Commit best.safetensors and best.json of `epoch`."""
     info = {"model": model.config(), "latent": config.latent, "epoch": epoch, "val_final_step_error_m": error}
-    write_json_atomic(config.out / "best.json", info)
+    files = {"best.safetensors": lambda path: save_model(path, model, epoch, config.method, trainable)}
+    commit_checkpoint(config.out, "best", files, info)
 
 
 def load_dynamics(run_dir: str | Path, which: Literal["best", "last"] = "best", device: str = "cpu") -> DynamicsMLP:
-    """The model (with its normaliser) saved as `which` in a training run directory, in eval mode.
+    """The model (with its normaliser) saved as `which` in a training run directory, in eval mode, its weights
+    verified (`keydyn.runs.load_checkpoint`).
 
     Raises:
         FileNotFoundError: the run directory or its checkpoint is missing.
+        ValueError: the checkpoint is damaged (its JSON, or weights that are truncated or changed).
     """
     run_dir = Path(run_dir)
-    info_path, weights_path = checkpoint_paths(run_dir, which, "keydyn.dynamics.train_dynamics")
-    config = json.loads(info_path.read_text())["model"]
+    info, tensors = load_checkpoint(run_dir, which, "keydyn train-dynamics", ("model",))
+    config = info["model"]
     model = DynamicsMLP(config["latent_dim"], config["history"], config["hidden"])
-    _load_model_tensors(model, load_file(str(weights_path)), weights_path)
+    _load_model_tensors(model, tensors, run_dir / f"{which}.safetensors")
     return model.to(device).eval()
 
 
@@ -367,26 +389,29 @@ def _load_model_tensors(model: DynamicsMLP, tensors: dict[str, torch.Tensor], so
 
 def _restore(
     config: TrainDynamicsConfig,
-    info: dict,
+    resumed: Resumed,
     model: DynamicsMLP,
     trainable: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
 ) -> None:
-    state = load_training_state(config.out, info, "epoch")
-    tensors = load_file(str(config.out / "last.safetensors"))
-    _load_model_tensors(model, tensors, config.out / "last.safetensors")
+    _load_model_tensors(model, resumed.tensors, config.out / LAST_WEIGHTS)
     if trainable is not None:
-        config.method.restore_trainable(trainable, tensors)
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
+        config.method.restore_trainable(trainable, resumed.tensors)
+    optimizer.load_state_dict(resumed.state["optimizer"])
+    generator.set_state(resumed.state["generator"])
 
 
 def train_dynamics(config: TrainDynamicsConfig) -> Path:
     """Train (or resume) a dynamics model; returns the run directory `config.out`."""
-    resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, upgrade_keypoints_json)
-    train, val = load_windows(config)
     device = resolve_device(config.device)
+    store = split_dataset(config)[0]  # checks the dataset before anything is written
+    resumed = resumed_checkpoint(
+        config.out, config, _RESUMABLE_FIELDS, "epoch", ("best_val_final_step_error_m",), upgrade_keypoints_json
+    )
+    write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
+    write_json_atomic(config.out / "task.json", store_task(store).to_dict())
+    train, val = load_windows(config)
     trainable = config.method.trainable(train.latents.shape[1])
     model = build_model(config, train, trainable)
     generator = torch.Generator().manual_seed(config.seed)
@@ -399,10 +424,8 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
     metrics = []
     if resumed is not None:
         _restore(config, resumed, model, trainable, optimizer, generator)
-        start_epoch, best_error = resumed["epoch"], resumed["best_val_final_step_error_m"]
-        metrics = [row for row in read_lines(config.out / "metrics.jsonl") if row["epoch"] <= start_epoch]
-    write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
-    write_json_atomic(config.out / "task.json", store_task(open_dataset(config.dataset)).to_dict())
+        start_epoch, best_error = resumed.info["epoch"], resumed.info["best_val_final_step_error_m"]
+        metrics = resumed.metrics
     bar = tqdm(range(start_epoch + 1, config.epochs + 1), desc="dynamics", disable=not config.progress)
     for epoch in bar:
         for group in optimizer.param_groups:
@@ -413,11 +436,10 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
             val_loss, val_error = evaluate(model, trainable, val, config.method, config.batch_size, device)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_final_step_error_m": val_error}
         metrics.append(row)
-        write_lines_atomic(config.out / "metrics.jsonl", metrics)
         criterion = val_error if len(val) else train_loss
         if criterion < best_error:
             best_error = criterion
             save_best(config, model, trainable, epoch, criterion)
-        save_checkpoint(config, model, trainable, optimizer, generator, epoch, best_error)
+        save_checkpoint(config, model, trainable, optimizer, generator, epoch, best_error, metrics)
         bar.set_postfix(train=f"{train_loss:.2e}", val_err_m=f"{val_error:.4f}")
     return config.out

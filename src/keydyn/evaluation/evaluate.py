@@ -33,7 +33,7 @@ from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
 from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
-from keydyn.runs import prepare_run_dir
+from keydyn.runs import check_seed, prepare_run_dir
 from keydyn.video import write_video
 
 _RESUMABLE_FIELDS = ("episodes", "workers", "resume", "progress", "videos")
@@ -74,6 +74,7 @@ class EvaluateConfig:
             raise ValueError(f"--episodes must be at least 1, got {self.episodes}")
         if self.workers < 0 or self.videos < 0:
             raise ValueError("--workers and --videos must be >= 0")
+        check_seed(self.seed)
 
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)

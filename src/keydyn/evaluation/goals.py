@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from keydyn.evaluation.metrics import pose_errors
+from keydyn.runs import check_seed
 from keydyn.sim.env import PushingEnv
 
 
@@ -32,6 +33,7 @@ class GoalPairConfig:
     def __post_init__(self) -> None:
         if not self.push_steps or min(self.push_steps) < 1:
             raise ValueError(f"need push_steps >= 1, got {self.push_steps}")
+        check_seed(self.seed, "--goals.seed")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from keydyn.evaluation.report import stops
 from keydyn.evaluation.tracking import Demonstration, pair_demonstration, perturbed_start, record_demonstration, track
 from keydyn.files import write_json_atomic
 from keydyn.plots import pyplot, save_figure
+from keydyn.runs import check_seed
 from keydyn.sim.env import PushingEnv
 from keydyn.video import write_video
 
@@ -71,6 +72,7 @@ class TrackConfig:
             object.__setattr__(self, "dataset", Path(self.dataset))
         if self.demo_steps < 1:
             raise ValueError(f"--demo-steps must be at least 1, got {self.demo_steps}")
+        check_seed(self.seed)
 
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)

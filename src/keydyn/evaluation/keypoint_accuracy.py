@@ -12,7 +12,6 @@ on top_down; on occlusions, the confidence of occluded points clearly below that
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from keydyn.data.split import split_episodes
-from keydyn.files import write_json_atomic
+from keydyn.files import read_json, write_json_atomic
 from keydyn.latents.descriptor.accuracy import VISIBILITY_TOLERANCE_M, keypoint_errors
 from keydyn.latents.descriptor.method import load_run_visual, load_visual, run_locates_in_bf16
 from keydyn.latents.descriptor.references import KeypointConfig, References, choose_references
@@ -84,7 +83,7 @@ def keypoint_accuracy(config: KeypointAccuracyConfig) -> dict:
         rigid = None
     else:
         raise ValueError("give --run (a dynamics run with a descriptor latent) or --visual-run (a descriptor run)")
-    visual = json.loads((visual_run / "config.json").read_text())
+    visual = read_json(visual_run / "config.json", ("val_fraction", "seed"))
     _, held_out = split_episodes(store.num_episodes, visual["val_fraction"], visual["seed"])
     frames = np.concatenate([np.arange(*store.episode_range(int(episode))) for episode in held_out])
     if len(frames) > config.max_frames:

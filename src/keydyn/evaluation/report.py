@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from keydyn.files import read_json
 from keydyn.plots import pyplot, save_figure
 
 
@@ -126,7 +127,9 @@ def comparison_table(evaluations: Sequence[Path]) -> str:
         path = Path(directory) / "results.json"
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; make it with `keydyn evaluate --out {directory}`")
-        results = json.loads(path.read_text())
+        results = read_json(
+            path, ("config", "task", "summary"), f"make it again with `keydyn evaluate --out {directory}`"
+        )
         config, task = results["config"], results["task"]
         goals = {key: value for key, value in config["goals"].items() if key != "pairs"}  # older keydyn's, unused
         setting = (json.dumps(goals, sort_keys=True), results["summary"]["episodes"])

@@ -17,7 +17,6 @@ the same command again to resume: finished stages are reused, a cut one continue
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.paper import TABLES
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
-from keydyn.files import write_json_atomic, write_text_atomic
+from keydyn.files import read_json, write_json_atomic, write_text_atomic
 from keydyn.latents import get_latent
 from keydyn.presets import from_preset, preset_names
 from keydyn.sim.config import TASK_NAMES
@@ -208,7 +207,7 @@ def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
 def _episode_errors(evaluation: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """(P,) final position errors (cm), angle errors (deg), pair indices and whether each episode was stopped by a
     refused observation, of an evaluation, and its summary."""
-    results = json.loads((evaluation / "results.json").read_text())
+    results = read_json(evaluation / "results.json", ("episodes", "summary"))
     rows = sorted(results["episodes"], key=lambda row: row["index"])
     position = np.array([row["final_position_error_cm"] for row in rows])
     angle = np.array([row["final_angle_error_deg"] for row in rows])

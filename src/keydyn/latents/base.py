@@ -12,7 +12,6 @@ the K object keypoints in the world frame (metres), which SE(2) augmentation mov
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,11 +20,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from keydyn.data.store import EpisodeStore
-from keydyn.runs import checkpoint_paths
+from keydyn.runs import load_checkpoint
 from keydyn.sim.config import TaskConfig
 
 PUSHER_DIM = 2  # the pusher's world xy, metres
@@ -139,11 +137,11 @@ class LatentMethod(ABC):
 
     def load_trainable(self, run_dir: Path, which: str) -> nn.Module | None:
         """The module trained with the `which` checkpoint of a dynamics run (eval mode, CPU); None if none."""
-        info_path, weights_path = checkpoint_paths(Path(run_dir), which, "keydyn train-dynamics")
-        module = self.trainable(int(json.loads(info_path.read_text())["model"]["latent_dim"]))
+        info, tensors = load_checkpoint(Path(run_dir), which, "keydyn train-dynamics", ("model",))
+        module = self.trainable(int(info["model"]["latent_dim"]))
         if module is None:
             return None
-        self.restore_trainable(module, load_file(str(weights_path)))
+        self.restore_trainable(module, tensors)
         return module.eval()
 
     def cost_part(self, latent_dim: int) -> slice:

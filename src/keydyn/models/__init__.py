@@ -15,11 +15,11 @@ loads like any other run (`keydyn.control.run.load_run`, `keydyn evaluate --run`
 
 from __future__ import annotations
 
-import hashlib
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from keydyn.files import file_sha256, read_json
 
 FORMAT_VERSION = 1
 """Version of the shipped-model layout; bumped when the files or their meaning change."""
@@ -35,14 +35,6 @@ def shipped_tasks(root: Path | None = None) -> list[str]:
     return sorted(path.parent.name for path in (root or models_root()).glob("*/manifest.json"))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest(task: str, root: Path | None = None) -> dict[str, Any]:
     """The manifest of a task's shipped models (in `root`, by default the package's), checked: its format
     version and the hash of every file.
@@ -55,7 +47,7 @@ def manifest(task: str, root: Path | None = None) -> dict[str, Any]:
     path = folder / "manifest.json"
     if not path.exists():
         raise ValueError(f"no shipped models for task {task!r}; shipped: {', '.join(shipped_tasks(root)) or 'none'}")
-    content = json.loads(path.read_text())
+    content = read_json(path, fix="reinstall keydyn")
     if content.get("format") != FORMAT_VERSION:
         raise ValueError(
             f"{path} is of shipped-model format {content.get('format')!r}, this keydyn reads format "

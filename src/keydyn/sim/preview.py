@@ -30,8 +30,18 @@ def task_picture(env: PushingEnv, seed: int = 0) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def check_picture_path(out: Path) -> None:
+    """Raise ValueError naming `out` unless it ends in an image extension `write_task_picture` writes."""
+    if Path(out).suffix.lower() not in PICTURE_SUFFIXES:
+        raise ValueError(f"--out {out}: a task picture is a .png, .jpg or .jpeg file; end the name with one (task.png)")
+
+
 def write_task_picture(task: str, out: Path, seed: int = 0, **overrides) -> Path:
-    """Save `task_picture` of a task as a PNG."""
+    """Save `task_picture` of a task as a PNG or JPEG (by `out`'s extension)."""
+    check_picture_path(out)
     env = PushingEnv(task, **overrides)
     try:
         image = task_picture(env, seed)

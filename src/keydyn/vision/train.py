@@ -8,20 +8,23 @@ in their B views, the errors against the true matches are logged, and the run is
 A run directory holds:
     config.json            the resolved TrainVisualConfig
     task.json              the TaskConfig the dataset was collected with
-    metrics.jsonl          one line per step: step, lr, loss_total, loss_heatmap, loss_pixel, loss_depth (and
-                           loss_hidden when weighted); at validation also val_pixel_error_median (px),
-                           val_within_3px (fraction), val_error_3d_mm_median, val_confidence_matched and
-                           val_confidence_hidden
+    metrics.jsonl          one line per step up to the last checkpointed step: step, lr, loss_total, loss_heatmap,
+                           loss_pixel, loss_depth (and loss_hidden when weighted); at validation also
+                           val_pixel_error_median (px), val_within_3px (fraction), val_error_3d_mm_median,
+                           val_confidence_matched and val_confidence_hidden
     last.safetensors       network weights and batch-norm statistics after the last checkpointed step
     last_optim.pt          Adam state and the random generators' states of that step
-    last.json              network and loss configs, step and best validation error; written last (the commit)
-    best.safetensors/json  the network with the lowest validation median pixel error so far
+    last.json              network and loss configs, step, best validation error and the SHA-256 of the three files
+                           above; written after them (the commit, `keydyn.runs.commit_checkpoint`)
+    best.safetensors/json  the network with the lowest validation median pixel error so far (best.json holds the
+                           SHA-256 of best.safetensors)
     descriptors.png        held-out views and their descriptor images (first 3 principal components as RGB)
     heatmap.png            a reference pixel, its heatmap in the other view and the true match (paper fig. 2)
 
-Every file is written atomically, so a killed run resumes from its last checkpoint with `resume=True` and
-then produces the same weights and metrics as an uninterrupted run (on the CPU: CUDA kernels and the CUDA
-generator that dropout uses there are not reproduced).
+Every file is written atomically and each checkpoint as a whole, so a run killed at any moment resumes from its last
+checkpoint with `resume=True` (one killed before its first starts again) and then produces the same weights and
+metrics as an uninterrupted run (on the CPU: CUDA kernels and the CUDA generator that dropout uses there are not
+reproduced).
 """
 
 from __future__ import annotations
@@ -34,19 +37,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from keydyn.data.split import split_episodes
-from keydyn.files import read_lines, write_atomic, write_json_atomic, write_lines_atomic
+from keydyn.files import write_json_atomic, write_lines
 from keydyn.runs import (
-    checkpoint_paths,
+    LAST_STATE,
+    LAST_WEIGHTS,
+    METRICS,
+    Resumed,
+    check_seed,
     commit_checkpoint,
     load_checked,
-    load_training_state,
+    load_checkpoint,
     open_dataset,
     resolve_device,
     resumed_checkpoint,
+    save_state,
     store_task,
 )
 from keydyn.vision.augment import AugmentConfig, jitter_colour, randomise_background
@@ -137,6 +145,7 @@ class TrainVisualConfig:
             )
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"--precision {self.precision!r}: use 'fp32' or 'bf16'")
+        check_seed(self.seed)
 
     def learning_rate(self, step: int) -> float:
         """The step-decayed learning rate of (1-based) `step`; a function of the step, so resuming needs no state."""
@@ -305,7 +314,7 @@ def draw_pictures(net: DescriptorNet, batch: PairBatch, config: TrainVisualConfi
 # -- checkpoints ----------------------------------------------------------------------------------------
 def _save_network(path: Path, net: DescriptorNet, step: int) -> None:
     tensors = {name: value.detach().cpu().contiguous() for name, value in net.state_dict().items()}
-    write_atomic(path, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
+    save_file(tensors, str(path), metadata={"step": str(step)})
 
 
 def _network_info(config: TrainVisualConfig, step: int) -> dict[str, Any]:
@@ -319,62 +328,67 @@ def save_checkpoint(
     config: TrainVisualConfig,
     step: int,
     best_error: float,
+    metrics: list[dict[str, Any]],
 ) -> None:
-    """Commit last.safetensors, last_optim.pt and last.json together (`keydyn.runs.commit_checkpoint`)."""
+    """Commit last.safetensors, last_optim.pt, metrics.jsonl (the rows of steps 1 .. `step`) and last.json
+    together (`keydyn.runs.commit_checkpoint`)."""
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),  # dropout of the dilated head draws from the global generator
     }
+    files = {
+        LAST_WEIGHTS: lambda path: _save_network(path, net, step),
+        LAST_STATE: lambda path: save_state(state, path),
+        METRICS: lambda path: write_lines(path, metrics),
+    }
     commit_checkpoint(
-        config.out,
-        lambda path: _save_network(path, net, step),
-        lambda path: torch.save(state, path),
-        {**_network_info(config, step), "best_val_pixel_error_median": best_error},
+        config.out, "last", files, {**_network_info(config, step), "best_val_pixel_error_median": best_error}
     )
 
 
 def save_best(net: DescriptorNet, config: TrainVisualConfig, step: int, metrics: dict[str, float]) -> None:
-    """Write best.safetensors and best.json with the validation metrics of `step`."""
-    _save_network(config.out / "best.safetensors", net, step)
+    """Commit best.safetensors and best.json with the validation metrics of `step`."""
     validation = {name: value for name, value in metrics.items() if name.startswith("val_")}
-    write_json_atomic(config.out / "best.json", {**_network_info(config, step), **validation})
+    files = {"best.safetensors": lambda path: _save_network(path, net, step)}
+    commit_checkpoint(config.out, "best", files, {**_network_info(config, step), **validation})
 
 
 def load_descriptor_net(
     run_dir: str | Path, which: Literal["best", "last"] = "best", device: str = "cpu"
 ) -> DescriptorNet:
-    """The network saved as `which` in a training run directory, in eval mode (safetensors + JSON, no pickle).
+    """The network saved as `which` in a training run directory, in eval mode (safetensors + JSON, no pickle),
+    its weights verified (`keydyn.runs.load_checkpoint`).
 
     Raises:
         FileNotFoundError: the run directory or its checkpoint is missing.
+        ValueError: the checkpoint is damaged (its JSON, or weights that are truncated or changed).
     """
     run_dir = Path(run_dir)
-    info_path, weights_path = checkpoint_paths(run_dir, which, "`keydyn train-visual`")
-    net = DescriptorNet(DescriptorNetConfig.from_json(json.loads(info_path.read_text())["network"]))
-    load_checked(net, load_file(str(weights_path)), weights_path)
+    info, tensors = load_checkpoint(run_dir, which, "`keydyn train-visual`", ("network",))
+    net = DescriptorNet(DescriptorNetConfig.from_json(info["network"]))
+    load_checked(net, tensors, run_dir / f"{which}.safetensors")
     return net.to(device).eval()
 
 
 def _restore(
-    out: Path, info: dict, net: DescriptorNet, optimizer: torch.optim.Optimizer, generator: torch.Generator
+    out: Path, resumed: Resumed, net: DescriptorNet, optimizer: torch.optim.Optimizer, generator: torch.Generator
 ) -> None:
-    state = load_training_state(out, info, "step")
-    load_checked(net, load_file(str(out / "last.safetensors")), out / "last.safetensors")
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
+    load_checked(net, resumed.tensors, out / LAST_WEIGHTS)
+    optimizer.load_state_dict(resumed.state["optimizer"])
+    generator.set_state(resumed.state["generator"])
+    torch.set_rng_state(resumed.state["torch_rng"])
 
 
 def train_visual(config: TrainVisualConfig) -> Path:
     """Train (or resume) a descriptor network; returns the run directory `config.out`."""
+    device = resolve_device(config.device)
     train, val_batches = make_samplers(config)  # checks the dataset before anything is written
     net = build_network(config)
     if config.init_from is not None and not (config.resume and (config.out / "last.json").exists()):
         copy_initial_weights(net, config.init_from)  # before anything is written: a wrong run is refused
-    resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS)
-    device = resolve_device(config.device)
+    resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "step", ("best_val_pixel_error_median",))
     net = net.to(device)
     if config.precision == "bf16":
         net.to(memory_format=torch.channels_last)
@@ -387,8 +401,8 @@ def train_visual(config: TrainVisualConfig) -> Path:
         start, best_error, metrics = 0, math.inf, []
         if resumed is not None:
             _restore(config.out, resumed, net, optimizer, generator)
-            start, best_error = resumed["step"], resumed["best_val_pixel_error_median"]
-            metrics = [row for row in read_lines(config.out / "metrics.jsonl") if row["step"] <= start]
+            start, best_error = resumed.info["step"], resumed.info["best_val_pixel_error_median"]
+            metrics = resumed.metrics
         bar = tqdm(range(start + 1, config.steps + 1), desc="descriptors", disable=not config.progress)
         for step in bar:
             lr = config.learning_rate(step)
@@ -402,10 +416,9 @@ def train_visual(config: TrainVisualConfig) -> Path:
                 continue
             row.update(validate(net, val_batches, config, device))
             draw_pictures(net, val_batches[0], config, device)
-            write_lines_atomic(config.out / "metrics.jsonl", metrics)
             if row["val_pixel_error_median"] < best_error:
                 best_error = row["val_pixel_error_median"]
                 save_best(net, config, step, row)
-            save_checkpoint(net, optimizer, generator, config, step, best_error)
+            save_checkpoint(net, optimizer, generator, config, step, best_error, metrics)
             bar.set_postfix(loss=f"{row['loss_total']:.3f}", val_px=f"{row['val_pixel_error_median']:.1f}")
     return config.out

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic
 from keydyn.latents.descriptor.references import References, locate_references
+from keydyn.runs import read_tensors
 from keydyn.vision.network import DescriptorNet
 
 
@@ -116,7 +117,7 @@ def dataset_keypoints(
     (see `compute_keypoints`) and cached there."""
     path = Path(cache_dir) / f"keypoints-{cache_key(net, references, store, bf16)}.safetensors"
     if path.exists():
-        tensors = load_file(str(path))
+        tensors = read_tensors(path, "delete it (the keypoints are located again) and run the command again")
         return DatasetKeypoints(tensors["points"], tensors["confidence"])
     result = compute_keypoints(net, references, store, batch_size, bf16)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ Nothing is written into the visual run, and a dynamics run moved together with i
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from keydyn.data.store import EpisodeStore
-from keydyn.files import write_json_atomic
+from keydyn.files import read_json, write_json_atomic
 from keydyn.latents.base import KeypointLatent, LatentLayout
 from keydyn.latents.descriptor.dataset import dataset_keypoints, network_hash
 from keydyn.latents.descriptor.encoder import DescriptorEncoder
@@ -32,7 +31,6 @@ from keydyn.latents.descriptor.references import References, choose_references
 from keydyn.latents.descriptor.rigid import RigidFilter, rigid_template
 from keydyn.latents.descriptor.weights import PARAMETER_PREFIX, KeypointWeights
 from keydyn.latents.registry import register_latent
-from keydyn.runs import checkpoint_paths
 from keydyn.sim.config import TaskConfig
 from keydyn.vision.network import DescriptorNet
 from keydyn.vision.train import load_descriptor_net
@@ -84,7 +82,7 @@ class DescriptorLatent(KeypointLatent):
             "network_sha256": network_hash(net),
         }
         if (out / "visual_network.json").exists():  # a resumed run: its references belong to that network
-            trained_with = json.loads((out / "visual_network.json").read_text())["network_sha256"]
+            trained_with = read_json(out / "visual_network.json", ("network_sha256",))["network_sha256"]
             if trained_with != identity["network_sha256"]:
                 raise ValueError(
                     f"the {keypoints.checkpoint} network of {visual_run} changed since {out} started; its references "
@@ -119,9 +117,8 @@ class DescriptorLatent(KeypointLatent):
 
 def load_visual(visual_run: Path, checkpoint: str) -> tuple[DescriptorNet, float]:
     """The visual run's network (eval mode) and the descriptor kernel width eta it was trained with."""
-    info_path, _ = checkpoint_paths(Path(visual_run), checkpoint, "`keydyn train-visual`")
-    eta = float(json.loads(info_path.read_text())["loss"]["eta"])
-    return load_descriptor_net(visual_run, checkpoint), eta
+    net = load_descriptor_net(visual_run, checkpoint)
+    return net, float(read_json(Path(visual_run) / f"{checkpoint}.json", ("loss",))["loss"]["eta"])
 
 
 def load_descriptor_encoder(
@@ -142,7 +139,7 @@ def load_descriptor_encoder(
 
 def run_locates_in_bf16(run_dir: Path) -> bool:
     """Whether a dynamics run with a descriptor latent locates its keypoints under bfloat16 (precision bf16)."""
-    keypoints = json.loads((Path(run_dir) / "config.json").read_text())["keypoints"]
+    keypoints = read_json(Path(run_dir) / "config.json", ("keypoints",))["keypoints"]
     if "precision" in keypoints:
         return keypoints["precision"] == "bf16"
     return bool(keypoints["bf16"])  # runs made before --keypoints.precision replaced --keypoints.bf16
@@ -159,7 +156,7 @@ def load_run_visual(run_dir: Path) -> tuple[DescriptorNet, Path]:
     path = Path(run_dir) / "visual_network.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run of a descriptor --latent")
-    identity = json.loads(path.read_text())
+    identity = read_json(path, ("visual_run", "checkpoint", "network_sha256"))
     visual_run = Path(run_dir) / identity["visual_run"]  # relative to the run (an absolute path stays as it is)
     net, _ = load_visual(visual_run, identity["checkpoint"])
     if network_hash(net) != identity["network_sha256"]:

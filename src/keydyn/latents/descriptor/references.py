@@ -21,19 +21,19 @@ elsewhere with a confidence hardly lower; a goal image in such a pose gives a wr
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from keydyn.data.store import EpisodeStore
-from keydyn.files import write_atomic, write_json_atomic
+from keydyn.files import read_json, write_atomic, write_json_atomic
 from keydyn.latents.descriptor.fusion import fuse_keypoints
 from keydyn.latents.descriptor.rigid import rigid_consistency
+from keydyn.runs import check_seed, read_tensors
 from keydyn.vision.keypoints import (
     DEPTH_MODES,
     DepthMode,
@@ -112,6 +112,7 @@ class KeypointConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"--keypoints.precision {self.precision!r}: use 'fp32' or 'bf16'")
+        check_seed(self.seed, "--keypoints.seed")
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         for name in ("num_descriptors", "num_selected", "confidence_frames", "batch_size"):
@@ -207,9 +208,9 @@ class References:
         path = Path(directory) / "references.json"
         if not path.exists():
             raise FileNotFoundError(f"{directory} has no references.json; train it with a descriptor --latent")
-        info = json.loads(path.read_text())
+        info = read_json(path, ("camera", "frame", "eta", "depth_mode"))
         info["fused_cameras"] = tuple(info.get("fused_cameras", ()))  # runs before fusion have one camera
-        tensors = load_file(str(Path(directory) / "references.safetensors"))
+        tensors = read_tensors(Path(directory) / "references.safetensors")
         return References(tensors["descriptors"], tensors["uv"], tensors["confidence"], **info)
 
     def subset(self, indices: torch.Tensor) -> References:

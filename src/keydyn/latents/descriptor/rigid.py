@@ -16,15 +16,15 @@ ground truth; the keypoints' constant bias is part of the shape).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from keydyn.files import write_atomic, write_json_atomic
+from keydyn.files import read_json, write_atomic, write_json_atomic
+from keydyn.runs import read_tensors
 
 MIN_INLIERS = 3  # a rigid motion in 3D is fixed by 3 points
 MAX_TRIPLES = 120  # all triples up to K = 10 keypoints; a fixed sample of this many beyond
@@ -159,8 +159,8 @@ class RigidFilter:
         path = Path(directory) / "rigid_filter.json"
         if not path.exists():
             return None
-        template = load_file(str(Path(directory) / "rigid_filter.safetensors"))["template"]
-        settings = json.loads(path.read_text())
+        template = read_tensors(Path(directory) / "rigid_filter.safetensors")["template"]
+        settings = read_json(path, ("threshold_m",))
         return RigidFilter(template, float(settings["threshold_m"]), bool(settings.get("project", False)))
 
 
