@@ -152,19 +152,42 @@ def test_augmentation_commutes_with_the_simulated_dynamics():
     env.close()
 
 
+def _planar_motion_of(before: np.ndarray, after: np.ndarray) -> tuple[float, np.ndarray]:
+    """(yaw radians, (2,) translation metres) of the planar rigid motion taking (P, 2) points `before` onto
+    `after`, by least squares (2D Procrustes)."""
+    centre_before, centre_after = before.mean(0), after.mean(0)
+    p, q = before - centre_before, after - centre_after
+    yaw = math.atan2(np.sum(p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]), np.sum(p * q))
+    rotation = np.array([[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]])
+    return yaw, centre_after - rotation @ centre_before
+
+
 def test_augmentation_is_a_rigid_motion_and_seeded():
+    """Each window's keypoints move by one planar rigid motion (recovered here from them); its pusher moves by the
+    same motion and its actions turn by the same yaw."""
     generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(8, 5, 14, dtype=torch.float32)
-    actions = torch.randn(8, 4, 2)
+    latents = 0.2 * torch.randn(8, 5, 14, dtype=torch.float32)
+    actions = 0.2 * torch.randn(8, 4, 2)
     moved, moved_actions = augment_windows(latents, actions, generator)
     again = augment_windows(latents, actions, torch.Generator().manual_seed(0))
     assert torch.equal(moved, again[0]) and torch.equal(moved_actions, again[1])
-    points = latents[..., :12].reshape(8, 5, 4, 3)
-    moved_points = moved[..., :12].reshape(8, 5, 4, 3)
-    assert torch.allclose(points[..., 2], moved_points[..., 2])  # heights unchanged
-    distance = torch.cdist(points, points)
-    assert torch.allclose(torch.cdist(moved_points, moved_points), distance, atol=1e-4)
-    assert torch.allclose(moved_actions.norm(dim=-1), actions.norm(dim=-1), atol=1e-5)
+    other = augment_windows(latents, actions, torch.Generator().manual_seed(1))
+    assert not torch.equal(moved, other[0])
+    points = latents[..., :12].reshape(8, 5, 4, 3).double().numpy()
+    moved_points = moved[..., :12].reshape(8, 5, 4, 3).double().numpy()
+    np.testing.assert_array_equal(moved_points[..., 2], points[..., 2])  # heights unchanged
+    yaws = []
+    for window in range(8):
+        before, after = points[window, ..., :2].reshape(-1, 2), moved_points[window, ..., :2].reshape(-1, 2)
+        yaw, translation = _planar_motion_of(before, after)
+        yaws.append(yaw)
+        rotation = np.array([[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]])
+        np.testing.assert_allclose(after, before @ rotation.T + translation, atol=1e-5)  # a rigid motion
+        pusher = latents[window, :, 12:].double().numpy()
+        np.testing.assert_allclose(moved[window, :, 12:].numpy(), pusher @ rotation.T + translation, atol=1e-5)
+        turned = actions[window].double().numpy() @ rotation.T  # velocities turn, they do not translate
+        np.testing.assert_allclose(moved_actions[window].numpy(), turned, atol=1e-5)
+    assert max(abs(yaw) for yaw in yaws) > 0.5  # some windows are really turned
 
 
 # -- model ----------------------------------------------------------------------------------------------

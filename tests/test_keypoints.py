@@ -16,12 +16,14 @@ from keydyn.latents import get_latent
 from keydyn.latents.descriptor.dataset import compute_keypoints, dataset_keypoints
 from keydyn.latents.descriptor.method import load_descriptor_encoder, load_visual
 from keydyn.latents.descriptor.references import (
+    RIGID_RANKING_THRESHOLD_M,
     KeypointConfig,
     References,
     choose_references,
     locate_references,
     reference_frame,
 )
+from keydyn.latents.descriptor.rigid import rigid_consistency
 from keydyn.latents.descriptor.weights import KeypointWeights
 from keydyn.runs import open_dataset
 from keydyn.sim.config import SUGAR_BOX_SIZE
@@ -72,52 +74,101 @@ def test_ds_samples_k_descriptors_on_the_object_mask(small_dataset, visual_run):
     assert len({tuple(p) for p in uv.tolist()}) == 20  # distinct pixels
 
 
+# Every frame of the dataset ranks the SDS candidates, so that the sightings below, frame by frame, are the same.
+ALL_FRAMES = dataclasses.replace(SMALL_KEYPOINTS, confidence_frames=10_000)
+
+
+def _sightings(net, store, references: References) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confidences (F, K) and world points (F, K, 3) (metres) of the references in every dataset frame."""
+    confidences, points = [], []
+    for frame in range(store.num_frames):
+        view = load_view(store, references.camera, frame)
+        descriptors = net.infer(rgb_to_tensor(view.rgb)[None])[0]
+        pose, mode = view.T_world_camera, references.depth_mode
+        located = locate_keypoints(
+            descriptors, references.descriptors, view.depth, view.intrinsics, pose, references.eta, depth_mode=mode
+        )
+        confidences.append(located.confidence)
+        points.append(located.points_world)
+    return torch.stack(confidences), torch.stack(points)
+
+
+def _greedy_pick(ranking: torch.Tensor, uv: torch.Tensor, separation: float, count: int) -> list[int]:
+    """SDS by hand: candidates best-ranked first (ties: lower index), each kept unless within `separation` pixels of
+    one kept before, until `count` are kept."""
+    kept: list[int] = []
+    for index in sorted(range(len(ranking)), key=lambda i: (-float(ranking[i]), i)):
+        if all(math.dist(uv[index].tolist(), uv[other].tolist()) >= separation for other in kept):
+            kept.append(index)
+        if len(kept) == count:
+            return kept
+    raise AssertionError(f"only {len(kept)} candidates are {separation} px apart")
+
+
+def _chosen_indices(chosen: References, candidates: References) -> list[int]:
+    """Indices into `candidates` of the `chosen` references (matched by reference pixel), in chosen order."""
+    return [int((candidates.uv == uv).all(dim=1).nonzero()) for uv in chosen.uv]
+
+
 def test_sds_keeps_k_star_separated_descriptors_best_first(small_dataset, visual_run):
+    """SDS is the greedy pick, by mean confidence over the frames, of candidates 3 px apart."""
     store = open_dataset(small_dataset)
     net, eta = load_visual(visual_run, "last")
     with one_thread():
-        references = choose_references(net, store, SMALL_KEYPOINTS, spatial=True, eta=eta)
-    assert len(references) == 5
-    distances = torch.cdist(references.uv, references.uv) + torch.eye(5) * 1e9
-    assert distances.min() >= 3.0
-    assert torch.all(references.confidence[:-1] >= references.confidence[1:])
+        candidates = choose_references(net, store, ALL_FRAMES, spatial=False, eta=eta)
+        references = choose_references(net, store, ALL_FRAMES, spatial=True, eta=eta)
+        confidences, _ = _sightings(net, store, candidates)
+    expected = _greedy_pick(confidences.mean(dim=0), candidates.uv, 3.0, 5)
+    assert _chosen_indices(references, candidates) == expected
+    torch.testing.assert_close(references.confidence, confidences.mean(dim=0)[expected])
     with pytest.raises(ValueError, match="lower min_distance"):
         choose_references(net, store, dataclasses.replace(SMALL_KEYPOINTS, min_distance_px=50.0), spatial=True, eta=eta)
 
 
 def test_sds_ranked_by_rigid_consistency_keeps_separated_descriptors(small_dataset, visual_run):
+    """Ranked by rigid consistency, SDS is the greedy pick of the candidates that stray least from the rigid fit of
+    all of them over the frames; it differs from the pick by confidence."""
     store = open_dataset(small_dataset)
     net, eta = load_visual(visual_run, "last")
-    config = dataclasses.replace(SMALL_KEYPOINTS, sds_ranking="rigid")
+    config = dataclasses.replace(ALL_FRAMES, sds_ranking="rigid")
     with one_thread():
+        candidates = choose_references(net, store, config, spatial=False, eta=eta)
         references = choose_references(net, store, config, spatial=True, eta=eta)
-        by_confidence = choose_references(net, store, SMALL_KEYPOINTS, spatial=True, eta=eta)
-    assert len(references) == 5
-    assert (torch.cdist(references.uv, references.uv) + torch.eye(5) * 1e9).min() >= 3.0
-    assert torch.isfinite(references.confidence).all()  # still the mean confidence, for the record
-    assert not torch.equal(references.uv, by_confidence.uv)  # another ranking, another choice
+        by_confidence = choose_references(net, store, ALL_FRAMES, spatial=True, eta=eta)
+        confidences, points = _sightings(net, store, candidates)
+    expected = _greedy_pick(-rigid_consistency(points, RIGID_RANKING_THRESHOLD_M), candidates.uv, 3.0, 5)
+    assert _chosen_indices(references, candidates) == expected
+    torch.testing.assert_close(references.confidence, confidences.mean(dim=0)[expected])  # recorded all the same
+    assert _chosen_indices(by_confidence, candidates) != expected  # another ranking, another choice
 
 
 def test_sds_keeps_only_descriptors_found_at_their_own_pixel(small_dataset, visual_run):
+    """With a self-match tolerance that the unfiltered choice's worst self-matcher misses, SDS is the greedy pick
+    among the candidates found within it of their own pixel, and so differs from the unfiltered choice."""
     store = open_dataset(small_dataset)
     net, eta = load_visual(visual_run, "last")
     with one_thread():
-        candidates = choose_references(net, store, SMALL_KEYPOINTS, spatial=False, eta=eta)
+        candidates = choose_references(net, store, ALL_FRAMES, spatial=False, eta=eta)
         view = load_view(store, candidates.camera, candidates.frame)
         descriptors = net.infer(rgb_to_tensor(view.rgb)[None])[0]
+        confidences, _ = _sightings(net, store, candidates)
     located = locate_keypoints(
         descriptors, candidates.descriptors, view.depth, view.intrinsics, view.T_world_camera, eta
     )
     offsets = (located.uv - candidates.uv).norm(dim=-1)  # (20,) pixels
-    tolerance = float(offsets.sort().values[11])  # 12 of the 20 candidates match themselves
-    config = dataclasses.replace(SMALL_KEYPOINTS, reference_tolerance_px=tolerance)
+    ranking = confidences.mean(dim=0)
+    unfiltered = _greedy_pick(ranking, candidates.uv, 3.0, 5)
+    worst = max(unfiltered, key=lambda i: float(offsets[i]))
+    tolerance = float(offsets[offsets < offsets[worst]].max())  # the largest offset below the worst one's
+    kept = torch.nonzero(offsets <= tolerance).flatten()
+    expected = kept[_greedy_pick(ranking[kept], candidates.uv[kept], 3.0, 5)].tolist()
+    filtered = dataclasses.replace(ALL_FRAMES, reference_tolerance_px=tolerance)
     with one_thread():
-        chosen = choose_references(net, store, config, spatial=True, eta=eta)
-        unfiltered = choose_references(net, store, SMALL_KEYPOINTS, spatial=True, eta=eta)
-    index = [int((candidates.uv == uv).all(dim=1).nonzero()) for uv in chosen.uv]
-    assert len(chosen) == 5 and bool((offsets[index] <= tolerance).all())
-    if bool((offsets[[int((candidates.uv == uv).all(dim=1).nonzero()) for uv in unfiltered.uv]] > tolerance).any()):
-        assert not torch.equal(chosen.uv, unfiltered.uv)  # the filter changed the choice
+        chosen = choose_references(net, store, filtered, spatial=True, eta=eta)
+        chosen_unfiltered = choose_references(net, store, ALL_FRAMES, spatial=True, eta=eta)
+    assert _chosen_indices(chosen_unfiltered, candidates) == unfiltered
+    assert _chosen_indices(chosen, candidates) == expected and worst not in expected
+    assert bool((offsets[expected] <= tolerance).all())
     with pytest.raises(ValueError, match="own pixel"):
         config = dataclasses.replace(SMALL_KEYPOINTS, reference_tolerance_px=float(offsets.min()) / 2)
         choose_references(net, store, config, spatial=True, eta=eta)
