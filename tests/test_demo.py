@@ -13,6 +13,7 @@ from keydyn.data.store import EpisodeStore
 from .vision_fixtures import one_thread
 
 
+@pytest.mark.slow
 def test_demo_from_scratch_runs_the_pixel_pipeline_and_resumes(tmp_path, capsys):
     """--from-scratch at toy sizes: dataset, descriptors, SDS keypoints, their dynamics, goal reaching, GT 3D row."""
     out = tmp_path / "demo"
@@ -34,6 +35,7 @@ def test_demo_from_scratch_runs_the_pixel_pipeline_and_resumes(tmp_path, capsys)
     assert json.loads((out / "table.json").read_text()) == table
 
 
+@pytest.mark.slow
 def test_demo_drives_the_box_with_the_shipped_models(tmp_path, capsys):
     """The README's main job: the shipped SDS and GT 3D models from pixels, a table and a video, resumable."""
     out = tmp_path / "demo"

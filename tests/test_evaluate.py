@@ -77,6 +77,7 @@ def assert_errors_are_those_of_the_replayed_episodes(out) -> None:
     assert summary["success_rate"] == pytest.approx(np.mean(successes))
 
 
+@pytest.mark.slow
 def test_cli_collect_train_evaluate_end_to_end(tmp_path):
     data, run, out = tmp_path / "data", tmp_path / "run", tmp_path / "eval"
     assert main(["collect", "--out", str(data), "--episodes", "4", "--steps", "14", "--width", "64",
@@ -103,6 +104,7 @@ def test_cli_collect_train_evaluate_end_to_end(tmp_path):
     assert not (out / "videos" / "episode_001.mp4").exists()
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_worker_count_and_resume_continues(small_run, tmp_path):
     base = ["evaluate", "--run", str(small_run), "--videos", "0", *FAST_MPC, "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "pool"), "--episodes", "3", "--workers", "2"]) == 0
@@ -218,6 +220,7 @@ def test_demonstration_replays_its_pair_and_offsets_move_the_start(small_run):
     env.close()
 
 
+@pytest.mark.slow
 def test_cli_track_writes_region_of_attraction(small_run, tmp_path):
     out = tmp_path / "track"
     args = ["track", "--run", str(small_run), "--out", str(out), "--demo-steps", "6", "--workers", "0"]

@@ -24,6 +24,7 @@ MODULES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", MODULES)
 def test_module_imports_first(module):
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)

@@ -272,6 +272,7 @@ def test_descriptor_latents_need_a_visual_run(small_dataset, tmp_path):
         TrainDynamicsConfig(dataset=small_dataset, out=tmp_path / "run", latent="sds")
 
 
+@pytest.mark.slow
 def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, tmp_path, capsys):
     from keydyn.cli import main
 

@@ -46,6 +46,7 @@ def _kill_when(out: Path, marker: str, timeout_s: float = 240.0) -> None:
     process.wait()
 
 
+@pytest.mark.slow
 def test_reproduce_writes_the_table_and_resumes_after_a_kill_in_each_stage(tmp_path):
     reference = tmp_path / "reference"
     finished = subprocess.run(_command(reference), env=_environment(), capture_output=True, text=True, timeout=600)
