@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import functools
 import json
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 LOCK_NAME = ".keydyn.lock"
 
@@ -24,15 +27,24 @@ class DirectoryBusyError(RuntimeError):
 
 
 class DirectoryLock:
-    """An exclusive lock on `directory` (which must exist), held from `acquire` (or `with`) until `release`."""
+    """An exclusive lock on `directory`, held from `acquire` (or `with`) until `release`.
 
-    def __init__(self, directory: Path, what: str) -> None:
+    create: make the directory (and its parents) when missing; a directory made so and holding nothing but the
+        lock file at release is removed again (a run refused before writing anything leaves nothing behind).
+    """
+
+    def __init__(self, directory: Path, what: str, create: bool = False) -> None:
         self.path = Path(directory) / LOCK_NAME
         self.what = what
+        self.create = create
+        self._created = False
         self._file: int | None = None
 
     def acquire(self) -> DirectoryLock:
         """Take the lock, or raise DirectoryBusyError naming the process that holds it."""
+        if self.create and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._created = True
         descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -56,15 +68,42 @@ class DirectoryLock:
         return self
 
     def release(self) -> None:
-        if self._file is not None:
-            os.close(self._file)  # closing drops the flock; the file stays (removing it would race a new holder)
-            self._file = None
+        if self._file is None:
+            return
+        if self._created and [entry.name for entry in self.path.parent.iterdir()] == [LOCK_NAME]:
+            self.path.unlink()  # still held: nobody else can be using the directory
+            self.path.parent.rmdir()
+        os.close(self._file)  # closing drops the flock; the file stays (removing it would race a new holder)
+        self._file = None
 
     def __enter__(self) -> DirectoryLock:
         return self.acquire()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType) -> None:
         self.release()
+
+
+Run = TypeVar("Run", bound=Callable[..., Any])
+
+
+def one_writer(what: str) -> Callable[[Run], Run]:
+    """Decorate a `run(config, ...)` that writes the directory `config.out`: the directory's lock is held (and the
+    directory made) while it runs, so a second run given the same --out stops with an error naming the first."""
+
+    def decorate(run: Run) -> Run:
+        @functools.wraps(run)
+        def locked(config: Any, *args: Any, **kwargs: Any) -> Any:
+            with DirectoryLock(config.out, what, create=True):
+                return run(config, *args, **kwargs)
+
+        return locked  # type: ignore[return-value]
+
+    return decorate
+
+
+def holds_files(directory: Path) -> bool:
+    """Whether `directory` holds anything besides its lock file."""
+    return any(entry.name != LOCK_NAME for entry in directory.iterdir())
 
 
 def _describe(content: bytes) -> str:

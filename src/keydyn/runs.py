@@ -17,8 +17,9 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import load as load_safetensors
 
-from keydyn.data.store import EpisodeStore
+from keydyn.data.store import EpisodeStore, StoreError
 from keydyn.files import DAMAGED, file_sha256, read_json, read_lines, write_atomic, write_json_atomic
+from keydyn.locks import holds_files
 from keydyn.sim.config import TaskConfig
 
 
@@ -57,8 +58,20 @@ def open_dataset(path: Path) -> EpisodeStore:
 
 
 def store_task(store: EpisodeStore) -> TaskConfig:
-    """The TaskConfig a dataset was collected with."""
-    return TaskConfig.from_dict(store.attrs["task_config"])
+    """The TaskConfig a dataset was collected with.
+
+    Raises:
+        StoreError: the store has no (or an unreadable) task_config attribute: it was not written by `keydyn collect`.
+    """
+    stored = store.attrs.get("task_config")
+    try:
+        return TaskConfig.from_dict(stored)
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        problem = "has no task_config attribute" if stored is None else f"has an unreadable task_config ({error})"
+        raise StoreError(
+            f"{store.path} {problem}: keydyn needs the task its episodes were collected in; collect datasets with "
+            "`keydyn collect`, or add the TaskConfig (keydyn.sim.config) as the store's task_config attribute"
+        ) from error
 
 
 class RunConfig(Protocol):
@@ -140,7 +153,7 @@ def prepare_run_dir(
     """
     stored_path = out / "config.json"
     if not config.resume:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and holds_files(out):
             if stored_path.exists() and not (out / marker).exists():
                 raise ValueError(
                     f"{out} holds a run stopped before its first checkpoint ({marker}); pass --resume to start it "

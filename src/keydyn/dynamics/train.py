@@ -46,6 +46,7 @@ from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.dynamics.windows import WindowSet, make_windows, window_starts
 from keydyn.files import write_json_atomic, write_lines
 from keydyn.latents import KeypointConfig, LatentMethod, get_latent, latent_names
+from keydyn.locks import one_writer
 from keydyn.runs import (
     LAST_STATE,
     LAST_WEIGHTS,
@@ -402,6 +403,7 @@ def _restore(
     generator.set_state(resumed.state["generator"])
 
 
+@one_writer("keydyn train-dynamics")
 def train_dynamics(config: TrainDynamicsConfig) -> Path:
     """Train (or resume) a dynamics model; returns the run directory `config.out`."""
     device = resolve_device(config.device)

@@ -33,6 +33,7 @@ from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
 from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
+from keydyn.locks import one_writer
 from keydyn.runs import check_seed, prepare_run_dir
 from keydyn.video import write_video
 
@@ -121,6 +122,7 @@ def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
     return rows
 
 
+@one_writer("keydyn evaluate")
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Run (or resume) the evaluation; returns the results written to results.json."""
     trained = load_run(config.run, config.task, config.checkpoint)  # fail early, before any worker starts

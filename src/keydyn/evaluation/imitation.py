@@ -28,6 +28,7 @@ from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import stops
 from keydyn.evaluation.tracking import Demonstration, pair_demonstration, perturbed_start, record_demonstration, track
 from keydyn.files import write_json_atomic
+from keydyn.locks import holds_files, one_writer
 from keydyn.plots import pyplot, save_figure
 from keydyn.runs import check_seed
 from keydyn.sim.env import PushingEnv
@@ -167,9 +168,10 @@ def _success(row: dict[str, Any]) -> bool:
     return row["final_position_error_cm"] <= 3.0 and row["final_angle_error_deg"] <= 30.0 and not row["fault"]
 
 
+@one_writer("keydyn track")
 def run_track(config: TrackConfig) -> dict[str, Any]:
     """Track the demonstration from every start offset; write track.json, the plot and the video."""
-    if config.out.exists() and any(config.out.iterdir()):
+    if config.out.exists() and holds_files(config.out):
         raise ValueError(f"{config.out} already exists; pick a new --out")
     config.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(config.out / "config.json", config.to_json())

@@ -31,6 +31,7 @@ from keydyn.evaluation.paper import TABLES
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
 from keydyn.files import read_json, write_json_atomic, write_text_atomic
 from keydyn.latents import get_latent
+from keydyn.locks import one_writer
 from keydyn.presets import from_preset, preset_names
 from keydyn.sim.config import TASK_NAMES
 from keydyn.vision.train import TrainVisualConfig, train_visual
@@ -186,6 +187,7 @@ def stage_evaluation(config: ReproduceConfig, method: str, seed: int, run: Path)
     return out
 
 
+@one_writer("keydyn reproduce")
 def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
     """Run (or resume) every stage, then write table.md and table.json; returns the table's JSON."""
     config.out.mkdir(parents=True, exist_ok=True)

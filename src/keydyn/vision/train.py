@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from keydyn.data.split import split_episodes
 from keydyn.files import write_json_atomic, write_lines
+from keydyn.locks import one_writer
 from keydyn.runs import (
     LAST_STATE,
     LAST_WEIGHTS,
@@ -381,6 +382,7 @@ def _restore(
     torch.set_rng_state(resumed.state["torch_rng"])
 
 
+@one_writer("keydyn train-visual")
 def train_visual(config: TrainVisualConfig) -> Path:
     """Train (or resume) a descriptor network; returns the run directory `config.out`."""
     device = resolve_device(config.device)
