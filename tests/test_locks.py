@@ -55,6 +55,9 @@ def test_a_refused_run_leaves_no_directory(tmp_path):
     with DirectoryLock(tmp_path / "kept", "x", create=True):
         pass
     assert (tmp_path / "kept" / LOCK_NAME).exists()  # a directory it did not make is left as it was
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory; choose another --out"):
+        train_dynamics(_config(tmp_path / "no_dataset", tmp_path / "file"))
 
 
 def test_a_store_without_its_task_is_named(small_dataset, tmp_path, capsys):

@@ -41,7 +41,10 @@ class DirectoryLock:
         self._file: int | None = None
 
     def acquire(self) -> DirectoryLock:
-        """Take the lock, or raise DirectoryBusyError naming the process that holds it."""
+        """Take the lock, or raise DirectoryBusyError naming the process that holds it (NotADirectoryError when the
+        directory is a file)."""
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise NotADirectoryError(f"{self.path.parent} is a file, not a directory; choose another --out")
         if self.create and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._created = True
