@@ -39,7 +39,7 @@ from keydyn.machine import machine
 from keydyn.planning import MPPI, MPPIConfig
 from keydyn.sim.env import PushingEnv
 
-PIP_COMMAND = "python -m pip install --no-deps pytorch-mppi==0.9.1 arm-pytorch-utilities pytorch-seed"
+PIP_COMMAND = "python -m pip install -e .[bench]  (from the repository root: pytorch-mppi 0.9.1 and its dependencies)"
 ACTION_DIM = 2
 BOUND = 0.3  # m/s
 
