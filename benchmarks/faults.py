@@ -38,6 +38,7 @@ from safetensors.numpy import load_file
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import read_lines
+from keydyn.locks import holds_files
 from keydyn.machine import machine
 
 STAGES = ("collect", "train-visual", "train-dynamics", "evaluate")
@@ -82,7 +83,7 @@ def _environment() -> dict[str, str]:
 
 def run_to_end(command: list[str], out: Path) -> subprocess.CompletedProcess:
     """Run `command`, with --resume when `out` already holds something."""
-    resume = ["--resume"] if out.exists() and any(out.iterdir()) else []
+    resume = ["--resume"] if out.exists() and holds_files(out) else []
     return subprocess.run(command + resume, env=_environment(), capture_output=True, text=True, timeout=900)
 
 

@@ -17,6 +17,7 @@ from keydyn.dynamics.train import TrainDynamicsConfig, load_dynamics, train_dyna
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.report import comparison_table
 from keydyn.files import read_lines
+from keydyn.locks import LOCK_NAME
 from keydyn.runs import resolve_device
 from keydyn.sim.preview import write_task_picture
 from keydyn.vision.network import DescriptorNetConfig
@@ -127,7 +128,18 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_with_resume(
     _assert_same_run(whole, run)
     # a directory keydyn never wrote a run into is still refused
     with pytest.raises(FileNotFoundError, match="holds nothing to resume"):
-        train_dynamics(_dynamics(small_dataset, tmp_path / "empty", resume=True))
+        train_dynamics(_dynamics(small_dataset, tmp_path / "absent", resume=True))
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="holds nothing to resume"):
+        train_dynamics(_dynamics(small_dataset, tmp_path / "foreign", resume=True))
+    # one killed after making its directory and lock, before writing its settings, starts again
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / LOCK_NAME).write_text("")
+    train_dynamics(_dynamics(small_dataset, killed, resume=True))
+    assert "holds nothing yet; starting the run from the beginning" in capsys.readouterr().err
+    assert (killed / "best.safetensors").exists()
 
 
 def test_garbage_in_metrics_is_an_error_not_lost_epochs(dynamics_runs, small_dataset, tmp_path):
@@ -226,7 +238,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_checkpoint(small_datase
     assert main(argv(run, 2, "--resume")) == 2
     error = capsys.readouterr().err
     assert error.startswith("keydyn: error: no space left to write ") and error.count("\n") == 1
-    assert "last_optim.pt.next" in error and "MB free" in error and "--resume" in error
+    assert f"{run / 'last_optim.pt'} (" in error and "MB free" in error and "--resume" in error
     committed_by_last = ("last.safetensors", "last_optim.pt", "last.json", "metrics.jsonl")
     assert all((run / name).read_bytes() == before[name] for name in committed_by_last)
     assert main(argv(run, 2, "--resume")) == 0

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from keydyn import workers
 from keydyn.cli import main
 from keydyn.data.collect import collect
 from keydyn.data.store import EpisodeStore, StoreError
 from keydyn.locks import DirectoryBusyError, DirectoryLock
 from keydyn.sim.config import task_config
-from keydyn.workers import usable_cpus, worker_count
+from keydyn.workers import MEMORY_PER_WORKER, usable_cpus, worker_count
 
 from .conftest import small_collect_config
 from .test_collect import _assert_same_store
@@ -66,7 +67,7 @@ def test_a_truncated_or_flipped_chunk_fails_its_checksum_with_the_episode_named(
     store = EpisodeStore.open(damaged, check_chunks=False)  # a large one's (images) as they are read
     with pytest.raises(StoreError, match=rf"c\.{start + 2}\.0\.0\.0 checksum mismatch .* in episode 1\b"):
         store.episode(1)
-    np.testing.assert_array_equal(store.frames("top_down/rgb", start, start + 2).shape[0], 2)  # the rest reads
+    assert store.frames("top_down/rgb", start, start + 2).shape[0] == 2  # the rest reads
     assert main(["dataset", "verify", str(damaged), "--no-progress"]) == 2
     output = capsys.readouterr()
     assert "episode 1: data/top_down/rgb" in output.out and "episode 2: data/top_down/depth" in output.out
@@ -98,6 +99,47 @@ def test_collect_resume_recollects_damaged_episodes_bit_identically(small_datase
     _assert_same_store(small_dataset, damaged)
 
 
+def test_collect_resume_rewrites_only_the_damaged_episodes(small_dataset, damaged):
+    store = EpisodeStore.open(damaged)
+    (one_start, _), (two_start, _) = store.episode_range(1), store.episode_range(2)
+    truncated = _image_chunk(damaged, "top_down/depth", one_start + 1)
+    truncated.write_bytes(truncated.read_bytes()[:20])
+    first, second = (
+        _image_chunk(damaged, "top_down/rgb", two_start),
+        _image_chunk(damaged, "top_down/rgb", two_start + 5),
+    )
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)  # valid chunks in the wrong places: only the episode's hash tells
+    second.write_bytes(a)
+    untouched = _image_chunk(damaged, "top_down/rgb", 0)
+    before = untouched.stat().st_mtime_ns
+    assert sorted(EpisodeStore.open(damaged, check_chunks=False).verify().episodes) == [1, 2]
+    collect(small_collect_config(damaged, resume=True))
+    assert untouched.stat().st_mtime_ns == before  # episode 0 was not collected again
+    assert not EpisodeStore.open(damaged).verify()
+    _assert_same_store(small_dataset, damaged)
+
+
+def test_collect_resume_mends_a_damaged_per_episode_array(small_dataset, damaged):
+    (damaged / "meta" / "termination" / "c" / "0").unlink()
+    with pytest.raises(StoreError, match=r"meta/termination/c/0 missing, in 3 episodes"):
+        EpisodeStore.open(damaged)
+    collect(small_collect_config(damaged, resume=True))
+    _assert_same_store(small_dataset, damaged)
+
+
+def test_damage_in_a_long_read_and_in_array_metadata_is_named(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s", {}, {"im": ((4, 4), "uint8")}, {})
+    store.append_episode({"im": np.arange(100 * 16, dtype=np.uint8).reshape(100, 4, 4)}, {})
+    chunk = tmp_path / "s" / "data" / "im" / "c.70.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:-1])
+    with pytest.raises(StoreError, match=r"data/im/c\.70\.0\.0 checksum mismatch .* in episode 0"):
+        EpisodeStore.open(tmp_path / "s").frames("im")  # 100 chunks: found when read, and named
+    (tmp_path / "s" / "data" / "im" / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError, match=r"data/im/zarr.json \(the array's metadata\) cannot be read"):
+        EpisodeStore.open(tmp_path / "s")
+
+
 def test_every_chunk_is_written_even_all_zero(tmp_path):
     store = EpisodeStore.create(tmp_path / "s", {}, {"a": ((2,), "float32"), "im": ((4, 4), "uint8")}, {})
     store.append_episode({"a": np.zeros((3, 2)), "im": np.zeros((3, 4, 4))}, {})
@@ -126,7 +168,7 @@ def test_a_full_disk_is_named_and_resumable(small_dataset, tmp_path, monkeypatch
         real(store, frames, meta)
 
     monkeypatch.setattr(EpisodeStore, "append_episode", fill_disk_after_one)
-    with pytest.raises(StoreError, match=r"disk holding .*full\b.*--resume"):
+    with pytest.raises(StoreError, match=r"no space left to write .*full .*MB free.*--resume"):
         collect(small_collect_config(out))
     monkeypatch.setattr(EpisodeStore, "append_episode", real)
     collect(small_collect_config(out, resume=True))
@@ -144,10 +186,15 @@ def test_bad_outputs_and_sizes_are_refused(tmp_path):
         main(["collect", "--width", "8000", "--height", "6000", "--out", str(tmp_path / "big")])
 
 
-def test_worker_counts_are_bounded_by_the_work_and_the_machine():
+def test_worker_counts_are_bounded_by_the_work_and_the_machine(monkeypatch):
+    monkeypatch.setattr(workers, "_available_memory", lambda: 64 * MEMORY_PER_WORKER)
     assert worker_count(100, 4) == min(4, usable_cpus())
     assert worker_count(3, 0) == 1
     assert 1 <= worker_count(10**6, 10**6) <= usable_cpus()
+    monkeypatch.setattr(workers, "_available_memory", lambda: 3 * MEMORY_PER_WORKER + 1)
+    assert worker_count(100, 100) == min(3, usable_cpus())  # as many as the memory holds
+    monkeypatch.setattr(workers, "_available_memory", lambda: 0)
+    assert worker_count(100, 100) == 1
 
 
 def _children(pid: int) -> list[int]:
@@ -163,21 +210,36 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+WORKER_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from keydyn.evaluation.parallel import run_parallel
+
+def sleeper(directory):
+    def work(item):
+        (Path(directory) / str(os.getpid())).write_text("started")  # after the pool's initializer ran
+        time.sleep(120)
+    return work
+
+if __name__ == "__main__":
+    list(run_parallel(sleeper, sys.argv[1], range(2), workers=2))
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or usable_cpus() < 2, reason="needs Linux and 2 CPUs")
-def test_collection_workers_die_with_their_parent(tmp_path):
-    # Long episodes keep the workers busy: without a death signal they would run on after the parent's kill.
-    command = [sys.executable, "-m", "keydyn.cli", "collect", "--out", str(tmp_path / "d"), "--episodes", "4"]
-    command += ["--steps", "1000", "--width", "160", "--height", "120", "--workers", "2", "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, workers = time.time() + 60, []
-    while time.time() < deadline and len(workers) < 2:
+def test_pool_workers_die_with_their_parent(tmp_path):
+    script, started = tmp_path / "pool.py", tmp_path / "started"
+    script.write_text(WORKER_SCRIPT)
+    started.mkdir()
+    process = subprocess.Popen([sys.executable, str(script), str(started)])
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(started.iterdir())) < 2:
         time.sleep(0.2)
-        workers = [c for c in _children(process.pid) if "resource_tracker" not in _command_line(c)]
+    workers = [int(path.name) for path in started.iterdir()]
     assert len(workers) == 2, "the pool did not start"
-    time.sleep(1.0)  # into their first episodes
-    os.kill(process.pid, signal.SIGKILL)
+    os.kill(process.pid, signal.SIGKILL)  # the workers sleep for 2 minutes: only the death signal ends them now
     process.wait()
-    deadline = time.time() + 3
+    deadline = time.time() + 10
     while time.time() < deadline and any(_running(w) for w in workers):
         time.sleep(0.1)
     alive = [w for w in workers if _running(w)]

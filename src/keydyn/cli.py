@@ -43,7 +43,7 @@ from keydyn.evaluation.reproduce import ReproduceConfig, format_table, run_repro
 from keydyn.files import write_text_atomic
 from keydyn.locks import DirectoryBusyError
 from keydyn.presets import DEFAULT, cli_default, preset_names
-from keydyn.runs import check_seed
+from keydyn.sim.config import check_seed
 from keydyn.sim.preview import check_picture_path, write_task_picture
 from keydyn.vision.train import TrainVisualConfig, train_visual
 

@@ -18,6 +18,11 @@ DAMAGED = (
 """The fix named by a read error of a file keydyn wrote, when the caller names none."""
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` is a write failing on a full disk or an exhausted quota."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def disk_full_error(path: Path, error: OSError) -> OSError:
     """A one-line OSError for a write of `path` that failed on a full disk (or quota), naming the free space."""
     try:
@@ -30,11 +35,13 @@ def disk_full_error(path: Path, error: OSError) -> OSError:
     )
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None], shown: Path | None = None) -> None:
     """Call `write(temporary)` and move the temporary file onto `path`; readers never see a partial file.
 
+    shown: the file named in errors (default `path`), e.g. the final name of a file written under a pending one.
+
     Raises:
-        OSError: one line naming `path` and the free space when the disk (or quota) is full; the temporary file
+        OSError: one line naming the file and the free space when the disk (or quota) is full; the temporary file
             is removed and `path` keeps its previous content.
     """
     temporary = path.with_name(path.name + ".partial")
@@ -43,8 +50,8 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise disk_full_error(path, error) from error
+        if is_disk_full(error):
+            raise disk_full_error(shown or path, error) from error
         raise
 
 

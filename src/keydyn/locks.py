@@ -96,6 +96,8 @@ def one_writer(what: str) -> Callable[[Run], Run]:
     def decorate(run: Run) -> Run:
         @functools.wraps(run)
         def locked(config: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(config, "resume", False) and not Path(config.out).exists():
+                return run(config, *args, **kwargs)  # which says there is nothing to resume
             with DirectoryLock(config.out, what, create=True):
                 return run(config, *args, **kwargs)
 

@@ -44,12 +44,6 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def check_seed(seed: int, flag: str = "--seed") -> None:
-    """Raise ValueError naming `flag` when `seed` is negative (numpy's and gymnasium's seeds are >= 0)."""
-    if seed < 0:
-        raise ValueError(f"{flag} must be >= 0, got {seed}")
-
-
 def open_dataset(path: Path) -> EpisodeStore:
     """Open a dataset for reading, with an error that says how to make one when it is missing."""
     if not path.exists():
@@ -162,6 +156,9 @@ def prepare_run_dir(
             raise ValueError(f"{out} already exists; pass --resume to continue that run, or pick a new --out")
         out.mkdir(parents=True, exist_ok=True)
         return False
+    if out.is_dir() and not holds_files(out):  # made, then killed before it wrote its settings
+        print(f"keydyn: {out} holds nothing yet; starting the run from the beginning", file=sys.stderr)
+        return False
     if not stored_path.exists():
         raise FileNotFoundError(f"--resume given but {out} holds nothing to resume (no config.json); drop --resume")
     current = json.loads(json.dumps(config.to_json()))  # tuples compare as the lists JSON stores
@@ -211,7 +208,7 @@ def commit_checkpoint(out: Path, name: str, files: dict[str, Callable[[Path], No
     hashes = {}
     for file, write in files.items():
         pending = out / (file + PENDING)
-        write_atomic(pending, write)
+        write_atomic(pending, write, shown=out / file)
         hashes[file] = file_sha256(pending)
     write_json_atomic(out / f"{name}.json", {**info, HASHES: hashes})
     for file in files:

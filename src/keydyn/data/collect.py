@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import math
 import multiprocessing
 import os
@@ -21,9 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from keydyn.data.store import EpisodeStore, StoreError, encode_frames
+from keydyn.files import disk_full_error, is_disk_full
 from keydyn.locks import DirectoryLock
-from keydyn.runs import check_seed
-from keydyn.sim.config import TASK_NAMES, TaskConfig, task_config
+from keydyn.sim.config import TASK_NAMES, TaskConfig, check_seed, task_config
 from keydyn.sim.env import PushingEnv
 from keydyn.sim.policy import RandomPushConfig, RandomPushPolicy
 from keydyn.workers import die_with_parent, worker_count
@@ -301,13 +300,13 @@ def collect(config: CollectConfig) -> EpisodeStore:
     `EpisodeStore.verify` are collected again, in place, before new ones are appended.
     """
     lock = DirectoryLock(config.out, "keydyn collect")
-    if config.resume and config.out.is_dir():
+    if config.resume and (config.out / "zarr.json").is_file():
         lock.acquire()  # before opening: opening to append drops rows that another writer may be adding
     try:
-        store = _open_for_collection(config)
-        if not config.resume:
-            lock.acquire()
         with _disk_full_named(config.out):
+            store = _open_for_collection(config)
+            if not config.resume:
+                lock.acquire()
             if config.resume:
                 _repair(store, config)
             _append(store, config)
@@ -348,13 +347,10 @@ def _append(store: EpisodeStore, config: CollectConfig) -> None:
 
 @contextlib.contextmanager
 def _disk_full_named(out: Path) -> Iterator[None]:
-    """Turn a full disk (ENOSPC, EDQUOT) while writing `out` into a StoreError naming it and the fix."""
+    """Turn a full disk (or quota) while writing the store `out` into a StoreError naming it and the fix."""
     try:
         yield
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(error):
             raise
-        raise StoreError(
-            f"the disk holding {out} is full ({error.strerror}: {error.filename}); free space, then rerun with "
-            "--resume: the episodes written so far are kept"
-        ) from error
+        raise StoreError(f"{disk_full_error(out, error)} (the episodes committed so far are kept)") from error

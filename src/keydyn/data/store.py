@@ -13,6 +13,7 @@ every episode carries the SHA-256 of its contents (`meta/content_sha256`), which
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -83,7 +84,7 @@ def _content_hash(parts: Iterable[tuple[str, bytes]]) -> np.ndarray:
     return np.frombuffer(total.digest(), dtype=np.uint8)
 
 
-class MissingChunkError(StoreError):
+class _MissingChunkError(StoreError):
     """A chunk file of the committed rows is missing."""
 
 
@@ -93,7 +94,7 @@ class _CheckedLocalStore(LocalStore):
     async def get(self, key: str, prototype=None, byte_range=None):
         value = await super().get(key, prototype, byte_range)
         if value is None and not key.endswith("zarr.json"):
-            raise MissingChunkError(key)
+            raise _MissingChunkError(key)
         return value
 
 
@@ -201,7 +202,8 @@ class EpisodeStore:
         # Built beside its destination and renamed into place, so a kill during creation leaves no store; named
         # by process, so that two collections started at once cannot mix their files (the second fails below).
         for stale in path.parent.glob(f".{path.name}.creating-*"):
-            if not _process_alive(int(stale.name.rsplit("-", 1)[1])):
+            owner = stale.name.rsplit("-", 1)[1]
+            if owner.isdigit() and not _process_alive(int(owner)):
                 shutil.rmtree(stale, ignore_errors=True)
         building = path.with_name(f".{path.name}.creating-{os.getpid()}")
         root = zarr.open_group(str(building), mode="w", zarr_format=3)
@@ -241,9 +243,9 @@ class EpisodeStore:
             os.replace(building, path)  # onto a missing or empty directory
         except OSError as error:
             shutil.rmtree(building, ignore_errors=True)
-            raise StoreError(
-                f"{path} was created by another process meanwhile ({error}); choose another --out"
-            ) from error
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise StoreError(f"{path} was created by another process meanwhile; choose another --out") from error
         root = zarr.open_group(str(path), mode="r+", zarr_format=3)
         return cls(path, root, writable=True)
 
@@ -292,11 +294,21 @@ class EpisodeStore:
         n = attrs.get("num_episodes")
         if not isinstance(n, int) or n < 0:
             raise StoreError(f"{path}: attribute num_episodes={n!r} is invalid; the store is corrupt")
-        try:
-            meta = {name: root[f"meta/{name}"] for name in attrs["episode_fields"]}
-            data = {name: root[f"data/{name}"] for name in attrs["frame_fields"]}
-        except KeyError as error:
-            raise StoreError(f"{path}: array {error} is missing; the store is corrupt or incomplete") from error
+        arrays: dict[str, zarr.Array] = {}
+        for array_path in [f"meta/{n}" for n in attrs["episode_fields"]] + [f"data/{n}" for n in attrs["frame_fields"]]:
+            try:
+                arrays[array_path] = root[array_path]
+            except KeyError as error:
+                raise StoreError(
+                    f"{path}: array {array_path} is missing; the store is incomplete: re-collect it"
+                ) from error
+            except Exception as error:  # its zarr.json unreadable
+                raise StoreError(
+                    f"{path}: {array_path}/zarr.json (the array's metadata) cannot be read ({error}); the store is "
+                    "corrupt: re-collect it"
+                ) from error
+        meta = {name: arrays[f"meta/{name}"] for name in attrs["episode_fields"]}
+        data = {name: arrays[f"data/{name}"] for name in attrs["frame_fields"]}
         for name, array in meta.items():
             if array.shape[0] < n:
                 raise StoreError(f"{path}: meta/{name} has {array.shape[0]} rows for {n} episodes; corrupt store")
@@ -392,7 +404,7 @@ class EpisodeStore:
             array = self._root[array_path]
             found = [
                 (key, problem)
-                for key, problem in _chunk_problems(self.path, array, stop, first_row=start)
+                for key, problem in _chunk_problems(self.path, array, stop, first_row=start, read=True)
                 if problem is not None
             ]
             if not found:
@@ -411,8 +423,7 @@ class EpisodeStore:
         chunks: list[str] = []
         for array_path in self._array_paths():
             array = self._root[array_path]
-            rows = self._num_episodes if array_path.startswith("meta/") else self.num_frames
-            for key, problem in _chunk_problems(self.path, array, rows, read=True):
+            for key, problem in _chunk_problems(self.path, array, self._rows(array_path), read=True):
                 if problem is None:
                     continue
                 chunks.append(key)
@@ -442,9 +453,12 @@ class EpisodeStore:
         found = []
         for array_path in self._array_paths():
             array = self._root[array_path]
-            rows = self._num_episodes if array_path.startswith("meta/") else self.num_frames
-            found += [(key, problem) for key, problem in _chunk_problems(self.path, array, rows) if problem]
+            found += [(k, p) for k, p in _chunk_problems(self.path, array, self._rows(array_path)) if p is not None]
         return found
+
+    def _rows(self, array_path: str) -> int:
+        """Committed rows of an array: episodes for `meta/`, frames for `data/`."""
+        return self._num_episodes if array_path.startswith("meta/") else self.num_frames
 
     def _chunk_episodes(self, array: zarr.Array, key: str) -> range:
         """The episodes with rows in the chunk file `key` of `array`."""
@@ -606,13 +620,13 @@ def _array_of(key: str) -> str:
 
 
 def _chunk_problems(
-    path: Path, array: zarr.Array, rows: int, first_row: int = 0, read: bool = False
+    path: Path, array: zarr.Array, stop: int, first_row: int = 0, read: bool = False
 ) -> Iterable[tuple[str, str | None]]:
-    """(chunk file key, problem or None) for every chunk of `array` holding rows [first_row, rows): "missing",
+    """(chunk file key, problem or None) for every chunk of `array` holding rows [first_row, stop): "missing",
     or with `read` (and always for a file that exists when only a few chunks are asked for) a failed CRC-32C."""
     step = array.chunks[0]
     zeros = (0,) * (array.ndim - 1)
-    indices = range(first_row // step, -(-rows // step))
+    indices = range(first_row // step, -(-stop // step))
     read = read or len(indices) <= 64
     directory = path / array.path
     listing = set(os.listdir(directory)) if directory.is_dir() and len(indices) > 64 else None

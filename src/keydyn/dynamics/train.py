@@ -52,7 +52,6 @@ from keydyn.runs import (
     LAST_WEIGHTS,
     METRICS,
     Resumed,
-    check_seed,
     commit_checkpoint,
     load_checked,
     load_checkpoint,
@@ -62,6 +61,7 @@ from keydyn.runs import (
     save_state,
     store_task,
 )
+from keydyn.sim.config import check_seed
 
 _RESUMABLE_FIELDS = ("epochs", "resume", "progress", "device")  # may differ between a run and its resumption
 

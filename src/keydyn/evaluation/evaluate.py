@@ -34,7 +34,8 @@ from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
 from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
 from keydyn.locks import one_writer
-from keydyn.runs import check_seed, prepare_run_dir
+from keydyn.runs import prepare_run_dir
+from keydyn.sim.config import check_seed
 from keydyn.video import write_video
 
 _RESUMABLE_FIELDS = ("episodes", "workers", "resume", "progress", "videos")

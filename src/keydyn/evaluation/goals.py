@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from keydyn.evaluation.metrics import pose_errors
-from keydyn.runs import check_seed
+from keydyn.sim.config import check_seed
 from keydyn.sim.env import PushingEnv
 
 

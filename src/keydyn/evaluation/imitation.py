@@ -30,7 +30,7 @@ from keydyn.evaluation.tracking import Demonstration, pair_demonstration, pertur
 from keydyn.files import write_json_atomic
 from keydyn.locks import holds_files, one_writer
 from keydyn.plots import pyplot, save_figure
-from keydyn.runs import check_seed
+from keydyn.sim.config import check_seed
 from keydyn.sim.env import PushingEnv
 from keydyn.video import write_video
 

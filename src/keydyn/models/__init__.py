@@ -47,7 +47,7 @@ def manifest(task: str, root: Path | None = None) -> dict[str, Any]:
     path = folder / "manifest.json"
     if not path.exists():
         raise ValueError(f"no shipped models for task {task!r}; shipped: {', '.join(shipped_tasks(root)) or 'none'}")
-    content = read_json(path, fix="reinstall keydyn")
+    content = read_json(path, required=("format",), fix="reinstall keydyn")
     if content.get("format") != FORMAT_VERSION:
         raise ValueError(
             f"{path} is of shipped-model format {content.get('format')!r}, this keydyn reads format "

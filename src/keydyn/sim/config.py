@@ -40,6 +40,12 @@ class StartDistribution:
     pusher_lateral: float = 0.08
 
 
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """Raise ValueError naming `flag` when `seed` is negative (numpy's and gymnasium's seeds are >= 0)."""
+    if seed < 0:
+        raise ValueError(f"{flag} must be >= 0, got {seed}")
+
+
 MAX_IMAGE_SIDE = 2048
 """Largest image width or height, in pixels, a task renders (memory per episode grows with the pixels)."""
 

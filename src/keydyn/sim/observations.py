@@ -45,10 +45,11 @@ def _finite(
 ) -> None:
     """Check that observation[key] is a finite numeric array of `shape`."""
     value = _entry(observation, key, camera)
-    if value.shape != shape or not np.issubdtype(value.dtype, np.number) or not np.isfinite(value).all():
+    numeric = np.issubdtype(value.dtype, np.number)
+    if value.shape != shape or not numeric or not np.isfinite(value).all():
+        nonfinite = " with NaN or inf" if value.shape == shape and numeric else ""
         raise ObservationError(
-            f"observation {key} is {value.dtype} {value.shape}{' with NaN or inf' if value.shape == shape else ''}; "
-            f"give a finite {shape} {meaning} ({FORMAT})"
+            f"observation {key} is {value.dtype} {value.shape}{nonfinite}; give a finite {shape} {meaning} ({FORMAT})"
         )
 
 
@@ -62,7 +63,9 @@ def _rgb(observation: Mapping[str, Any], camera: str, size: tuple[int, int] | No
             f"observation {key} is {rgb.dtype}{values}, not uint8 0-255 (float RGB would read as a dark image); "
             f"convert it to uint8 (RGB in [0, 1]: (rgb * 255).round().astype(np.uint8)) ({FORMAT})"
         )
-    expected = (rgb.shape[0], rgb.shape[1], 3) if size is None else (size[1], size[0], 3)
+    expected = (*rgb.shape[:2], 3) if rgb.ndim == 3 else ("H", "W", 3)  # checks the layout only
+    if size is not None:
+        expected = (size[1], size[0], 3)
     if rgb.ndim != 3 or rgb.shape != expected:
         resolution = "" if size is None else f" (the camera's {size[0]}x{size[1]})"
         raise ObservationError(

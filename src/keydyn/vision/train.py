@@ -48,7 +48,6 @@ from keydyn.runs import (
     LAST_WEIGHTS,
     METRICS,
     Resumed,
-    check_seed,
     commit_checkpoint,
     load_checked,
     load_checkpoint,
@@ -58,6 +57,7 @@ from keydyn.runs import (
     save_state,
     store_task,
 )
+from keydyn.sim.config import check_seed
 from keydyn.vision.augment import AugmentConfig, jitter_colour, randomise_background
 from keydyn.vision.geometry import bilinear_sample
 from keydyn.vision.keypoints import locate_keypoints

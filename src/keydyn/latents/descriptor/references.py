@@ -33,7 +33,8 @@ from keydyn.data.store import EpisodeStore
 from keydyn.files import read_json, write_atomic, write_json_atomic
 from keydyn.latents.descriptor.fusion import fuse_keypoints
 from keydyn.latents.descriptor.rigid import rigid_consistency
-from keydyn.runs import check_seed, read_tensors
+from keydyn.runs import read_tensors
+from keydyn.sim.config import check_seed
 from keydyn.vision.keypoints import (
     DEPTH_MODES,
     DepthMode,
