@@ -6,6 +6,7 @@ keydyn dataset video data/top_down --episode 0 --out episode0.mp4
 keydyn dataset verify data/top_down
 keydyn train-dynamics --dataset data/top_down --out runs/gt3d_top_down
 keydyn train-visual --dataset data/top_down --out runs/descriptors_top_down
+keydyn train-transporter --dataset data/top_down --out runs/transporter_top_down --crop mask
 keydyn evaluate --run runs/gt3d_top_down --episodes 200 --out eval/gt3d_top_down
 keydyn track --run runs/gt3d_top_down --out track/gt3d_top_down
 keydyn keypoint-accuracy --dataset data/top_down --run runs/sds_top_down
@@ -14,9 +15,9 @@ keydyn reproduce table1 --task angled --seeds 3 --out repro/angled
 keydyn preview --task angled --out angled.png
 keydyn demo --out demo_out
 
-collect, train-visual, train-dynamics, evaluate and reproduce start from their `default` preset (the best recipe
-measured; `keydyn/presets/<command>/default.yaml`); `--preset NAME` starts from another (`paper`, `original`,
-...); flags given override the preset.
+collect, train-visual, train-transporter, train-dynamics, evaluate and reproduce start from their `default` preset
+(the best recipe measured; `keydyn/presets/<command>/default.yaml`); `--preset NAME` starts from another (`paper`,
+`original`, ...); flags given override the preset.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from keydyn.presets import DEFAULT, cli_default, preset_names
 from keydyn.sim.config import check_seed
 from keydyn.sim.preview import check_picture_path, write_task_picture
 from keydyn.vision.train import TrainVisualConfig, train_visual
+from keydyn.vision.transporter_train import TrainTransporterConfig, train_transporter
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,18 @@ class TrainVisual(TrainVisualConfig):
 
 
 @dataclass(frozen=True)
+class TrainTransporter(TrainTransporterConfig):
+    """Train a Transporter keypoint network (feature transport, L2 reconstruction) on one camera's frames: the
+    Transporter 2D / 3D baselines' visual model."""
+
+    preset: str = DEFAULT
+    """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
+
+    def execute(self) -> None:
+        print(f"wrote {train_transporter(self)}")
+
+
+@dataclass(frozen=True)
 class Evaluate(EvaluateConfig):
     """Goal reaching with MPC on fixed start/goal pairs: results.json, results.md, plots and videos."""
 
@@ -243,6 +257,7 @@ class Demo(DemoConfig):
 PRESET_COMMANDS: dict[str, type] = {
     "collect": Collect,
     "train-visual": TrainVisual,
+    "train-transporter": TrainTransporter,
     "train-dynamics": TrainDynamics,
     "evaluate": Evaluate,
     "reproduce": Reproduce,
@@ -294,6 +309,7 @@ def command_type(command: str | None, preset: str) -> Any:
         | Annotated[Dataset, tyro.conf.subcommand("dataset")]
         | entry("train-dynamics")
         | entry("train-visual")
+        | entry("train-transporter")
         | entry("evaluate")
         | Annotated[Track, tyro.conf.subcommand("track")]
         | Annotated[KeypointAccuracy, tyro.conf.subcommand("keypoint-accuracy")]
@@ -317,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "keydyn: interrupted; rerun the same command to continue (collect, train-visual, train-dynamics and "
+            "keydyn: interrupted; rerun the same command to continue (collect, train-visual, train-transporter, "
+            "train-dynamics and "
             "evaluate with --resume)",
             file=sys.stderr,
         )

@@ -82,6 +82,8 @@ class TrainDynamicsConfig:
     """Run directory of `keydyn train-visual`, required by the descriptor latents."""
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     """How descriptor keypoints are chosen and located (descriptor latents only)."""
+    transporter_run: Path | None = None
+    """Run directory of `keydyn train-transporter`, required by the transporter3d / transporter2d latents."""
     history: int = 2
     """n: latents (and actions) the model sees per prediction (paper 1, original code 2)."""
     horizon: int = 10
@@ -113,12 +115,15 @@ class TrainDynamicsConfig:
         object.__setattr__(self, "dataset", Path(self.dataset))
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if self.visual_run is not None:
-            object.__setattr__(self, "visual_run", Path(self.visual_run))
+        for name in ("visual_run", "transporter_run"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         self.method.check_config(self)
-        if self.visual_run is not None and "visual_run" not in self.method.settings:
-            users = [name for name in latent_names() if "visual_run" in get_latent(name).settings]
-            raise ValueError(f"--visual-run is only used by the latents {', '.join(users)}; drop it for {self.latent}")
+        for name in ("visual_run", "transporter_run"):
+            if getattr(self, name) is not None and name not in self.method.settings:
+                users = [latent for latent in latent_names() if name in get_latent(latent).settings]
+                flag = f"--{name.replace('_', '-')}"
+                raise ValueError(f"{flag} is only used by the latents {', '.join(users)}; drop it for {self.latent}")
         for name in ("history", "horizon", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -153,6 +158,7 @@ class TrainDynamicsConfig:
         values = dataclasses.asdict(self)
         values["dataset"], values["out"], values["hidden"] = str(self.dataset), str(self.out), list(self.hidden)
         values["visual_run"] = None if self.visual_run is None else str(self.visual_run)
+        values["transporter_run"] = None if self.transporter_run is None else str(self.transporter_run)
         cache_dir = self.keypoints.cache_dir
         values["keypoints"]["cache_dir"] = None if cache_dir is None else str(cache_dir)
         return values

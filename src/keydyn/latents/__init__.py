@@ -1,8 +1,9 @@
 """Latent methods: how observations become the latent states the dynamics model predicts, as plug-ins by name.
 
 `base` is the contract (`LatentMethod`, `LatentEncoder`, `LatentLayout`), `registry` maps --latent names to
-methods, `gt3d` is the ground-truth keypoint baseline (GT 3D) and `descriptor` the dense-descriptor keypoints
-(DS, SDS, WDS, WSDS). Importing this package registers those built-in methods.
+methods, `gt3d` is the ground-truth keypoint baseline (GT 3D), `descriptor` the dense-descriptor keypoints
+(DS, SDS, WDS, WSDS) and `transporter` the Transporter keypoint baselines (Transporter 3D, Transporter 2D).
+Importing this package registers those built-in methods.
 """
 
 from keydyn.latents.base import (
@@ -22,6 +23,9 @@ from keydyn.latents import gt3d  # registers gt3d
 from keydyn.latents import descriptor  # registers ds, sds, wds, wsds
 from keydyn.latents.descriptor.references import KeypointConfig  # the descriptor latents' settings
 
+# isort: split
+from keydyn.latents import transporter  # registers transporter3d, transporter2d
+
 __all__ = [
     "ACTION_DIM",
     "PUSHER_DIM",
@@ -35,4 +39,5 @@ __all__ = [
     "gt3d",
     "latent_names",
     "register_latent",
+    "transporter",
 ]

@@ -1,0 +1,224 @@
+"""The Transporter baselines: the network, the input crops, `keydyn train-transporter` runs and the transporter3d /
+transporter2d latents, on real rendered frames."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.nn import functional
+
+from keydyn.data.store import EpisodeStore
+from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
+from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
+from keydyn.latents import get_latent
+from keydyn.latents.transporter import TransporterEncoder, locate
+from keydyn.presets import from_preset
+from keydyn.runs import store_task
+from keydyn.sim.config import SUGAR_BOX_SIZE
+from keydyn.vision.geometry import project
+from keydyn.vision.transporter import (
+    TransporterNet,
+    TransporterNetConfig,
+    full_image_pixels,
+    gaussian_maps,
+    prepare_images,
+    spatial_softmax,
+    to_network_range,
+)
+from keydyn.vision.transporter_train import TrainTransporterConfig, load_transporter, prepare_frames, train_transporter
+
+from .vision_fixtures import one_thread
+
+
+def _config(dataset, out, **overrides) -> TrainTransporterConfig:
+    return from_preset(
+        TrainTransporterConfig, "train-transporter", "tiny", dataset=dataset, out=out, progress=False, **overrides
+    )
+
+
+@pytest.fixture(scope="module")
+def transporter_run(small_dataset, tmp_path_factory):
+    with one_thread():
+        return train_transporter(_config(small_dataset, tmp_path_factory.mktemp("transporter") / "run"))
+
+
+# -- the network ------------------------------------------------------------------------------------------
+def test_keypoints_lie_in_the_square_and_gaussian_maps_peak_at_them():
+    generator = torch.Generator().manual_seed(0)
+    keypoints = spatial_softmax(5.0 * torch.randn(4, 6, 16, 16, generator=generator))
+    assert keypoints.shape == (4, 6, 2) and keypoints.abs().max() <= 1.0
+    one_hot = torch.full((1, 1, 16, 16), -1e4)
+    one_hot[0, 0, 3, 12] = 0.0  # row 3, column 12
+    grid = torch.linspace(-1, 1, 16)
+    assert torch.allclose(spatial_softmax(one_hot)[0, 0], torch.stack([grid[12], grid[3]]))
+    maps = gaussian_maps(keypoints, 16, 16, inverse_std=10.0)
+    assert maps.shape == (4, 6, 16, 16) and maps.max() <= 1.0
+    peak = maps.flatten(2).argmax(dim=-1)  # the grid cell nearest each keypoint
+    nearest_x = (grid[None, None] - keypoints[..., :1]).abs().argmin(dim=-1)
+    nearest_y = (grid[None, None] - keypoints[..., 1:]).abs().argmin(dim=-1)
+    assert torch.equal(peak, nearest_y * 16 + nearest_x)
+    on_cell = gaussian_maps(torch.stack([grid[12], grid[3]]).view(1, 1, 2), 16, 16, 10.0)
+    assert on_cell[0, 0, 3, 12] == 1.0 and on_cell[0, 0, 3, 13] == pytest.approx(
+        np.exp(-((2 / 15) ** 2) * 100), rel=1e-5
+    )
+
+
+def test_training_reconstructs_a_real_pair_better(small_dataset):
+    store = EpisodeStore.open(small_dataset)
+    images, _ = prepare_frames(store, "top_down", "mask", 64)
+    start, stop = store.episode_range(0)
+    source, target = to_network_range(images[[start, start + 1]]), to_network_range(images[[stop - 1, stop - 2]])
+    with one_thread():
+        torch.manual_seed(0)
+        net = TransporterNet(TransporterNetConfig(width=8))
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+        def error() -> float:
+            with torch.no_grad():
+                return float(functional.mse_loss(net(source, target)[0], target))
+
+        before = error()
+        for _ in range(15):
+            loss = functional.mse_loss(net(source, target)[0], target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert error() < 0.5 * before
+
+
+def _spot_image(
+    u: int, v: int, distractor: bool, height: int = 72, width: int = 96
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (1, H, W, 3) image black but for a 3x3 white spot centred on pixel (u, v) (and a larger one inside the mask
+    crop's square but off the mask, when `distractor`), and a (1, H, W) rectangular object mask around (u, v)
+    (off-centre, so the crop is not the image's)."""
+    rgb = torch.zeros(1, height, width, 3, dtype=torch.uint8)
+    rgb[0, v - 1 : v + 2, u - 1 : u + 2] = 255
+    if distractor:
+        rgb[0, 38:44, 45:49] = 255  # in the crop's square, off the mask: the mask crop zeroes it
+    mask = torch.zeros(1, height, width, dtype=torch.uint8)
+    mask[0, 30:61, 50:71] = 1
+    return rgb, mask
+
+
+@pytest.mark.parametrize("crop", ["mask", "full"])
+def test_crops_map_keypoints_back_to_full_image_pixels(crop):
+    u, v = 63, 52
+    rgb, mask = _spot_image(u, v, distractor=crop == "mask")
+    prepared = prepare_images(rgb, mask, crop, 64)
+    if crop == "mask":
+        assert prepared.boxes[0].tolist() == [45.0, 30.0, 31.0, 31.0]  # the square around the 21 x 31 mask
+    else:
+        assert prepared.boxes[0].tolist() == [0.0, 0.0, 96.0, 72.0]
+    brightness = prepared.images.float().mean(dim=1, keepdim=True)
+    logits = 0.5 * functional.avg_pool2d(brightness, 4)  # a keypointer that finds the spot on the 16 x 16 grid
+    pixels = full_image_pixels(spatial_softmax(logits), prepared.boxes, 16)
+    assert torch.allclose(pixels[0, 0], torch.tensor([u, v], dtype=torch.float64), atol=1.5)
+
+
+# -- training runs ----------------------------------------------------------------------------------------
+def test_train_transporter_resumes_bit_for_bit(small_dataset, tmp_path):
+    with one_thread():
+        whole = train_transporter(_config(small_dataset, tmp_path / "whole", epochs=3))
+        part = train_transporter(_config(small_dataset, tmp_path / "part", epochs=1))
+        assert json.loads((part / "last.json").read_text())["epoch"] == 1
+        train_transporter(_config(small_dataset, part, epochs=3, resume=True))
+    a, b = load_file(str(whole / "last.safetensors")), load_file(str(part / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert (whole / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
+    assert (whole / "best.json").read_text() == (part / "best.json").read_text()
+    assert (whole / "keypoints.png").stat().st_size > 0 and (whole / "reconstructions.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="already exists"):
+        train_transporter(_config(small_dataset, whole))
+    with pytest.raises(ValueError, match="--camera 'nowhere'"):
+        train_transporter(_config(small_dataset, tmp_path / "c", camera="nowhere"))
+
+
+# -- latents ----------------------------------------------------------------------------------------------
+def test_latents_are_world_points_near_the_object_and_image_coordinates(small_dataset, transporter_run, tmp_path):
+    store = EpisodeStore.open(small_dataset)
+    settings = {"dataset": small_dataset, "transporter_run": transporter_run}
+    latents_3d = get_latent("transporter3d").dataset_latents(
+        store, TrainDynamicsConfig(out=tmp_path / "a", latent="transporter3d", **settings), tmp_path
+    )
+    latents_2d = get_latent("transporter2d").dataset_latents(
+        store, TrainDynamicsConfig(out=tmp_path / "b", latent="transporter2d", **settings), tmp_path
+    )
+    assert latents_3d.shape == (store.num_frames, 20) and latents_2d.shape == (store.num_frames, 14)
+    pusher = store.frames("pusher_position")
+    assert np.array_equal(latents_3d[:, -2:], pusher) and np.array_equal(latents_2d[:, -2:], pusher)
+    points = latents_3d[:, :18].reshape(-1, 6, 3)
+    assert np.abs(latents_2d[:, :12]).max() <= 1.0
+    # The mask crop keeps the keypoints on the box's square: within its half-diagonal of the box, on the table.
+    centre = store.frames("object_position")[:, None, :2]
+    assert np.linalg.norm(points[..., :2] - centre, axis=-1).max() < np.linalg.norm(SUGAR_BOX_SIZE) / 2 + 0.01
+    assert points[..., 2].min() > -0.005 and points[..., 2].max() < SUGAR_BOX_SIZE[2] + 0.01
+    # The 3D points project back onto the 2D keypoints' pixels.
+    camera = store.attrs["cameras"]["top_down"]
+    uv, _ = project(
+        torch.as_tensor(points, dtype=torch.float64),
+        torch.tensor(camera["intrinsics"], dtype=torch.float64),
+        torch.tensor(camera["pose"], dtype=torch.float64),
+    )
+    xy = (uv + 0.5) / torch.tensor([camera["width"], camera["height"]]) * 2 - 1
+    assert np.allclose(
+        xy.numpy(), latents_2d[:, :12].reshape(-1, 6, 2), atol=2.5 / camera["width"]
+    )  # rounded pixel's depth
+    assert get_latent("transporter3d").augmentable and not get_latent("transporter2d").augmentable
+    assert get_latent("transporter2d").cost_part(14) == slice(0, 12)
+    model = load_transporter(transporter_run)
+    frame = {name: store.frames(name, 5, 6)[0] for name in ("top_down/rgb", "top_down/mask", "top_down/depth")}
+    observation = {
+        **frame,
+        "top_down/intrinsics": np.array(camera["intrinsics"]),
+        "top_down/pose": np.array(camera["pose"]),
+        "pusher_position": pusher[5],
+    }
+    task = store_task(store)
+    encoded = TransporterEncoder(model, lift=True, image_size=(task.width, task.height)).encode(observation, {})
+    assert np.allclose(encoded, latents_3d[5], atol=1e-5)  # the control-time encoder computes the dataset's latents
+    del observation["top_down/mask"]
+    with pytest.raises(ValueError, match="top_down/mask"):
+        TransporterEncoder(model, lift=False).encode(observation, {})
+    assert (
+        locate(
+            model,
+            torch.as_tensor(frame["top_down/rgb"])[None],
+            None if model.crop == "full" else torch.as_tensor(frame["top_down/mask"])[None],
+        ).points_world
+        is None
+    )
+
+
+def test_transporter_latents_need_a_transporter_run(small_dataset, transporter_run, tmp_path):
+    with pytest.raises(ValueError, match="--transporter-run"):
+        TrainDynamicsConfig(dataset=small_dataset, out=tmp_path / "a", latent="transporter3d")
+    with pytest.raises(ValueError, match="--transporter-run is only used by the latents transporter3d, transporter2d"):
+        TrainDynamicsConfig(dataset=small_dataset, out=tmp_path / "b", transporter_run=transporter_run)
+
+
+@pytest.mark.parametrize("latent", ["transporter3d", "transporter2d"])
+def test_dynamics_on_transporter_latents_train_and_evaluate(small_dataset, transporter_run, tmp_path, latent):
+    config = TrainDynamicsConfig(
+        dataset=small_dataset,
+        out=tmp_path / "run",
+        latent=latent,
+        transporter_run=transporter_run,
+        horizon=4,
+        epochs=2,
+        hidden=(32, 32),
+        val_fraction=0.34,
+        progress=False,
+    )
+    run = train_dynamics(config)
+    assert (run / "transporter_network.json").exists()
+    evaluate_config = from_preset(
+        EvaluateConfig, "evaluate", "tiny", run=run, out=tmp_path / "eval", episodes=1, workers=0, progress=False
+    )
+    results = evaluate(evaluate_config)
+    assert results["latent"] == latent and results["label"].startswith(get_latent(latent).label)
+    assert all(row["steps"] > 0 and np.isfinite(row["final_position_error_cm"]) for row in results["episodes"])
