@@ -124,3 +124,28 @@ def test_reproduce_refuses_unknown_methods_tasks_and_presets(tmp_path):
         ReproduceConfig(out=tmp_path, task="kitchen")
     with pytest.raises(ValueError, match="no preset 'fastest' for `keydyn train-visual`"):
         ReproduceConfig(out=tmp_path, visual="fastest")
+
+
+@pytest.mark.slow
+def test_reproduce_table2_trains_a_transporter_per_crop_and_writes_the_papers_numbers(tmp_path, capsys):
+    from keydyn.cli import main
+    from keydyn.latents import latent_names
+
+    out = tmp_path / "table2"
+    args = ["reproduce", "table2", "--preset", "tiny", "--methods", "transporter3d", "gt3d", "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert list(table["rows"]) == ["transporter3d@mask", "transporter3d@full", "gt3d"]
+    assert table["rows"]["transporter3d@mask"]["label"] == "Transporter 3D (mask crop)"
+    assert table["rows"]["transporter3d@full"]["paper"] == [2.01, 15.95]  # top_down, Table 2
+    assert table["rows"]["gt3d"]["paper"] == [1.14, 4.01]
+    for crop in ("mask", "full"):
+        assert json.loads((out / "transporter" / crop / "seed0" / "best.json").read_text())["crop"] == crop
+    text = (out / "table.md").read_text()
+    assert "| Transporter 3D (full crop) |" in text and "2.01 / 15.95" in text
+    if "autoencoder" not in latent_names():
+        with pytest.raises(ValueError, match="--methods autoencoder: no latent"):
+            ReproduceConfig(table="table2", out=tmp_path, methods=("autoencoder",))
+        config = ReproduceConfig(table="table2", out=tmp_path)
+        assert config.methods == ("transporter3d", "transporter2d", "sds", "gt3d")
+        assert "leaves out the autoencoder row" in capsys.readouterr().err

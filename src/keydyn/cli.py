@@ -12,6 +12,7 @@ keydyn track --run runs/gt3d_top_down --out track/gt3d_top_down
 keydyn keypoint-accuracy --dataset data/top_down --run runs/sds_top_down
 keydyn table eval/gt3d_top_down eval/sds_top_down --out table1.md
 keydyn reproduce table1 --task angled --seeds 3 --out repro/angled
+keydyn reproduce table2 --task top_down --out repro/table2_top_down
 keydyn preview --task angled --out angled.png
 keydyn demo --out demo_out
 
@@ -231,10 +232,11 @@ class Preview:
 
 @dataclass(frozen=True)
 class Reproduce(ReproduceConfig):
-    """Reproduce a table of the paper on one task: every stage (collect, train-visual, train-dynamics, evaluate)
-    for every method and seed, sharing the data and descriptors of a seed; rerun to resume. Writes table.md."""
+    """Reproduce a table of the paper on one task: every stage (collect, train-visual or train-transporter,
+    train-dynamics, evaluate) for every method and seed, sharing the data and visual networks of a seed; rerun to
+    resume. Writes table.md."""
 
-    table: tyro.conf.Positional[Literal["table1"]] = "table1"
+    table: tyro.conf.Positional[Literal["table1", "table2"]] = "table1"
     preset: str = DEFAULT
     """The recipe these settings start from (keydyn/presets/reproduce/<preset>.yaml); flags override it."""
 

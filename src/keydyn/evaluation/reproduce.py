@@ -1,13 +1,16 @@
 """`keydyn reproduce TABLE --task T`: a table of the paper, every stage from data to goal reaching, resumable.
 
 For each seed s (0 .. seeds - 1) it collects one dataset and trains one descriptor network (when a method
-needs one), shared by every method; then trains each method's dynamics and evaluates it on the same fixed
-start/goal pairs (the goal pairs do not depend on s; the data, the networks and the planner do). Under `out`:
+needs one) and one Transporter per crop mode (table2), shared by every method; then trains each method's dynamics
+and evaluates it on the same fixed start/goal pairs (the goal pairs do not depend on s; the data, the networks and
+the planner do). A Transporter method gives one row per crop mode (`transporter_crops`), named
+`<method>@<crop>`. Under `out`:
 
     data/seed<s>/                  `keydyn collect` (preset `collect`)
     visual/seed<s>/                `keydyn train-visual` (preset `visual`)
-    runs/<method>/seed<s>/         `keydyn train-dynamics` (preset `dynamics`)
-    eval/<method>/seed<s>/         `keydyn evaluate` (preset `evaluation`)
+    transporter/<crop>/seed<s>/    `keydyn train-transporter --crop <crop>` (preset `transporter`)
+    runs/<row>/seed<s>/            `keydyn train-dynamics` (preset `dynamics`)
+    eval/<row>/seed<s>/            `keydyn evaluate` (preset `evaluation`)
     table.md, table.json           the table: per method, mean (95% bootstrap interval over the pairs) and
                                    median errors, success, ratio to GT 3D, spread over seeds, the paper's figure
 
@@ -18,6 +21,7 @@ the same command again to resume: finished stages are reused, a cut one continue
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,13 +34,20 @@ from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.paper import TABLES
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
 from keydyn.files import read_json, write_json_atomic, write_text_atomic
-from keydyn.latents import get_latent
+from keydyn.latents import get_latent, latent_names
 from keydyn.locks import one_writer
 from keydyn.presets import from_preset, preset_names
 from keydyn.sim.config import TASK_NAMES
 from keydyn.vision.train import TrainVisualConfig, train_visual
+from keydyn.vision.transporter import CROP_MODES
+from keydyn.vision.transporter_train import TrainTransporterConfig, train_transporter
 
-TABLE_METHODS = {"table1": ("gt3d", "ds", "sds", "wds", "wsds")}
+TABLE_METHODS = {
+    "table1": ("gt3d", "ds", "sds", "wds", "wsds"),
+    "table2": ("transporter3d", "transporter2d", "autoencoder", "sds", "gt3d"),
+}
+OPTIONAL_METHODS = ("autoencoder",)
+"""Methods a table leaves out, with a message, when no latent of that name is registered."""
 REFERENCE = "gt3d"  # the method every ratio is taken against
 
 
@@ -44,8 +55,10 @@ REFERENCE = "gt3d"  # the method every ratio is taken against
 class ReproduceConfig:
     """Reproduce a table of the paper on one task: collect, train descriptors, train dynamics, evaluate."""
 
-    table: Literal["table1"] = "table1"
-    """Which table: table1 = GT 3D and the descriptor latents DS, SDS, WDS, WSDS."""
+    table: Literal["table1", "table2"] = "table1"
+    """Which table: table1 = GT 3D and the descriptor latents DS, SDS, WDS, WSDS; table2 = the baselines
+    Transporter 3D, Transporter 2D and the autoencoder (when a latent of that name is registered) beside SDS and
+    GT 3D."""
     task: str = "top_down"
     out: Path = Path("repro")
     """Directory of every stage's runs and of table.md / table.json (rerun the command to resume)."""
@@ -57,6 +70,11 @@ class ReproduceConfig:
     """Preset of the data collection (`keydyn collect --preset`)."""
     visual: str = "default"
     """Preset of the descriptor training (`keydyn train-visual --preset`)."""
+    transporter: str = "default"
+    """Preset of the Transporter training (`keydyn train-transporter --preset`)."""
+    transporter_crops: tuple[str, ...] = CROP_MODES
+    """Crop modes of the Transporter rows, one row each: mask (the original's privileged crop around the object's
+    mask) and full (the whole image)."""
     dynamics: str = "default"
     """Preset of the dynamics training (`keydyn train-dynamics --preset`)."""
     evaluation: str = "default"
@@ -77,7 +95,19 @@ class ReproduceConfig:
             raise ValueError(
                 f"{self.table} has no method {', '.join(unknown)}; its methods: {', '.join(TABLE_METHODS[self.table])}"
             )
-        object.__setattr__(self, "methods", tuple(dict.fromkeys(methods)))
+        missing = [m for m in methods if m in OPTIONAL_METHODS and m not in latent_names()]
+        if missing and self.methods:
+            raise ValueError(f"--methods {', '.join(missing)}: no latent of that name is registered; leave it out")
+        for method in missing:
+            print(
+                f"keydyn: {self.table} leaves out the {method} row: no latent named {method!r} is registered",
+                file=sys.stderr,
+            )
+        object.__setattr__(self, "methods", tuple(m for m in dict.fromkeys(methods) if m not in missing))
+        object.__setattr__(self, "transporter_crops", tuple(dict.fromkeys(self.transporter_crops)))
+        bad_crops = [crop for crop in self.transporter_crops if crop not in CROP_MODES]
+        if bad_crops or not self.transporter_crops:
+            raise ValueError(f"--transporter-crops {bad_crops or '()'}: use one or more of {', '.join(CROP_MODES)}")
         if self.seeds < 1:
             raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
         if self.workers < 0:
@@ -85,6 +115,7 @@ class ReproduceConfig:
         for command, name in (
             ("collect", self.collect),
             ("train-visual", self.visual),
+            ("train-transporter", self.transporter),
             ("train-dynamics", self.dynamics),
             ("evaluate", self.evaluation),
         ):
@@ -95,6 +126,28 @@ class ReproduceConfig:
 def _needs_visual(method: str) -> bool:
     """Whether a latent method locates its latents with a descriptor network (`--visual-run`)."""
     return "visual_run" in get_latent(method).settings
+
+
+def _needs_transporter(method: str) -> bool:
+    """Whether a latent method reads the keypoints of a trained Transporter (`--transporter-run`)."""
+    return "transporter_run" in get_latent(method).settings
+
+
+def table_rows(config: ReproduceConfig) -> dict[str, tuple[str, str | None]]:
+    """The table's rows: name -> (latent method, Transporter crop mode or None); a Transporter method gives a row
+    `<method>@<crop>` per crop mode, every other method one row named after it."""
+    rows: dict[str, tuple[str, str | None]] = {}
+    for method in config.methods:
+        if _needs_transporter(method):
+            rows.update({f"{method}@{crop}": (method, crop) for crop in config.transporter_crops})
+        else:
+            rows[method] = (method, None)
+    return rows
+
+
+def method_of(row: str) -> str:
+    """The latent method of a table row (`transporter3d@mask` -> `transporter3d`)."""
+    return row.split("@", 1)[0]
 
 
 def _fresh_or_resumed(run: Path, marker: str) -> bool:
@@ -145,9 +198,32 @@ def stage_visual(config: ReproduceConfig, seed: int, dataset: Path) -> Path:
     return out
 
 
-def stage_dynamics(config: ReproduceConfig, method: str, seed: int, dataset: Path, visual: Path | None) -> Path:
-    """Train (or finish training) the dynamics of `method` on the dataset of `seed`."""
-    out = config.out / "runs" / method / f"seed{seed}"
+def stage_transporter(config: ReproduceConfig, seed: int, dataset: Path, crop: str) -> Path:
+    """Train (or finish training) the Transporter of `seed` on `crop` inputs."""
+    out = config.out / "transporter" / crop / f"seed{seed}"
+    resume = _fresh_or_resumed(out, "last.json")
+    train_transporter(
+        from_preset(
+            TrainTransporterConfig,
+            "train-transporter",
+            config.transporter,
+            dataset=dataset,
+            out=out,
+            crop=crop,
+            seed=seed,
+            resume=resume,
+            progress=config.progress,
+        )
+    )
+    return out
+
+
+def stage_dynamics(
+    config: ReproduceConfig, row: str, seed: int, dataset: Path, visual: Path | None, transporter: Path | None = None
+) -> Path:
+    """Train (or finish training) the dynamics of table row `row` on the dataset of `seed`."""
+    method = method_of(row)
+    out = config.out / "runs" / row / f"seed{seed}"
     resume = _fresh_or_resumed(out, "last.json")
     train_dynamics(
         from_preset(
@@ -160,6 +236,7 @@ def stage_dynamics(config: ReproduceConfig, method: str, seed: int, dataset: Pat
             out=out,
             latent=method,
             visual_run=visual if _needs_visual(method) else None,
+            transporter_run=transporter if _needs_transporter(method) else None,
             seed=seed,
             resume=resume,
             progress=config.progress,
@@ -168,9 +245,9 @@ def stage_dynamics(config: ReproduceConfig, method: str, seed: int, dataset: Pat
     return out
 
 
-def stage_evaluation(config: ReproduceConfig, method: str, seed: int, run: Path) -> Path:
+def stage_evaluation(config: ReproduceConfig, row: str, seed: int, run: Path) -> Path:
     """Evaluate (or finish evaluating) a dynamics run on the fixed start/goal pairs, its planner seeded by `seed`."""
-    out = config.out / "eval" / method / f"seed{seed}"
+    out = config.out / "eval" / row / f"seed{seed}"
     evaluate(
         from_preset(
             EvaluateConfig,
@@ -192,15 +269,19 @@ def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
     """Run (or resume) every stage, then write table.md and table.json; returns the table's JSON."""
     config.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(config.out / "reproduce.json", {**vars(config), "out": str(config.out)})
-    evaluations: dict[str, list[Path]] = {method: [] for method in config.methods}
+    rows = table_rows(config)
+    evaluations: dict[str, list[Path]] = {row: [] for row in rows}
     for seed in range(config.seeds):
         dataset = stage_dataset(config, seed)
         needs_visual = any(_needs_visual(method) for method in config.methods)
         visual = stage_visual(config, seed, dataset) if needs_visual else None
-        for method in config.methods:
-            run = stage_dynamics(config, method, seed, dataset, visual)
-            evaluations[method].append(stage_evaluation(config, method, seed, run))
+        crops = dict.fromkeys(crop for _, crop in rows.values() if crop is not None)
+        transporters = {crop: stage_transporter(config, seed, dataset, crop) for crop in crops}
+        for row, (_, crop) in rows.items():
+            run = stage_dynamics(config, row, seed, dataset, visual, transporters.get(crop))
+            evaluations[row].append(stage_evaluation(config, row, seed, run))
     table = results_table(config.table, config.task, evaluations)
+    table["left_out"] = [m for m in OPTIONAL_METHODS if m in TABLE_METHODS[config.table] and m not in latent_names()]
     write_json_atomic(config.out / "table.json", table)
     write_text_atomic(config.out / "table.md", format_table(table))
     return table
@@ -260,7 +341,8 @@ def method_row(evaluations: list[Path]) -> dict[str, Any]:
 
 
 def results_table(table: str, task: str, evaluations: dict[str, list[Path]]) -> dict[str, Any]:
-    """The table's JSON: a row per method (see `method_row`) with its ratio to GT 3D and the paper's figures."""
+    """The table's JSON: a row per table row (a method, or `<method>@<crop>`, see `table_rows`; `method_row`) with
+    its ratio to GT 3D and the paper's figures (those of its method)."""
     paper = TABLES[table].get(task, {})
     rows = {method: method_row(paths) for method, paths in evaluations.items()}
     if REFERENCE in evaluations:  # ratios compare errors on the same pairs
@@ -269,8 +351,10 @@ def results_table(table: str, task: str, evaluations: dict[str, list[Path]]) -> 
             if not np.array_equal(_episode_errors(paths[0])[2], reference_pairs):
                 raise ValueError(f"{paths[0]} holds other start/goal pairs than {evaluations[REFERENCE][0]}")
     reference = rows.get(REFERENCE)
-    for method, row in rows.items():
-        row["label"] = get_latent(method).label
+    for name, row in rows.items():
+        method = method_of(name)
+        crop = name.split("@", 1)[1] if "@" in name else None
+        row["label"] = get_latent(method).label + ("" if crop is None else f" ({crop} crop)")
         row["paper"] = paper.get(method)
         if reference is not None:
             row["ratio_to_gt3d"] = row["position_mean_cm"] / reference["position_mean_cm"]
@@ -320,4 +404,6 @@ def format_table(table: dict[str, Any]) -> str:
     trajectory, paper_trajectory = table["trajectory"], table["paper_trajectory"]
     paper = "" if paper_trajectory is None else f"{paper_trajectory[0]:.2f} / {paper_trajectory[1]:.2f}"
     lines.append(f"| Avg. trajectory | {trajectory[0]:.2f} | | {trajectory[1]:.2f} | | | | | {paper} |")
+    for method in table.get("left_out", []):
+        lines += ["", f"Left out: the {method} row (no latent method named {method!r} is registered in this keydyn)."]
     return "\n".join(lines) + "\n"
