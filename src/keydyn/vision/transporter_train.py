@@ -48,7 +48,6 @@ from keydyn.runs import (
     LAST_WEIGHTS,
     METRICS,
     Resumed,
-    check_seed,
     commit_checkpoint,
     load_checked,
     load_checkpoint,
@@ -58,6 +57,7 @@ from keydyn.runs import (
     save_state,
     store_task,
 )
+from keydyn.sim.config import check_seed
 from keydyn.vision.transporter import (
     CROP_MODES,
     CropMode,
