@@ -3,13 +3,16 @@
 A run directory holds:
     config.json            the resolved TrainDynamicsConfig
     task.json              the TaskConfig the dataset was collected with (evaluation rebuilds the task from it)
-    metrics.jsonl          one line per epoch: epoch, train_loss, val_loss (m^2), val_final_step_error_m
+    metrics.jsonl          one line per epoch: epoch, train_loss, val_loss (m^2), val_final_step_error_m (and,
+                           for a method with `trainable_losses`, train_<term>, val_<term>, train_total_loss and
+                           val_total_loss)
     last.safetensors       model weights and normaliser buffers after the last finished epoch
     last_optim.pt          Adam state and the training random generator's state of that epoch
     last.json              model config, epoch, best validation error and the SHA-256 of the three files above;
                            written after them (the commit, `keydyn.runs.commit_checkpoint`)
-    best.safetensors/json  the model with the lowest validation final-step error so far (best.json holds the
-                           SHA-256 of best.safetensors)
+    best.safetensors/json  the model with the lowest validation final-step error so far (or the lowest
+                           metrics entry the method's `selects_by` names; best.json holds the SHA-256 of
+                           best.safetensors)
 
 config.json is written first: a directory holding anything of a run holds its config.json.
 
@@ -19,6 +22,12 @@ write files of its own into the run (descriptor latents: the references and keyp
 trained jointly with the model: windows are mapped by it before the loss, so prediction and target are both in
 z = W x; its tensors are stored in the same checkpoints under the method's `parameter_prefix`, and validation
 errors are those of z. Training windows are SE(2)-augmented only for `augmentable` methods.
+
+A method whose latent is computed from images while training (the Autoencoder) gives `frame_inputs`, per-frame
+inputs that the windows carry beside the latents; its module then maps (latents, inputs) to z, its
+`trainable_losses` (e.g. image reconstruction) are added to the rollout loss and logged, `write_picture` draws it on
+held-out frames whenever the best checkpoint is saved, and `normalizes = False` keeps the model's normaliser the
+identity (nothing to fit before the encoder is trained).
 
 Every file is written atomically (temporary file, then os.replace) and each checkpoint as a whole, so a run killed
 at any moment resumes from its last finished epoch with `resume=True` (one killed before its first starts again)
@@ -45,7 +54,7 @@ from keydyn.dynamics.augment import augment_windows
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.dynamics.windows import WindowSet, make_windows, window_starts
 from keydyn.files import write_json_atomic, write_lines
-from keydyn.latents import KeypointConfig, LatentMethod, get_latent, latent_names
+from keydyn.latents import AutoencoderConfig, KeypointConfig, LatentMethod, get_latent, latent_names
 from keydyn.locks import one_writer
 from keydyn.runs import (
     LAST_STATE,
@@ -84,6 +93,8 @@ class TrainDynamicsConfig:
     """How descriptor keypoints are chosen and located (descriptor latents only)."""
     transporter_run: Path | None = None
     """Run directory of `keydyn train-transporter`, required by the transporter3d / transporter2d latents."""
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    """The autoencoder's latent size and camera (--latent autoencoder only)."""
     history: int = 2
     """n: latents (and actions) the model sees per prediction (paper 1, original code 2)."""
     horizon: int = 10
@@ -211,10 +222,11 @@ def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
     """
     store, train_episodes, val_episodes = split_dataset(config)
     latents = config.method.dataset_latents(store, config, config.out)
+    inputs = config.method.frame_inputs(store, config, config.out)
     actions = np.asarray(store.frames("action"), dtype=np.float32)
     ends = store.episode_ends
-    train = make_windows(latents, actions, ends, train_episodes, config.history, config.horizon)
-    val = make_windows(latents, actions, ends, val_episodes, config.history, config.horizon)
+    train = make_windows(latents, actions, ends, train_episodes, config.history, config.horizon, inputs)
+    val = make_windows(latents, actions, ends, val_episodes, config.history, config.horizon, inputs)
     return train, val
 
 
@@ -224,33 +236,44 @@ def window_batch(
     indices: torch.Tensor,
     trainable: nn.Module | None,
     augment: tuple[torch.Generator, float, float] | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows `indices` -> latents (B, n + H, D) and actions (B, n + H - 1, 2), moved by a random SE(2)
-    motion when `augment` = (generator, max translation, max yaw) is given, then mapped by the latent method's
-    `trainable` module (on its device) when there is one.
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Windows `indices` -> latents (B, n + H, D), actions (B, n + H - 1, 2) and frame inputs or None (the
+    (U, *F) inputs of the batch's distinct frames and the (B, n + H) row of each entry among them,
+    `WindowSet.batch_inputs`). The latents are moved by a random SE(2) motion when `augment` = (generator, max
+    translation, max yaw) is given, then mapped by the latent method's `trainable` module (on its device) when
+    there is one, which also reads the frame inputs when the windows carry them.
 
     The module is applied after the motion (WDS / WSDS: convex combinations commute with it), so gradients
     reach it.
     """
     latents, actions = windows.batch(indices)
+    inputs = windows.batch_inputs(indices)
     if augment is not None:
         latents, actions = augment_windows(latents, actions, *augment)
     if trainable is not None:
-        latents = trainable(latents.to(next(trainable.parameters()).device))
-    return latents, actions
+        device = next(trainable.parameters()).device
+        if inputs is None:
+            latents = trainable(latents.to(device))
+        else:
+            inputs = (inputs[0].to(device), inputs[1].to(device))
+            latents = trainable(latents.to(device), *inputs)
+    return latents, actions, inputs
 
 
 def build_model(config: TrainDynamicsConfig, train: WindowSet, trainable: nn.Module | None) -> DynamicsMLP:
     """A seeded model with its normaliser fitted on (augmented, when enabled) training windows, mapped by the
-    method's initial `trainable` module when there is one."""
+    method's initial `trainable` module when there is one (left the identity when the method does not
+    `normalizes`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = DynamicsMLP(train.latents.shape[1], config.history, config.hidden)
+    if not config.method.normalizes:
+        return model
     augment = None
     if config.augments:
         augment = (torch.Generator().manual_seed(config.seed + 1), config.augment_translation, config.augment_yaw)
     with torch.no_grad():
-        latents, actions = window_batch(train, torch.arange(len(train)), trainable, augment)
+        latents, actions, _ = window_batch(train, torch.arange(len(train)), trainable, augment)
     model.fit_normalizer(latents, actions)
     return model
 
@@ -278,6 +301,19 @@ def rollout_loss(
     return loss, final_error
 
 
+def method_losses(
+    method: LatentMethod,
+    trainable: nn.Module | None,
+    latents: torch.Tensor,
+    inputs: tuple[torch.Tensor, torch.Tensor] | None,
+) -> dict[str, torch.Tensor]:
+    """The latent method's `trainable_losses` of a batch of mapped window latents and its frame inputs (as
+    `window_batch` gives them); none without a module."""
+    if trainable is None:
+        return {}
+    return method.trainable_losses(trainable, latents, *(inputs or (None, None)))
+
+
 def train_epoch(
     model: DynamicsMLP,
     trainable: nn.Module | None,
@@ -286,22 +322,27 @@ def train_epoch(
     config: TrainDynamicsConfig,
     generator: torch.Generator,
     device: torch.device,
-) -> float:
-    """One pass over shuffled (and augmented) training windows; returns the mean loss (m^2). The optimizer
+) -> tuple[float, dict[str, float]]:
+    """One pass over shuffled (and augmented) training windows, minimising the rollout loss plus the method's
+    `trainable_losses`; returns the mean rollout loss (m^2) and the mean of each of those terms. The optimizer
     holds the method's trainable module too, when there is one."""
     model.train()
     order = torch.randperm(len(windows), generator=generator)
     augment = (generator, config.augment_translation, config.augment_yaw) if config.augments else None
-    total, count = 0.0, 0
+    total, count, term_totals = 0.0, 0, {}
     for begin in range(0, len(order), config.batch_size):
-        latents, actions = window_batch(windows, order[begin : begin + config.batch_size], trainable, augment)
+        latents, actions, inputs = window_batch(windows, order[begin : begin + config.batch_size], trainable, augment)
         loss, _ = rollout_loss(model, latents.to(device), actions.to(device), config.method)
+        terms = method_losses(config.method, trainable, latents, inputs)
+        objective = loss + sum(terms.values()) if terms else loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         optimizer.step()
         total += float(loss.detach()) * len(latents)
+        for name, value in terms.items():
+            term_totals[name] = term_totals.get(name, 0.0) + float(value.detach()) * len(latents)
         count += len(latents)
-    return total / count
+    return total / count, {name: value / count for name, value in term_totals.items()}
 
 
 @torch.no_grad()
@@ -312,19 +353,22 @@ def evaluate(
     method: LatentMethod,
     batch_size: int,
     device: torch.device,
-) -> tuple[float, float]:
-    """(mean rollout loss in m^2, mean final-step error, `method.final_error`) over all windows (no augmentation),
-    of the latents mapped by the `trainable` module when given."""
+) -> tuple[float, float, dict[str, float]]:
+    """(mean rollout loss in m^2, mean final-step error, `method.final_error`, the mean of each of the method's
+    `trainable_losses`) over all windows (no augmentation), of the latents mapped by the `trainable` module when
+    given."""
     model.eval()
-    total, error, count = 0.0, 0.0, 0
+    total, error, count, term_totals = 0.0, 0.0, 0, {}
     for begin in range(0, len(windows), batch_size):
         indices = torch.arange(begin, min(begin + batch_size, len(windows)))
-        latents, actions = window_batch(windows, indices, trainable, None)
+        latents, actions, inputs = window_batch(windows, indices, trainable, None)
         loss, final_error = rollout_loss(model, latents.to(device), actions.to(device), method)
+        for name, value in method_losses(method, trainable, latents, inputs).items():
+            term_totals[name] = term_totals.get(name, 0.0) + float(value) * len(indices)
         total += float(loss) * len(indices)
         error += float(final_error.sum())
         count += len(indices)
-    return total / count, error / count
+    return total / count, error / count, {name: value / count for name, value in term_totals.items()}
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------
@@ -335,6 +379,17 @@ def save_model(path: Path, model: DynamicsMLP, epoch: int, method: LatentMethod,
     if trainable is not None:
         tensors.update(method.trainable_tensors(trainable))
     save_file(tensors, str(path), metadata={"epoch": str(epoch)})
+
+
+def best_key(method: LatentMethod) -> str:
+    """The last.json entry holding the best value so far of the metric that picks the best checkpoint."""
+    return f"best_{method.selects_by}"
+
+
+def picture_frames(windows: WindowSet, count: int = 8) -> torch.Tensor:
+    """Up to `count` frame inputs (M, *F) spread evenly over `windows` (the first frame of each chosen window)."""
+    chosen = torch.linspace(0, len(windows) - 1, min(count, len(windows))).round().long()
+    return windows.inputs[windows.starts[chosen]]
 
 
 def save_checkpoint(
@@ -350,7 +405,7 @@ def save_checkpoint(
     """Commit last.safetensors, last_optim.pt, metrics.jsonl (the rows of epochs 1 .. `epoch`) and last.json
     together (`keydyn.runs.commit_checkpoint`)."""
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-    info = {"model": model.config(), "latent": config.latent, "epoch": epoch, "best_val_final_step_error_m": best_error}
+    info = {"model": model.config(), "latent": config.latent, "epoch": epoch, best_key(config.method): best_error}
     files = {
         LAST_WEIGHTS: lambda path: save_model(path, model, epoch, config.method, trainable),
         LAST_STATE: lambda path: save_state(state, path),
@@ -362,8 +417,8 @@ def save_checkpoint(
 def save_best(
     config: TrainDynamicsConfig, model: DynamicsMLP, trainable: nn.Module | None, epoch: int, error: float
 ) -> None:
-    """Commit best.safetensors and best.json of `epoch`."""
-    info = {"model": model.config(), "latent": config.latent, "epoch": epoch, "val_final_step_error_m": error}
+    """Commit best.safetensors and best.json of `epoch`; `error` is the value of the method's `selects_by`."""
+    info = {"model": model.config(), "latent": config.latent, "epoch": epoch, config.method.selects_by: error}
     files = {"best.safetensors": lambda path: save_model(path, model, epoch, config.method, trainable)}
     commit_checkpoint(config.out, "best", files, info)
 
@@ -409,18 +464,53 @@ def _restore(
     generator.set_state(resumed.state["generator"])
 
 
+def epoch_row(
+    epoch: int,
+    train_loss: float,
+    val_loss: float,
+    val_error: float,
+    train_terms: dict[str, float],
+    val_terms: dict[str, float],
+) -> dict[str, Any]:
+    """One metrics.jsonl line: the rollout losses and the final-step error, then (for a method with
+    `trainable_losses`) each term and the totals that training minimises."""
+    row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_final_step_error_m": val_error}
+    if train_terms:
+        row.update({f"train_{name}": value for name, value in train_terms.items()})
+        row.update({f"val_{name}": value for name, value in val_terms.items()})
+        row["train_total_loss"] = train_loss + sum(train_terms.values())
+        row["val_total_loss"] = val_loss + sum(val_terms.values())
+    return row
+
+
+def selection_value(method: LatentMethod, row: dict[str, Any]) -> float:
+    """The value of `row` that picks the best checkpoint (the method's `selects_by`).
+
+    Raises:
+        ValueError: the method names an entry the row lacks.
+    """
+    if method.selects_by not in row:
+        raise ValueError(
+            f"latent {method.name!r} picks its best checkpoint by {method.selects_by!r}, which metrics.jsonl lacks "
+            f"(its entries: {', '.join(row)}); set the method's selects_by to one of those"
+        )
+    return float(row[method.selects_by])
+
+
 @one_writer("keydyn train-dynamics")
 def train_dynamics(config: TrainDynamicsConfig) -> Path:
     """Train (or resume) a dynamics model; returns the run directory `config.out`."""
     device = resolve_device(config.device)
     store = split_dataset(config)[0]  # checks the dataset before anything is written
     resumed = resumed_checkpoint(
-        config.out, config, _RESUMABLE_FIELDS, "epoch", ("best_val_final_step_error_m",), upgrade_keypoints_json
+        config.out, config, _RESUMABLE_FIELDS, "epoch", (best_key(config.method),), upgrade_keypoints_json
     )
     write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
     write_json_atomic(config.out / "task.json", store_task(store).to_dict())
     train, val = load_windows(config)
-    trainable = config.method.trainable(train.latents.shape[1])
+    with torch.random.fork_rng(devices=[]):  # a module with random initial weights starts the same every run
+        torch.manual_seed(config.seed + 2)
+        trainable = config.method.trainable(train.latents.shape[1])
     model = build_model(config, train, trainable)
     generator = torch.Generator().manual_seed(config.seed)
     model.to(device)
@@ -432,22 +522,26 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
     metrics = []
     if resumed is not None:
         _restore(config, resumed, model, trainable, optimizer, generator)
-        start_epoch, best_error = resumed.info["epoch"], resumed.info["best_val_final_step_error_m"]
+        start_epoch, best_error = resumed.info["epoch"], resumed.info[best_key(config.method)]
         metrics = resumed.metrics
+    pictured = picture_frames(val) if trainable is not None and val.inputs is not None and len(val) else None
     bar = tqdm(range(start_epoch + 1, config.epochs + 1), desc="dynamics", disable=not config.progress)
     for epoch in bar:
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(epoch)
-        train_loss = train_epoch(model, trainable, optimizer, train, config, generator, device)
-        val_loss, val_error = math.nan, math.nan
+        train_loss, train_terms = train_epoch(model, trainable, optimizer, train, config, generator, device)
+        val_loss, val_error, val_terms = math.nan, math.nan, dict.fromkeys(train_terms, math.nan)
         if len(val):
-            val_loss, val_error = evaluate(model, trainable, val, config.method, config.batch_size, device)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_final_step_error_m": val_error}
+            val_loss, val_error, val_terms = evaluate(model, trainable, val, config.method, config.batch_size, device)
+        row = epoch_row(epoch, train_loss, val_loss, val_error, train_terms, val_terms)
         metrics.append(row)
-        criterion = val_error if len(val) else train_loss
+        criterion = selection_value(config.method, row) if len(val) else train_loss + sum(train_terms.values())
         if criterion < best_error:
             best_error = criterion
             save_best(config, model, trainable, epoch, criterion)
+            if pictured is not None:
+                with torch.no_grad():
+                    config.method.write_picture(trainable, pictured.to(next(trainable.parameters()).device), config.out)
         save_checkpoint(config, model, trainable, optimizer, generator, epoch, best_error, metrics)
         bar.set_postfix(train=f"{train_loss:.2e}", val_err_m=f"{val_error:.4f}")
     return config.out

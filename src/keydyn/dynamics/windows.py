@@ -42,6 +42,8 @@ class WindowSet:
         starts: (M,) int64 global start frames of the windows.
         history: n, latents the model sees before predicting.
         horizon: H, predicted steps.
+        inputs: (N, *F) per-frame inputs of the latent method's trainable module (`LatentMethod.frame_inputs`,
+            e.g. uint8 images), or None.
     """
 
     latents: torch.Tensor
@@ -49,15 +51,28 @@ class WindowSet:
     starts: torch.Tensor
     history: int
     horizon: int
+    inputs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])
 
+    def frames(self, indices: torch.Tensor) -> torch.Tensor:
+        """Windows `indices` (B,) -> (B, n + H) global frame indices."""
+        return self.starts[indices][:, None] + torch.arange(self.history + self.horizon)
+
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows `indices` (B,) -> latents (B, n + H, D) and actions (B, n + H - 1, 2)."""
-        length = self.history + self.horizon
-        frames = self.starts[indices][:, None] + torch.arange(length)
+        frames = self.frames(indices)
         return self.latents[frames], self.actions[frames[:, :-1]]
+
+    def batch_inputs(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Windows `indices` (B,) -> the (U, *F) frame inputs of their U distinct frames (in frame order) and the
+        (B, n + H) row of each window entry among them; None when the windows carry no inputs. Windows overlap,
+        so a method computes each frame once."""
+        if self.inputs is None:
+            return None
+        distinct, rows = torch.unique(self.frames(indices), return_inverse=True)
+        return self.inputs[distinct], rows
 
 
 def make_windows(
@@ -67,8 +82,10 @@ def make_windows(
     episodes: np.ndarray,
     history: int,
     horizon: int,
+    inputs: np.ndarray | None = None,
 ) -> WindowSet:
-    """All windows of n + H frames inside `episodes`; latents (N, D) and actions (N, 2) cover the whole store."""
+    """All windows of n + H frames inside `episodes`; latents (N, D), actions (N, 2) and the optional frame
+    inputs (N, *F) cover the whole store."""
     if history < 1 or horizon < 1:
         raise ValueError(f"history and horizon must be at least 1, got history={history}, horizon={horizon}")
     starts = window_starts(episode_ends, episodes, history + horizon)
@@ -78,4 +95,5 @@ def make_windows(
         starts=torch.as_tensor(starts),
         history=history,
         horizon=horizon,
+        inputs=None if inputs is None else torch.as_tensor(inputs),
     )

@@ -2,7 +2,8 @@
 
 `base` is the contract (`LatentMethod`, `LatentEncoder`, `LatentLayout`), `registry` maps --latent names to
 methods, `gt3d` is the ground-truth keypoint baseline (GT 3D), `descriptor` the dense-descriptor keypoints
-(DS, SDS, WDS, WSDS) and `transporter` the Transporter keypoint baselines (Transporter 3D, Transporter 2D).
+(DS, SDS, WDS, WSDS), `transporter` the Transporter keypoint baselines (Transporter 3D, Transporter 2D) and
+`autoencoder` the autoencoder trained jointly with the dynamics (Autoencoder).
 Importing this package registers those built-in methods.
 """
 
@@ -25,15 +26,19 @@ from keydyn.latents.descriptor.references import KeypointConfig  # the descripto
 
 # isort: split
 from keydyn.latents import transporter  # registers transporter3d, transporter2d
+from keydyn.latents import autoencoder  # registers autoencoder
+from keydyn.latents.autoencoder import AutoencoderConfig  # the autoencoder latent's settings
 
 __all__ = [
     "ACTION_DIM",
     "PUSHER_DIM",
+    "AutoencoderConfig",
     "KeypointConfig",
     "KeypointLatent",
     "LatentEncoder",
     "LatentLayout",
     "LatentMethod",
+    "autoencoder",
     "descriptor",
     "get_latent",
     "gt3d",

@@ -101,6 +101,13 @@ class LatentMethod(ABC):
     """The TrainDynamicsConfig fields beyond the common ones that the method reads (e.g. visual_run)."""
     parameter_prefix: str = "latent."
     """Key prefix of the `trainable` module's tensors inside the dynamics checkpoints."""
+    normalizes: bool = True
+    """Whether the dynamics model's normaliser is fitted on the training windows; False leaves it the identity
+    (a latent learned jointly from images has no scale to fit before training)."""
+    selects_by: str = "val_final_step_error_m"
+    """The metrics.jsonl entry whose lowest value picks the best checkpoint (stored in best.json under this name,
+    in last.json as `best_<name>`): the validation final-step error, or `val_total_loss`, the validation rollout
+    loss plus the method's `trainable_losses`."""
 
     @abstractmethod
     def dataset_latents(self, store: EpisodeStore, config: Any, out: Path) -> np.ndarray:
@@ -123,8 +130,32 @@ class LatentMethod(ABC):
 
     def trainable(self, latent_dim: int) -> nn.Module | None:
         """A fresh module trained jointly with the dynamics, mapping (..., D) window latents to the (..., D)
-        latents the loss compares (prediction and target alike); None when the method has none."""
+        latents the loss compares (prediction and target alike); None when the method has none. A method with
+        `frame_inputs` gets a module called as `module(latents (B, T, D), inputs (U, *F), rows (B, T))`: the
+        inputs of the batch's U distinct frames and the row of each window entry among them (windows overlap, so
+        each frame is computed once)."""
         return None
+
+    def frame_inputs(self, store: EpisodeStore, config: Any, out: Path) -> np.ndarray | None:
+        """(N, *F) inputs of every frame of `store` that the `trainable` module reads beside the latents (e.g. the
+        frames' images, from which it computes the latents); None (default) when it reads the latents only.
+
+        Windows carry them beside their latents; config and out as in `dataset_latents`.
+        """
+        return None
+
+    def trainable_losses(
+        self, module: nn.Module, latents: torch.Tensor, inputs: torch.Tensor | None, rows: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms the method adds to the rollout loss, by name (e.g. {"reconstruction": ...}); each a scalar
+        of (B, T, D) window latents already mapped by `module` and the batch's frame inputs as the module got
+        them ((U, *F) distinct frames, (B, T) rows; None without `frame_inputs`). Training minimises the rollout
+        loss plus their sum; metrics.jsonl logs each as `train_<name>` and `val_<name>`. Default: none."""
+        return {}
+
+    def write_picture(self, module: nn.Module, inputs: torch.Tensor, out: Path) -> None:  # noqa: B027 (optional)
+        """Draw the `trainable` module on (M, *F) held-out `frame_inputs` into the run directory `out` (e.g.
+        reconstructions), each time the best checkpoint is saved. Default: nothing."""
 
     def trainable_tensors(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """`module`'s state under `parameter_prefix`, as saved beside the dynamics model's tensors."""

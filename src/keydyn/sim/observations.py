@@ -119,3 +119,13 @@ def check_observation(
         _depth(observation, camera, rgb.shape[:2])
         _finite(observation, f"{camera}/intrinsics", (3, 3), "pinhole K in pixels", camera)
         _finite(observation, f"{camera}/pose", (4, 4), "T_world_camera in metres", camera)
+
+
+def observed_rgb(observation: Mapping[str, Any], camera: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Camera `camera`'s (H, W, 3) uint8 RGB image, checked (at `size` = (width, height) pixels when given), for
+    encoders that read RGB only (no depth, intrinsics or pose).
+
+    Raises:
+        ObservationError: the image is missing, not uint8, or of another shape.
+    """
+    return _rgb(observation, camera, size)

@@ -1,0 +1,116 @@
+"""The Autoencoder baseline (--latent autoencoder): its networks, joint training with the dynamics on the real tiny
+dataset, resumption, and control from the goal image."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from keydyn.control.mpc import MPCConfig
+from keydyn.control.run import control_setup
+from keydyn.dynamics.train import (
+    TrainDynamicsConfig,
+    build_model,
+    evaluate,
+    load_windows,
+    train_dynamics,
+    train_epoch,
+)
+from keydyn.evaluation.evaluate import EvaluateConfig
+from keydyn.evaluation.evaluate import evaluate as evaluate_run
+from keydyn.latents import AutoencoderConfig, get_latent
+from keydyn.latents.autoencoder import AutoencoderEncoder
+from keydyn.planning import CEMConfig
+from keydyn.vision.autoencoder import ImageDecoder, ImageEncoder, prepare_images
+
+Z = 16  # the smallest latent the paper tried; the networks' cost does not depend on it
+
+
+def _config(dataset, out, **overrides) -> TrainDynamicsConfig:
+    """Tiny joint training: n = 1, H = 2, one training episode (12 frames), every window of an epoch in one batch."""
+    values = {"dataset": dataset, "out": out, "latent": "autoencoder", "autoencoder": AutoencoderConfig(z_dim=Z)}
+    values.update(history=1, horizon=2, hidden=(32, 32), epochs=2, batch_size=32, lr=1e-3, val_fraction=0.67)
+    values.update(progress=False, **overrides)
+    return TrainDynamicsConfig(**values)
+
+
+def test_networks_and_images_have_the_original_shapes():
+    for z_dim in (16, 32, 64):
+        encoder, decoder = ImageEncoder(z_dim), ImageDecoder(z_dim)
+        assert encoder(torch.randn(2, 3, 64, 64)).shape == (2, z_dim)
+        images = decoder(torch.randn(2, z_dim))
+        assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
+    convs = [m for m in ImageEncoder(64).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.kernel_size[0] for m in convs] == [3, 4, 3, 4, 4, 4]
+    assert [m.stride[0] for m in convs] == [1, 2, 1, 2, 2, 2]
+    assert [m.out_channels for m in convs] == [64, 64, 64, 128, 256, 256]
+    rgb = np.zeros((5, 72, 96, 3), np.uint8)
+    rgb[..., 1] = 200
+    prepared = prepare_images(rgb)
+    assert prepared.shape == (5, 3, 64, 64) and prepared.dtype == torch.uint8
+    assert (prepared[:, 1] == 200).all() and (prepared[:, 0] == 0).all()  # a flat image stays flat
+    with pytest.raises(ValueError, match="z-dim 48: use one of 16, 32, 64"):
+        AutoencoderConfig(z_dim=48)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        prepare_images(rgb.astype(np.float32))
+
+
+def test_joint_training_lowers_reconstruction_and_rollout_loss(small_dataset, tmp_path):
+    config = _config(small_dataset, tmp_path / "run")
+    config.out.mkdir()
+    train, _ = load_windows(config)
+    assert train.latents.shape[1] == Z + 2 and train.inputs.shape[1:] == (3, 64, 64)
+    method = config.method
+    trainable = method.trainable(train.latents.shape[1])
+    model = build_model(config, train, trainable)
+    assert torch.equal(model.latent_std, torch.ones(Z + 2))  # the original normalises nothing
+    optimizer = torch.optim.Adam([*model.parameters(), *trainable.parameters()], lr=config.lr)
+    generator = torch.Generator().manual_seed(0)
+    before, _, before_terms = evaluate(model, trainable, train, method, 64, torch.device("cpu"))
+    for _ in range(5):
+        train_epoch(model, trainable, optimizer, train, config, generator, torch.device("cpu"))
+    after, _, after_terms = evaluate(model, trainable, train, method, 64, torch.device("cpu"))
+    assert after_terms["reconstruction"] < 0.8 * before_terms["reconstruction"]
+    assert after < before
+
+
+def test_train_dynamics_resumes_bit_for_bit_and_writes_its_metrics_and_picture(small_dataset, tmp_path):
+    whole = train_dynamics(_config(small_dataset, tmp_path / "whole"))
+    part = train_dynamics(_config(small_dataset, tmp_path / "part", epochs=1))
+    train_dynamics(_config(small_dataset, part, epochs=2, resume=True))
+    a, b = load_file(str(whole / "last.safetensors")), load_file(str(part / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("autoencoder.encoder.") for k in a) and any(k.startswith("autoencoder.decoder.") for k in a)
+    assert (whole / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert 0 < row["val_reconstruction"] < 1 and 0 < row["train_reconstruction"] < 1
+        assert row["val_total_loss"] == row["val_loss"] + row["val_reconstruction"]
+    best = json.loads((whole / "best.json").read_text())
+    assert best["val_total_loss"] == min(row["val_total_loss"] for row in rows)  # the original's criterion
+    assert json.loads((whole / "autoencoder.json").read_text())["camera"] == "top_down"
+    picture = (whole / "reconstructions.png").read_bytes()
+    assert picture[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_evaluate_encodes_the_goal_image_and_reaches_the_end(small_dataset, tmp_path):
+    run = train_dynamics(_config(small_dataset, tmp_path / "run", epochs=1))
+    mpc = MPCConfig(planner=CEMConfig(num_samples=32, num_elites=4, iterations=1), grid_headings=12)
+    setup = control_setup(run, None, "best", mpc)
+    assert isinstance(setup.encoder, AutoencoderEncoder) and setup.method is get_latent("autoencoder")
+    assert setup.controller.latent_part == slice(0, Z)  # costs compare z; the pusher is free
+    observation, info = setup.env.reset(seed=1)
+    goal = setup.encoder.encode(observation, info)
+    assert goal.shape == (Z + 2,) and goal.dtype == np.float32 and np.isfinite(goal).all()
+    np.testing.assert_array_equal(goal[Z:], observation["pusher_position"].astype(np.float32))
+    setup.env.close()
+    settings = {"run": run, "out": tmp_path / "eval", "episodes": 1, "workers": 0, "videos": 0, "mpc": mpc}
+    results = evaluate_run(EvaluateConfig(**settings, progress=False))
+    assert results["latent"] == "autoencoder" and results["label"] == "Autoencoder (CEM)"
+    (episode,) = results["episodes"]
+    assert episode["steps"] > 0 and np.isfinite(episode["final_position_error_cm"])
