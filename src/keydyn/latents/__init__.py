@@ -25,8 +25,10 @@ from keydyn.latents import descriptor  # registers ds, sds, wds, wsds
 from keydyn.latents.descriptor.references import KeypointConfig  # the descriptor latents' settings
 
 # isort: split
-from keydyn.latents import transporter  # registers transporter3d, transporter2d
-from keydyn.latents import autoencoder  # registers autoencoder
+from keydyn.latents import (
+    autoencoder,  # registers autoencoder
+    transporter,  # registers transporter3d, transporter2d
+)
 from keydyn.latents.autoencoder import AutoencoderConfig  # the autoencoder latent's settings
 
 __all__ = [
