@@ -36,7 +36,7 @@ from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
 from keydyn.files import read_json, write_json_atomic, write_text_atomic
 from keydyn.latents import get_latent, latent_names
 from keydyn.locks import one_writer
-from keydyn.presets import from_preset, preset_names
+from keydyn.presets import DEFAULT, from_preset, preset_names
 from keydyn.sim.config import TASK_NAMES
 from keydyn.vision.train import TrainVisualConfig, train_visual
 from keydyn.vision.transporter import CROP_MODES
@@ -76,7 +76,8 @@ class ReproduceConfig:
     """Crop modes of the Transporter rows, one row each: mask (the original's privileged crop around the object's
     mask) and full (the whole image)."""
     dynamics: str = "default"
-    """Preset of the dynamics training (`keydyn train-dynamics --preset`)."""
+    """Preset of the dynamics training (`keydyn train-dynamics --preset`). With `default`, a method that has a
+    preset of its own name (`autoencoder`: the original's joint training) trains with that one."""
     evaluation: str = "default"
     """Preset of the goal-reaching evaluation (`keydyn evaluate --preset`)."""
     workers: int = 2
@@ -225,11 +226,14 @@ def stage_dynamics(
     method = method_of(row)
     out = config.out / "runs" / row / f"seed{seed}"
     resume = _fresh_or_resumed(out, "last.json")
+    preset = config.dynamics
+    if preset == DEFAULT and method in preset_names("train-dynamics"):
+        preset = method  # the method's own recipe
     train_dynamics(
         from_preset(
             TrainDynamicsConfig,
             "train-dynamics",
-            config.dynamics,
+            preset,
             # DS and WDS (SDS and WSDS) of one network share their references, so their located keypoints too.
             overrides={"keypoints": {"seed": seed, "cache_dir": str(config.out / "keypoint_cache" / f"seed{seed}")}},
             dataset=dataset,
