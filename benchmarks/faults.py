@@ -10,6 +10,9 @@ directory) until it finishes. The outcome is compared with the reference:
 - lost / duplicated: rows (episodes, steps, epochs) missing from or repeated in the result;
 - stuck: the rerun failed (its error is reported).
 
+`killed_while_writing` counts the kills that cut a run after it had written into its directory (the others fell
+in the interpreter's start-up, before any file, or after the end).
+
 Prints one JSON document with the tallies per stage and the machine. Target: every trial identical, none lost,
 duplicated or stuck.
 
@@ -50,13 +53,13 @@ def stage_command(stage: str, out: Path, references: dict[str, Path], latent: st
     dynamics are of `latent` ("sds": descriptor keypoints, which need train-visual, or "gt3d")."""
     visual = ["--visual-run", str(references.get("train-visual"))] if latent == "sds" else []
     arguments = {
-        "collect": ["collect", "--preset", "tiny", "--episodes", "6"],
+        "collect": ["collect", "--preset", "tiny", "--episodes", "12"],
         "train-visual": [
             "train-visual",
             "--preset",
             "tiny",
             "--steps",
-            "12",
+            "30",
             "--dataset",
             str(references.get("collect")),
         ],
@@ -65,14 +68,14 @@ def stage_command(stage: str, out: Path, references: dict[str, Path], latent: st
             "--preset",
             "tiny",
             "--epochs",
-            "6",
+            "15",
             "--latent",
             latent,
             "--dataset",
             str(references.get("collect")),
             *visual,
         ],
-        "evaluate": ["evaluate", "--preset", "tiny", "--episodes", "6", "--run", str(references.get("train-dynamics"))],
+        "evaluate": ["evaluate", "--preset", "tiny", "--episodes", "8", "--run", str(references.get("train-dynamics"))],
     }[stage]
     return [sys.executable, "-m", "keydyn.cli", *arguments, "--out", str(out), "--no-progress"]
 
@@ -87,16 +90,20 @@ def run_to_end(command: list[str], out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command + resume, env=_environment(), capture_output=True, text=True, timeout=900)
 
 
-def run_killed(command: list[str], delay_s: float) -> None:
-    """Start `command` and SIGKILL its process group after `delay_s` seconds (unless it ended before)."""
+def run_killed(command: list[str], out: Path, delay_s: float) -> bool:
+    """Start `command` and SIGKILL its process group after `delay_s` seconds (unless it ended before). Returns
+    whether the kill cut it while it was writing `out` (it had written something there, and had not finished)."""
     process = subprocess.Popen(
         command, env=_environment(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         process.wait(timeout=delay_s)
+        return False
     except subprocess.TimeoutExpired:
+        writing = out.exists() and holds_files(out)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        return writing
 
 
 def _without_timings(row: dict) -> dict:
@@ -161,13 +168,13 @@ def run_stage(
     if finished.returncode != 0:
         raise RuntimeError(f"the reference {stage} run failed:\n{finished.stderr}")
     references[stage] = reference
-    tally = Counter({"trials": 0, "identical": 0, "lost": 0, "duplicated": 0, "stuck": 0})
+    tally = Counter({"trials": 0, "killed_while_writing": 0, "identical": 0, "lost": 0, "duplicated": 0, "stuck": 0})
     failures = []
     for trial in range(trials):
         out = work / stage / f"trial{trial:02d}"
         command = stage_command(stage, out, references, latent)
         delay = float(rng.uniform(0.0, duration))
-        run_killed(command, delay)
+        tally["killed_while_writing"] += run_killed(command, out, delay)
         tally["trials"] += 1
         resumed = run_to_end(command, out)
         if resumed.returncode != 0:
