@@ -186,7 +186,7 @@ def test_bad_outputs_and_sizes_are_refused(tmp_path):
         main(["collect", "--width", "8000", "--height", "6000", "--out", str(tmp_path / "big")])
 
 
-def test_worker_counts_are_bounded_by_the_work_and_the_machine(monkeypatch):
+def test_worker_counts_are_bounded_by_the_work_and_the_machine(monkeypatch, capsys):
     monkeypatch.setattr(workers, "_available_memory", lambda: 64 * MEMORY_PER_WORKER)
     assert worker_count(100, 4) == min(4, usable_cpus())
     assert worker_count(3, 0) == 1
@@ -195,6 +195,9 @@ def test_worker_counts_are_bounded_by_the_work_and_the_machine(monkeypatch):
     assert worker_count(100, 100) == min(3, usable_cpus())  # as many as the memory holds
     monkeypatch.setattr(workers, "_available_memory", lambda: 0)
     assert worker_count(100, 100) == 1
+    capsys.readouterr()
+    assert worker_count(100, 4) == 1
+    assert "starting 1 worker processes, not 100 (4 units of work" in capsys.readouterr().err
 
 
 def _children(pid: int) -> list[int]:

@@ -33,10 +33,19 @@ def usable_cpus() -> int:
 
 def worker_count(requested: int, units: int) -> int:
     """Processes to start for `units` independent pieces of work when `requested` were asked for: never more than
-    the units, the usable CPUs, or the available memory allows (MEMORY_PER_WORKER each); at least 1."""
+    the units, the usable CPUs, or the available memory allows (MEMORY_PER_WORKER each); at least 1. A cap is
+    reported on standard error with its reason."""
     memory = _available_memory()
-    by_memory = memory // MEMORY_PER_WORKER if memory is not None else requested
-    return max(1, min(requested, units, usable_cpus(), by_memory))
+    limits = {
+        "units of work": units,
+        "usable CPUs": usable_cpus(),
+        "GiB of available memory": memory // MEMORY_PER_WORKER if memory is not None else requested,
+    }
+    count = max(1, min(requested, *limits.values()))
+    if count < requested:
+        reason = ", ".join(f"{value} {name}" for name, value in limits.items() if value < requested)
+        print(f"keydyn: starting {count} worker processes, not {requested} ({reason})", file=sys.stderr)
+    return count
 
 
 def die_with_parent(parent: int) -> None:
