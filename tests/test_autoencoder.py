@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from keydyn.control.mpc import MPCConfig
 from keydyn.control.run import control_setup
 from keydyn.dynamics.train import (
+    Objective,
     TrainDynamicsConfig,
     build_model,
     evaluate,
@@ -72,7 +73,7 @@ def test_joint_training_lowers_reconstruction_and_rollout_loss(small_dataset, tm
     generator = torch.Generator().manual_seed(0)
     before, _, before_terms = evaluate(model, trainable, train, method, 64, torch.device("cpu"))
     for _ in range(5):
-        train_epoch(model, trainable, optimizer, train, config, generator, torch.device("cpu"))
+        train_epoch(Objective(model, trainable, method), optimizer, train, config, generator)
     after, _, after_terms = evaluate(model, trainable, train, method, 64, torch.device("cpu"))
     assert after_terms["reconstruction"] < 0.8 * before_terms["reconstruction"]
     assert after < before

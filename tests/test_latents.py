@@ -126,7 +126,7 @@ LAYERS = (
     {"evaluation"},
     {"cli", "demo"},
 )
-UTILITIES = {"runs", "files", "plots", "video", "machine", "presets", "models", "locks", "workers"}
+UTILITIES = {"runs", "files", "plots", "video", "machine", "presets", "models", "locks", "workers", "distributed"}
 """Shared modules any layer may import; they import only each other, sim and data."""
 UTILITY_IMPORTS = UTILITIES | {"sim", "data"}
 SOURCE = Path(keydyn.__file__).parent

@@ -36,6 +36,7 @@ from keydyn.data.collect import CollectConfig, collect
 from keydyn.data.inspect import dataset_summary, format_summary, write_episode_video
 from keydyn.data.store import EpisodeStore, StoreError
 from keydyn.demo import DemoConfig, run_demo
+from keydyn.distributed import writes_files
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.imitation import TrackConfig, run_track
@@ -134,7 +135,9 @@ class TrainDynamics(TrainDynamicsConfig):
     """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
 
     def execute(self) -> None:
-        print(f"wrote {train_dynamics(self)}")
+        written = train_dynamics(self)
+        if writes_files():  # rank 0 of a torchrun run
+            print(f"wrote {written}")
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,9 @@ class TrainVisual(TrainVisualConfig):
     """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
 
     def execute(self) -> None:
-        print(f"wrote {train_visual(self)}")
+        written = train_visual(self)
+        if writes_files():  # rank 0 of a torchrun run
+            print(f"wrote {written}")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from keydyn.distributed import writes_files
+
 LOCK_NAME = ".keydyn.lock"
 
 
@@ -91,13 +93,14 @@ Run = TypeVar("Run", bound=Callable[..., Any])
 
 def one_writer(what: str) -> Callable[[Run], Run]:
     """Decorate a `run(config, ...)` that writes the directory `config.out`: the directory's lock is held (and the
-    directory made) while it runs, so a second run given the same --out stops with an error naming the first."""
+    directory made) while it runs, so a second run given the same --out stops with an error naming the first. Of the
+    ranks of a torchrun run (`keydyn.distributed`) rank 0 alone writes, and holds the lock."""
 
     def decorate(run: Run) -> Run:
         @functools.wraps(run)
         def locked(config: Any, *args: Any, **kwargs: Any) -> Any:
-            if getattr(config, "resume", False) and not Path(config.out).exists():
-                return run(config, *args, **kwargs)  # which says there is nothing to resume
+            if not writes_files() or (getattr(config, "resume", False) and not Path(config.out).exists()):
+                return run(config, *args, **kwargs)  # (the latter says there is nothing to resume)
             with DirectoryLock(config.out, what, create=True):
                 return run(config, *args, **kwargs)
 

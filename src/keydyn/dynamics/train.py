@@ -32,6 +32,12 @@ identity (nothing to fit before the encoder is trained).
 Every file is written atomically (temporary file, then os.replace) and each checkpoint as a whole, so a run killed
 at any moment resumes from its last finished epoch with `resume=True` (one killed before its first starts again)
 and then produces the same weights and metrics as an uninterrupted run.
+
+Under torchrun (`keydyn.distributed`) every rank draws the same shuffled, augmented global batch of --batch-size
+windows and trains on its share of it (DistributedDataParallel averages the gradients, each rank's loss weighted by
+its share), so N processes follow one process's run up to float reduction order (exactly for per-window losses; a
+method's `trainable_losses` over the distinct frames of a batch count each rank's frames once). Rank 0 computes the
+latents and writes every file, validates and checkpoints; every rank resumes from the checkpoint rank 0 read.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from tqdm import tqdm
 
 from keydyn.data.split import split_episodes
 from keydyn.data.store import EpisodeStore
+from keydyn.distributed import ONE_PROCESS, World, joined
 from keydyn.dynamics.augment import augment_windows
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.dynamics.windows import WindowSet, make_windows, window_starts
@@ -217,14 +224,20 @@ def split_dataset(config: TrainDynamicsConfig) -> tuple[EpisodeStore, np.ndarray
     return store, train_episodes, val_episodes
 
 
-def load_windows(config: TrainDynamicsConfig) -> tuple[WindowSet, WindowSet]:
+def load_windows(config: TrainDynamicsConfig, world: World = ONE_PROCESS) -> tuple[WindowSet, WindowSet]:
     """(train, validation) windows of the configured latents, split by episode (`split_dataset`).
 
-    The latent method may write files into `config.out` (e.g. descriptor references), which must exist.
+    The latent method may write files into `config.out` (e.g. descriptor references), which must exist; of several
+    ranks (`world`), rank 0 computes the latents and frame inputs and the others receive them.
     """
     store, train_episodes, val_episodes = split_dataset(config)
-    latents = config.method.dataset_latents(store, config, config.out)
-    inputs = config.method.frame_inputs(store, config, config.out)
+    arrays = None
+    if world.main:
+        arrays = (
+            config.method.dataset_latents(store, config, config.out),
+            config.method.frame_inputs(store, config, config.out),
+        )
+    latents, inputs = world.broadcast(arrays)
     actions = np.asarray(store.frames("action"), dtype=np.float32)
     ends = store.episode_ends
     train = make_windows(latents, actions, ends, train_episodes, config.history, config.horizon, inputs)
@@ -242,24 +255,46 @@ def window_batch(
     """Windows `indices` -> latents (B, n + H, D), actions (B, n + H - 1, 2) and frame inputs or None (the
     (U, *F) inputs of the batch's distinct frames and the (B, n + H) row of each entry among them,
     `WindowSet.batch_inputs`). The latents are moved by a random SE(2) motion when `augment` = (generator, max
-    translation, max yaw) is given, then mapped by the latent method's `trainable` module (on its device) when
-    there is one, which also reads the frame inputs when the windows carry them.
+    translation, max yaw) is given, then mapped by the latent method's `trainable` module (`map_windows`) when
+    there is one.
+    """
+    latents, actions, inputs = drawn_windows(windows, indices, augment)
+    if trainable is not None:
+        latents, inputs = map_windows(trainable, latents, inputs)
+    return latents, actions, inputs
+
+
+def drawn_windows(
+    windows: WindowSet,
+    indices: torch.Tensor,
+    augment: tuple[torch.Generator, float, float] | None,
+    part: slice | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """`window_batch` before the `trainable` module, of the windows `part` (a rank's share,
+    `keydyn.distributed.World.share`) of `indices`: the motions are drawn for all of `indices` (the same random
+    numbers whatever the part), then the part is taken."""
+    latents, actions = windows.batch(indices)
+    if augment is not None:
+        latents, actions = augment_windows(latents, actions, *augment)
+    if part is not None:
+        latents, actions, indices = latents[part], actions[part], indices[part]
+    return latents, actions, windows.batch_inputs(indices)
+
+
+def map_windows(
+    trainable: nn.Module, latents: torch.Tensor, inputs: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """(B, n + H, D) window latents mapped by the latent method's `trainable` module (on its device), which also
+    reads the frame inputs (moved to its device) when the windows carry them.
 
     The module is applied after the motion (WDS / WSDS: convex combinations commute with it), so gradients
     reach it.
     """
-    latents, actions = windows.batch(indices)
-    inputs = windows.batch_inputs(indices)
-    if augment is not None:
-        latents, actions = augment_windows(latents, actions, *augment)
-    if trainable is not None:
-        device = next(trainable.parameters()).device
-        if inputs is None:
-            latents = trainable(latents.to(device))
-        else:
-            inputs = (inputs[0].to(device), inputs[1].to(device))
-            latents = trainable(latents.to(device), *inputs)
-    return latents, actions, inputs
+    device = next(trainable.parameters()).device
+    if inputs is None:
+        return trainable(latents.to(device)), None
+    inputs = (inputs[0].to(device), inputs[1].to(device))
+    return trainable(latents.to(device), *inputs), inputs
 
 
 def build_model(config: TrainDynamicsConfig, train: WindowSet, trainable: nn.Module | None) -> DynamicsMLP:
@@ -316,35 +351,62 @@ def method_losses(
     return method.trainable_losses(trainable, latents, *(inputs or (None, None)))
 
 
+class Objective(nn.Module):
+    """The training loss of a batch as one module holding the model and the method's `trainable` module (or
+    None), so that DistributedDataParallel (`keydyn.distributed.World.wrap`) wraps all that is trained."""
+
+    def __init__(self, model: DynamicsMLP, trainable: nn.Module | None, method: LatentMethod) -> None:
+        super().__init__()
+        self.model, self.trainable, self.method = model, trainable, method
+
+    def forward(
+        self, latents: torch.Tensor, actions: torch.Tensor, inputs: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Drawn windows (`drawn_windows`) -> the rollout loss (m^2) and the method's `trainable_losses`."""
+        if self.trainable is not None:
+            latents, inputs = map_windows(self.trainable, latents, inputs)
+        device = next(self.model.parameters()).device
+        loss, _ = rollout_loss(self.model, latents.to(device), actions.to(device), self.method)
+        return loss, method_losses(self.method, self.trainable, latents, inputs)
+
+
 def train_epoch(
-    model: DynamicsMLP,
-    trainable: nn.Module | None,
+    objective: nn.Module,
     optimizer: torch.optim.Optimizer,
     windows: WindowSet,
     config: TrainDynamicsConfig,
     generator: torch.Generator,
-    device: torch.device,
+    world: World = ONE_PROCESS,
 ) -> tuple[float, dict[str, float]]:
     """One pass over shuffled (and augmented) training windows, minimising the rollout loss plus the method's
-    `trainable_losses`; returns the mean rollout loss (m^2) and the mean of each of those terms. The optimizer
-    holds the method's trainable module too, when there is one."""
-    model.train()
+    `trainable_losses` (`objective`: an `Objective`, in DistributedDataParallel for several ranks); returns the
+    mean rollout loss (m^2) and the mean of each of those terms over all ranks. The optimizer holds the method's
+    trainable module too, when there is one.
+
+    Each rank of `world` trains on its share of every batch, its loss weighted by that share; a rank whose share
+    is empty (a last batch smaller than the world) computes the loss of the batch's first window with weight 0,
+    so that it still takes part in DDP's gradient averaging.
+    """
+    objective.train()
     order = torch.randperm(len(windows), generator=generator)
     augment = (generator, config.augment_translation, config.augment_yaw) if config.augments else None
     total, count, term_totals = 0.0, 0, {}
     for begin in range(0, len(order), config.batch_size):
-        latents, actions, inputs = window_batch(windows, order[begin : begin + config.batch_size], trainable, augment)
-        loss, _ = rollout_loss(model, latents.to(device), actions.to(device), config.method)
-        terms = method_losses(config.method, trainable, latents, inputs)
-        objective = loss + sum(terms.values()) if terms else loss
+        indices = order[begin : begin + config.batch_size]
+        part = world.share(len(indices))
+        size = part.stop - part.start
+        latents, actions, inputs = drawn_windows(windows, indices, augment, part if size else slice(0, 1))
+        loss, terms = objective(latents, actions, inputs)
+        value = loss + sum(terms.values()) if terms else loss
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        (value * world.weight(size, len(indices))).backward()
         optimizer.step()
-        total += float(loss.detach()) * len(latents)
-        for name, value in terms.items():
-            term_totals[name] = term_totals.get(name, 0.0) + float(value.detach()) * len(latents)
-        count += len(latents)
-    return total / count, {name: value / count for name, value in term_totals.items()}
+        total += float(loss.detach()) * size
+        for name, term in terms.items():
+            term_totals[name] = term_totals.get(name, 0.0) + float(term.detach()) * size
+        count += size
+    total, count, *sums = world.total([total, count, *term_totals.values()])
+    return total / count, {name: value / count for name, value in zip(term_totals, sums, strict=True)}
 
 
 @torch.no_grad()
@@ -501,15 +563,24 @@ def selection_value(method: LatentMethod, row: dict[str, Any]) -> float:
 
 @one_writer("keydyn train-dynamics")
 def train_dynamics(config: TrainDynamicsConfig) -> Path:
-    """Train (or resume) a dynamics model; returns the run directory `config.out`."""
+    """Train (or resume) a dynamics model; returns the run directory `config.out`. Under torchrun, on every rank
+    (`keydyn.distributed`; rank 0 writes the files)."""
     device = resolve_device(config.device)
+    with joined(device) as world:
+        return _train(config, world, world.device(device))
+
+
+def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> Path:
     store = split_dataset(config)[0]  # checks the dataset before anything is written
-    resumed = resumed_checkpoint(
-        config.out, config, _RESUMABLE_FIELDS, "epoch", (best_key(config.method),), upgrade_keypoints_json
-    )
-    write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
-    write_json_atomic(config.out / "task.json", store_task(store).to_dict())
-    train, val = load_windows(config)
+    resumed = None
+    if world.main:
+        resumed = resumed_checkpoint(
+            config.out, config, _RESUMABLE_FIELDS, "epoch", (best_key(config.method),), upgrade_keypoints_json
+        )
+        write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
+        write_json_atomic(config.out / "task.json", store_task(store).to_dict())
+    resumed = world.broadcast(resumed)
+    train, val = load_windows(config, world)
     with torch.random.fork_rng(devices=[]):  # a module with random initial weights starts the same every run
         torch.manual_seed(config.seed + 2)
         trainable = config.method.trainable(train.latents.shape[1])
@@ -526,12 +597,16 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
         _restore(config, resumed, model, trainable, optimizer, generator)
         start_epoch, best_error = resumed.info["epoch"], resumed.info[best_key(config.method)]
         metrics = resumed.metrics
+    objective = world.wrap(Objective(model, trainable, config.method), device)
     pictured = picture_frames(val) if trainable is not None and val.inputs is not None and len(val) else None
-    bar = tqdm(range(start_epoch + 1, config.epochs + 1), desc="dynamics", disable=not config.progress)
+    progress = config.progress and world.main
+    bar = tqdm(range(start_epoch + 1, config.epochs + 1), desc="dynamics", disable=not progress)
     for epoch in bar:
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(epoch)
-        train_loss, train_terms = train_epoch(model, trainable, optimizer, train, config, generator, device)
+        train_loss, train_terms = train_epoch(objective, optimizer, train, config, generator, world)
+        if not world.main:
+            continue  # rank 0 validates and writes; the others go on to the next epoch's gradient averaging
         val_loss, val_error, val_terms = math.nan, math.nan, dict.fromkeys(train_terms, math.nan)
         if len(val):
             val_loss, val_error, val_terms = evaluate(model, trainable, val, config.method, config.batch_size, device)
@@ -546,4 +621,5 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
                     config.method.write_picture(trainable, pictured.to(next(trainable.parameters()).device), config.out)
         save_checkpoint(config, model, trainable, optimizer, generator, epoch, best_error, metrics)
         bar.set_postfix(train=f"{train_loss:.2e}", val_err_m=f"{val_error:.4f}")
+    world.barrier()  # the last checkpoint is written when any rank returns
     return config.out

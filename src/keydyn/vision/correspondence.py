@@ -103,6 +103,10 @@ class MatchBatch:
     def to(self, device: torch.device | str) -> MatchBatch:
         return MatchBatch(*(value.to(device) for value in vars(self).values()))
 
+    def pairs(self, part: slice) -> MatchBatch:
+        """The matches of the pairs `part` of the batch."""
+        return MatchBatch(*(value[part] for value in vars(self).values()))
+
 
 def sample_pixels(region: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
     """Up to `num` distinct pixels drawn uniformly from a boolean region (all of them if it has fewer).

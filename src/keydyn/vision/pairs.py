@@ -124,6 +124,17 @@ class PairBatch:
     def to(self, device: torch.device | str) -> PairBatch:
         return PairBatch(*(value.to(device) for value in vars(self).values()))
 
+    def pairs(self, part: slice) -> PairBatch:
+        """The pairs `part` of the batch (their A and B images)."""
+        size = len(self)
+        values = {name: value for name, value in vars(self).items() if name not in ("rgb", "mask", "matches")}
+        return PairBatch(
+            rgb=torch.cat([self.rgb[:size][part], self.rgb[size:][part]]),
+            mask=torch.cat([self.mask[:size][part], self.mask[size:][part]]),
+            matches=self.matches.pairs(part),
+            **{name: value[part] for name, value in values.items()},
+        )
+
 
 def stack_pairs(pairs: list[Pair], num_matches: int, num_hidden: int = 0) -> PairBatch:
     """Stack pairs (all of one image size) into a batch, padding or cutting each to `num_matches` matches and

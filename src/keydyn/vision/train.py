@@ -25,6 +25,12 @@ Every file is written atomically and each checkpoint as a whole, so a run killed
 checkpoint with `resume=True` (one killed before its first starts again) and then produces the same weights and
 metrics as an uninterrupted run (on the CPU: CUDA kernels and the CUDA generator that dropout uses there are not
 reproduced).
+
+Under torchrun (`keydyn.distributed`) every rank draws and augments the same global batch of --batch-size pairs and
+trains on its share of the pairs (DistributedDataParallel averages the gradients; each rank's loss terms are
+weighted by its share of the valid matches, and batch norm takes its statistics over the whole batch), so N
+processes follow one process's run up to float reduction order (not the dilated head's dropout, drawn per rank).
+Rank 0 validates, draws the pictures and writes every file; every rank resumes from the checkpoint rank 0 read.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from keydyn.data.split import split_episodes
+from keydyn.distributed import ONE_PROCESS, World, joined, synchronise_batch_norm
 from keydyn.files import write_json_atomic, write_lines
 from keydyn.locks import one_writer
 from keydyn.runs import (
@@ -219,29 +226,51 @@ def describe(net: DescriptorNet, rgb: torch.Tensor, precision: str) -> torch.Ten
 
 
 def train_step(
-    net: DescriptorNet,
+    net: DescriptorNet | torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: PairBatch,
     config: TrainVisualConfig,
     generator: torch.Generator,
+    world: World = ONE_PROCESS,
 ) -> dict[str, float]:
-    """One optimiser step on an (augmented) batch; returns its losses (total, heatmap, pixel, depth)."""
+    """One optimiser step on an (augmented) batch; returns its losses (total, heatmap, pixel, depth).
+
+    Of several ranks (`world`; `net` in DistributedDataParallel), each describes its share of the pairs (the
+    whole batch augmented on every rank, so the random numbers are those of one process) and weights its loss
+    terms by its share of their valid matches (hidden points for the hidden term), so that the averaged gradient
+    and the returned losses are those of the whole batch; a rank without pairs describes the first with weight 0.
+    """
     net.train()
-    descriptors = describe(net, augment(batch, config, generator), config.precision)
-    size = len(batch)
-    losses = descriptor_losses(descriptors[:size], descriptors[size:], batch.depth_b, batch.matches, config.loss)
+    augmented = dataclasses.replace(batch, rgb=augment(batch, config, generator))
+    part = world.share(len(batch))
+    empty = part.start == part.stop
+    mine = augmented.pairs(slice(0, 1) if empty else part)
+    size = len(mine)
+    descriptors = describe(net, mine.rgb, config.precision)
+    losses = descriptor_losses(descriptors[:size], descriptors[size:], mine.depth_b, mine.matches, config.loss)
+    total, weights = losses.total, {"matched": 1.0, "hidden": 1.0}
+    if world.distributed:
+        for name, valid, whole in (
+            ("matched", mine.matches.valid, batch.matches.valid),
+            ("hidden", mine.matches.hidden_valid, batch.matches.hidden_valid),
+        ):
+            weights[name] = 0.0 if empty else world.weight(int(valid.sum()), int(whole.sum()))
+        spatial = config.loss.spatial_weight * (losses.pixel + losses.depth)
+        matched = weights["matched"] * (config.loss.heatmap_weight * losses.heatmap + spatial)
+        total = matched + weights["hidden"] * config.loss.hidden_weight * losses.hidden
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()
+    total.backward()
     optimizer.step()
-    row = {
-        "loss_total": float(losses.total.detach()),
-        "loss_heatmap": float(losses.heatmap.detach()),
-        "loss_pixel": float(losses.pixel.detach()),
-        "loss_depth": float(losses.depth.detach()),
+    terms = {
+        "loss_total": (total, 1.0),
+        "loss_heatmap": (losses.heatmap, weights["matched"]),
+        "loss_pixel": (losses.pixel, weights["matched"]),
+        "loss_depth": (losses.depth, weights["matched"]),
     }
     if config.loss.hidden_weight:
-        row["loss_hidden"] = float(losses.hidden.detach())
-    return row
+        terms["loss_hidden"] = (losses.hidden, weights["hidden"])
+    values = world.total([float(value.detach()) * weight / world.size for value, weight in terms.values()])
+    return dict(zip(terms, values, strict=True))
 
 
 @torch.no_grad()
@@ -384,20 +413,32 @@ def _restore(
 
 @one_writer("keydyn train-visual")
 def train_visual(config: TrainVisualConfig) -> Path:
-    """Train (or resume) a descriptor network; returns the run directory `config.out`."""
+    """Train (or resume) a descriptor network; returns the run directory `config.out`. Under torchrun, on every
+    rank (`keydyn.distributed`; rank 0 writes the files)."""
     device = resolve_device(config.device)
+    with joined(device) as world:
+        return _train(config, world, world.device(device))
+
+
+def _train(config: TrainVisualConfig, world: World, device: torch.device) -> Path:
     train, val_batches = make_samplers(config)  # checks the dataset before anything is written
     net = build_network(config)
     if config.init_from is not None and not (config.resume and (config.out / "last.json").exists()):
         copy_initial_weights(net, config.init_from)  # before anything is written: a wrong run is refused
-    resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "step", ("best_val_pixel_error_median",))
+    resumed = None
+    if world.main:
+        resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "step", ("best_val_pixel_error_median",))
+    resumed = world.broadcast(resumed)
+    if world.distributed:
+        synchronise_batch_norm(net)
     net = net.to(device)
     if config.precision == "bf16":
         net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
-    write_json_atomic(config.out / "task.json", store_task(train.store).to_dict())
+    if world.main:
+        write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
+        write_json_atomic(config.out / "task.json", store_task(train.store).to_dict())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         start, best_error, metrics = 0, math.inf, []
@@ -405,17 +446,18 @@ def train_visual(config: TrainVisualConfig) -> Path:
             _restore(config.out, resumed, net, optimizer, generator)
             start, best_error = resumed.info["step"], resumed.info["best_val_pixel_error_median"]
             metrics = resumed.metrics
-        bar = tqdm(range(start + 1, config.steps + 1), desc="descriptors", disable=not config.progress)
+        trained = world.wrap(net, device)
+        bar = tqdm(range(start + 1, config.steps + 1), desc="descriptors", disable=not (config.progress and world.main))
         for step in bar:
             lr = config.learning_rate(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = train.sample_batch(config.batch_size, generator).to(device)
-            row = {"step": step, "lr": lr, **train_step(net, optimizer, batch, config, generator)}
+            row = {"step": step, "lr": lr, **train_step(trained, optimizer, batch, config, generator, world)}
             metrics.append(row)
             bar.set_postfix(loss=f"{row['loss_total']:.3f}")
-            if step % config.validate_every and step != config.steps:
-                continue
+            if (step % config.validate_every and step != config.steps) or not world.main:
+                continue  # rank 0 validates and writes; the others go on to the next step's gradient averaging
             row.update(validate(net, val_batches, config, device))
             draw_pictures(net, val_batches[0], config, device)
             if row["val_pixel_error_median"] < best_error:
@@ -423,4 +465,5 @@ def train_visual(config: TrainVisualConfig) -> Path:
                 save_best(net, config, step, row)
             save_checkpoint(net, optimizer, generator, config, step, best_error, metrics)
             bar.set_postfix(loss=f"{row['loss_total']:.3f}", val_px=f"{row['val_pixel_error_median']:.1f}")
+    world.barrier()  # the last checkpoint is written when any rank returns
     return config.out
