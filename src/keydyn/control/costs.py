@@ -8,10 +8,13 @@ between samples a few millimetres apart; the original code used metres, where ga
 almost equally.
 
 Batched environments: a goal or reference with a leading B dimension is matched to the planner's B * N rows
-(environment-major, as `keydyn.planning.rollout` orders them).
+(environment-major, as `keydyn.planning.rollout` orders them); `per_environment` joins B costs of one
+environment each into one such cost.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -70,5 +73,20 @@ def tracking_cost(reference: Tensor, part: slice, scale: float = 100.0) -> Cost:
         if predicted.shape[-2] != target.shape[-2]:
             raise ValueError(f"reference has {target.shape[-2]} steps, the plan {predicted.shape[-2]}")
         return (scale * (predicted - target)).square().sum(dim=(-1, -2)).reshape(-1)
+
+    return cost
+
+
+def per_environment(costs: Sequence[Cost]) -> Cost:
+    """One cost of B environments' B * N rows (environment-major) from B costs of one environment each: cost b is
+    called on rows b * N to (b + 1) * N, so each gives what it gives when that environment is planned alone."""
+    if len(costs) == 1:
+        return costs[0]
+
+    def cost(states: Tensor, actions: Tensor) -> Tensor:
+        n = states.shape[0] // len(costs)
+        return torch.cat(
+            [part(states[b * n : (b + 1) * n], actions[b * n : (b + 1) * n]) for b, part in enumerate(costs)]
+        )
 
     return cost

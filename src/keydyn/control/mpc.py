@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -21,7 +21,7 @@ import torch
 import tyro
 from torch import Tensor
 
-from keydyn.control.costs import nonfinite_entries
+from keydyn.control.costs import nonfinite_entries, per_environment
 from keydyn.dynamics.model import DynamicsMLP
 from keydyn.latents.base import PUSHER_DIM
 from keydyn.planning import (
@@ -154,11 +154,28 @@ def constant_velocity_grid(headings: int, speeds: tuple[float, ...]) -> np.ndarr
     return np.concatenate([grid, np.zeros((1, 2))]).astype(np.float32)
 
 
+@dataclass
+class _Episode:
+    """What the controller keeps of one episode: the last n (D,) latents and n - 1 (2,) actions (m/s) of its
+    Markov state, the last action (which led to the next latent), the warm start (H, 2) for its next plan, the
+    states (H + 1, S) predicted along its last plan, and its planner's random source."""
+
+    latents: list[np.ndarray]
+    actions: list[np.ndarray]
+    generator: torch.Generator
+    executed: np.ndarray | None = None
+    warm_start: Tensor | None = None
+    planned_states: Tensor | None = None
+
+
 class MPCController:
-    """Receding-horizon control of one environment with a learned dynamics model.
+    """Receding-horizon control of one environment, or of B in lockstep, with a learned dynamics model.
 
     Usage per episode: `reset(first_latent, seed)`, then each step `act(latent, make_cost, steps_left)`, where
-    `make_cost(H)` gives the planning cost for a horizon of H steps.
+    `make_cost(H)` gives the planning cost for a horizon of H steps. B episodes at once: `reset_batch(latents,
+    seeds)`, then each step `act_batch(episodes, latents, make_costs, steps_left)` for those still running; their
+    plans are made in one planner call per distinct horizon (B x N rollouts), each episode's samples drawn from
+    its own seeded generator, so that every episode acts as it would alone.
 
     cost_part: the entries of a latent that costs compare and the observation filter blends (the run's
         `LatentMethod.cost_part`); default all but the pusher xy. `latent_part` holds it, `state_part` the
@@ -172,9 +189,8 @@ class MPCController:
         self.model = model.to(device).eval().requires_grad_(False)
         self.dynamics = model_dynamics(self.model, config.precision)
         limit = torch.full((2,), config.action_limit, device=device)
-        self.generator = torch.Generator(device=device)
         planner = PLANNERS[type(config.planner)].planner
-        self.planner = planner(self.dynamics, _unset_cost, config.planner, -limit, limit, self.generator)
+        self.planner = planner(self.dynamics, _unset_cost, config.planner, -limit, limit)
         self.grid = torch.as_tensor(constant_velocity_grid(config.grid_headings, config.grid_speeds), device=device)
         self.grid = torch.clamp(self.grid, -limit, limit)
         dim = model.latent_dim
@@ -182,11 +198,7 @@ class MPCController:
         self.latent_part = slice(begin, end)
         offset = (model.history - 1) * dim  # where the most recent latent starts inside the Markov state
         self.state_part = slice(offset + begin, offset + end)
-        self._latents: list[np.ndarray] = []
-        self._actions: list[np.ndarray] = []
-        self._executed: np.ndarray | None = None  # the last action, which led to the next latent
-        self._warm_start: Tensor | None = None
-        self._planned_states: Tensor | None = None  # (H + 1, S) states predicted along the last plan
+        self._episodes: list[_Episode] = []
 
     def horizon(self, steps_left: int | None) -> int:
         """Planning horizon for a step with `steps_left` control steps to go, this one included (None: no episode
@@ -202,40 +214,33 @@ class MPCController:
 
     def reset(self, latent: np.ndarray, seed: int) -> None:
         """Start an episode at (D,) `latent`: the history is that latent repeated with zero actions."""
-        n = self.model.history
-        self._latents = [self._checked(latent)] * n
-        self._actions = [np.zeros(2, dtype=np.float32)] * (n - 1)
-        self._executed = None
-        self._warm_start = None
-        self._planned_states = None
-        self.generator.manual_seed(seed)
+        self.reset_batch([latent], [seed])
 
-    def state(self) -> Tensor:
-        """(S,) Markov state of the last n latents and the n - 1 actions between them."""
-        latents = torch.as_tensor(np.stack(self._latents), device=self.device)[None]
-        past = np.stack(self._actions) if self._actions else np.zeros((0, 2), np.float32)
-        actions = torch.as_tensor(past, device=self.device)[None]
-        return self.model.pack_state(latents, actions)[0]
+    def reset_batch(self, latents: Sequence[np.ndarray], seeds: Sequence[int]) -> None:
+        """Start B episodes (numbered 0 to B - 1 in `act_batch`), episode b at (D,) `latents[b]` with its planner
+        seeded with `seeds[b]`."""
+        if len(latents) != len(seeds):
+            raise ValueError(f"MPCController.reset_batch: {len(latents)} latents but {len(seeds)} seeds; give one each")
+        n = self.model.history
+        checked = [self._checked(latent) for latent in latents]  # all, before any episode changes
+        self._episodes = []
+        for latent, seed in zip(checked, seeds, strict=True):
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed)
+            self._episodes.append(_Episode([latent] * n, [np.zeros(2, dtype=np.float32)] * (n - 1), generator))
+
+    def state(self, episode: int = 0) -> Tensor:
+        """(S,) Markov state of an episode's last n latents and the n - 1 actions between them."""
+        return self._state(self._episode(episode))
 
     @torch.no_grad()
     def plan(self, latent: np.ndarray, cost: Cost, horizon: int) -> PlanResult:
         """Record (D,) `latent` as the newest observation (filtered, see MPCConfig.observation_gain) and plan
         `horizon` steps under `cost`."""
-        latent = self._checked(latent)
-        if self._executed is not None and self.config.observation_gain < 1:
-            latent = self._filtered(latent)
-        self._latents = [*self._latents[1:], latent]
-        if self._executed is not None and self.model.history > 1:
-            self._actions = [*self._actions[1:], self._executed]
-        state = self.state()
-        self.planner.cost = cost
-        warm_start = self._warm_start
-        if warm_start is None and self.config.grid_seed:
-            warm_start = self._best_constant_velocity(state, cost, horizon)
-        elif warm_start is not None and warm_start.shape[0] < horizon:
-            pad = torch.zeros(horizon - warm_start.shape[0], 2, device=self.device)
-            warm_start = torch.cat([warm_start, pad])
-        return self.planner.plan(state, warm_start, horizon)
+        episode = self._episode(0)
+        self._record(episode, latent)
+        result = self._plan([episode], cost, horizon)
+        return PlanResult(result.actions[0], result.cost[0], result.states[0])
 
     def act(self, latent: np.ndarray, make_cost: Callable[[int], Cost], steps_left: int | None = None) -> np.ndarray:
         """Plan from the newest (D,) latent and return the (2,) action to execute now, m/s.
@@ -244,21 +249,87 @@ class MPCController:
             ValueError: the latent is not a finite (D,) vector, the cost's goal or reference is not finite
                 (`keydyn.control.costs`), or steps_left < 1.
         """
-        horizon = self.horizon(steps_left)
-        result = self.plan(latent, make_cost(horizon), horizon)
-        action = result.actions[0].float().cpu().numpy()
-        self._warm_start = self.planner.shift(result.actions)
-        self._executed = action
-        self._planned_states = result.states
-        return action
+        return self.act_batch([0], [latent], [make_cost], [steps_left])[0]
 
-    def predicted_latents(self) -> np.ndarray:
-        """(H + 1, D) latents the model predicts along the last plan (its first row: the latent planned from), in
-        the latent's units; what the paper's figure 1 draws."""
-        if self._planned_states is None:
+    @torch.no_grad()
+    def act_batch(
+        self,
+        episodes: Sequence[int],
+        latents: Sequence[np.ndarray],
+        make_costs: Sequence[Callable[[int], Cost]],
+        steps_left: Sequence[int | None],
+    ) -> np.ndarray:
+        """`act` for several episodes of `reset_batch` at once: (E, 2) actions in m/s, row e for `episodes[e]`
+        planned from its newest (D,) `latents[e]` under `make_costs[e]` with `steps_left[e]` steps to go. Episodes
+        with the same horizon are planned in one planner call; the others keep their state."""
+        horizons = [self.horizon(left) for left in steps_left]
+        costs = [make_cost(horizon) for make_cost, horizon in zip(make_costs, horizons, strict=True)]
+        chosen = [self._episode(index) for index in episodes]
+        for episode, latent in zip(chosen, latents, strict=True):
+            self._record(episode, latent)
+        actions = np.zeros((len(chosen), 2), dtype=np.float32)
+        keys = [(horizon, episode.warm_start is None) for horizon, episode in zip(horizons, chosen, strict=True)]
+        for key in dict.fromkeys(keys):  # one call per horizon (and for first plans, which have no warm start)
+            rows = [row for row, other in enumerate(keys) if other == key]
+            group = [chosen[row] for row in rows]
+            result = self._plan(group, per_environment([costs[row] for row in rows]), key[0])
+            for k, (row, episode) in enumerate(zip(rows, group, strict=True)):
+                episode.executed = result.actions[k, 0].float().cpu().numpy()
+                episode.warm_start = self.planner.shift(result.actions[k])
+                episode.planned_states = result.states[k]
+                actions[row] = episode.executed
+        return actions
+
+    def predicted_latents(self, episode: int = 0) -> np.ndarray:
+        """(H + 1, D) latents the model predicts along an episode's last plan (its first row: the latent planned
+        from), in the latent's units; what the paper's figure 1 draws."""
+        planned = self._episode(episode).planned_states
+        if planned is None:
             raise RuntimeError("no plan yet: call act() first")
-        states = self._planned_states.reshape(-1, self._planned_states.shape[-1])
+        states = planned.reshape(-1, planned.shape[-1])
         return self.model.current_latent(states.float()).cpu().numpy()
+
+    def _episode(self, index: int) -> _Episode:
+        if not 0 <= index < len(self._episodes):
+            raise RuntimeError(
+                f"MPCController (keydyn/control/mpc.py): no episode {index} of {len(self._episodes)}; call reset() or "
+                "reset_batch() with each episode's first latent before planning"
+            )
+        return self._episodes[index]
+
+    def _state(self, episode: _Episode) -> Tensor:
+        latents = torch.as_tensor(np.stack(episode.latents), device=self.device)[None]
+        past = np.stack(episode.actions) if episode.actions else np.zeros((0, 2), np.float32)
+        actions = torch.as_tensor(past, device=self.device)[None]
+        return self.model.pack_state(latents, actions)[0]
+
+    def _record(self, episode: _Episode, latent: np.ndarray) -> None:
+        """Append (D,) `latent` (filtered) and the action executed since the last one to the episode's history."""
+        latent = self._checked(latent)
+        if episode.executed is not None and self.config.observation_gain < 1:
+            latent = self._filtered(episode, latent)
+        episode.latents = [*episode.latents[1:], latent]
+        if episode.executed is not None and self.model.history > 1:
+            episode.actions = [*episode.actions[1:], episode.executed]
+
+    def _plan(self, episodes: list[_Episode], cost: Cost, horizon: int) -> PlanResult:
+        """One planner call for B episodes (their states (B, S), warm starts, generators), all making their first
+        plan or none, under a cost of their B x N rows; a batched PlanResult."""
+        state = torch.stack([self._state(episode) for episode in episodes])
+        self.planner.cost = cost
+        self.planner.generator = [episode.generator for episode in episodes]
+        starts = [episode.warm_start for episode in episodes]
+        if starts[0] is None:  # a first plan (act_batch plans first plans and later ones apart)
+            warm_start = self._best_constant_velocity(state, cost, horizon) if self.config.grid_seed else None
+        else:
+            warm_start = torch.stack([self._padded(start, horizon) for start in starts])
+        return self.planner.plan(state, warm_start, horizon)
+
+    def _padded(self, warm_start: Tensor, horizon: int) -> Tensor:
+        """(H', 2) warm start padded with zero actions to at least `horizon` steps."""
+        if warm_start.shape[0] >= horizon:
+            return warm_start
+        return torch.cat([warm_start, torch.zeros(horizon - warm_start.shape[0], 2, device=self.device)])
 
     def _checked(self, latent: np.ndarray) -> np.ndarray:
         """(D,) `latent` as float32, or a ValueError naming its non-finite entries or its wrong shape."""
@@ -273,22 +344,24 @@ class MPCController:
             )
         return latent
 
-    def _filtered(self, observed: np.ndarray) -> np.ndarray:
+    def _filtered(self, episode: _Episode, observed: np.ndarray) -> np.ndarray:
         """(D,) `observed` with its compared entries (object keypoints, metres) moved toward the model's
-        prediction of them, made from the state before this observation and the action executed since; the other
-        entries (the pusher's position) are kept."""
-        executed = torch.as_tensor(self._executed, device=self.device)
-        predicted = self.dynamics(self.state()[None], executed[None])[0, self.state_part].cpu().numpy()
+        prediction of them, made from the episode's state before this observation and the action executed since;
+        the other entries (the pusher's position) are kept."""
+        executed = torch.as_tensor(episode.executed, device=self.device)
+        predicted = self.dynamics(self._state(episode)[None], executed[None])[0, self.state_part].cpu().numpy()
         gain = self.config.observation_gain
         filtered = observed.copy()
         filtered[self.latent_part] = gain * observed[self.latent_part] + (1 - gain) * predicted
         return filtered
 
     def _best_constant_velocity(self, state: Tensor, cost: Cost, horizon: int) -> Tensor:
-        """(H, 2) the lowest-cost sequence holding one grid velocity for all H steps."""
-        candidates = self.grid[None, :, None, :].expand(1, len(self.grid), horizon, 2)
-        _, costs = rollout(self.dynamics, cost, state[None], candidates)
-        return candidates[0, int(costs[0].argmin())]
+        """(B, H, 2) per episode of (B, S) `state` the lowest-cost sequence holding one grid velocity for all H
+        steps."""
+        B = state.shape[0]
+        candidates = self.grid[None, :, None, :].expand(B, len(self.grid), horizon, 2)
+        _, costs = rollout(self.dynamics, cost, state, candidates)
+        return candidates[torch.arange(B, device=self.device), costs.argmin(dim=1)]
 
 
 def _unset_cost(states: Tensor, actions: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ commands zero velocity, records why in the episode's `fault`, and ends the episo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +159,110 @@ def annotated_frame(
     return np.concatenate(panels, axis=1)
 
 
+class ClosedLoop:
+    """One environment's closed loop, which `run_closed_loops` advances one control step at a time beside others.
+
+    reset_options: the environment's reset options; make_cost(t, H): the cost of the plan made at step t with
+    horizon H; steps: MPC steps at most; seed: the planner's seed; target(t): the (D,) target latent of step t,
+    drawn with the current one by `video_points`, frames recorded only when both are given; shrinking: plan to the
+    end of the `steps` (the controller caps the horizon) rather than a fixed window. Making one resets the
+    environment and observes its first latent (or why the observation is refused: `fault`).
+    """
+
+    def __init__(
+        self,
+        env: PushingEnv,
+        encoder: LatentEncoder,
+        reset_options: dict,
+        make_cost: Callable[[int, int], Cost],
+        steps: int,
+        seed: int,
+        target: Callable[[int], np.ndarray] | None = None,
+        video_points: VideoPoints | None = None,
+        shrinking: bool = True,
+    ) -> None:
+        self.env, self.encoder, self.make_cost, self.steps, self.seed = env, encoder, make_cost, steps, seed
+        self.target, self.video_points, self.shrinking = target, video_points, shrinking
+        self.record = target is not None and video_points is not None
+        observation, self.info = env.reset(options=reset_options)
+        self.first_info = self.info
+        self.latent, self.fault = observe(encoder, observation, info=self.info, reset=True)
+        self.latents = [] if self.fault else [self.latent]
+        self.actions: list[np.ndarray] = []
+        self.frames: list[np.ndarray] = []
+        self.plan_time, self.termination, self.ended = 0.0, "", bool(self.fault)
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop takes another control step."""
+        return not self.ended and len(self.actions) < self.steps
+
+    def cost(self, horizon: int) -> Cost:
+        """The cost of this step's plan with horizon H."""
+        return self.make_cost(len(self.actions), horizon)
+
+    def steps_left(self) -> int | None:
+        """The steps left to plan to (this one included), None for a fixed window."""
+        return self.steps - len(self.actions) if self.shrinking else None
+
+    def advance(self, action: np.ndarray, predicted: np.ndarray | None) -> None:
+        """Execute the planned (2,) `action` (m/s) and observe; `predicted`: the (H + 1, D) latents predicted along
+        the plan, drawn when frames are recorded."""
+        t = len(self.actions)
+        if self.record:  # the scene as planned from, with the plan's predicted points
+            points = [self.video_points(z) for z in predicted]
+            paths = None if points[0] is None else np.stack(points)
+            current = self.video_points(self.latent)
+            self.frames.append(annotated_frame(self.env, self.video_points(self.target(t)), current, paths))
+        observation, _, terminated, _, self.info = self.env.step(action)
+        self.actions.append(action)
+        self.latent, self.fault = observe(self.encoder, observation, self.info)
+        if self.fault:
+            self.ended = True
+            return
+        self.latents.append(self.latent)
+        if terminated:
+            self.termination, self.ended = self.info.get("termination", "terminated"), True
+
+    def finish(self, latent_dim: int) -> ClosedLoopRun:
+        """End the loop (the zero-velocity stop after a refused observation) and return what it observed."""
+        if self.fault:  # the safe stop: the pusher is commanded to stand still, and the episode ends
+            stop = np.zeros(ACTION_DIM, dtype=np.float32)
+            _, _, terminated, _, self.info = self.env.step(stop)
+            self.actions.append(stop)
+            self.termination = self.info.get("termination", "terminated") if terminated else ""
+        if self.record:
+            current = None if self.fault else self.video_points(self.latent)
+            self.frames.append(annotated_frame(self.env, self.video_points(self.target(len(self.actions))), current))
+        latents = np.stack(self.latents) if self.latents else np.zeros((0, latent_dim), np.float32)
+        actions = _stack_actions(self.actions)
+        return ClosedLoopRun(
+            latents, actions, self.first_info, self.info, self.termination, self.plan_time, self.frames, self.fault
+        )
+
+
+def run_closed_loops(controller: MPCController, loops: list[ClosedLoop]) -> list[ClosedLoopRun]:
+    """Run B closed loops in lockstep, all of them planned at each step by one `controller.act_batch` call (one
+    planner call per distinct horizon); a loop that terminates or is stopped by a refused observation drops out
+    while the others go on. Each loop's run equals the one it has when run alone, to float tolerance; the
+    planning time of a step is shared equally among the loops planned in it."""
+    started = [loop for loop in loops if not loop.fault]
+    controller.reset_batch([loop.latent for loop in started], [loop.seed for loop in started])
+    while running := [(episode, loop) for episode, loop in enumerate(started) if loop.running]:
+        begin = time.perf_counter()
+        actions = controller.act_batch(
+            [episode for episode, _ in running],
+            [loop.latent for _, loop in running],
+            [loop.cost for _, loop in running],
+            [loop.steps_left() for _, loop in running],
+        )
+        share = (time.perf_counter() - begin) / len(running)
+        for (episode, loop), action in zip(running, actions, strict=True):
+            loop.plan_time += share
+            loop.advance(action, controller.predicted_latents(episode) if loop.record else None)
+    return [loop.finish(controller.model.latent_dim) for loop in loops]
+
+
 def run_closed_loop(
     env: PushingEnv,
     encoder: LatentEncoder,
@@ -172,49 +276,9 @@ def run_closed_loop(
     shrinking: bool = True,
 ) -> ClosedLoopRun:
     """Reset with `reset_options` and run `steps` MPC steps (fewer if the episode terminates, or is stopped by a
-    refused observation: see the module docstring).
-
-    make_cost(t, H): the cost of the plan made at step t with horizon H.
-    target(t): the (D,) target latent of step t, drawn with the current one by `video_points`; frames are
-        recorded only when both are given.
-    shrinking: plan to the end of the `steps` (the controller caps the horizon) rather than a fixed window.
-    """
-    observation, info = env.reset(options=reset_options)
-    first_info = info
-    latent, fault = observe(encoder, observation, info, reset=True)
-    record = target is not None and video_points is not None
-    latents, actions, frames = [], [], []
-    plan_time, termination = 0.0, ""
-    if not fault:
-        controller.reset(latent, seed)
-        latents.append(latent)
-    for t in range(0 if fault else steps):
-        begin = time.perf_counter()
-        action = controller.act(latent, lambda horizon, t=t: make_cost(t, horizon), steps - t if shrinking else None)
-        plan_time += time.perf_counter() - begin
-        if record:  # the scene as planned from, with the plan's predicted points
-            predicted = [video_points(z) for z in controller.predicted_latents()]
-            paths = None if predicted[0] is None else np.stack(predicted)
-            frames.append(annotated_frame(env, video_points(target(t)), video_points(latent), paths))
-        observation, _, terminated, _, info = env.step(action)
-        actions.append(action)
-        latent, fault = observe(encoder, observation, info)
-        if fault:
-            break
-        latents.append(latent)
-        if terminated:
-            termination = info.get("termination", "terminated")
-            break
-    if fault:  # the safe stop: the pusher is commanded to stand still, and the episode ends
-        stop = np.zeros(ACTION_DIM, dtype=np.float32)
-        _, _, terminated, _, info = env.step(stop)
-        actions.append(stop)
-        termination = info.get("termination", "terminated") if terminated else ""
-    if record:
-        current = None if fault else video_points(latent)
-        frames.append(annotated_frame(env, video_points(target(len(actions))), current))
-    latents = np.stack(latents) if latents else np.zeros((0, controller.model.latent_dim), np.float32)
-    return ClosedLoopRun(latents, _stack_actions(actions), first_info, info, termination, plan_time, frames, fault)
+    refused observation: see the module docstring); the arguments as `ClosedLoop`'s."""
+    loop = ClosedLoop(env, encoder, reset_options, make_cost, steps, seed, target, video_points, shrinking)
+    return run_closed_loops(controller, [loop])[0]
 
 
 def _stack_actions(actions: list[np.ndarray]) -> np.ndarray:
@@ -253,26 +317,48 @@ def reach_goal(
     latent's compared entries (`controller.latent_part`; keypoint latents: the object keypoints) to the goal's.
     Frames are recorded when `video_points` (the run's `LatentMethod.video_points`) is given.
     """
-    steps = pair.push_steps if steps is None else steps
-    observation, info = env.reset(options=pair.reset_options(pair.goal_state))
-    goal, fault = observe(encoder, observation, info, reset=True)
-    if fault:  # no goal to plan towards: the episode stops before its first step
-        _, info = env.reset(options=pair.reset_options(pair.start_state))
-        frames = [] if video_points is None else [annotated_frame(env, None, None)]
-        latents, actions = np.zeros((0, controller.model.latent_dim), np.float32), _stack_actions([])
-        run = ClosedLoopRun(latents, actions, info, info, "", 0.0, frames, f"the goal: {fault}")
-        return run.result(pair.index, pair.goal_position, pair.goal_quaternion)
-    goal_part = torch.as_tensor(goal[controller.latent_part], device=controller.device)
-    cost = terminal_cost(goal_part, controller.state_part, controller.config.cost_scale)
-    run = run_closed_loop(
-        env,
-        encoder,
-        controller,
-        pair.reset_options(pair.start_state),
-        lambda t, horizon: cost,
-        steps,
-        seed,
-        lambda t: goal,
-        video_points,
-    )
-    return run.result(pair.index, pair.goal_position, pair.goal_quaternion)
+    return reach_goals([env], [encoder], controller, [pair], [seed], steps, [video_points])[0]
+
+
+def reach_goals(
+    envs: Sequence[PushingEnv],
+    encoders: Sequence[LatentEncoder],
+    controller: MPCController,
+    pairs: Sequence[GoalPair],
+    seeds: Sequence[int],
+    steps: int | None = None,
+    video_points: Sequence[VideoPoints | None] | None = None,
+) -> list[EpisodeResult]:
+    """`reach_goal` for B pairs in lockstep (`run_closed_loops`): pair b in environment b with encoder b and
+    planner seed b, frames recorded when `video_points[b]` is given; each result equals `reach_goal`'s for that
+    pair alone, to float tolerance."""
+    video_points = [None] * len(pairs) if video_points is None else video_points
+    results: dict[int, EpisodeResult] = {}
+    loops: dict[int, ClosedLoop] = {}
+    for b, (env, encoder, pair, seed, points) in enumerate(
+        zip(envs, encoders, pairs, seeds, video_points, strict=True)
+    ):
+        observation, info = env.reset(options=pair.reset_options(pair.goal_state))
+        goal, fault = observe(encoder, observation, info, reset=True)
+        if fault:  # no goal to plan towards: the episode stops before its first step
+            _, info = env.reset(options=pair.reset_options(pair.start_state))
+            frames = [] if points is None else [annotated_frame(env, None, None)]
+            latents, actions = np.zeros((0, controller.model.latent_dim), np.float32), _stack_actions([])
+            run = ClosedLoopRun(latents, actions, info, info, "", 0.0, frames, f"the goal: {fault}")
+            results[b] = run.result(pair.index, pair.goal_position, pair.goal_quaternion)
+            continue
+        goal_part = torch.as_tensor(goal[controller.latent_part], device=controller.device)
+        cost = terminal_cost(goal_part, controller.state_part, controller.config.cost_scale)
+        loops[b] = ClosedLoop(
+            env,
+            encoder,
+            pair.reset_options(pair.start_state),
+            lambda t, horizon, cost=cost: cost,
+            pair.push_steps if steps is None else steps,
+            seed,
+            lambda t, goal=goal: goal,
+            points,
+        )
+    for b, run in zip(loops, run_closed_loops(controller, list(loops.values())), strict=True):
+        results[b] = run.result(pairs[b].index, pairs[b].goal_position, pairs[b].goal_quaternion)
+    return [results[b] for b in range(len(pairs))]

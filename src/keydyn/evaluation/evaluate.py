@@ -10,11 +10,14 @@ The output directory holds:
                             latents; others draw what their method's `video_points` gives)
 
 Episodes run in a pool of `workers` processes, each planning with one thread; an episode's planner is seeded
-from (seed, episode index), so results do not depend on the number of workers.
+from (seed, episode index), so results do not depend on the number of workers. With `batch` B > 1 each process
+runs groups of B episodes in lockstep, B environments planned in one planner call of B x N rollouts per step
+(`keydyn.evaluation.episodes.reach_goals`); each episode's results equal its unbatched ones to float tolerance.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 from keydyn.control.mpc import MPCConfig, planner_name, upgrade_mpc_json
 from keydyn.control.run import control_setup, load_run
-from keydyn.evaluation.episodes import reach_goal
+from keydyn.evaluation.episodes import reach_goals
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
@@ -36,9 +39,10 @@ from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, writ
 from keydyn.locks import one_writer
 from keydyn.runs import prepare_run_dir
 from keydyn.sim.config import check_seed
+from keydyn.sim.env import PushingEnv
 from keydyn.video import write_video
 
-_RESUMABLE_FIELDS = ("episodes", "workers", "resume", "progress", "videos")
+_RESUMABLE_FIELDS = ("episodes", "workers", "batch", "resume", "progress", "videos")
 
 
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # the planner's options (MPPI's by default) show in --help
@@ -62,6 +66,9 @@ class EvaluateConfig:
     """Planner seed; episode k's planner is seeded from (seed, k)."""
     workers: int = 2
     """Worker processes (0: run in this process)."""
+    batch: int = 1
+    """Episodes each process runs in lockstep, planned together in one planner call per step (B x N rollouts);
+    results do not depend on it beyond float tolerance. 1: one episode at a time."""
     videos: int = 3
     """Episodes (the first ones) to record as videos."""
     success_position_cm: float = 3.0
@@ -76,6 +83,8 @@ class EvaluateConfig:
             raise ValueError(f"--episodes must be at least 1, got {self.episodes}")
         if self.workers < 0 or self.videos < 0:
             raise ValueError("--workers and --videos must be >= 0")
+        if self.batch < 1:
+            raise ValueError(f"--batch must be at least 1 (episodes planned together), got {self.batch}")
         check_seed(self.seed)
 
     def to_json(self) -> dict[str, Any]:
@@ -96,22 +105,32 @@ def episode_seed(seed: int, index: int) -> int:
 
 
 class GoalReachingWorker:
-    """Everything one process needs to run episodes: the task, the encoder, the controller."""
+    """Everything one process needs to run episodes: the task, the controller, and `batch` environments, each with
+    its own encoder (a copy of the run's)."""
 
     def __init__(self, config: EvaluateConfig) -> None:
         self.config = config
         self.setup = control_setup(config.run, config.task, config.checkpoint, config.mpc)
+        env, encoder = self.setup.env, self.setup.encoder
+        extra = range(config.batch - 1)
+        self.envs = [env] + [PushingEnv(env.task, images=encoder.needs_images) for _ in extra]
+        self.encoders = [encoder] + [copy.deepcopy(encoder) for _ in extra]
 
-    def __call__(self, index: int) -> dict[str, Any]:
-        config, setup = self.config, self.setup
-        pair = goal_pair(setup.env, config.goals, index)
-        record = index < config.videos
-        seed = episode_seed(config.seed, index)
-        points = setup.method.video_points if record else None
-        result = reach_goal(setup.env, setup.encoder, setup.controller, pair, seed, video_points=points)
-        if record:
-            write_video(result.frames, config.out / "videos" / f"episode_{index:03d}.mp4", fps=5)
-        return {**result.row(), "push_steps": pair.push_steps, "actions": result.actions.tolist()}
+    def __call__(self, group: list[int]) -> list[dict[str, Any]]:
+        """The rows of episodes `group` (at most `batch`), run in lockstep."""
+        config, setup, count = self.config, self.setup, len(group)
+        pairs = [goal_pair(self.envs[0], config.goals, index) for index in group]
+        seeds = [episode_seed(config.seed, index) for index in group]
+        points = [setup.method.video_points if index < config.videos else None for index in group]
+        results = reach_goals(
+            self.envs[:count], self.encoders[:count], setup.controller, pairs, seeds, video_points=points
+        )
+        rows = []
+        for index, pair, result in zip(group, pairs, results, strict=True):
+            if index < config.videos:
+                write_video(result.frames, config.out / "videos" / f"episode_{index:03d}.mp4", fps=5)
+            rows.append({**result.row(), "push_steps": pair.push_steps, "actions": result.actions.tolist()})
+        return rows
 
 
 def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
@@ -134,12 +153,13 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     rows = [row for row in done if row["index"] < config.episodes]
     with open(config.out / "episodes.jsonl", "a") as log:
         bar = tqdm(total=len(todo), desc="episodes", disable=not config.progress)
-        for row in run_parallel(GoalReachingWorker, config, todo, config.workers):
-            log.write(json.dumps(row) + "\n")
+        groups = [todo[start : start + config.batch] for start in range(0, len(todo), config.batch)]
+        for group in run_parallel(GoalReachingWorker, config, groups, config.workers):
+            log.write("".join(json.dumps(row) + "\n" for row in group))
             log.flush()
             os.fsync(log.fileno())
-            rows.append(row)
-            bar.update()
+            rows.extend(group)
+            bar.update(len(group))
             bar.set_postfix(err_cm=f"{np.mean([r['final_position_error_cm'] for r in rows]):.2f}")
         bar.close()
     rows.sort(key=lambda row: row["index"])

@@ -100,7 +100,9 @@ class Planner:
     dynamics, cost: see `Dynamics` and `Cost`.
     low, high: (A,) action bounds in m/s; they fix the device and dtype of all planned actions.
     generator: random source of every draw; by default a new torch.Generator on the bounds' device seeded with
-        `seed` (the MPC controller passes its own and seeds it per episode).
+        `seed`. A list of B generators, one per environment of a (B, S) call, draws each environment's samples
+        from its own, exactly as a call with that environment alone and its generator would (the MPC controller
+        sets one per episode, seeded per episode, so that batched episodes equal unbatched ones).
     horizon: planning horizon H, in control steps, of a call that gives neither a horizon nor a warm start.
     """
 
@@ -111,7 +113,7 @@ class Planner:
         config: PlannerConfig,
         low: Tensor,
         high: Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         *,
         seed: int = 0,
         horizon: int = 10,
@@ -129,7 +131,7 @@ class Planner:
         if generator is None:
             generator = torch.Generator(device=low.device)
             generator.manual_seed(seed)
-        self.generator = generator
+        self.generator: torch.Generator | list[torch.Generator] = generator
 
     def shift(self, actions: Tensor) -> Tensor:
         """Warm start for the next control step from the plan just executed (..., H, A), per `config.warm_start`."""
@@ -163,9 +165,8 @@ class Planner:
         raise NotImplementedError
 
     def _uniform(self, shape: tuple[int, ...]) -> Tensor:
-        """Uniform actions of `shape` (..., A) within the bounds, drawn from the planner's generator."""
-        u = torch.rand(shape, generator=self.generator, device=self.low.device, dtype=self.low.dtype)
-        return self.low + (self.high - self.low) * u
+        """Uniform actions of `shape` (B, ..., A) within the bounds, drawn from the planner's generator(s)."""
+        return self.low + (self.high - self.low) * self._draw(torch.rand, shape)
 
     def _initial_mean(self, batch: int, warm_start: Tensor | None, horizon: int) -> Tensor:
         """The sampling mean to start from: the warm start, or zero actions (batch, horizon, A)."""
@@ -174,5 +175,18 @@ class Planner:
         return torch.zeros(batch, horizon, self.low.shape[0], dtype=self.low.dtype, device=self.low.device)
 
     def _normal(self, shape: tuple[int, ...]) -> Tensor:
-        """Standard normal samples of `shape` drawn from the planner's generator."""
-        return torch.randn(shape, generator=self.generator, device=self.low.device, dtype=self.low.dtype)
+        """Standard normal samples of `shape` (B, ...) drawn from the planner's generator(s)."""
+        return self._draw(torch.randn, shape)
+
+    def _draw(self, sample: Callable[..., Tensor], shape: tuple[int, ...]) -> Tensor:
+        """`sample` (torch.rand or torch.randn) of `shape` (B, ...): all from the one generator, or with a list of B
+        generators environment b's (...) from generator b."""
+        options = {"device": self.low.device, "dtype": self.low.dtype}
+        if isinstance(self.generator, torch.Generator):
+            return sample(shape, generator=self.generator, **options)
+        if len(self.generator) != shape[0]:
+            raise ValueError(
+                f"Planner (keydyn/planning/base.py): {len(self.generator)} generators for {shape[0]} environments; "
+                "give one generator per environment of the call's (B, S) state"
+            )
+        return torch.stack([sample(shape[1:], generator=generator, **options) for generator in self.generator])

@@ -57,7 +57,9 @@ class MPPI(Planner):
             actions = torch.clamp(mean.unsqueeze(1) + correlated_noise(white, cfg.beta), self.low, self.high)
             states, costs = rollout(self.dynamics, self.cost, state, actions)
             weights = torch.softmax(-cfg.gamma * costs, dim=1)  # softmax subtracts the max of gamma * R itself
-            mean = torch.einsum("bn,bnha->bha", weights, actions)
+            # per environment: a batched einsum rounds differently for some horizons, which a closed loop amplifies;
+            # this way each environment's plan is bit-identical to the one it gets planned alone
+            mean = torch.cat([torch.einsum("bn,bnha->bha", weights[b : b + 1], actions[b : b + 1]) for b in range(B)])
             best = keep_better(best, select_best(actions, states, costs))
         if cfg.return_best and best is not None:
             return best
