@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from keydyn.cli import main
 from keydyn.dynamics.train import TrainDynamicsConfig, load_dynamics, train_dynamics
@@ -18,7 +19,7 @@ from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.report import comparison_table
 from keydyn.files import read_lines
 from keydyn.locks import LOCK_NAME
-from keydyn.runs import resolve_device
+from keydyn.runs import read_checked_tensors, resolve_device, write_tensors
 from keydyn.sim.preview import write_task_picture
 from keydyn.vision.network import DescriptorNetConfig
 from keydyn.vision.train import TrainVisualConfig, load_descriptor_net, train_visual
@@ -296,3 +297,22 @@ def test_preview_names_the_picture_formats(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"p\.txt.*\.png"):
         write_task_picture("top_down", tmp_path / "p.txt")
     assert not (tmp_path / "p.txt").exists()
+
+
+def test_cached_tensors_are_checked_against_their_digest(tmp_path):
+    path = tmp_path / "keypoints-x.safetensors"
+    tensors = {
+        "points": torch.randn(5, 4, 3, dtype=torch.float64),
+        "confidence": torch.rand(5, 4),
+        "n": torch.tensor(3),
+    }
+    write_tensors(path, tensors)
+    read = read_checked_tensors(path)
+    assert read is not None and all(torch.equal(read[k], tensors[k]) for k in tensors)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # a flipped bit inside a tensor: still a readable file
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"keypoints-x.safetensors is corrupt: its tensors differ from the SHA-256"):
+        read_checked_tensors(path, "delete it")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))  # as an older keydyn wrote caches
+    assert read_checked_tensors(path) is None

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from keydyn.data.store import EpisodeStore, StoreError
 from keydyn.files import DAMAGED, file_sha256, read_json, read_lines, write_atomic, write_json_atomic
@@ -257,6 +258,49 @@ def _tensors(data: bytes, path: Path, fix: str) -> dict[str, torch.Tensor]:
         return load_safetensors(data)
     except Exception as error:  # safetensors raises its own error types for every kind of damage
         raise _unreadable(path, error, fix) from error
+
+
+TENSORS_SHA256 = "tensors_sha256"  # safetensors metadata key of `tensors_digest`, in files written by write_tensors
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) over each tensor's name, dtype, shape and bytes, in name order."""
+    total = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        total.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        total.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return total.hexdigest()
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write `tensors` atomically as safetensors, with their `tensors_digest` in the metadata."""
+    tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    metadata = {TENSORS_SHA256: tensors_digest(tensors)}
+    write_atomic(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def read_checked_tensors(path: Path, fix: str = DAMAGED) -> dict[str, torch.Tensor] | None:
+    """The tensors of a file written by `write_tensors`, checked against their recorded digest; None for a file
+    without one (written by an older keydyn).
+
+    Raises:
+        ValueError: naming `path` and `fix` when the file is damaged, truncated, or its tensors differ from the
+            digest recorded when it was written.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    tensors = _tensors(data, path, fix)
+    try:
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _unreadable(path, error, fix) from error
+    recorded = (header.get("__metadata__") or {}).get(TENSORS_SHA256)
+    if recorded is None:
+        return None
+    if tensors_digest(tensors) != recorded:
+        raise ValueError(f"{path} is corrupt: its tensors differ from the SHA-256 recorded when it was written; {fix}")
+    return tensors
 
 
 def read_tensors(path: Path, fix: str = DAMAGED) -> dict[str, torch.Tensor]:

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from keydyn.data.store import EpisodeStore
-from keydyn.files import write_atomic
 from keydyn.latents.descriptor.references import References, locate_references
-from keydyn.runs import read_tensors
+from keydyn.runs import read_checked_tensors, write_tensors
 from keydyn.vision.network import DescriptorNet
 
 
@@ -117,10 +115,10 @@ def dataset_keypoints(
     (see `compute_keypoints`) and cached there."""
     path = Path(cache_dir) / f"keypoints-{cache_key(net, references, store, bf16)}.safetensors"
     if path.exists():
-        tensors = read_tensors(path, "delete it (the keypoints are located again) and run the command again")
-        return DatasetKeypoints(tensors["points"], tensors["confidence"])
+        tensors = read_checked_tensors(path, "delete it (the keypoints are located again) and run the command again")
+        if tensors is not None:  # else a cache of an older keydyn, without its digest: located again, replaced
+            return DatasetKeypoints(tensors["points"], tensors["confidence"])
     result = compute_keypoints(net, references, store, batch_size, bf16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"points": result.points.contiguous(), "confidence": result.confidence.contiguous()}
-    write_atomic(path, lambda p: save_file(tensors, str(p)))
+    write_tensors(path, {"points": result.points, "confidence": result.confidence})
     return result
