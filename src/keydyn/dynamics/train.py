@@ -224,13 +224,18 @@ def split_dataset(config: TrainDynamicsConfig) -> tuple[EpisodeStore, np.ndarray
     return store, train_episodes, val_episodes
 
 
-def load_windows(config: TrainDynamicsConfig, world: World = ONE_PROCESS) -> tuple[WindowSet, WindowSet]:
-    """(train, validation) windows of the configured latents, split by episode (`split_dataset`).
+def load_windows(
+    config: TrainDynamicsConfig,
+    world: World = ONE_PROCESS,
+    split: tuple[EpisodeStore, np.ndarray, np.ndarray] | None = None,
+) -> tuple[WindowSet, WindowSet]:
+    """(train, validation) windows of the configured latents, split by episode (`split`, the result of
+    `split_dataset(config)`, which is called when not given).
 
     The latent method may write files into `config.out` (e.g. descriptor references), which must exist; of several
     ranks (`world`), rank 0 computes the latents and frame inputs and the others receive them.
     """
-    store, train_episodes, val_episodes = split_dataset(config)
+    store, train_episodes, val_episodes = split if split is not None else split_dataset(config)
     arrays = None
     if world.main:
         arrays = (
@@ -571,7 +576,8 @@ def train_dynamics(config: TrainDynamicsConfig) -> Path:
 
 
 def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> Path:
-    store = split_dataset(config)[0]  # checks the dataset before anything is written
+    split = split_dataset(config)  # checks the dataset before anything is written
+    store = split[0]
     resumed = None
     if world.main:
         resumed = resumed_checkpoint(
@@ -580,7 +586,7 @@ def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> P
         write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
         write_json_atomic(config.out / "task.json", store_task(store).to_dict())
     resumed = world.broadcast(resumed)
-    train, val = load_windows(config, world)
+    train, val = load_windows(config, world, split)
     with torch.random.fork_rng(devices=[]):  # a module with random initial weights starts the same every run
         torch.manual_seed(config.seed + 2)
         trainable = config.method.trainable(train.latents.shape[1])
