@@ -368,6 +368,16 @@ class EpisodeStore:
         """(E,) int64, exclusive end frame of each episode."""
         return self._episode_ends.copy()
 
+    def camera(self, name: str | None, option: str = "--camera") -> str:
+        """Camera `name`, checked to be one of the store's, or the store's first camera when None; `option` is the
+        setting named in the error."""
+        cameras = list(self._root.attrs["cameras"])
+        if name is None:
+            return cameras[0]
+        if name not in cameras:
+            raise ValueError(f"{option} {name!r}: {self.path} has the cameras {', '.join(cameras)}; choose one of them")
+        return name
+
     def episode_range(self, episode: int) -> tuple[int, int]:
         """[start, end) frame indices of `episode`."""
         if not 0 <= episode < self._num_episodes:

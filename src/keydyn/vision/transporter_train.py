@@ -136,16 +136,6 @@ class TrainTransporterConfig:
 
 
 # -- data -----------------------------------------------------------------------------------------------
-def dataset_camera(store: EpisodeStore, camera: str | None) -> str:
-    """`camera`, checked to be one of the dataset's, or the dataset's first camera when None."""
-    cameras = list(store.attrs["cameras"])
-    if camera is None:
-        return cameras[0]
-    if camera not in cameras:
-        raise ValueError(f"--camera {camera!r}: {store.path} has the cameras {', '.join(cameras)}")
-    return camera
-
-
 def prepare_frames(
     store: EpisodeStore,
     camera: str,
@@ -364,7 +354,7 @@ def train_transporter(config: TrainTransporterConfig) -> Path:
     """Train (or resume) a Transporter network; returns the run directory `config.out`."""
     device = resolve_device(config.device)
     store = open_dataset(config.dataset)
-    camera = dataset_camera(store, config.camera)
+    camera = store.camera(config.camera)
     task = store_task(store)
     resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "epoch", ("best_val_reconstruction_mse",))
     train, val = make_sources(config, store, camera)

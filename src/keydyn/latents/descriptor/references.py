@@ -221,16 +221,6 @@ class References:
         )
 
 
-def default_camera(store: EpisodeStore, camera: str | None) -> str:
-    """`camera`, checked to be one of the dataset's, or the dataset's first camera when None."""
-    cameras = list(store.attrs["cameras"])
-    if camera is None:
-        return cameras[0]
-    if camera not in cameras:
-        raise ValueError(f"camera {camera!r} is not in the dataset; choose one of {', '.join(cameras)}")
-    return camera
-
-
 def reference_frame(store: EpisodeStore, config: KeypointConfig) -> int:
     """The global dataset row of the configured reference image."""
     if not 0 <= config.reference_episode < store.num_episodes:
@@ -339,7 +329,7 @@ def choose_references(
         ValueError: the reference image shows too little of the object, or too few descriptors match
             themselves or are far apart.
     """
-    camera = default_camera(store, config.camera)
+    camera = store.camera(config.camera, "--keypoints.camera")
     frame = reference_frame(store, config)
     view = load_view(store, camera, frame)
     if int(view.mask.sum()) < config.num_descriptors:
