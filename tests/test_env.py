@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import gymnasium as gym
 import mujoco
@@ -13,8 +14,9 @@ from gymnasium.utils.env_checker import check_env
 from scipy import ndimage
 
 import keydyn.sim  # noqa: F401  (registers the environments)
-from keydyn.sim.config import SUGAR_BOX_SIZE, TASK_NAMES, task_config
+from keydyn.sim.config import SUGAR_BOX_SIZE, TASK_NAMES, TaskConfig, task_config
 from keydyn.sim.env import PushingEnv, mug_instances, mug_shape, object_yaw
+from keydyn.sim.environment import PushingEnvironment, make_environment
 from keydyn.sim.meshes import mug_mesh
 from keydyn.sim.textures import mug_pattern
 
@@ -241,3 +243,39 @@ def test_bad_arguments_are_rejected_with_a_fix():
     with pytest.raises(ValueError, match=r"finite \(2,\) pusher velocity"):
         env.step(np.array([np.nan, 0.0]))
     env.close()
+
+
+class _MirroredPushingEnv(PushingEnv):
+    """A stand-in for another environment: keydyn's scene with the pusher commands mirrored in x."""
+
+    def step(self, action):
+        return super().step(np.asarray(action) * np.array([-1.0, 1.0]))
+
+
+def test_a_registered_environment_and_task_are_what_collection_runs(tmp_path):
+    """A task that names another registered environment is collected in it (the mirrored pushes move the pusher
+    the other way), and the store records the task with its environment."""
+    from keydyn.data.collect import collect
+    from keydyn.sim import environment_names, make_environment, register_environment, register_task, task_names
+
+    from .conftest import small_collect_config
+
+    register_environment("mirrored", lambda task, images: _MirroredPushingEnv(task, images=images))
+    register_task(replace(task_config("top_down"), name="top_down_mirrored", environment="mirrored"))
+    assert "mirrored" in environment_names() and "top_down_mirrored" in task_names()
+    assert isinstance(make_environment(task_config("top_down_mirrored")), PushingEnvironment)
+    plain = collect(small_collect_config(tmp_path / "plain", episodes=1))
+    mirrored = collect(small_collect_config(tmp_path / "mirrored", episodes=1, task="top_down_mirrored"))
+    assert TaskConfig.from_dict(mirrored.attrs["task_config"]).environment == "mirrored"
+    for store, sign in ((plain, 1.0), (mirrored, -1.0)):  # the pusher moves as the environment's step makes it
+        episode = store.episode(0)
+        action_x, velocity_x = episode["action"][:-1, 0], episode["pusher_velocity"][1:, 0]
+        firm = np.abs(action_x) > 0.05
+        assert firm.sum() >= 3
+        assert np.all(np.sign(velocity_x[firm]) == sign * np.sign(action_x[firm]))
+
+
+def test_an_unregistered_environment_is_named_with_the_known_ones():
+    task = replace(task_config("top_down"), environment="no_such_robot")
+    with pytest.raises(ValueError, match=r"'no_such_robot', which is not registered \(known: .*keydyn"):
+        make_environment(task)

@@ -11,8 +11,8 @@ from keydyn.dynamics.model import DynamicsMLP
 from keydyn.dynamics.train import load_dynamics
 from keydyn.files import read_json
 from keydyn.latents import LatentEncoder, LatentMethod, get_latent
-from keydyn.sim.config import TASK_NAMES, TaskConfig, task_config
-from keydyn.sim.env import PushingEnv
+from keydyn.sim.config import TaskConfig, task_config
+from keydyn.sim.environment import PushingEnvironment, make_environment
 
 
 @dataclass
@@ -35,8 +35,6 @@ def run_task(run_dir: Path, task: str | None = None) -> TaskConfig:
     trained = TaskConfig.from_dict(read_json(path))
     if task is None or task == trained.name:
         return trained
-    if task not in TASK_NAMES:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")
     return replace(task_config(task), width=trained.width, height=trained.height)
 
 
@@ -67,7 +65,7 @@ class ControlSetup:
     """An environment of a run's task with the run's encoder and an MPC controller over its dynamics, whose costs
     compare the entries of the latent the run's `method` names."""
 
-    env: PushingEnv
+    env: PushingEnvironment
     encoder: LatentEncoder
     controller: MPCController
     method: LatentMethod
@@ -78,6 +76,6 @@ def control_setup(
 ) -> ControlSetup:
     """Load a run and build what a closed-loop episode needs (rendering only if the encoder reads images)."""
     trained = load_run(run_dir, task, which)
-    env = PushingEnv(trained.task, images=trained.encoder.needs_images)
+    env = make_environment(trained.task, images=trained.encoder.needs_images)
     controller = MPCController(trained.model, mpc, trained.method.cost_part(trained.model.latent_dim))
     return ControlSetup(env, trained.encoder, controller, trained.method)

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from keydyn.data.store import EpisodeStore, StoreError, encode_frames
 from keydyn.files import disk_full_error, is_disk_full
 from keydyn.locks import DirectoryLock
-from keydyn.sim.config import TASK_NAMES, TaskConfig, check_seed, task_config
-from keydyn.sim.env import PushingEnv
+from keydyn.sim.config import TaskConfig, check_seed, task_config, task_names
+from keydyn.sim.environment import PushingEnvironment, make_environment
 from keydyn.sim.policy import RandomPushConfig, RandomPushPolicy
 from keydyn.workers import die_with_parent, worker_count
 
@@ -69,8 +69,8 @@ class CollectConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.task not in TASK_NAMES:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASK_NAMES)}")
+        if self.task not in task_names():
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(task_names())}")
         if self.episodes < 1:
             raise ValueError(f"--episodes must be at least 1, got {self.episodes}")
         if self.steps < 1:
@@ -132,7 +132,7 @@ def field_specs(task: TaskConfig, state_size: int) -> tuple[dict, dict]:
 
 
 def simulate_episode(
-    env: PushingEnv, policy_config: RandomPushConfig, steps: int, seed: int
+    env: PushingEnvironment, policy_config: RandomPushConfig, steps: int, seed: int
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run one random-push episode from `seed`.
 
@@ -184,7 +184,7 @@ def episode_is_kept(frames: dict[str, np.ndarray], rule: EpisodeFilter) -> bool:
     return translation >= rule.min_translation or rotation >= math.radians(rule.min_rotation_deg)
 
 
-def collect_episode(env: PushingEnv, config: CollectConfig, index: int) -> tuple[dict, dict]:
+def collect_episode(env: PushingEnvironment, config: CollectConfig, index: int) -> tuple[dict, dict]:
     """Episode `index` of the dataset: the first attempt that passes the filter."""
     for attempt in range(config.filter.max_attempts):
         seed = episode_seed(config.seed, index, attempt)
@@ -200,14 +200,14 @@ def collect_episode(env: PushingEnv, config: CollectConfig, index: int) -> tuple
 class _Worker:
     """Per-process simulation state of a collection worker."""
 
-    env: PushingEnv | None = None
+    env: PushingEnvironment | None = None
     config: CollectConfig | None = None
 
 
 def _init_worker(config: CollectConfig, parent: int) -> None:
     die_with_parent(parent)
     _Worker.config = config
-    _Worker.env = PushingEnv(config.task_config())
+    _Worker.env = make_environment(config.task_config())
 
 
 def _worker_episode(index: int) -> tuple[dict, dict]:
@@ -224,7 +224,7 @@ def _episodes(config: CollectConfig, indices: Sequence[int]) -> Iterator[tuple[d
     """Episodes `indices` in order, simulated by up to `config.workers` processes (see `worker_count`)."""
     workers = worker_count(config.workers, len(indices))
     if workers == 1:
-        env = PushingEnv(config.task_config())
+        env = make_environment(config.task_config())
         try:
             for index in indices:
                 yield _encode_images(*collect_episode(env, config, index))
@@ -256,7 +256,7 @@ def _open_for_collection(config: CollectConfig) -> EpisodeStore:
                 "with the original settings or collect into a new --out"
             )
         return store
-    env = PushingEnv(task)
+    env = make_environment(task)
     try:
         obs, _ = env.reset(seed=config.seed)
         state_size = env.sim_state().shape[0]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from keydyn.latents.base import ACTION_DIM
+from keydyn.sim.environment import ACTION_DIM
 
 PAPER_HIDDEN = (500, 500)  # paper: 2 hidden layers of 500 units
 ORIGINAL_HIDDEN = (500, 1000, 1000, 500)  # the original code's DynaNetMLP

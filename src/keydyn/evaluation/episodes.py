@@ -1,6 +1,6 @@
 """Closed-loop episodes: goal reaching from a start/goal pair, and tracking a demonstrated latent trajectory.
 
-Both run the same loop, observe -> encode -> plan -> act, on a `PushingEnv`, and score the final object pose
+Both run the same loop, observe -> encode -> plan -> act, on a `PushingEnvironment`, and score the final object pose
 against the target's true pose (ground truth is read for scoring only).
 
 An observation the encoder refuses (`keydyn.sim.observations.ObservationError`: a missing entry, a wrong dtype or
@@ -22,11 +22,11 @@ from keydyn.control.costs import nonfinite_entries, terminal_cost
 from keydyn.control.mpc import MPCController
 from keydyn.evaluation.goals import GoalPair
 from keydyn.evaluation.metrics import pose_errors
-from keydyn.latents.base import ACTION_DIM, LatentEncoder
+from keydyn.latents.base import LatentEncoder
 from keydyn.planning.base import Cost
-from keydyn.sim.env import PushingEnv
+from keydyn.sim.environment import ACTION_DIM, PushingEnvironment
 from keydyn.sim.observations import ObservationError
-from keydyn.sim.render import camera_intrinsics, camera_pose
+from keydyn.sim.render import camera_intrinsics
 from keydyn.video import draw_points, draw_polyline
 from keydyn.vision.geometry import project
 
@@ -119,12 +119,12 @@ class ClosedLoopRun:
         )
 
 
-def _to_display(env: PushingEnv, index: int, points: np.ndarray, scale: int) -> np.ndarray:
+def _to_display(env: PushingEnvironment, index: int, points: np.ndarray, scale: int) -> np.ndarray:
     """(..., 3) world points (metres) -> (..., 2) pixels of camera `index`'s image scaled up `scale` times (NaN
     behind the camera)."""
     camera = env.task.cameras[index]
     K = torch.as_tensor(camera_intrinsics(camera.fovy_deg, env.task.width, env.task.height))
-    pose = torch.as_tensor(camera_pose(env.model, env.data, env.handles.camera_ids[index]))
+    pose = torch.as_tensor(env.camera_poses()[index])
     flat = torch.as_tensor(np.asarray(points, dtype=np.float64).reshape(-1, 3))
     uv, depth = project(flat, K, pose)
     uv = torch.where(depth[:, None] > 0, uv, torch.nan).numpy()
@@ -132,7 +132,7 @@ def _to_display(env: PushingEnv, index: int, points: np.ndarray, scale: int) -> 
 
 
 def annotated_frame(
-    env: PushingEnv,
+    env: PushingEnvironment,
     target_points: np.ndarray | None,
     current_points: np.ndarray | None,
     predicted_points: np.ndarray | None = None,
@@ -171,7 +171,7 @@ class ClosedLoop:
 
     def __init__(
         self,
-        env: PushingEnv,
+        env: PushingEnvironment,
         encoder: LatentEncoder,
         reset_options: dict,
         make_cost: Callable[[int, int], Cost],
@@ -264,7 +264,7 @@ def run_closed_loops(controller: MPCController, loops: list[ClosedLoop]) -> list
 
 
 def run_closed_loop(
-    env: PushingEnv,
+    env: PushingEnvironment,
     encoder: LatentEncoder,
     controller: MPCController,
     reset_options: dict,
@@ -303,7 +303,7 @@ def observe(
 
 
 def reach_goal(
-    env: PushingEnv,
+    env: PushingEnvironment,
     encoder: LatentEncoder,
     controller: MPCController,
     pair: GoalPair,
@@ -321,7 +321,7 @@ def reach_goal(
 
 
 def reach_goals(
-    envs: Sequence[PushingEnv],
+    envs: Sequence[PushingEnvironment],
     encoders: Sequence[LatentEncoder],
     controller: MPCController,
     pairs: Sequence[GoalPair],

@@ -39,7 +39,7 @@ from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, writ
 from keydyn.locks import one_writer
 from keydyn.runs import prepare_run_dir
 from keydyn.sim.config import check_seed
-from keydyn.sim.env import PushingEnv
+from keydyn.sim.environment import make_environment
 from keydyn.video import write_video
 
 _RESUMABLE_FIELDS = ("episodes", "workers", "batch", "resume", "progress", "videos")
@@ -113,7 +113,7 @@ class GoalReachingWorker:
         self.setup = control_setup(config.run, config.task, config.checkpoint, config.mpc)
         env, encoder = self.setup.env, self.setup.encoder
         extra = range(config.batch - 1)
-        self.envs = [env] + [PushingEnv(env.task, images=encoder.needs_images) for _ in extra]
+        self.envs = [env] + [make_environment(env.task, images=encoder.needs_images) for _ in extra]
         self.encoders = [encoder] + [copy.deepcopy(encoder) for _ in extra]
 
     def __call__(self, group: list[int]) -> list[dict[str, Any]]:

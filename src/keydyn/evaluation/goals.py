@@ -15,7 +15,7 @@ import numpy as np
 
 from keydyn.evaluation.metrics import pose_errors
 from keydyn.sim.config import check_seed
-from keydyn.sim.env import PushingEnv
+from keydyn.sim.environment import PushingEnvironment
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class GoalPair:
         return float(distance), float(angle)
 
 
-def _draw_pair(env: PushingEnv, config: GoalPairConfig, index: int, seed: int) -> GoalPair | None:
+def _draw_pair(env: PushingEnvironment, config: GoalPairConfig, index: int, seed: int) -> GoalPair | None:
     rng = np.random.default_rng(seed)
     heading = float(rng.uniform(0.0, 2 * math.pi))
     object_xy = rng.uniform(-config.object_xy_range, config.object_xy_range, size=2)
@@ -115,7 +115,7 @@ def _draw_pair(env: PushingEnv, config: GoalPairConfig, index: int, seed: int) -
     )
 
 
-def goal_pair(env: PushingEnv, config: GoalPairConfig, index: int) -> GoalPair:
+def goal_pair(env: PushingEnvironment, config: GoalPairConfig, index: int) -> GoalPair:
     """Pair `index` of the set `config` describes; it depends only on (config, index), not on other pairs."""
     for attempt in range(config.max_attempts):
         seed = int(np.random.SeedSequence([config.seed, index, attempt]).generate_state(1)[0])
@@ -128,6 +128,6 @@ def goal_pair(env: PushingEnv, config: GoalPairConfig, index: int) -> GoalPair:
     )
 
 
-def make_goal_pairs(env: PushingEnv, config: GoalPairConfig, count: int) -> list[GoalPair]:
+def make_goal_pairs(env: PushingEnvironment, config: GoalPairConfig, count: int) -> list[GoalPair]:
     """Pairs 0 to `count` - 1 of the set `config` describes, in `env` (deterministic in config.seed)."""
     return [goal_pair(env, config, index) for index in range(count)]

@@ -31,7 +31,7 @@ from keydyn.files import write_json_atomic
 from keydyn.locks import holds_files, one_writer
 from keydyn.plots import pyplot, save_figure
 from keydyn.sim.config import check_seed
-from keydyn.sim.env import PushingEnv
+from keydyn.sim.environment import PushingEnvironment
 from keydyn.video import write_video
 
 
@@ -94,7 +94,7 @@ class TrackConfig:
         return offsets
 
 
-def load_demonstration(config: TrackConfig, env: PushingEnv, encoder) -> Demonstration:
+def load_demonstration(config: TrackConfig, env: PushingEnvironment, encoder) -> Demonstration:
     """The demonstration `config` names: a dataset episode replayed, or a generated constant push."""
     if config.dataset is None:
         goals = dataclasses.replace(config.goals, push_steps=(config.demo_steps,))

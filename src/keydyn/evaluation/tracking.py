@@ -20,7 +20,8 @@ from keydyn.control.mpc import MPCController
 from keydyn.evaluation.episodes import EpisodeResult, VideoPoints, run_closed_loop
 from keydyn.evaluation.goals import GoalPair
 from keydyn.latents.base import PUSHER_DIM, LatentEncoder
-from keydyn.sim.env import PushingEnv, object_yaw
+from keydyn.sim.env import object_yaw
+from keydyn.sim.environment import PushingEnvironment
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Demonstration:
 
 
 def record_demonstration(
-    env: PushingEnv, encoder: LatentEncoder, reset_options: dict[str, Any], actions: np.ndarray
+    env: PushingEnvironment, encoder: LatentEncoder, reset_options: dict[str, Any], actions: np.ndarray
 ) -> Demonstration:
     """Replay (T, 2) `actions` from the start `reset_options` restores, recording latents and true poses."""
     observation, info = env.reset(options=reset_options)
@@ -69,7 +70,7 @@ def record_demonstration(
     )
 
 
-def pair_demonstration(env: PushingEnv, encoder: LatentEncoder, pair: GoalPair) -> Demonstration:
+def pair_demonstration(env: PushingEnvironment, encoder: LatentEncoder, pair: GoalPair) -> Demonstration:
     """The constant push that made a start/goal pair, as a demonstration (the original code's N-step push)."""
     actions = np.repeat(np.asarray(pair.push_velocity)[None], pair.push_steps, axis=0)
     return record_demonstration(env, encoder, pair.reset_options(pair.start_state), actions)
@@ -87,7 +88,7 @@ def perturbed_start(demo: Demonstration, dx: float, dy: float, dyaw: float) -> d
 
 
 def track(
-    env: PushingEnv,
+    env: PushingEnvironment,
     encoder: LatentEncoder,
     controller: MPCController,
     demo: Demonstration,

@@ -8,7 +8,6 @@ Importing this package registers those built-in methods.
 """
 
 from keydyn.latents.base import (
-    ACTION_DIM,
     PUSHER_DIM,
     KeypointLatent,
     LatentEncoder,
@@ -32,7 +31,6 @@ from keydyn.latents import (
 from keydyn.latents.autoencoder import AutoencoderConfig  # the autoencoder latent's settings
 
 __all__ = [
-    "ACTION_DIM",
     "PUSHER_DIM",
     "AutoencoderConfig",
     "KeypointConfig",

@@ -27,7 +27,6 @@ from keydyn.runs import load_checkpoint
 from keydyn.sim.config import TaskConfig
 
 PUSHER_DIM = 2  # the pusher's world xy, metres
-ACTION_DIM = 2  # the pusher's commanded world xy velocity, m/s
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,14 @@ and likewise ``angled``, ``occlusions`` and ``mugs``; keyword arguments override
 
 import gymnasium as gym
 
-from keydyn.sim.config import TASK_NAMES, CameraSpec, TaskConfig, task_config
+from keydyn.sim.config import TASK_NAMES, CameraSpec, TaskConfig, register_task, task_config, task_names
 from keydyn.sim.env import PushingEnv
+from keydyn.sim.environment import (
+    PushingEnvironment,
+    environment_names,
+    make_environment,
+    register_environment,
+)
 from keydyn.sim.policy import RandomPushConfig, RandomPushPolicy
 
 for _name in TASK_NAMES:
@@ -20,8 +26,14 @@ __all__ = [
     "TASK_NAMES",
     "CameraSpec",
     "PushingEnv",
+    "PushingEnvironment",
     "RandomPushConfig",
     "RandomPushPolicy",
     "TaskConfig",
+    "environment_names",
+    "make_environment",
+    "register_environment",
+    "register_task",
     "task_config",
+    "task_names",
 ]

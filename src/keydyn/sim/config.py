@@ -9,7 +9,7 @@ from typing import Any, Literal
 SUGAR_BOX_SIZE = (0.0867, 0.1703, 0.0391)  # metres, YCB 004 sugar box collision box (x, y, z)
 SUGAR_BOX_MASS = 0.514  # kg
 
-TASK_NAMES = ("top_down", "angled", "occlusions", "mugs")
+TASK_NAMES = ("top_down", "angled", "occlusions", "mugs")  # the paper's tasks; task_names() lists every task
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class TaskConfig:
     """
 
     name: str
+    environment: str = "keydyn"  # the registered environment that runs the task (keydyn.sim.environment)
     object: Literal["sugar_box", "mug"] = "sugar_box"
     resting_face: Literal["flat", "on_side"] = "flat"
     cameras: tuple[CameraSpec, ...] = ()
@@ -136,26 +137,41 @@ _ANGLED_CAMERAS = (
 )
 
 
+_TASKS: dict[str, TaskConfig] = {}
+
+
+def register_task(config: TaskConfig) -> None:
+    """Make `config` the preset of task `config.name`, for `task_config` and every --task option (an adapter to
+    another environment registers its task beside its environment; registering a name again replaces it)."""
+    _TASKS[config.name] = config
+
+
+def task_names() -> tuple[str, ...]:
+    """Every registered task: the paper's four (`TASK_NAMES`) first."""
+    return TASK_NAMES + tuple(sorted(set(_TASKS) - set(TASK_NAMES)))
+
+
 def task_config(name: str, **overrides: Any) -> TaskConfig:
-    """The preset of a task of the paper, with field overrides (e.g. width=640, height=480).
+    """The preset of a registered task, with field overrides (e.g. width=640, height=480).
 
     Raises:
         ValueError: unknown task name or field.
     """
-    presets = {
-        "top_down": TaskConfig(name="top_down", cameras=_TOP_DOWN_CAMERAS),
-        "angled": TaskConfig(name="angled", cameras=_ANGLED_CAMERAS),
-        # On its side the box is 8.7 cm tall on a 3.9 cm footprint: with the table friction of the flat task
-        # a push tips it over, so the friction is that of cardboard on a smooth table.
-        "occlusions": TaskConfig(
-            name="occlusions", resting_face="on_side", cameras=_ANGLED_CAMERAS, object_friction=0.35
-        ),
-        "mugs": TaskConfig(name="mugs", object="mug", cameras=_TOP_DOWN_CAMERAS, object_friction=0.4),
-    }
-    if name not in presets:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(task_names())}")
     known = {f.name for f in dataclasses.fields(TaskConfig)}
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"unknown task option(s) {sorted(unknown)}; valid options: {sorted(known)}")
-    return dataclasses.replace(presets[name], **overrides)
+    return dataclasses.replace(_TASKS[name], **overrides)
+
+
+for _paper_task in (
+    TaskConfig(name="top_down", cameras=_TOP_DOWN_CAMERAS),
+    TaskConfig(name="angled", cameras=_ANGLED_CAMERAS),
+    # On its side the box is 8.7 cm tall on a 3.9 cm footprint: with the table friction of the flat task a push
+    # tips it over, so the friction is that of cardboard on a smooth table.
+    TaskConfig(name="occlusions", resting_face="on_side", cameras=_ANGLED_CAMERAS, object_friction=0.35),
+    TaskConfig(name="mugs", object="mug", cameras=_TOP_DOWN_CAMERAS, object_friction=0.4),
+):
+    register_task(_paper_task)

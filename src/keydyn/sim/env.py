@@ -11,6 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from keydyn.sim.config import SUGAR_BOX_SIZE, TaskConfig, task_config
+from keydyn.sim.environment import register_environment
 from keydyn.sim.meshes import MugShape, sample_mug_shape
 from keydyn.sim.render import RgbdRenderer, camera_intrinsics, camera_pose
 from keydyn.sim.scene import SceneHandles, build_scene
@@ -246,6 +247,10 @@ class PushingEnv(gym.Env):
         renderer = self._ensure_renderer()
         return [renderer.render(self._model, self._data, camera_id)[0] for camera_id in self._handles.camera_ids]
 
+    def camera_poses(self) -> list[np.ndarray]:
+        """(4, 4) float64 T_world_camera of every camera, in `task.cameras` order, metres."""
+        return [camera_pose(self._model, self._data, camera_id) for camera_id in self._handles.camera_ids]
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()
@@ -323,3 +328,6 @@ class PushingEnv(gym.Env):
             "mug_material": self._mug_material,
             "mug_rgba": self._mug_rgba.copy(),
         }
+
+
+register_environment("keydyn", lambda task, images: PushingEnv(task, images=images))

@@ -7,7 +7,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from keydyn.sim.env import PushingEnv
+from keydyn.sim.config import task_config
+from keydyn.sim.environment import PushingEnvironment, make_environment
 
 
 def depth_to_image(depth: np.ndarray) -> np.ndarray:
@@ -17,7 +18,7 @@ def depth_to_image(depth: np.ndarray) -> np.ndarray:
     return np.repeat((scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def task_picture(env: PushingEnv, seed: int = 0) -> np.ndarray:
+def task_picture(env: PushingEnvironment, seed: int = 0) -> np.ndarray:
     """One row per camera: RGB | depth | RGB with the object mask highlighted, (C*H, 3*W, 3) uint8."""
     obs, _ = env.reset(seed=seed)
     rows = []
@@ -42,7 +43,7 @@ def check_picture_path(out: Path) -> None:
 def write_task_picture(task: str, out: Path, seed: int = 0, **overrides) -> Path:
     """Save `task_picture` of a task as a PNG or JPEG (by `out`'s extension)."""
     check_picture_path(out)
-    env = PushingEnv(task, **overrides)
+    env = make_environment(task_config(task, **overrides))
     try:
         image = task_picture(env, seed)
     finally:
