@@ -22,21 +22,17 @@ from keydyn.control.costs import nonfinite_entries, terminal_cost
 from keydyn.control.mpc import MPCController
 from keydyn.evaluation.goals import GoalPair
 from keydyn.evaluation.metrics import pose_errors
+from keydyn.evaluation.scene import SceneFrame, capture_frame
 from keydyn.latents.base import LatentEncoder
 from keydyn.planning.base import Cost
 from keydyn.sim.environment import ACTION_DIM, PushingEnvironment
 from keydyn.sim.observations import ObservationError
-from keydyn.sim.render import camera_intrinsics
-from keydyn.video import draw_points, draw_polyline
-from keydyn.vision.geometry import project
-
-GOAL_COLOUR = (40, 220, 40)
-CURRENT_COLOUR = (230, 40, 40)
-PREDICTED_COLOUR = (250, 200, 30)
-DISPLAY_HEIGHT = 480  # videos show every camera at least this many pixels high
 
 VideoPoints = Callable[[np.ndarray], np.ndarray | None]
 """(D,) latent -> (P, 3) world points (metres) to draw, or None: `LatentMethod.video_points`."""
+
+FrameSink = Callable[[SceneFrame], None]
+"""Called with each recorded frame as the loop runs (a live view: `keydyn.evaluation.viewer`)."""
 
 
 @dataclass
@@ -47,9 +43,9 @@ class EpisodeResult:
     fault: why the episode was stopped ("" if it was not): the refused observation's error. The goal's, before any
         step; otherwise observation T - 1's, after which the last action is the zero-velocity stop and `latents`
         holds the T - 1 latents before it.
-    frames: (h, w, 3) uint8 images of every camera at display size with the target's (green) and current (red)
-        latent drawn (keypoints, for keypoint latents) and the points predicted along each plan (yellow), when
-        recorded: one per step, as planned from, and the final scene.
+    frames: the recorded scene (`SceneFrame`: every camera's image with the target's and the current latent's
+        points and those predicted along each plan), when recorded: one per step, as planned from, and the final
+        scene; `keydyn.evaluation.scene.draw_frame` makes video frames of them.
     """
 
     index: int
@@ -63,7 +59,7 @@ class EpisodeResult:
     latents: np.ndarray
     actions: np.ndarray
     fault: str = ""
-    frames: list[np.ndarray] = field(default_factory=list)
+    frames: list[SceneFrame] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         """JSON-serialisable summary (cm and degrees, as the paper reports)."""
@@ -92,7 +88,7 @@ class ClosedLoopRun:
     last_info: dict
     termination: str
     plan_time: float
-    frames: list[np.ndarray]
+    frames: list[SceneFrame]
     fault: str = ""
 
     def result(self, index: int, target_position: np.ndarray, target_quaternion: np.ndarray) -> EpisodeResult:
@@ -119,54 +115,15 @@ class ClosedLoopRun:
         )
 
 
-def _to_display(env: PushingEnvironment, index: int, points: np.ndarray, scale: int) -> np.ndarray:
-    """(..., 3) world points (metres) -> (..., 2) pixels of camera `index`'s image scaled up `scale` times (NaN
-    behind the camera)."""
-    camera = env.task.cameras[index]
-    K = torch.as_tensor(camera_intrinsics(camera.fovy_deg, env.task.width, env.task.height))
-    pose = torch.as_tensor(env.camera_poses()[index])
-    flat = torch.as_tensor(np.asarray(points, dtype=np.float64).reshape(-1, 3))
-    uv, depth = project(flat, K, pose)
-    uv = torch.where(depth[:, None] > 0, uv, torch.nan).numpy()
-    return (uv * scale + (scale - 1) / 2).reshape(*np.shape(points)[:-1], 2)
-
-
-def annotated_frame(
-    env: PushingEnvironment,
-    target_points: np.ndarray | None,
-    current_points: np.ndarray | None,
-    predicted_points: np.ndarray | None = None,
-) -> np.ndarray:
-    """Every camera's RGB side by side, each scaled up by a whole factor to at least DISPLAY_HEIGHT pixels, with
-    (P, 3) target (green) and current (red) world points drawn as outlines and dots, and (H + 1, P, 3) points
-    predicted along the plan (yellow: each point's path); None: not drawn. Returns (h, w, 3) uint8."""
-    scale = max(1, -(-DISPLAY_HEIGHT // env.task.height))
-    radius = max(2, scale * env.task.width // 160)
-    panels = []
-    for index, image in enumerate(env.camera_images()):
-        image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
-        if predicted_points is not None:
-            paths = _to_display(env, index, predicted_points, scale)  # (H + 1, P, 2)
-            for point in range(paths.shape[1]):
-                draw_polyline(image, paths[:, point], PREDICTED_COLOUR, closed=False)
-            draw_points(image, paths[-1], PREDICTED_COLOUR, radius=max(1, radius // 2))
-        for points, colour in ((target_points, GOAL_COLOUR), (current_points, CURRENT_COLOUR)):
-            if points is not None:
-                uv = _to_display(env, index, points, scale)
-                draw_polyline(image, uv, colour)
-                draw_points(image, uv, colour, radius=radius)
-        panels.append(image)
-    return np.concatenate(panels, axis=1)
-
-
 class ClosedLoop:
     """One environment's closed loop, which `run_closed_loops` advances one control step at a time beside others.
 
     reset_options: the environment's reset options; make_cost(t, H): the cost of the plan made at step t with
     horizon H; steps: MPC steps at most; seed: the planner's seed; target(t): the (D,) target latent of step t,
     drawn with the current one by `video_points`, frames recorded only when both are given; shrinking: plan to the
-    end of the `steps` (the controller caps the horizon) rather than a fixed window. Making one resets the
-    environment and observes its first latent (or why the observation is refused: `fault`).
+    end of the `steps` (the controller caps the horizon) rather than a fixed window; on_frame: called with each
+    recorded frame as it is made. Making one resets the environment and observes its first latent (or why the
+    observation is refused: `fault`).
     """
 
     def __init__(
@@ -180,13 +137,14 @@ class ClosedLoop:
         target: Callable[[int], np.ndarray] | None = None,
         video_points: VideoPoints | None = None,
         shrinking: bool = True,
+        on_frame: FrameSink | None = None,
     ) -> None:
         self.env, self.encoder, self.make_cost, self.steps, self.seed = env, encoder, make_cost, steps, seed
-        self.target, self.video_points, self.shrinking = target, video_points, shrinking
+        self.target, self.video_points, self.shrinking, self.on_frame = target, video_points, shrinking, on_frame
         self.record = target is not None and video_points is not None
-        observation, self.info = env.reset(options=reset_options)
+        self.observation, self.info = env.reset(options=reset_options)
         self.first_info = self.info
-        self.latent, self.fault = observe(encoder, observation, info=self.info, reset=True)
+        self.latent, self.fault = observe(encoder, self.observation, info=self.info, reset=True)
         self.latents = [] if self.fault else [self.latent]
         self.actions: list[np.ndarray] = []
         self.frames: list[np.ndarray] = []
@@ -212,17 +170,23 @@ class ClosedLoop:
         if self.record:  # the scene as planned from, with the plan's predicted points
             points = [self.video_points(z) for z in predicted]
             paths = None if points[0] is None else np.stack(points)
-            current = self.video_points(self.latent)
-            self.frames.append(annotated_frame(self.env, self.video_points(self.target(t)), current, paths))
-        observation, _, terminated, _, self.info = self.env.step(action)
+            self._record(self.video_points(self.target(t)), self.video_points(self.latent), paths, action)
+        self.observation, _, terminated, _, self.info = self.env.step(action)
         self.actions.append(action)
-        self.latent, self.fault = observe(self.encoder, observation, self.info)
+        self.latent, self.fault = observe(self.encoder, self.observation, self.info)
         if self.fault:
             self.ended = True
             return
         self.latents.append(self.latent)
         if terminated:
             self.termination, self.ended = self.info.get("termination", "terminated"), True
+
+    def _record(self, target, current, predicted=None, action=None) -> None:
+        """Capture the scene with these points (see `SceneFrame`) and pass it to `on_frame`."""
+        pusher = self.observation["pusher_position"]
+        self.frames.append(capture_frame(self.env, pusher, target, current, predicted, action))
+        if self.on_frame is not None:
+            self.on_frame(self.frames[-1])
 
     def finish(self, latent_dim: int) -> ClosedLoopRun:
         """End the loop (the zero-velocity stop after a refused observation) and return what it observed."""
@@ -233,7 +197,7 @@ class ClosedLoop:
             self.termination = self.info.get("termination", "terminated") if terminated else ""
         if self.record:
             current = None if self.fault else self.video_points(self.latent)
-            self.frames.append(annotated_frame(self.env, self.video_points(self.target(len(self.actions))), current))
+            self._record(self.video_points(self.target(len(self.actions))), current)
         latents = np.stack(self.latents) if self.latents else np.zeros((0, latent_dim), np.float32)
         actions = _stack_actions(self.actions)
         return ClosedLoopRun(
@@ -274,10 +238,11 @@ def run_closed_loop(
     target: Callable[[int], np.ndarray] | None = None,
     video_points: VideoPoints | None = None,
     shrinking: bool = True,
+    on_frame: FrameSink | None = None,
 ) -> ClosedLoopRun:
     """Reset with `reset_options` and run `steps` MPC steps (fewer if the episode terminates, or is stopped by a
     refused observation: see the module docstring); the arguments as `ClosedLoop`'s."""
-    loop = ClosedLoop(env, encoder, reset_options, make_cost, steps, seed, target, video_points, shrinking)
+    loop = ClosedLoop(env, encoder, reset_options, make_cost, steps, seed, target, video_points, shrinking, on_frame)
     return run_closed_loops(controller, [loop])[0]
 
 
@@ -328,21 +293,25 @@ def reach_goals(
     seeds: Sequence[int],
     steps: int | None = None,
     video_points: Sequence[VideoPoints | None] | None = None,
+    on_frames: Sequence[FrameSink | None] | None = None,
 ) -> list[EpisodeResult]:
     """`reach_goal` for B pairs in lockstep (`run_closed_loops`): pair b in environment b with encoder b and
-    planner seed b, frames recorded when `video_points[b]` is given; each result equals `reach_goal`'s for that
-    pair alone, to float tolerance."""
+    planner seed b, frames recorded when `video_points[b]` is given (and passed to `on_frames[b]` as they are
+    made); each result equals `reach_goal`'s for that pair alone, to float tolerance."""
     video_points = [None] * len(pairs) if video_points is None else video_points
+    on_frames = [None] * len(pairs) if on_frames is None else on_frames
     results: dict[int, EpisodeResult] = {}
     loops: dict[int, ClosedLoop] = {}
-    for b, (env, encoder, pair, seed, points) in enumerate(
-        zip(envs, encoders, pairs, seeds, video_points, strict=True)
+    for b, (env, encoder, pair, seed, points, on_frame) in enumerate(
+        zip(envs, encoders, pairs, seeds, video_points, on_frames, strict=True)
     ):
         observation, info = env.reset(options=pair.reset_options(pair.goal_state))
         goal, fault = observe(encoder, observation, info, reset=True)
         if fault:  # no goal to plan towards: the episode stops before its first step
-            _, info = env.reset(options=pair.reset_options(pair.start_state))
-            frames = [] if points is None else [annotated_frame(env, None, None)]
+            observation, info = env.reset(options=pair.reset_options(pair.start_state))
+            frames = [] if points is None else [capture_frame(env, observation["pusher_position"], None, None)]
+            if frames and on_frame is not None:
+                on_frame(frames[0])
             latents, actions = np.zeros((0, controller.model.latent_dim), np.float32), _stack_actions([])
             run = ClosedLoopRun(latents, actions, info, info, "", 0.0, frames, f"the goal: {fault}")
             results[b] = run.result(pair.index, pair.goal_position, pair.goal_quaternion)
@@ -358,6 +327,7 @@ def reach_goals(
             seed,
             lambda t, goal=goal: goal,
             points,
+            on_frame=on_frame,
         )
     for b, run in zip(loops, run_closed_loops(controller, list(loops.values())), strict=True):
         results[b] = run.result(pairs[b].index, pairs[b].goal_position, pairs[b].goal_quaternion)

@@ -35,6 +35,8 @@ from keydyn.evaluation.episodes import reach_goals
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
+from keydyn.evaluation.scene import draw_frame
+from keydyn.evaluation.viewer import ViewerConfig, open_recording
 from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
 from keydyn.locks import one_writer
 from keydyn.runs import prepare_run_dir
@@ -42,7 +44,7 @@ from keydyn.sim.config import check_seed
 from keydyn.sim.environment import make_environment
 from keydyn.video import write_video
 
-_RESUMABLE_FIELDS = ("episodes", "workers", "batch", "resume", "progress", "videos")
+_RESUMABLE_FIELDS = ("episodes", "workers", "batch", "resume", "progress", "videos", "viewer")
 
 
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # the planner's options (MPPI's by default) show in --help
@@ -71,6 +73,8 @@ class EvaluateConfig:
     results do not depend on it beyond float tolerance. 1: one episode at a time."""
     videos: int = 3
     """Episodes (the first ones) to record as videos."""
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)
+    """The recorded episodes in 3D (rerun), saved or live."""
     success_position_cm: float = 3.0
     success_angle_deg: float = 30.0
     resume: bool = False
@@ -122,13 +126,33 @@ class GoalReachingWorker:
         pairs = [goal_pair(self.envs[0], config.goals, index) for index in group]
         seeds = [episode_seed(config.seed, index) for index in group]
         points = [setup.method.video_points if index < config.videos else None for index in group]
-        results = reach_goals(
-            self.envs[:count], self.encoders[:count], setup.controller, pairs, seeds, video_points=points
-        )
+        videos = config.out / "videos"
+        recordings = [
+            open_recording(
+                config.viewer, f"episode_{index:03d}", setup.env.task.control_dt, videos / f"episode_{index:03d}.rrd"
+            )
+            if index < config.videos
+            else None
+            for index in group
+        ]
+        try:
+            results = reach_goals(
+                self.envs[:count],
+                self.encoders[:count],
+                setup.controller,
+                pairs,
+                seeds,
+                video_points=points,
+                on_frames=[None if recording is None else recording.log for recording in recordings],
+            )
+        finally:
+            for recording in recordings:
+                if recording is not None:
+                    recording.close()
         rows = []
         for index, pair, result in zip(group, pairs, results, strict=True):
             if index < config.videos:
-                write_video(result.frames, config.out / "videos" / f"episode_{index:03d}.mp4", fps=5)
+                write_video([draw_frame(frame) for frame in result.frames], videos / f"episode_{index:03d}.mp4", 5)
             rows.append({**result.row(), "push_steps": pair.push_steps, "actions": result.actions.tolist()})
         return rows
 

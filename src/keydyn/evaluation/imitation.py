@@ -26,7 +26,9 @@ from keydyn.evaluation.evaluate import episode_seed
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import stops
+from keydyn.evaluation.scene import draw_frame
 from keydyn.evaluation.tracking import Demonstration, pair_demonstration, perturbed_start, record_demonstration, track
+from keydyn.evaluation.viewer import ViewerConfig, open_recording
 from keydyn.files import write_json_atomic
 from keydyn.locks import holds_files, one_writer
 from keydyn.plots import pyplot, save_figure
@@ -65,6 +67,8 @@ class TrackConfig:
     """Run the region-of-attraction grid (x vs yaw with y = 0, y vs yaw with x = 0); else only the demo start."""
     seed: int = 0
     workers: int = 2
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)
+    """The tracking from the demonstration's start in 3D (rerun; videos/track.rrd), saved or live."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
@@ -125,9 +129,18 @@ class TrackingWorker:
         setup = self.setup
         seed = episode_seed(self.config.seed, index)
         points = setup.method.video_points if record else None
-        result = track(setup.env, setup.encoder, setup.controller, self.demo, seed, options, points)
+        videos = self.config.out / "videos"
+        recording = None
         if record:
-            write_video(result.frames, self.config.out / "videos" / "track.mp4", fps=5)
+            recording = open_recording(self.config.viewer, "track", setup.env.task.control_dt, videos / "track.rrd")
+        try:
+            on_frame = None if recording is None else recording.log
+            result = track(setup.env, setup.encoder, setup.controller, self.demo, seed, options, points, on_frame)
+        finally:
+            if recording is not None:
+                recording.close()
+        if record:
+            write_video([draw_frame(frame) for frame in result.frames], videos / "track.mp4", fps=5)
         return {**result.row(), "index": index, "dx_cm": 100 * dx, "dy_cm": 100 * dy, "dyaw_deg": math.degrees(dyaw)}
 
 

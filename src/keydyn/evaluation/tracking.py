@@ -17,7 +17,7 @@ import torch
 
 from keydyn.control.costs import tracking_cost
 from keydyn.control.mpc import MPCController
-from keydyn.evaluation.episodes import EpisodeResult, VideoPoints, run_closed_loop
+from keydyn.evaluation.episodes import EpisodeResult, FrameSink, VideoPoints, run_closed_loop
 from keydyn.evaluation.goals import GoalPair
 from keydyn.latents.base import PUSHER_DIM, LatentEncoder
 from keydyn.sim.env import object_yaw
@@ -95,11 +95,13 @@ def track(
     seed: int,
     reset_options: dict[str, Any] | None = None,
     video_points: VideoPoints | None = None,
+    on_frame: FrameSink | None = None,
 ) -> EpisodeResult:
     """Track `demo` from its start (or from `reset_options`) for demo.steps steps with a fixed MPC window.
 
     Errors are against the demonstration's final pose: `initial_*` of the start, `final_*` of the end. Frames
-    (the demonstration's latent drawn as the target) are recorded when `video_points` is given.
+    (the demonstration's latent drawn as the target) are recorded when `video_points` is given, and passed to
+    `on_frame` as they are made.
     """
 
     def make_cost(t: int, horizon: int):
@@ -117,5 +119,6 @@ def track(
         lambda t: demo.latents[min(t, demo.steps)],
         video_points,
         shrinking=False,
+        on_frame=on_frame,
     )
     return run.result(0, demo.positions[-1], demo.quaternions[-1])
