@@ -16,7 +16,9 @@ import pytest
 from keydyn.cli import main
 from keydyn.data.collect import collect
 from keydyn.data.store import EpisodeStore, StoreError
-from keydyn.sim.env import PushingEnv
+from keydyn.runs import store_task
+from keydyn.sim.config import task_config
+from keydyn.sim.env import PushingEnv, mug_instances
 
 from .conftest import SMALL, small_collect_config
 
@@ -153,8 +155,26 @@ def test_cli_rejects_bad_input_with_a_message(tmp_path, capsys):
 
 
 def test_mug_collection_records_instance_and_appearance(tmp_path):
-    store = collect(small_collect_config(tmp_path / "mugs", task="mugs", episodes=2))
+    """Only training mugs are in a training store: each episode's recorded instance and colour, put back in the
+    simulator at the episode's first state, renders exactly the stored mask and image."""
+    store = collect(small_collect_config(tmp_path / "mugs", task="mugs", episodes=4))
     instances = store.episode_meta("mug_instance")
-    assert np.all((instances >= 0) & (instances < 10))
+    assert set(instances) <= set(mug_instances(task_config("mugs"))) and len(set(instances)) > 1
     rgba = store.episode_meta("mug_rgba")
     assert not np.array_equal(rgba[0], rgba[1])
+    env = PushingEnv(store_task(store))
+    camera = env.task.camera_names[0]
+    for episode, instance in enumerate(instances):
+        begin, _ = store.episode_range(episode)
+        options = {
+            "sim_state": store.frames("sim_state", begin, begin + 1)[0],
+            "mug_instance": int(instance),
+            "mug_material": int(store.episode_meta("mug_material")[episode]),
+            "mug_rgba": rgba[episode],
+        }
+        observation, _ = env.reset(options=options)
+        np.testing.assert_array_equal(
+            observation[f"{camera}/mask"], store.frames(f"{camera}/mask", begin, begin + 1)[0]
+        )
+        np.testing.assert_array_equal(observation[f"{camera}/rgb"], store.frames(f"{camera}/rgb", begin, begin + 1)[0])
+    env.close()

@@ -225,6 +225,56 @@ def test_mug_splits_are_disjoint_and_appearance_is_randomised():
     env.close()
 
 
+def _rotation_deg(quaternion_a: np.ndarray, quaternion_b: np.ndarray) -> float:
+    """Angle (degrees) of the rotation between two orientations."""
+    a, b = np.empty(9), np.empty(9)
+    mujoco.mju_quat2Mat(a, quaternion_a)
+    mujoco.mju_quat2Mat(b, quaternion_b)
+    cosine = (np.trace(a.reshape(3, 3).T @ b.reshape(3, 3)) - 1) / 2
+    return math.degrees(math.acos(np.clip(cosine, -1.0, 1.0)))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_mug_on_its_side_rests_against_its_handle(split):
+    """Every mug lies on its side with its axis level, the body and the handle's bar on the table, and stays put."""
+    env = PushingEnv("mugs", mug_split=split, **SMALL)
+    for instance in mug_instances(env.task):
+        start = {"object_xy": [0.05, -0.05], "object_yaw": 0.7, "pusher_xy": [-0.3, 0.0]}
+        _, first = env.reset(seed=0, options={"mug_instance": instance, "start": start})
+        shape = mug_shape(instance)
+        rotation = np.empty(9)
+        mujoco.mju_quat2Mat(rotation, first["object_quaternion"])
+        handle, side, axis = rotation.reshape(3, 3).T  # body x (the handle's direction), y, z (the mug's axis)
+        assert abs(axis[2]) < 1e-3 and first["object_position"][2] == pytest.approx(shape.radius, abs=5e-4)
+        reach = shape.radius + shape.handle_radius + shape.handle_thickness
+        corners = [(reach, sign * shape.handle_thickness) for sign in (-1, 1)]  # the bar's outer edges
+        lowest = min(first["object_position"][2] + x * handle[2] + y * side[2] for x, y in corners)
+        assert lowest == pytest.approx(0.0, abs=5e-4)  # the handle's bar is on the table
+        assert first["object_yaw"] == pytest.approx(0.7, abs=1e-6)
+        for _ in range(20):  # 2 s untouched
+            _, _, terminated, _, info = env.step(np.zeros(2))
+            assert not terminated
+        assert np.linalg.norm(info["object_position"] - first["object_position"]) < 1e-4
+        assert _rotation_deg(first["object_quaternion"], info["object_quaternion"]) < 0.1
+    env.close()
+
+
+@pytest.mark.parametrize("offset", [-0.02, 0.02])
+def test_an_off_centre_push_turns_a_mug_on_its_side_the_right_way(offset):
+    """Pushed along its axis (+y) left of its middle the mug turns clockwise, right of it anticlockwise; it slides
+    and turns without tipping onto its base or rim."""
+    env = PushingEnv("mugs", **SMALL)
+    start = {"object_xy": [0.0, 0.0], "object_yaw": 0.0, "pusher_xy": [offset, -0.08]}  # the axis lies along +y
+    _, first = env.reset(seed=0, options={"mug_instance": 0, "start": start})
+    for _ in range(8):
+        _, _, terminated, _, info = env.step(np.array([0.0, 0.15]))
+        assert not terminated, info.get("termination")
+    env.close()
+    turned = math.degrees(np.angle(np.exp(1j * (info["object_yaw"] - first["object_yaw"]))))
+    assert info["object_position"][1] - first["object_position"][1] > 0.03
+    assert 8 < math.copysign(1, offset) * turned < 60
+
+
 def test_object_yaw_wraps_and_matches_placement():
     env = PushingEnv("top_down", **SMALL)
     for yaw in (0.3, 3.0, -2.5):

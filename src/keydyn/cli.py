@@ -46,7 +46,7 @@ from keydyn.evaluation.reproduce import ReproduceConfig, format_table, run_repro
 from keydyn.files import write_text_atomic
 from keydyn.locks import DirectoryBusyError
 from keydyn.presets import DEFAULT, cli_default, preset_names
-from keydyn.sim.config import check_seed
+from keydyn.sim.config import check_seed, task_config
 from keydyn.sim.preview import check_picture_path, write_task_picture
 from keydyn.vision.train import TrainVisualConfig, train_visual
 from keydyn.vision.transporter_train import TrainTransporterConfig, train_transporter
@@ -221,7 +221,8 @@ class Table:
 class Preview:
     """Save a picture of a task: RGB, depth and object mask from every camera."""
 
-    task: Literal["top_down", "angled", "occlusions", "mugs"] = "top_down"
+    task: str = "top_down"
+    """A task: top_down, angled, occlusions, mugs, or another registered one (keydyn.sim.task_names())."""
     out: Path = Path("task.png")
     seed: int = 0
     width: int = 320
@@ -230,6 +231,7 @@ class Preview:
     def __post_init__(self) -> None:
         check_seed(self.seed)
         check_picture_path(self.out)
+        task_config(self.task)  # an unknown task is named with the known ones
 
     def execute(self) -> None:
         print(f"wrote {write_task_picture(self.task, self.out, self.seed, width=self.width, height=self.height)}")

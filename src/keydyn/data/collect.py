@@ -49,7 +49,8 @@ class CollectConfig:
 
     out: Path
     """Directory of the new dataset (or of the one to resume)."""
-    task: Literal["top_down", "angled", "occlusions", "mugs"] = "top_down"
+    task: str = "top_down"
+    """A task: top_down, angled, occlusions, mugs, or another registered one (keydyn.sim.task_names())."""
     episodes: int = 10
     """Number of episodes the dataset should hold."""
     steps: int = 40

@@ -67,7 +67,8 @@ class ReproduceConfig:
     seeds: int = 1
     """Seeds 0 .. seeds-1: one dataset, one descriptor network and one dynamics run per method and seed."""
     collect: str = "default"
-    """Preset of the data collection (`keydyn collect --preset`)."""
+    """Preset of the data collection (`keydyn collect --preset`). With `default`, a task that has a preset of its
+    own name (`mugs`: the original's 20-step episodes) is collected with that one."""
     visual: str = "default"
     """Preset of the descriptor training (`keydyn train-visual --preset`)."""
     transporter: str = "default"
@@ -164,11 +165,14 @@ def _fresh_or_resumed(run: Path, marker: str) -> bool:
 def stage_dataset(config: ReproduceConfig, seed: int) -> Path:
     """Collect (or finish collecting) the dataset of `seed`."""
     out = config.out / "data" / f"seed{seed}"
+    preset = config.collect
+    if preset == DEFAULT and config.task in preset_names("collect"):
+        preset = config.task  # the task's own recipe
     collect(
         from_preset(
             CollectConfig,
             "collect",
-            config.collect,
+            preset,
             out=out,
             task=config.task,
             seed=seed,

@@ -20,7 +20,6 @@ from keydyn.control.mpc import MPCController
 from keydyn.evaluation.episodes import EpisodeResult, FrameSink, VideoPoints, run_closed_loop
 from keydyn.evaluation.goals import GoalPair
 from keydyn.latents.base import PUSHER_DIM, LatentEncoder
-from keydyn.sim.env import object_yaw
 from keydyn.sim.environment import PushingEnvironment
 
 
@@ -30,7 +29,8 @@ class Demonstration:
 
     reset_options: `env.reset` options that restore its start.
     actions: (T, 2) pusher velocities, m/s. latents: (T + 1, D) observed latents.
-    positions: (T + 1, 3) true object positions, metres; quaternions: (T + 1, 4) (w, x, y, z).
+    positions: (T + 1, 3) true object positions, metres; quaternions: (T + 1, 4) (w, x, y, z); yaws: (T + 1,)
+    the environment's object yaw, radians.
     """
 
     reset_options: dict[str, Any]
@@ -38,6 +38,7 @@ class Demonstration:
     latents: np.ndarray
     positions: np.ndarray
     quaternions: np.ndarray
+    yaws: np.ndarray
 
     @property
     def steps(self) -> int:
@@ -57,16 +58,20 @@ def record_demonstration(
     observation, info = env.reset(options=reset_options)
     encoder.reset(observation, info)
     latents = [encoder.encode(observation, info)]
-    positions, quaternions = [info["object_position"]], [info["object_quaternion"]]
+    infos = [info]
     for action in actions:
         observation, _, terminated, _, info = env.step(action)
         latents.append(encoder.encode(observation, info))
-        positions.append(info["object_position"])
-        quaternions.append(info["object_quaternion"])
+        infos.append(info)
         if terminated:
             raise ValueError(f"the demonstration left the task ({info.get('termination')}); choose another one")
     return Demonstration(
-        reset_options, np.asarray(actions), np.stack(latents), np.stack(positions), np.stack(quaternions)
+        reset_options,
+        np.asarray(actions),
+        np.stack(latents),
+        np.stack([i["object_position"] for i in infos]),
+        np.stack([i["object_quaternion"] for i in infos]),
+        np.array([i["object_yaw"] for i in infos]),
     )
 
 
@@ -82,7 +87,7 @@ def perturbed_start(demo: Demonstration, dx: float, dy: float, dyaw: float) -> d
     start_xy = demo.positions[0, :2]
     options = {k: v for k, v in demo.reset_options.items() if k != "sim_state"}
     pusher_xy = demo.latents[0, -PUSHER_DIM:].astype(np.float64)
-    yaw = object_yaw(demo.quaternions[0]) + dyaw
+    yaw = demo.yaws[0] + dyaw
     options["start"] = {"object_xy": start_xy + np.array([dx, dy]), "object_yaw": yaw, "pusher_xy": pusher_xy}
     return options
 

@@ -44,16 +44,48 @@ def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def object_yaw(quaternion: np.ndarray) -> float:
-    """Yaw of the object about world z, radians in [-pi, pi).
+def object_yaw(quaternion: np.ndarray, axis: int = 1) -> float:
+    """Yaw of the object about world z, radians in [-pi, pi): the heading of body axis `axis` minus 90 degrees.
 
-    The body y axis is horizontal in every resting face (flat, on its side, a standing mug), so the yaw is
-    its heading minus 90 degrees; it is 0 when the object was placed with yaw 0.
+    `axis` is a body axis that stays horizontal while the object rests (`yaw_axis`): body y for the box, flat or on
+    its side, and for a standing mug; the mug's own axis, body z, for a mug on its side (it may roll about it). The
+    yaw is 0 when the object was placed with yaw 0.
     """
     rotation = np.empty(9)
     mujoco.mju_quat2Mat(rotation, np.asarray(quaternion, dtype=float))
-    heading = math.atan2(rotation[4], rotation[1])  # body y axis = column 1 of the rotation matrix
+    heading = math.atan2(rotation[3 + axis], rotation[axis])  # the axis = column `axis` of the rotation matrix
     return (heading - math.pi / 2 + math.pi) % (2 * math.pi) - math.pi
+
+
+def yaw_axis(task: TaskConfig) -> int:
+    """The body axis whose heading is the object's yaw (see `object_yaw`)."""
+    return 2 if task.object == "mug" and task.resting_face == "on_side" else 1
+
+
+def resting_pose(task: TaskConfig, mug: MugShape | None) -> tuple[np.ndarray, float]:
+    """The object's orientation (w, x, y, z) at yaw 0 on its resting face and its body origin's height, metres.
+
+    Box: flat, or on its side turned +90 degrees about body y (8.7 cm tall, 3.9 x 17 cm footprint). Mug (origin at
+    the centre of its base): standing; or on its side, its axis along world +y, rolled about that axis until the
+    handle's outer bar touches the table beside the body (the pose it settles in), the handle towards +x.
+    """
+    if task.object == "mug":
+        if mug is None:
+            raise ValueError("a mug task needs the episode's MugShape")
+        if task.resting_face == "flat":
+            return np.array([1.0, 0.0, 0.0, 0.0]), 0.0
+        # Rolled by `roll` from handle-down, a point (x, y) of the body's cross-section is r - x cos(roll) - y sin(roll)
+        # above the table; the handle bar's outer edge (x = reach, y = thickness) touches it where that is 0.
+        reach = mug.radius + mug.handle_radius + mug.handle_thickness
+        edge = math.hypot(reach, mug.handle_thickness)
+        roll = math.atan2(mug.handle_thickness, reach) + math.acos(mug.radius / edge)
+        axis_along_y = np.array([math.cos(-math.pi / 4), math.sin(-math.pi / 4), 0.0, 0.0])  # -90 deg about x
+        tilt = math.pi / 2 - roll  # about world y: the handle (body x) from horizontal down to `roll` off vertical
+        handle_down = np.array([math.cos(tilt / 2), 0.0, math.sin(tilt / 2), 0.0])
+        return quaternion_multiply(handle_down, axis_along_y), mug.radius
+    if task.resting_face == "on_side":
+        return np.array([math.cos(math.pi / 4), 0.0, math.sin(math.pi / 4), 0.0]), SUGAR_BOX_SIZE[0] / 2
+    return np.array([1.0, 0.0, 0.0, 0.0]), SUGAR_BOX_SIZE[2] / 2
 
 
 class PushingEnv(gym.Env):
@@ -107,8 +139,8 @@ class PushingEnv(gym.Env):
         self._renderer: RgbdRenderer | None = None
         self._mug_material = -1
         self._mug_rgba = np.ones(4)
-        self._resting_quaternion = self._resting_face_quaternion()
-        self._rest_height = self._rest_z()
+        self._yaw_axis = yaw_axis(self.task)
+        self._resting_quaternion, self._rest_height = resting_pose(self.task, self._mug_shape())
         w, h = self.task.width, self.task.height
         self._intrinsics = {  # fixed per camera: computed once, not every step
             c.name: camera_intrinsics(c.fovy_deg, w, h).astype(np.float32) for c in self.task.cameras
@@ -134,16 +166,8 @@ class PushingEnv(gym.Env):
             self._scenes[instance] = (model, mujoco.MjData(model), handles)
         return self._scenes[instance]
 
-    def _resting_face_quaternion(self) -> np.ndarray:
-        if self.task.resting_face == "on_side":  # body x axis vertical: 8.7 cm tall, 3.9 x 17 cm footprint
-            return np.array([math.cos(math.pi / 4), 0.0, math.sin(math.pi / 4), 0.0])
-        return np.array([1.0, 0.0, 0.0, 0.0])
-
-    def _rest_z(self) -> float:
-        if self.task.object == "mug":
-            return 0.0
-        index = 0 if self.task.resting_face == "on_side" else 2
-        return SUGAR_BOX_SIZE[index] / 2
+    def _mug_shape(self) -> MugShape | None:
+        return mug_shape(self._instance) if self._instance >= 0 else None
 
     @property
     def model(self) -> mujoco.MjModel:
@@ -178,6 +202,7 @@ class PushingEnv(gym.Env):
                 )
             self._instance = instance
             self._model, self._data, self._handles = self._scene(instance)
+            self._resting_quaternion, self._rest_height = resting_pose(self.task, self._mug_shape())
             self._mug_material = int(options.get("mug_material", rng.integers(len(self._handles.mug_materials))))
             self._mug_rgba = np.asarray(
                 options.get("mug_rgba", np.append(rng.uniform(0.15, 1.0, size=3), 1.0)), dtype=float
@@ -285,12 +310,14 @@ class PushingEnv(gym.Env):
             return "out_of_bounds"
         rotation = np.empty(9)
         mujoco.mju_quat2Mat(rotation, quaternion)
-        rest = np.empty(9)
-        mujoco.mju_quat2Mat(rest, self._resting_quaternion)
-        up_in_body = rest.reshape(3, 3).T @ np.array([0.0, 0.0, 1.0])  # body axis that points up at rest
-        if (rotation.reshape(3, 3) @ up_in_body)[2] < math.cos(math.radians(30)):
-            return "tipped_over"
-        return ""
+        if self._yaw_axis == 2:  # a mug on its side rolls about its axis freely; the axis must stay near level
+            tipped = abs(rotation[8]) > math.sin(math.radians(30))  # world z of body z
+        else:
+            rest = np.empty(9)
+            mujoco.mju_quat2Mat(rest, self._resting_quaternion)
+            up_in_body = rest.reshape(3, 3).T @ np.array([0.0, 0.0, 1.0])  # body axis that points up at rest
+            tipped = (rotation.reshape(3, 3) @ up_in_body)[2] < math.cos(math.radians(30))
+        return "tipped_over" if tipped else ""
 
     def _ensure_renderer(self) -> RgbdRenderer:
         if self._renderer is None:
@@ -322,7 +349,7 @@ class PushingEnv(gym.Env):
         return {
             "object_position": position,
             "object_quaternion": quaternion,
-            "object_yaw": object_yaw(quaternion),
+            "object_yaw": object_yaw(quaternion, self._yaw_axis),
             "sim_state": self.sim_state(),
             "mug_instance": self._instance,
             "mug_material": self._mug_material,

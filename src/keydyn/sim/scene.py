@@ -67,6 +67,9 @@ def _mesh_xml(name: str, mesh: TexturedMesh) -> str:
     )
 
 
+MUG_HANDLE_MASS_FRACTION = 0.08  # of a mug's mass in its handle (about 30 g of 350 g)
+
+
 def _object_xml(task: TaskConfig, mug: MugShape | None, assets: dict[str, bytes]) -> tuple[str, str]:
     """Returns (asset xml, body xml) of the object."""
     friction = f'friction="{task.object_friction} 0.005 0.0001"'
@@ -100,11 +103,13 @@ def _object_xml(task: TaskConfig, mug: MugShape | None, assets: dict[str, bytes]
             f'<material name="mug_material_{k}" texture="mug_texture_{k}" specular="0.4" shininess="0.5"/>'
         )
     r, h = mug.radius, mug.height
-    # The mass sits on the body hull (spread over the handle pieces the mug tips over).
+    # The mass sits on the body hull, its centre moved towards the handle by the handle's share of it (as a ceramic
+    # mug's: a mug on its side then rests against its handle instead of balancing on the line below its axis).
     ixx = task.mug_mass * (3 * r**2 + h**2) / 12.0
     izz = task.mug_mass * r**2 / 2.0
+    offset = MUG_HANDLE_MASS_FRACTION * (r + mug.handle_radius)
     body = (
-        f'<inertial pos="0 0 {h / 2}" mass="{task.mug_mass}" diaginertia="{ixx} {ixx} {izz}"/>'
+        f'<inertial pos="{offset} 0 {h / 2}" mass="{task.mug_mass}" diaginertia="{ixx} {ixx} {izz}"/>'
         '<geom name="object_visual" type="mesh" mesh="mug_mesh" material="mug_material_0" group="1" '
         'contype="0" conaffinity="0"/>'
         f'<geom name="object_collision" type="cylinder" size="{r} {h / 2}" pos="0 0 {h / 2}" group="3" '
