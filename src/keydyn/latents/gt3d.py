@@ -1,8 +1,9 @@
 """GT 3D: the paper's privileged baseline, fixed body-frame points moved by the true object pose.
 
-The latent is a `LatentLayout` keypoint latent of K = 4 points: the corners of the box face that is up, or 3 rim
-points and the handle tip of each episode's mug. Training reads the dataset's true poses; the encoder reads
-`info["object_position"]` and `info["object_quaternion"]` (no images).
+The latent is a `LatentLayout` keypoint latent of K = 4 points: the corners of the box face that is up, 3 rim
+points and the handle tip of each episode's mug, or the top centre and 3 top-rim points of a cylinder. Training
+reads the dataset's true poses; the encoder reads `info["object_position"]` and `info["object_quaternion"]` (no
+images).
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ def mug_body_points(shape: MugShape) -> np.ndarray:
     )
 
 
+def cylinder_body_points(radius: float, height: float) -> np.ndarray:
+    """4 body-frame points (4, 3) of an upright cylinder centred at the origin: its top centre and 3 points of its
+    top rim, 120 degrees apart (a cylinder that only slides has no yaw to show; these points fix its position)."""
+    angles = np.radians([0.0, 120.0, 240.0])
+    rim = np.stack([radius * np.cos(angles), radius * np.sin(angles), np.full(3, height / 2)], axis=1)
+    return np.vstack([[0.0, 0.0, height / 2], rim])
+
+
 @dataclass(frozen=True)
 class GroundTruthKeypoints:
     """GT 3D keypoints of one object: fixed body-frame points moved by its pose.
@@ -81,7 +90,10 @@ class GroundTruthKeypoints:
 
     @staticmethod
     def for_task(task: TaskConfig, mug: MugShape | None = None) -> GroundTruthKeypoints:
-        """The keypoints of a task's object: the 4 corners of the box face that is up, or 4 points of `mug`."""
+        """The keypoints of a task's object: the 4 corners of the box face that is up, 4 points of `mug`, or 4 points
+        on the top of the cylinder."""
+        if task.object == "cylinder":
+            return GroundTruthKeypoints(cylinder_body_points(*task.cylinder_size))
         if task.object == "mug":
             if mug is None:
                 raise ValueError("a mug task needs the episode's MugShape (keydyn.sim.env.mug_shape(instance))")

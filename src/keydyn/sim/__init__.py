@@ -2,11 +2,13 @@
 
 Each task of the paper is registered as a gymnasium environment: ``gymnasium.make("keydyn/top_down-v0")``,
 and likewise ``angled``, ``occlusions`` and ``mugs``; keyword arguments override task options
-(``width=640, height=480``).
+(``width=640, height=480``). The built-in adapter `keydyn.sim.adapters.gymnasium_pusher` adds environment and
+task "gymnasium_pusher" (gymnasium's Pusher-v5 arm).
 """
 
 import gymnasium as gym
 
+from keydyn.sim.adapters import gymnasium_pusher  # noqa: F401  (registers environment and task "gymnasium_pusher")
 from keydyn.sim.config import TASK_NAMES, CameraSpec, TaskConfig, register_task, task_config, task_names
 from keydyn.sim.env import PushingEnv
 from keydyn.sim.environment import (

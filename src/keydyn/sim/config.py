@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 SUGAR_BOX_SIZE = (0.0867, 0.1703, 0.0391)  # metres, YCB 004 sugar box collision box (x, y, z)
 SUGAR_BOX_MASS = 0.514  # kg
@@ -39,6 +42,19 @@ class StartDistribution:
     pusher_behind: tuple[float, float] = (0.15, 0.16)
     pusher_lateral: float = 0.08
 
+    def sample(self, rng: np.random.Generator) -> dict[str, Any]:
+        """Draw a start: object_xy (2,) and object_yaw (rad), pusher_xy (2,) behind the object along a random
+        push heading (the `start` option of an environment's reset)."""
+        object_xy = rng.uniform(-self.object_xy_range, self.object_xy_range, size=2)
+        yaw = float(rng.uniform(0.0, 2 * math.pi))
+        heading = float(rng.uniform(0.0, 2 * math.pi))
+        behind = rng.uniform(*self.pusher_behind)
+        lateral = rng.uniform(-self.pusher_lateral, self.pusher_lateral)
+        forward = np.array([math.cos(heading), math.sin(heading)])
+        left = np.array([-forward[1], forward[0]])
+        pusher_xy = object_xy - behind * forward + lateral * left
+        return {"object_xy": object_xy, "object_yaw": yaw, "pusher_xy": pusher_xy}
+
 
 def check_seed(seed: int, flag: str = "--seed") -> None:
     """Raise ValueError naming `flag` when `seed` is negative (numpy's and gymnasium's seeds are >= 0)."""
@@ -61,7 +77,8 @@ class TaskConfig:
 
     name: str
     environment: str = "keydyn"  # the registered environment that runs the task (keydyn.sim.environment)
-    object: Literal["sugar_box", "mug"] = "sugar_box"
+    object: Literal["sugar_box", "mug", "cylinder"] = "sugar_box"  # a cylinder is gymnasium_pusher's (no yaw)
+    cylinder_size: tuple[float, float] = (0.05, 0.1)  # radius, height of object "cylinder", metres
     resting_face: Literal["flat", "on_side"] = "flat"  # a mug "flat" stands upright
     cameras: tuple[CameraSpec, ...] = ()
     width: int = 320
@@ -122,6 +139,8 @@ class TaskConfig:
         if "pusher_behind" in start:
             start["pusher_behind"] = tuple(start["pusher_behind"])
         data["start"] = StartDistribution(**start)
+        if "cylinder_size" in data:
+            data["cylinder_size"] = tuple(data["cylinder_size"])
         return TaskConfig(**data)
 
 

@@ -213,26 +213,13 @@ class PushingEnv(gym.Env):
         if "sim_state" in options:
             self.set_sim_state(np.asarray(options["sim_state"]))
         else:
-            start = options.get("start") or self.sample_start(rng)
+            start = options.get("start") or self.task.start.sample(rng)
             self._place(start)
             settle_steps = round(self.task.settle_time / self.task.physics_dt)
             self._data.ctrl[:] = 0.0
             mujoco.mj_step(self._model, self._data, nstep=max(settle_steps, 1))
             self._data.time = 0.0
         return self._observation(), self._info()
-
-    def sample_start(self, rng: np.random.Generator) -> dict[str, Any]:
-        """Draw a start state: object xy and yaw, pusher xy behind the object along a random push heading."""
-        dist = self.task.start
-        object_xy = rng.uniform(-dist.object_xy_range, dist.object_xy_range, size=2)
-        yaw = float(rng.uniform(0.0, 2 * math.pi))
-        heading = float(rng.uniform(0.0, 2 * math.pi))
-        behind = rng.uniform(*dist.pusher_behind)
-        lateral = rng.uniform(-dist.pusher_lateral, dist.pusher_lateral)
-        forward = np.array([math.cos(heading), math.sin(heading)])
-        left = np.array([-forward[1], forward[0]])
-        pusher_xy = object_xy - behind * forward + lateral * left
-        return {"object_xy": object_xy, "object_yaw": yaw, "pusher_xy": pusher_xy}
 
     def _place(self, start: dict[str, Any]) -> None:
         h = self._handles

@@ -91,6 +91,11 @@ def _object_xml(task: TaskConfig, mug: MugShape | None, assets: dict[str, bytes]
             f"{_OBJECT_BITS} {friction}/>"
         )
         return asset, body
+    if task.object != "mug":
+        raise ValueError(
+            f"task {task.name!r}: keydyn's scene has no {task.object!r} object (the cylinder is gymnasium_pusher's); "
+            "use object 'sugar_box' or 'mug', or environment 'gymnasium_pusher'"
+        )
     if mug is None:
         raise ValueError("a mug task needs a MugShape")
     patterns = [mug_pattern(256, 128, seed) for seed in range(task.mug_textures)]
