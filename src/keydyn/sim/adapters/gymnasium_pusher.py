@@ -11,6 +11,9 @@ and why:
   keydyn's renderer: the arm and cylinder in group 1 (the object mask is read from group 1), the table in group 2,
   Pusher's goal marker in group 3, which is not drawn (keydyn's goals are images and states, not Pusher's fixed
   goal). Group numbers change nothing in the physics.
+- The cylinder's mass: `OBJECT_MASS` (0.1 kg) in place of Pusher-v5's 7.9e-6 kg (density 0.01). MuJoCo sizes a
+  contact's softness by the bodies' masses (not the slide joints' armature), and with mujoco 4.0 the fork passes
+  through so light a cylinder, moving it at ~1 cm/s while the tip moves at 20 cm/s; with 0.1 kg it is pushed.
 - The action: keydyn's (2,) world xy velocity of the arm's tip ("tips_arm", the centre of the fork's base bar),
   m/s, clipped per axis to `task.max_speed`. A velocity controller turns it into Pusher's 7 joint torques at
   every physics step (100 Hz): the joint-velocity target is the damped least-squares solution for the tip's
