@@ -229,9 +229,9 @@ class Preview:
     height: int = 240
 
     def __post_init__(self) -> None:
+        task_config(self.task)  # an unknown task is named with the known ones
         check_seed(self.seed)
         check_picture_path(self.out)
-        task_config(self.task)  # an unknown task is named with the known ones
 
     def execute(self) -> None:
         print(f"wrote {write_task_picture(self.task, self.out, self.seed, width=self.width, height=self.height)}")

@@ -162,12 +162,16 @@ class PushingEnv(gym.Env):
     # -- scene management -------------------------------------------------------------------------------
     def _scene(self, instance: int) -> tuple[mujoco.MjModel, mujoco.MjData, SceneHandles]:
         if instance not in self._scenes:
-            model, handles = build_scene(self.task, mug_shape(instance) if instance >= 0 else None)
+            model, handles = self._build_scene(mug_shape(instance) if instance >= 0 else None)
             self._scenes[instance] = (model, mujoco.MjData(model), handles)
         return self._scenes[instance]
 
     def _mug_shape(self) -> MugShape | None:
         return mug_shape(self._instance) if self._instance >= 0 else None
+
+    def _build_scene(self, mug: MugShape | None) -> tuple[mujoco.MjModel, SceneHandles]:
+        """The compiled scene of the task (with `mug`); a subclass may put the pusher on a robot."""
+        return build_scene(self.task, mug)
 
     @property
     def model(self) -> mujoco.MjModel:
@@ -216,8 +220,8 @@ class PushingEnv(gym.Env):
             start = options.get("start") or self.task.start.sample(rng)
             self._place(start)
             settle_steps = round(self.task.settle_time / self.task.physics_dt)
-            self._data.ctrl[:] = 0.0
-            mujoco.mj_step(self._model, self._data, nstep=max(settle_steps, 1))
+            self._actuate(np.zeros(2))
+            self._simulate(max(settle_steps, 1))
             self._data.time = 0.0
         return self._observation(), self._info()
 
@@ -230,16 +234,29 @@ class PushingEnv(gym.Env):
         qpos[h.object_qpos + 3 : h.object_qpos + 7] = quaternion_multiply(
             yaw_quaternion(float(start["object_yaw"])), self._resting_quaternion
         )
-        qpos[h.pusher_qpos : h.pusher_qpos + 2] = np.asarray(start["pusher_xy"], dtype=float)
         self._data.qvel[:] = 0.0
+        self._place_pusher(np.asarray(start["pusher_xy"], dtype=float))
         mujoco.mj_forward(self._model, self._data)
+
+    def _place_pusher(self, pusher_xy: np.ndarray) -> None:
+        """Put the pusher at world xy `pusher_xy` (2,) metres, at rest (qpos only; the caller runs mj_forward)."""
+        qpos = self._handles.pusher_qpos
+        self._data.qpos[qpos : qpos + 2] = pusher_xy
+
+    def _actuate(self, velocity: np.ndarray) -> None:
+        """Command the pusher velocity (2,) world xy m/s until the next command."""
+        self._data.ctrl[:] = velocity
+
+    def _simulate(self, nstep: int) -> None:
+        """Advance the physics `nstep` steps of `task.physics_dt` under the last command."""
+        mujoco.mj_step(self._model, self._data, nstep=nstep)
 
     def step(self, action):
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (2,) or not np.all(np.isfinite(action)):
             raise ValueError(f"action must be a finite (2,) pusher velocity in m/s, got {action!r}")
-        self._data.ctrl[:] = np.clip(action, -self.task.max_speed, self.task.max_speed)
-        mujoco.mj_step(self._model, self._data, nstep=self.task.substeps)
+        self._actuate(np.clip(action, -self.task.max_speed, self.task.max_speed))
+        self._simulate(self.task.substeps)
         info = self._info()
         termination = self._termination()
         if termination:
@@ -288,7 +305,12 @@ class PushingEnv(gym.Env):
         return q[:3].copy(), q[3:].copy()
 
     def pusher_position(self) -> np.ndarray:
+        """World xy (2,) of the pusher axis, metres."""
         return self._data.qpos[self._handles.pusher_qpos : self._handles.pusher_qpos + 2].copy()
+
+    def pusher_velocity(self) -> np.ndarray:
+        """World xy velocity (2,) of the pusher, m/s."""
+        return self._data.qvel[self._handles.pusher_qvel : self._handles.pusher_qvel + 2].copy()
 
     def _termination(self) -> str:
         limit = self.task.table_size / 2 - self.task.boundary_margin
@@ -315,21 +337,25 @@ class PushingEnv(gym.Env):
         h = self._handles
         obs: dict[str, np.ndarray] = {
             "pusher_position": self.pusher_position().astype(np.float32),
-            "pusher_velocity": self._data.qvel[h.pusher_qvel : h.pusher_qvel + 2].astype(np.float32),
+            "pusher_velocity": self.pusher_velocity().astype(np.float32),
         }
         if not self.images:
             return obs
-        renderer = self._ensure_renderer()
         object_geom = np.zeros(self._model.ngeom + 1, dtype=np.uint8)
         object_geom[h.object_geoms] = 1
-        for camera, camera_id in zip(self.task.cameras, h.camera_ids, strict=True):
-            rgb, depth, geom_ids = renderer.render(self._model, self._data, camera_id)
+        poses = self.camera_poses()
+        for camera, camera_id, pose in zip(self.task.cameras, h.camera_ids, poses, strict=True):
+            rgb, depth, geom_ids = self._render_camera(camera_id)
             obs[f"{camera.name}/rgb"] = rgb
             obs[f"{camera.name}/depth"] = depth
             obs[f"{camera.name}/mask"] = object_geom[geom_ids]  # index -1 hits the trailing zero
             obs[f"{camera.name}/intrinsics"] = self._intrinsics[camera.name].copy()
-            obs[f"{camera.name}/pose"] = camera_pose(self._model, self._data, camera_id).astype(np.float32)
+            obs[f"{camera.name}/pose"] = pose.astype(np.float32)
         return obs
+
+    def _render_camera(self, camera_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rgb, depth, geom_ids) of a camera for the observation (`RgbdRenderer.render`)."""
+        return self._ensure_renderer().render(self._model, self._data, camera_id)
 
     def _info(self) -> dict[str, Any]:
         position, quaternion = self.object_pose()

@@ -29,10 +29,37 @@ class SceneHandles:
     object_qvel: int
     object_geoms: np.ndarray  # (G,) int geom ids belonging to the object (visual and collision)
     object_visual_geom: int
-    pusher_qpos: int  # x then y slide joints
-    pusher_qvel: int
+    pusher_qpos: int | None  # x then y slide joints (None: a PusherMount carries the pusher)
+    pusher_qvel: int | None
     camera_ids: tuple[int, ...]
     mug_materials: tuple[int, ...]  # material ids a mug may wear (empty for the box)
+
+
+PUSHER_HALF_HEIGHT = 0.05
+"""Half the pusher cylinder's length, metres."""
+
+
+@dataclass(frozen=True)
+class PusherMount:
+    """MJCF of a robot that carries the pusher in place of keydyn's slide-joint pusher.
+
+    `body` goes into the worldbody (its last link holds `pusher_geom`), `actuators` into <actuator>, and
+    `assets` into <asset>.
+    """
+
+    body: str
+    actuators: str
+    assets: str = ""
+
+
+def pusher_geom(task: TaskConfig, mass: float, pos: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> str:
+    """MJCF of the pusher cylinder (radius `task.pusher_radius`, length 2 * PUSHER_HALF_HEIGHT, axis along its
+    body's z, centred at `pos`); it touches the object, never the table."""
+    return (
+        f'<geom name="pusher" type="cylinder" size="{task.pusher_radius} {PUSHER_HALF_HEIGHT}" pos="{_fmt(pos)}" '
+        f'material="pusher_material" group="1" mass="{mass}" friction="{task.pusher_friction} 0.005 0.0001" '
+        f"{_PUSHER_BITS}/>"
+    )
 
 
 def camera_xyaxes(camera: CameraSpec) -> np.ndarray:
@@ -137,8 +164,11 @@ def _object_xml(task: TaskConfig, mug: MugShape | None, assets: dict[str, bytes]
     return asset, body
 
 
-def build_scene(task: TaskConfig, mug: MugShape | None = None) -> tuple[mujoco.MjModel, SceneHandles]:
-    """Compile the scene of `task` (with `mug` for the mug task).
+def build_scene(
+    task: TaskConfig, mug: MugShape | None = None, mount: PusherMount | None = None
+) -> tuple[mujoco.MjModel, SceneHandles]:
+    """Compile the scene of `task` (with `mug` for the mug task; with the pusher on `mount`, a robot, instead of
+    keydyn's x-y slide joints driven by velocity servos).
 
     The world frame has its origin at the centre of the table top, z up. The object body frame is the
     centre of the box (for a mug: the centre of its base, handle along +x).
@@ -150,7 +180,16 @@ def build_scene(task: TaskConfig, mug: MugShape | None = None) -> tuple[mujoco.M
         f'<camera name="{c.name}" pos="{_fmt(c.position)}" xyaxes="{_fmt(camera_xyaxes(c))}" fovy="{c.fovy_deg}"/>'
         for c in task.cameras
     )
-    pusher_half_height = 0.05
+    if mount is None:
+        mount = PusherMount(
+            body=f"""<body name="{PUSHER_BODY}" pos="0 0 {PUSHER_HALF_HEIGHT + 0.002}">
+      <joint name="pusher_x" type="slide" axis="1 0 0"/>
+      <joint name="pusher_y" type="slide" axis="0 1 0"/>
+      {pusher_geom(task, task.pusher_mass)}
+    </body>""",
+            actuators=f"""<velocity name="pusher_vx" joint="pusher_x" kv="{task.pusher_gain}"/>
+    <velocity name="pusher_vy" joint="pusher_y" kv="{task.pusher_gain}"/>""",
+        )
     xml = f"""
 <mujoco model="keydyn_{task.name}">
   <compiler angle="radian" autolimits="true"/>
@@ -169,6 +208,7 @@ def build_scene(task: TaskConfig, mug: MugShape | None = None) -> tuple[mujoco.M
     <material name="table_material" rgba="0.62 0.6 0.56 1" specular="0.1"/>
     <material name="pusher_material" rgba="0.1 0.75 0.2 1"/>
     {object_asset}
+    {mount.assets}
   </asset>
   <worldbody>
     <light name="key" directional="true" pos="0.3 -0.3 2" dir="-0.2 0.2 -1" diffuse="0.55 0.55 0.55"
@@ -183,18 +223,10 @@ def build_scene(task: TaskConfig, mug: MugShape | None = None) -> tuple[mujoco.M
       <freejoint name="object_joint"/>
       {object_body}
     </body>
-    <body name="{PUSHER_BODY}" pos="0 0 {pusher_half_height + 0.002}">
-      <joint name="pusher_x" type="slide" axis="1 0 0"/>
-      <joint name="pusher_y" type="slide" axis="0 1 0"/>
-      <geom name="pusher" type="cylinder" size="{task.pusher_radius} {pusher_half_height}"
-            material="pusher_material" group="1" mass="{task.pusher_mass}"
-            friction="{task.pusher_friction} 0.005 0.0001"
-            {_PUSHER_BITS}/>
-    </body>
+    {mount.body}
   </worldbody>
   <actuator>
-    <velocity name="pusher_vx" joint="pusher_x" kv="{task.pusher_gain}"/>
-    <velocity name="pusher_vy" joint="pusher_y" kv="{task.pusher_gain}"/>
+    {mount.actuators}
   </actuator>
 </mujoco>
 """
@@ -202,6 +234,7 @@ def build_scene(task: TaskConfig, mug: MugShape | None = None) -> tuple[mujoco.M
     body = model.body(OBJECT_BODY).id
     object_geoms = np.flatnonzero(model.geom_bodyid == body)
     joint = model.joint("object_joint")
+    slide = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, "pusher_x") >= 0
     materials = tuple(model.material(f"mug_material_{k}").id for k in range(task.mug_textures)) if mug else ()
     handles = SceneHandles(
         object_body=body,
@@ -209,8 +242,8 @@ def build_scene(task: TaskConfig, mug: MugShape | None = None) -> tuple[mujoco.M
         object_qvel=int(joint.dofadr[0]),
         object_geoms=object_geoms,
         object_visual_geom=model.geom("object_visual").id,
-        pusher_qpos=int(model.joint("pusher_x").qposadr[0]),
-        pusher_qvel=int(model.joint("pusher_x").dofadr[0]),
+        pusher_qpos=int(model.joint("pusher_x").qposadr[0]) if slide else None,
+        pusher_qvel=int(model.joint("pusher_x").dofadr[0]) if slide else None,
         camera_ids=tuple(model.camera(c.name).id for c in task.cameras),
         mug_materials=materials,
     )
