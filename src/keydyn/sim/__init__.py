@@ -2,8 +2,9 @@
 
 Each task of the paper is registered as a gymnasium environment: ``gymnasium.make("keydyn/top_down-v0")``,
 and likewise ``angled``, ``occlusions`` and ``mugs``; keyword arguments override task options
-(``width=640, height=480``). The built-in adapter `keydyn.sim.adapters.gymnasium_pusher` adds environment and
-task "gymnasium_pusher" (gymnasium's Pusher-v5 arm).
+(``width=640, height=480``). Built in beside them: task "gymnasium_pusher" (gymnasium's Pusher-v5 arm, through the
+adapter `keydyn.sim.adapters.gymnasium_pusher`) and task "harness", run in `HarnessEnv` (an iiwa arm and a
+D415-like camera, `keydyn.sim.harness`).
 """
 
 import gymnasium as gym
@@ -17,6 +18,7 @@ from keydyn.sim.environment import (
     make_environment,
     register_environment,
 )
+from keydyn.sim.harness import HarnessEnv
 from keydyn.sim.policy import RandomPushConfig, RandomPushPolicy
 
 for _name in TASK_NAMES:
@@ -27,6 +29,7 @@ for _name in TASK_NAMES:
 __all__ = [
     "TASK_NAMES",
     "CameraSpec",
+    "HarnessEnv",
     "PushingEnv",
     "PushingEnvironment",
     "RandomPushConfig",
