@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
@@ -71,8 +72,9 @@ def test_every_start_of_the_task_is_reached_pointing_down():
 
 
 def test_the_tip_tracks_a_5_hz_velocity_command():
-    """Measured: the first 0.2 s step covers ~91% of the commanded distance (the servos spin up, 20 ms lag), later
-    steps within 0.2% of it; the tip stays within 0.2 mm of its height and 0.05 deg of vertical."""
+    """Measured: the mean tip velocity over the first 0.2 s step is 13-27 mm/s short of the command (the servos
+    follow their targets 20 ms late), over later steps within 2.7 mm/s (about 1%) of it; the tip stays within
+    0.03 mm of its height and 0.02 deg of vertical."""
     env = HarnessEnv(images=False)
     for command in ([0.2, 0.0], [0.0, 0.2], [-0.1, 0.1], [0.25, 0.1]):
         obs, _ = env.reset(seed=0, options={"start": CLEAR})
@@ -168,8 +170,11 @@ def test_reported_camera_pose_has_the_configured_calibration_error():
 
 
 def test_harness_is_a_pushing_environment_that_passes_the_gymnasium_checker():
-    env = make_environment(task_config("harness", **SMALL))
-    assert isinstance(env, HarnessEnv) and isinstance(env, PushingEnvironment)
+    made = make_environment(task_config("harness", **SMALL))
+    assert isinstance(made, HarnessEnv)
+    made.close()
+    env = gym.make("keydyn/harness-v0", **SMALL).unwrapped
+    assert isinstance(env, PushingEnvironment)
     check_env(env, skip_render_check=False)
     env.reset(seed=4)
     env.step(np.array([0.2, 0.1]))

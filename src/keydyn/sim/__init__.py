@@ -3,8 +3,8 @@
 Each task of the paper is registered as a gymnasium environment: ``gymnasium.make("keydyn/top_down-v0")``,
 and likewise ``angled``, ``occlusions`` and ``mugs``; keyword arguments override task options
 (``width=640, height=480``). Built in beside them: task "gymnasium_pusher" (gymnasium's Pusher-v5 arm, through the
-adapter `keydyn.sim.adapters.gymnasium_pusher`) and task "harness", run in `HarnessEnv` (an iiwa arm and a
-D415-like camera, `keydyn.sim.harness`).
+adapter `keydyn.sim.adapters.gymnasium_pusher`) and task "harness" (``keydyn/harness-v0``), run in `HarnessEnv`
+(an iiwa arm and a D415-like camera, `keydyn.sim.harness`).
 """
 
 import gymnasium as gym
@@ -25,6 +25,8 @@ for _name in TASK_NAMES:
     _id = f"keydyn/{_name}-v0"
     if _id not in gym.registry:
         gym.register(id=_id, entry_point="keydyn.sim.env:PushingEnv", kwargs={"task": _name})
+if "keydyn/harness-v0" not in gym.registry:
+    gym.register(id="keydyn/harness-v0", entry_point="keydyn.sim.harness.env:HarnessEnv")
 
 __all__ = [
     "TASK_NAMES",

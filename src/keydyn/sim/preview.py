@@ -12,9 +12,12 @@ from keydyn.sim.environment import PushingEnvironment, make_environment
 
 
 def depth_to_image(depth: np.ndarray) -> np.ndarray:
-    """(H, W) metres to a (H, W, 3) uint8 grey image: nearest = white, the median depth and beyond = black."""
-    near, far = float(depth.min()), float(np.median(depth))
-    scaled = 1.0 - np.clip((depth - near) / max(far - near, 1e-6), 0.0, 1.0)
+    """(H, W) metres to a (H, W, 3) uint8 grey image: nearest = white, the median depth and beyond = black, as
+    are holes (pixels that are 0, negative, NaN or inf)."""
+    valid = np.isfinite(depth) & (depth > 0)
+    readings = depth[valid] if valid.any() else np.zeros(1)
+    near, far = float(readings.min()), float(np.median(readings))
+    scaled = np.where(valid, 1.0 - np.clip((depth - near) / max(far - near, 1e-6), 0.0, 1.0), 0.0)
     return np.repeat((scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 

@@ -44,14 +44,15 @@ TIP_SITE = "pusher_tip"
 """Site at the centre of the pusher's lower end."""
 
 # Each link: (offset of its joint from the previous joint along the previous link's z, metres; joint axis;
-# mass, kg; capsule radius, metres). Offsets 1+2, 3+4, 5+6 and 7+flange add up to SEGMENTS.
+# mass, kg; capsule radius, metres). Offsets 1+2, 3+4, 5+6 and 7+flange add up to SEGMENTS. Neighbouring radii
+# differ, so that the capsules' ends at a joint do not coincide (coincident surfaces flicker in the render).
 _LINKS = (
     (0.1575, "0 0 1", 4.0, 0.065),
-    (0.2025, "0 1 0", 4.0, 0.065),
+    (0.2025, "0 1 0", 4.0, 0.07),
     (0.2045, "0 0 1", 3.0, 0.06),
-    (0.2155, "0 1 0", 2.7, 0.06),
-    (0.1845, "0 0 1", 1.7, 0.055),
-    (0.2155, "0 1 0", 1.8, 0.05),
+    (0.2155, "0 1 0", 2.7, 0.065),
+    (0.1845, "0 0 1", 1.7, 0.05),
+    (0.2155, "0 1 0", 1.8, 0.055),
     (0.081, "0 0 1", 0.3, 0.04),
 )
 _FLANGE = 0.045  # joint 7 to the flange, metres
