@@ -52,7 +52,9 @@ class D415Model:
         if min(self.subpixel, self.edge_jump, self.translation_error, self.rotation_error_deg) < 0:
             raise ValueError(f"camera noise, edge jump and calibration errors must be >= 0, got {self}")
         if not 0 <= self.dropout < 1 or self.latency_frames < 0:
-            raise ValueError(f"dropout must be in [0, 1) and latency_frames >= 0, got {self.dropout}, {self}")
+            raise ValueError(
+                f"dropout must be in [0, 1) and latency_frames >= 0, got {self.dropout} and {self.latency_frames}"
+            )
 
     @property
     def latency(self) -> float:

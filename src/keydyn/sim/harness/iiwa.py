@@ -65,11 +65,8 @@ BASE_X = -0.58
 """World x of the arm's base axis, metres (beside the table, on the -x side, at the table top's level)."""
 PUSH_HEIGHT = 0.002
 """Height of the pusher's tip above the table while pushing, metres (as keydyn's slide pusher)."""
-
-
-def tool_length() -> float:
-    """Flange to pusher tip, metres: the pusher cylinder's length."""
-    return 2 * PUSHER_HALF_HEIGHT
+TOOL_LENGTH = 2 * PUSHER_HALF_HEIGHT
+"""Flange to pusher tip, metres: the pusher cylinder's length."""
 
 
 def iiwa_mount(task: TaskConfig, base: tuple[float, float, float] = (BASE_X, 0.0, 0.0)) -> PusherMount:
@@ -104,7 +101,7 @@ def iiwa_mount(task: TaskConfig, base: tuple[float, float, float] = (BASE_X, 0.0
         '<geom type="cylinder" size="0.035 0.008" pos="0 0 0.008" material="iiwa_dark" group="1" mass="0.1" '
         'contype="0" conaffinity="0"/>'
         f"{pusher_geom(task, _PUSHER_MASS, (0.0, 0.0, PUSHER_HALF_HEIGHT))}"
-        f'<site name="{TIP_SITE}" pos="0 0 {tool_length()}" size="0.005"/>'
+        f'<site name="{TIP_SITE}" pos="0 0 {TOOL_LENGTH}" size="0.005"/>'
         "</body>" + closing
     )
     actuators = "".join(
@@ -131,7 +128,7 @@ def planar_pose(tip: np.ndarray, base: np.ndarray) -> np.ndarray:
     shoulder_to_elbow, elbow_to_wrist = SEGMENTS[1], SEGMENTS[2]
     delta = np.asarray(tip, dtype=float) - np.asarray(base, dtype=float)
     horizontal = math.hypot(delta[0], delta[1])
-    vertical = delta[2] + SEGMENTS[3] + tool_length() - SEGMENTS[0]  # wrist above the shoulder
+    vertical = delta[2] + SEGMENTS[3] + TOOL_LENGTH - SEGMENTS[0]  # wrist above the shoulder
     reach = math.hypot(horizontal, vertical)
     elbow_cos = (shoulder_to_elbow**2 + elbow_to_wrist**2 - reach**2) / (2 * shoulder_to_elbow * elbow_to_wrist)
     elbow = math.pi - math.acos(min(max(elbow_cos, -1.0), 1.0))  # joint 4: 0 straight, pi folded
