@@ -59,7 +59,7 @@ def test_every_start_of_the_task_is_reached_pointing_down():
     controller = env._ik()
     rng = np.random.default_rng(0)
     for _ in range(500):
-        xy = env.sample_start(rng)["pusher_xy"]
+        xy = env.task.start.sample(rng)["pusher_xy"]
         tip = np.array([xy[0], xy[1], controller.height])
         q = planar_pose(tip, env.base)
         position, pointing = controller.tip(q)
