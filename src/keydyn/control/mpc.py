@@ -21,7 +21,7 @@ import torch
 import tyro
 from torch import Tensor
 
-from keydyn.control.costs import nonfinite_entries, per_environment
+from keydyn.control.costs import nonfinite_entries, per_environment, terminal_cost, tracking_cost
 from keydyn.dynamics.model import DynamicsMLP
 from keydyn.latents.base import PUSHER_DIM
 from keydyn.planning import (
@@ -158,13 +158,14 @@ def constant_velocity_grid(headings: int, speeds: tuple[float, ...]) -> np.ndarr
 class _Episode:
     """What the controller keeps of one episode: the last n (D,) latents and n - 1 (2,) actions (m/s) of its
     Markov state, the last action (which led to the next latent), the warm start (H, 2) for its next plan, the
-    states (H + 1, S) predicted along its last plan, and its planner's random source."""
+    actions (H, 2) and states (H + 1, S) of its last plan, and its planner's random source."""
 
     latents: list[np.ndarray]
     actions: list[np.ndarray]
     generator: torch.Generator
     executed: np.ndarray | None = None
     warm_start: Tensor | None = None
+    planned_actions: Tensor | None = None
     planned_states: Tensor | None = None
 
 
@@ -276,6 +277,7 @@ class MPCController:
             for k, (row, episode) in enumerate(zip(rows, group, strict=True)):
                 episode.executed = result.actions[k, 0].float().cpu().numpy()
                 episode.warm_start = self.planner.shift(result.actions[k])
+                episode.planned_actions = result.actions[k]
                 episode.planned_states = result.states[k]
                 actions[row] = episode.executed
         return actions
@@ -288,6 +290,25 @@ class MPCController:
             raise RuntimeError("no plan yet: call act() first")
         states = planned.reshape(-1, planned.shape[-1])
         return self.model.current_latent(states.float()).cpu().numpy()
+
+    def planned_actions(self, episode: int = 0) -> np.ndarray:
+        """(H, 2) pusher velocities (m/s) of an episode's last plan; its first row is the action `act` returned."""
+        planned = self._episode(episode).planned_actions
+        if planned is None:
+            raise RuntimeError("no plan yet: call act() first")
+        return planned.float().cpu().numpy()
+
+    def goal_cost(self, goal: np.ndarray) -> Cost:
+        """The goal-reaching cost toward the (D,) `goal` latent (`keydyn.control.costs.terminal_cost` of its
+        compared entries, `latent_part`), for every horizon."""
+        part = torch.as_tensor(np.asarray(goal)[self.latent_part], device=self.device)
+        return terminal_cost(part, self.state_part, self.config.cost_scale)
+
+    def tracking_cost(self, reference: np.ndarray) -> Cost:
+        """The tracking cost along (H, D) reference latents for the H predicted steps
+        (`keydyn.control.costs.tracking_cost` of their compared entries, `latent_part`)."""
+        part = torch.as_tensor(np.asarray(reference)[:, self.latent_part], device=self.device)
+        return tracking_cost(part, self.state_part, self.config.cost_scale)
 
     def _episode(self, index: int) -> _Episode:
         if not 0 <= index < len(self._episodes):

@@ -77,5 +77,9 @@ def control_setup(
     """Load a run and build what a closed-loop episode needs (rendering only if the encoder reads images)."""
     trained = load_run(run_dir, task, which)
     env = make_environment(trained.task, images=trained.encoder.needs_images)
-    controller = MPCController(trained.model, mpc, trained.method.cost_part(trained.model.latent_dim))
-    return ControlSetup(env, trained.encoder, controller, trained.method)
+    return ControlSetup(env, trained.encoder, run_controller(trained, mpc), trained.method)
+
+
+def run_controller(trained: TrainedRun, mpc: MPCConfig) -> MPCController:
+    """An MPC controller over a loaded run's dynamics, its costs comparing the entries its latent method names."""
+    return MPCController(trained.model, mpc, trained.method.cost_part(trained.model.latent_dim))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from keydyn.control.costs import nonfinite_entries, terminal_cost
+from keydyn.control.costs import nonfinite_entries
 from keydyn.control.mpc import MPCController
 from keydyn.evaluation.goals import GoalPair
 from keydyn.evaluation.metrics import pose_errors
@@ -316,8 +316,7 @@ def reach_goals(
             run = ClosedLoopRun(latents, actions, info, info, "", 0.0, frames, f"the goal: {fault}")
             results[b] = run.result(pair.index, pair.goal_position, pair.goal_quaternion)
             continue
-        goal_part = torch.as_tensor(goal[controller.latent_part], device=controller.device)
-        cost = terminal_cost(goal_part, controller.state_part, controller.config.cost_scale)
+        cost = controller.goal_cost(goal)
         loops[b] = ClosedLoop(
             env,
             encoder,

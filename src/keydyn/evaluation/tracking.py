@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from keydyn.control.costs import tracking_cost
 from keydyn.control.mpc import MPCController
 from keydyn.evaluation.episodes import EpisodeResult, FrameSink, VideoPoints, run_closed_loop
 from keydyn.evaluation.goals import GoalPair
@@ -47,8 +45,14 @@ class Demonstration:
     def reference(self, t: int, horizon: int, part: slice) -> np.ndarray:
         """(H, P) entries `part` (keypoint latents: the 3 K object keypoints) of z*_{t+1..t+H}, repeating the
         last latent past the end."""
-        indices = np.minimum(np.arange(t + 1, t + 1 + horizon), self.steps)
-        return self.latents[indices, part]
+        return reference_window(self.latents, t, horizon)[:, part]
+
+
+def reference_window(latents: np.ndarray, t: int, horizon: int) -> np.ndarray:
+    """(H, D) latents z*_{t+1..t+H} of the (T + 1, D) reference `latents` z*_0..z*_T, repeating z*_T past the end:
+    the reference of the plan made at step t."""
+    indices = np.minimum(np.arange(t + 1, t + 1 + horizon), len(latents) - 1)
+    return latents[indices]
 
 
 def record_demonstration(
@@ -110,8 +114,7 @@ def track(
     """
 
     def make_cost(t: int, horizon: int):
-        reference = torch.as_tensor(demo.reference(t, horizon, controller.latent_part), device=controller.device)
-        return tracking_cost(reference, controller.state_part, controller.config.cost_scale)
+        return controller.tracking_cost(reference_window(demo.latents, t, horizon))
 
     run = run_closed_loop(
         env,
