@@ -20,6 +20,8 @@ MODULES = [
     "keydyn.vision",
     "keydyn.control",
     "keydyn.evaluation",
+    "keydyn.remote.client",
+    "keydyn.remote.server",
     "keydyn.cli",
 ]
 

@@ -124,6 +124,7 @@ LAYERS = (
     {"planning"},
     {"control"},
     {"evaluation"},
+    {"remote"},
     {"cli", "demo"},
 )
 UTILITIES = {"runs", "files", "plots", "video", "machine", "presets", "models", "locks", "workers", "distributed"}

@@ -14,6 +14,7 @@ keydyn table eval/gt3d_top_down eval/sds_top_down --out table1.md
 keydyn reproduce table1 --task angled --seeds 3 --out repro/angled
 keydyn reproduce table2 --task top_down --out repro/table2_top_down
 keydyn preview --task angled --out angled.png
+keydyn serve --run runs/sds_top_down --address tcp://0.0.0.0:5555
 keydyn demo --out demo_out
 
 collect, train-visual, train-transporter, train-dynamics, evaluate and reproduce start from their `default` preset
@@ -46,6 +47,7 @@ from keydyn.evaluation.reproduce import ReproduceConfig, format_table, run_repro
 from keydyn.files import write_text_atomic
 from keydyn.locks import DirectoryBusyError
 from keydyn.presets import DEFAULT, cli_default, preset_names
+from keydyn.remote.session import ServeConfig
 from keydyn.sim.config import check_seed, task_config
 from keydyn.sim.preview import check_picture_path, write_task_picture
 from keydyn.vision.train import TrainVisualConfig, train_visual
@@ -253,6 +255,19 @@ class Reproduce(ReproduceConfig):
 
 
 @dataclass(frozen=True)
+class Serve(ServeConfig):
+    """Serve a run's controller to a robot whose software lives elsewhere: reset / act / plan / save / info requests
+    over ZMQ from keydyn.remote.client (needs the `robot` extra: pip install 'keydyn[robot]')."""
+
+    def execute(self) -> None:
+        try:
+            from keydyn.remote.server import serve
+        except ModuleNotFoundError as error:
+            raise ValueError(f"keydyn serve needs {error.name}: pip install 'keydyn[robot]'") from error
+        serve(self)
+
+
+@dataclass(frozen=True)
 class Demo(DemoConfig):
     """Goal reaching from pixels with the shipped models (SDS beside GT 3D), in a few minutes on 2 CPU cores; with
     --from-scratch the whole pipeline: collect, train descriptors, choose SDS keypoints, train dynamics, evaluate."""
@@ -325,6 +340,7 @@ def command_type(command: str | None, preset: str) -> Any:
         | Annotated[Table, tyro.conf.subcommand("table")]
         | entry("reproduce")
         | Annotated[Preview, tyro.conf.subcommand("preview")]
+        | Annotated[Serve, tyro.conf.subcommand("serve")]
         | Annotated[Demo, tyro.conf.subcommand("demo")]
     )
 

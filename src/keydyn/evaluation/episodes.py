@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from keydyn.control.costs import nonfinite_entries
 from keydyn.control.mpc import MPCController
