@@ -204,6 +204,8 @@ def test_keydyn_serve_serves_ground_truth_latents_and_stops_on_sigterm(pair):
         observation, info = env.reset(options=pair.reset_options(pair.start_state))
         with Client(address.group(1), timeout_s=60) as client:
             assert client.info()["cameras"] == [] and client.info()["latent"] == "gt3d"
+            with pytest.raises(ServerError, match="the goal: GT 3D reads the true object pose from info, which has no"):
+                client.reset(goal=goal)
             client.reset(goal={**goal, "info": goal_info})
             assert np.isfinite(client.act({**observation, "info": info})).all()
         process.send_signal(signal.SIGTERM)

@@ -21,7 +21,7 @@ from keydyn.latents.registry import register_latent
 from keydyn.runs import store_task
 from keydyn.sim.config import SUGAR_BOX_SIZE, TaskConfig
 from keydyn.sim.meshes import MugShape
-from keydyn.sim.observations import check_observation
+from keydyn.sim.observations import ObservationError, check_observation
 
 
 def rotate_by_quaternions(quaternions: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -163,6 +163,12 @@ class GroundTruthEncoder:
         if self._keypoints is None:
             raise RuntimeError("call reset() with the episode's first observation before encode()")
         check_observation(observation)  # the pusher position; the object pose is ground truth from `info`
+        missing = [key for key in ("object_position", "object_quaternion") if key not in info]
+        if missing:
+            raise ObservationError(
+                f"GT 3D reads the true object pose from info, which has no {' or '.join(missing)}; give the "
+                "simulator's info with each observation (a real robot has none: serve a latent located in images)"
+            )
         return self._keypoints.latent_from_info(info, np.asarray(observation["pusher_position"]))
 
 
