@@ -23,7 +23,7 @@ from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.tracking import record_demonstration, track
 from keydyn.models import shipped_run
 from keydyn.remote.client import Client, ServerError
-from keydyn.remote.protocol import decode, encode, request
+from keydyn.remote.protocol import ProtocolError, decode, encode, request
 from keydyn.remote.server import Server
 from keydyn.remote.session import ControlSession, ServeConfig, prepared_observation
 from keydyn.sim.environment import make_environment
@@ -173,6 +173,21 @@ def test_images_at_twice_the_resolution_and_depth_in_millimetres_are_read_as_the
     converted = prepared_observation(millimetres, cameras, (320, 240))["top_down/depth"]
     assert converted.dtype == np.float32
     np.testing.assert_allclose(converted, small["top_down/depth"], atol=5e-4)
+
+
+def test_arrays_travel_exactly_and_malformed_ones_are_refused():
+    arrays = [np.arange(6, dtype=">f8").reshape(2, 3), np.zeros((0, 2), np.float32), np.array(7, np.uint16)]
+    message = decode(encode({"arrays": arrays, "flag": np.bool_(True), "scale": np.float32(0.5)}))
+    for sent, received in zip(arrays, message["arrays"], strict=True):
+        assert received.dtype == sent.dtype.newbyteorder("<") and received.flags.writeable
+        np.testing.assert_array_equal(received, sent)
+    assert message["flag"] is True and message["scale"] == 0.5
+    with pytest.raises(ProtocolError, match=r"4 bytes, its dtype <f4 and shape \[2\] need 8 bytes"):
+        decode(encode({"a": {"dtype": "<f4", "shape": [2], "data": b"1234"}}))
+    with pytest.raises(ProtocolError, match=r"'\|O' is not a little-endian bool, integer or float"):
+        decode(encode({"a": {"dtype": "|O", "shape": [1], "data": b"12345678"}}))
+    with pytest.raises(TypeError, match="cannot send an array of <U1"):
+        encode({"a": np.array(["x"])})
 
 
 def test_the_client_times_out_clearly_and_can_call_again(tmp_path):
