@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import mujoco
 import numpy as np
 import pytest
 import torch
@@ -234,9 +235,13 @@ def test_ground_truth_encoder_reads_the_true_pose_and_each_mugs_shape():
         latent = encoder.encode(observation, info)
         shape = mug_shape(instance)
         rim = latent[:3]
-        # The first keypoint is on the rim: at the mug's height, one radius from its axis.
-        assert rim[2] == pytest.approx(info["object_position"][2] + shape.height, abs=2e-3)
-        assert math.dist(rim[:2], info["object_position"][:2]) == pytest.approx(shape.radius, abs=4e-3)
+        # The first keypoint is on the rim: the mug's height along its axis from the base, one radius off the axis.
+        rotation = np.empty(9)
+        mujoco.mju_quat2Mat(rotation, info["object_quaternion"])
+        axis = rotation.reshape(3, 3)[:, 2]
+        offset = rim - info["object_position"]
+        assert offset @ axis == pytest.approx(shape.height, abs=2e-3)
+        assert np.linalg.norm(offset - (offset @ axis) * axis) == pytest.approx(shape.radius, abs=4e-3)
         np.testing.assert_allclose(latent[-2:], observation["pusher_position"])
     env.close()
     with pytest.raises(RuntimeError, match="reset"):
