@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install keydyn with its development tools and the optional parts its tests cover (`viewer`:
-# rerun; `robot`: keydyn serve's transport). CPU torch 2.13.0 is installed first, on its own, so that no other
-# (multi-GB) torch build is pulled in by the package's dependencies.
+# rerun; `robot`: keydyn serve's transport; `cluster`: Ray). CPU torch 2.13.0 is installed first, on its own, so
+# that no other (multi-GB) torch build is pulled in by the package's dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -10,4 +10,4 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev,viewer,robot]"
+.venv/bin/python -m pip install -q -e ".[dev,viewer,robot,cluster]"

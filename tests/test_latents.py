@@ -127,7 +127,19 @@ LAYERS = (
     {"remote"},
     {"cli", "demo"},
 )
-UTILITIES = {"runs", "files", "plots", "video", "machine", "presets", "models", "locks", "workers", "distributed"}
+UTILITIES = {
+    "runs",
+    "files",
+    "plots",
+    "video",
+    "machine",
+    "presets",
+    "models",
+    "locks",
+    "workers",
+    "cluster",
+    "distributed",
+}
 """Shared modules any layer may import; they import only each other, sim and data."""
 UTILITY_IMPORTS = UTILITIES | {"sim", "data"}
 SOURCE = Path(keydyn.__file__).parent

@@ -7,6 +7,7 @@ writer gets.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import functools
@@ -14,7 +15,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -107,6 +108,20 @@ def one_writer(what: str) -> Callable[[Run], Run]:
         return locked  # type: ignore[return-value]
 
     return decorate
+
+
+@contextlib.contextmanager
+def taking_turns(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created), waiting while another process holds it: around work that
+    processes running side by side may start at once and one should do (filling a shared cache), so that the
+    others find it done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # drops the lock
 
 
 def holds_files(directory: Path) -> bool:

@@ -41,10 +41,16 @@ def worker_count(requested: int, units: int) -> int:
         "usable CPUs": usable_cpus(),
         "GiB of available memory": memory // MEMORY_PER_WORKER if memory is not None else requested,
     }
+    return capped_count(requested, limits)
+
+
+def capped_count(requested: int, limits: dict[str, int], what: str = "worker processes") -> int:
+    """`requested`, capped by each of `limits` (its reason -> the most it allows), at least 1; a cap is reported on
+    standard error with its reasons (`what` names what is started)."""
     count = max(1, min(requested, *limits.values()))
     if count < requested:
         reason = ", ".join(f"{value} {name}" for name, value in limits.items() if value < requested)
-        print(f"keydyn: starting {count} worker processes, not {requested} ({reason})", file=sys.stderr)
+        print(f"keydyn: starting {count} {what}, not {requested} ({reason})", file=sys.stderr)
     return count
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import multiprocessing
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +17,13 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
+from keydyn.cluster import ClusterConfig, map_units, process_count
 from keydyn.data.store import EpisodeStore, StoreError, encode_frames
 from keydyn.files import disk_full_error, is_disk_full
 from keydyn.locks import DirectoryLock
 from keydyn.sim.config import TaskConfig, check_seed, task_config, task_names
 from keydyn.sim.environment import PushingEnvironment, make_environment
 from keydyn.sim.policy import RandomPushConfig, RandomPushPolicy
-from keydyn.workers import die_with_parent, worker_count
 
 TERMINATIONS = ("", "out_of_bounds", "tipped_over")  # meta/termination codes
 
@@ -60,7 +58,11 @@ class CollectConfig:
     height: int = 240
     workers: int = 1
     """Parallel worker processes (the dataset does not depend on it); at most one per episode to collect and
-    per usable CPU, and as many as the available memory allows."""
+    per usable CPU, and as many as the available memory allows (with --cluster.backend ray: Ray actors, at most
+    one per CPU of the cluster). 1: collect in this process."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where the workers run: this machine, or a Ray cluster (the episodes come back to this process, which
+    writes the store)."""
     resume: bool = False
     """Continue an interrupted collection in --out (same task and settings); damaged episodes (see `keydyn
     dataset verify`) are collected again first."""
@@ -198,46 +200,34 @@ def collect_episode(env: PushingEnvironment, config: CollectConfig, index: int) 
     )
 
 
-class _Worker:
-    """Per-process simulation state of a collection worker."""
+class EpisodeWorker:
+    """A collection worker: the task's environment, built once per process; called with an episode index, it
+    returns the episode with its images compressed (where it was simulated)."""
 
-    env: PushingEnvironment | None = None
-    config: CollectConfig | None = None
+    def __init__(self, config: CollectConfig) -> None:
+        self.config = config
+        self.env = make_environment(config.task_config())
 
+    def __call__(self, index: int) -> tuple[dict, dict]:
+        frames, meta = collect_episode(self.env, self.config, index)
+        return {k: encode_frames(v) if v.ndim >= 3 else v for k, v in frames.items()}, meta
 
-def _init_worker(config: CollectConfig, parent: int) -> None:
-    die_with_parent(parent)
-    _Worker.config = config
-    _Worker.env = make_environment(config.task_config())
-
-
-def _worker_episode(index: int) -> tuple[dict, dict]:
-    assert _Worker.env is not None and _Worker.config is not None
-    return _encode_images(*collect_episode(_Worker.env, _Worker.config, index))
-
-
-def _encode_images(frames: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple[dict, dict]:
-    """Compress the image arrays where the episode was simulated (in parallel workers)."""
-    return {k: encode_frames(v) if v.ndim >= 3 else v for k, v in frames.items()}, meta
+    def close(self) -> None:
+        self.env.close()
 
 
 def _episodes(config: CollectConfig, indices: Sequence[int]) -> Iterator[tuple[dict, dict]]:
-    """Episodes `indices` in order, simulated by up to `config.workers` processes (see `worker_count`)."""
-    workers = worker_count(config.workers, len(indices))
+    """Episodes `indices` in order, simulated by up to `config.workers` processes (`keydyn.cluster.process_count`;
+    one runs them in this process)."""
+    workers = process_count(config.workers, len(indices), config.cluster)
     if workers == 1:
-        env = make_environment(config.task_config())
+        worker = EpisodeWorker(config)
         try:
-            for index in indices:
-                yield _encode_images(*collect_episode(env, config, index))
+            yield from map(worker, indices)
         finally:
-            env.close()
+            worker.close()
         return
-    # Spawned (not forked) workers: an OpenGL context must not be shared with a parent.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(config, os.getpid())) as pool:
-        yield from pool.imap(_worker_episode, indices, chunksize=1)
-        pool.close()  # a clean shutdown; leaving the block early (an error, Ctrl-C) terminates the workers
-        pool.join()
+    yield from map_units(EpisodeWorker, config, indices, workers, config.cluster, ordered=True)
 
 
 def _open_for_collection(config: CollectConfig) -> EpisodeStore:

@@ -9,7 +9,8 @@ The output directory holds:
     videos/episode_NNN.mp4  the first `videos` episodes: target keypoints green, current keypoints red (keypoint
                             latents; others draw what their method's `video_points` gives)
 
-Episodes run in a pool of `workers` processes, each planning with one thread; an episode's planner is seeded
+Episodes run in a pool of `workers` processes (local, or Ray actors: `--cluster.backend ray`), each planning with
+one thread; an episode's planner is seeded
 from (seed, episode index), so results do not depend on the number of workers. With `batch` B > 1 each process
 runs groups of B episodes in lockstep, B environments planned in one planner call of B x N rollouts per step
 (`keydyn.evaluation.episodes.reach_goals`); each episode's results equal its unbatched ones to float tolerance.
@@ -29,11 +30,11 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
+from keydyn.cluster import ClusterConfig, map_units
 from keydyn.control.mpc import MPCConfig, planner_name, upgrade_mpc_json
 from keydyn.control.run import control_setup, load_run
 from keydyn.evaluation.episodes import reach_goals
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
-from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
 from keydyn.evaluation.scene import draw_frame
 from keydyn.evaluation.viewer import ViewerConfig, open_recording
@@ -44,7 +45,7 @@ from keydyn.sim.config import check_seed
 from keydyn.sim.environment import make_environment
 from keydyn.video import write_video
 
-_RESUMABLE_FIELDS = ("episodes", "workers", "batch", "resume", "progress", "videos", "viewer")
+_RESUMABLE_FIELDS = ("episodes", "workers", "cluster", "batch", "resume", "progress", "videos", "viewer")
 
 
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # the planner's options (MPPI's by default) show in --help
@@ -67,7 +68,10 @@ class EvaluateConfig:
     seed: int = 0
     """Planner seed; episode k's planner is seeded from (seed, k)."""
     workers: int = 2
-    """Worker processes (0: run in this process)."""
+    """Worker processes (0: run in this process); with --cluster.backend ray, Ray actors."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where the workers run: this machine, or a Ray cluster (rows come back to this process; videos are written
+    by the workers, so --run and --out must be on a file system every node sees)."""
     batch: int = 1
     """Episodes each process runs in lockstep, planned together in one planner call per step (B x N rollouts);
     results do not depend on it beyond float tolerance. 1: one episode at a time."""
@@ -178,7 +182,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     with open(config.out / "episodes.jsonl", "a") as log:
         bar = tqdm(total=len(todo), desc="episodes", disable=not config.progress)
         groups = [todo[start : start + config.batch] for start in range(0, len(todo), config.batch)]
-        for group in run_parallel(GoalReachingWorker, config, groups, config.workers):
+        for group in map_units(GoalReachingWorker, config, groups, config.workers, config.cluster):
             log.write("".join(json.dumps(row) + "\n" for row in group))
             log.flush()
             os.fsync(log.fileno())

@@ -19,12 +19,12 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
+from keydyn.cluster import ClusterConfig, map_units
 from keydyn.control.mpc import MPCConfig
 from keydyn.control.run import control_setup
 from keydyn.data.store import EpisodeStore
 from keydyn.evaluation.evaluate import episode_seed
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
-from keydyn.evaluation.parallel import run_parallel
 from keydyn.evaluation.report import stops
 from keydyn.evaluation.scene import draw_frame
 from keydyn.evaluation.tracking import Demonstration, pair_demonstration, perturbed_start, record_demonstration, track
@@ -67,6 +67,10 @@ class TrackConfig:
     """Run the region-of-attraction grid (x vs yaw with y = 0, y vs yaw with x = 0); else only the demo start."""
     seed: int = 0
     workers: int = 2
+    """Worker processes (0: run in this process); with --cluster.backend ray, Ray actors."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where the workers run: this machine, or a Ray cluster (--run, --out and --dataset on a file system every
+    node sees: the workers read the run and write the video)."""
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
     """The tracking from the demonstration's start in 3D (rerun; videos/track.rrd), saved or live."""
 
@@ -189,7 +193,8 @@ def run_track(config: TrackConfig) -> dict[str, Any]:
     config.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(config.out / "config.json", config.to_json())
     items = list(enumerate(config.start_offsets()))
-    rows = sorted(run_parallel(TrackingWorker, config, items, config.workers), key=lambda row: row["index"])
+    finished = map_units(TrackingWorker, config, items, config.workers, config.cluster)
+    rows = sorted(finished, key=lambda row: row["index"])
     perturbed = rows[1:]
     summary = {
         "demonstration_start": rows[0],

@@ -16,18 +16,26 @@ the planner do). A Transporter method gives one row per crop mode (`transporter_
 
 Each stage is the command of the same name with the named preset, so its directory is an ordinary run. Run
 the same command again to resume: finished stages are reused, a cut one continues from its last checkpoint.
+
+The local backend runs the stages one after another in this process. With `--cluster.backend ray` each seed's
+dataset and networks are one Ray task, and each (row, seed) cell's dynamics training and evaluation another, which
+starts once its seed's task has finished: the seeds run side by side, and so do the cells. `out` must then be a
+directory every node sees (NFS, say). Collection and evaluation inside a task send their episodes to Ray actors
+(`--workers`). The stages' results do not depend on the backend, given the same torch threads (`stage_threads`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from keydyn.cluster import ClusterConfig, RayTasks
 from keydyn.data.collect import CollectConfig, collect
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
@@ -83,6 +91,11 @@ class ReproduceConfig:
     """Preset of the goal-reaching evaluation (`keydyn evaluate --preset`)."""
     workers: int = 2
     """Worker processes for collection and evaluation (0: evaluate in this process, collect with one)."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where the stages run: one after another in this process (local), or side by side as Ray tasks (ray; --out
+    on a file system every node sees)."""
+    stage_threads: int = 1
+    """With --cluster.backend ray: torch threads of each stage's task (it reserves as many CPUs of the cluster)."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -114,6 +127,8 @@ class ReproduceConfig:
             raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if self.stage_threads < 1:
+            raise ValueError(f"--stage-threads must be at least 1, got {self.stage_threads}")
         for command, name in (
             ("collect", self.collect),
             ("train-visual", self.visual),
@@ -177,6 +192,7 @@ def stage_dataset(config: ReproduceConfig, seed: int) -> Path:
             task=config.task,
             seed=seed,
             workers=max(config.workers, 1),
+            cluster=config.cluster,
             resume=out.exists(),
             progress=config.progress,
         )
@@ -253,9 +269,14 @@ def stage_dynamics(
     return out
 
 
+def evaluation_dir(config: ReproduceConfig, row: str, seed: int) -> Path:
+    """Where table row `row`'s evaluation of `seed` is written."""
+    return config.out / "eval" / row / f"seed{seed}"
+
+
 def stage_evaluation(config: ReproduceConfig, row: str, seed: int, run: Path) -> Path:
     """Evaluate (or finish evaluating) a dynamics run on the fixed start/goal pairs, its planner seeded by `seed`."""
-    out = config.out / "eval" / row / f"seed{seed}"
+    out = evaluation_dir(config, row, seed)
     evaluate(
         from_preset(
             EvaluateConfig,
@@ -265,6 +286,7 @@ def stage_evaluation(config: ReproduceConfig, row: str, seed: int, run: Path) ->
             out=out,
             seed=seed,
             workers=config.workers,
+            cluster=config.cluster,
             resume=(out / "config.json").exists(),
             progress=config.progress,
         )
@@ -272,22 +294,49 @@ def stage_evaluation(config: ReproduceConfig, row: str, seed: int, run: Path) ->
     return out
 
 
+@dataclass(frozen=True)
+class SeedRuns:
+    """What the cells of one seed share: its dataset, descriptor network (or None) and Transporters by crop mode."""
+
+    dataset: Path
+    visual: Path | None
+    transporters: dict[str, Path]
+
+
+def seed_stages(config: ReproduceConfig, seed: int) -> SeedRuns:
+    """Collect the dataset of `seed` and train the networks its rows need (or finish doing so)."""
+    dataset = stage_dataset(config, seed)
+    needs_visual = any(_needs_visual(method) for method in config.methods)
+    visual = stage_visual(config, seed, dataset) if needs_visual else None
+    crops = dict.fromkeys(crop for _, crop in table_rows(config).values() if crop is not None)
+    return SeedRuns(dataset, visual, {crop: stage_transporter(config, seed, dataset, crop) for crop in crops})
+
+
+def cell_stages(config: ReproduceConfig, row: str, seed: int, runs: SeedRuns) -> Path:
+    """Train and evaluate the dynamics of table row `row` on the runs of `seed` (or finish doing so)."""
+    crop = table_rows(config)[row][1]
+    run = stage_dynamics(config, row, seed, runs.dataset, runs.visual, runs.transporters.get(crop))
+    return stage_evaluation(config, row, seed, run)
+
+
 @one_writer("keydyn reproduce")
 def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
     """Run (or resume) every stage, then write table.md and table.json; returns the table's JSON."""
     config.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(config.out / "reproduce.json", {**vars(config), "out": str(config.out)})
+    write_json_atomic(config.out / "reproduce.json", {**dataclasses.asdict(config), "out": str(config.out)})
     rows = table_rows(config)
     evaluations: dict[str, list[Path]] = {row: [] for row in rows}
-    for seed in range(config.seeds):
-        dataset = stage_dataset(config, seed)
-        needs_visual = any(_needs_visual(method) for method in config.methods)
-        visual = stage_visual(config, seed, dataset) if needs_visual else None
-        crops = dict.fromkeys(crop for _, crop in rows.values() if crop is not None)
-        transporters = {crop: stage_transporter(config, seed, dataset, crop) for crop in crops}
-        for row, (_, crop) in rows.items():
-            run = stage_dynamics(config, row, seed, dataset, visual, transporters.get(crop))
-            evaluations[row].append(stage_evaluation(config, row, seed, run))
+    if config.cluster.backend == "local":
+        for seed in range(config.seeds):
+            runs = seed_stages(config, seed)
+            for row in rows:
+                evaluations[row].append(cell_stages(config, row, seed, runs))
+    else:
+        tasks = RayTasks(config.cluster, config.stage_threads)
+        seeds = [tasks.submit(seed_stages, config, seed) for seed in range(config.seeds)]
+        cells = [tasks.submit(cell_stages, config, row, seed, runs) for seed, runs in enumerate(seeds) for row in rows]
+        tasks.results(cells)
+        evaluations = {row: [evaluation_dir(config, row, seed) for seed in range(config.seeds)] for row in rows}
     table = results_table(config.table, config.task, evaluations)
     table["left_out"] = [m for m in OPTIONAL_METHODS if m in TABLE_METHODS[config.table] and m not in latent_names()]
     write_json_atomic(config.out / "table.json", table)

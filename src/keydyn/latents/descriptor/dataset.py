@@ -17,6 +17,7 @@ import torch
 
 from keydyn.data.store import EpisodeStore
 from keydyn.latents.descriptor.references import References, locate_references
+from keydyn.locks import taking_turns
 from keydyn.runs import read_checked_tensors, write_tensors
 from keydyn.vision.network import DescriptorNet
 
@@ -114,11 +115,12 @@ def dataset_keypoints(
     """The keypoints of every frame of `store`, loaded from `cache_dir` when computed before, else computed
     (see `compute_keypoints`) and cached there."""
     path = Path(cache_dir) / f"keypoints-{cache_key(net, references, store, bf16)}.safetensors"
-    if path.exists():
-        tensors = read_checked_tensors(path, "delete it (the keypoints are located again) and run the command again")
-        if tensors is not None:  # else a cache of an older keydyn, without its digest: located again, replaced
-            return DatasetKeypoints(tensors["points"], tensors["confidence"])
-    result = compute_keypoints(net, references, store, batch_size, bf16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_tensors(path, {"points": result.points, "confidence": result.confidence})
+    with taking_turns(path.with_name(path.name + ".lock")):  # runs side by side (reproduce on Ray) locate them once
+        if path.exists():
+            fix = "delete it (the keypoints are located again) and run the command again"
+            tensors = read_checked_tensors(path, fix)
+            if tensors is not None:  # else a cache of an older keydyn, without its digest: located again, replaced
+                return DatasetKeypoints(tensors["points"], tensors["confidence"])
+        result = compute_keypoints(net, references, store, batch_size, bf16)
+        write_tensors(path, {"points": result.points, "confidence": result.confidence})
     return result
