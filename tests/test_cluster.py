@@ -42,22 +42,21 @@ def test_evaluation_on_ray_gives_the_local_rows_and_resumes_only_the_missing_epi
         args = ["evaluate", "--run", str(small_run), "--out", str(out), "--episodes", "2", "--videos", "0"]
         assert main([*args, "--no-progress", *flags, *FAST_MPC]) == 0
 
-    evaluate(tmp_path / "local", "--workers", "0")
-    on_ray = tmp_path / "ray"
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    evaluate(local, "--workers", "0")
     evaluate(on_ray, "--workers", "2", "--cluster.backend", "ray")
-    assert rows(on_ray) == rows(tmp_path / "local")  # everything but the wall-clock planning times
-    assert [row["index"] for row in rows(on_ray)] == [0, 1]
+    expected = rows(local)
+    assert rows(on_ray) == expected  # everything but the wall-clock planning times
+    assert [row["index"] for row in expected] == [0, 1]
 
-    log = on_ray / "episodes.jsonl"
+    # The local evaluation cut after its first episode to finish, resumed on Ray: the other episode alone runs.
+    log = local / "episodes.jsonl"
     kept = {**json.loads(log.read_text().splitlines()[0]), "kept": True}  # a mark a re-run episode would lack
-    log.write_text(json.dumps(kept) + "\n")  # as if cut after one episode
-    evaluate(on_ray, "--workers", "2", "--cluster.backend", "ray", "--resume")
+    log.write_text(json.dumps(kept) + "\n")
+    evaluate(local, "--workers", "2", "--cluster.backend", "ray", "--resume")
     resumed = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [row["index"] for row in resumed] == [kept["index"], 1 - kept["index"]]  # the missing one alone ran
-    assert resumed[0] == kept
-    assert rows(on_ray) == [
-        {**row, "kept": True} if row["index"] == kept["index"] else row for row in rows(tmp_path / "local")
-    ]
+    assert [row["index"] for row in resumed] == [kept["index"], 1 - kept["index"]] and resumed[0] == kept
+    assert rows(local) == [{**row, "kept": True} if row["index"] == kept["index"] else row for row in expected]
 
 
 def test_reproduce_on_ray_writes_the_local_table(ray_cluster, tmp_path):

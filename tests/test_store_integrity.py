@@ -216,7 +216,7 @@ def _children(pid: int) -> list[int]:
 WORKER_SCRIPT = """
 import os, sys, time
 from pathlib import Path
-from keydyn.evaluation.parallel import run_parallel
+from keydyn.cluster import map_units
 
 def sleeper(directory):
     def work(item):
@@ -225,7 +225,7 @@ def sleeper(directory):
     return work
 
 if __name__ == "__main__":
-    list(run_parallel(sleeper, sys.argv[1], range(2), workers=2))
+    list(map_units(sleeper, sys.argv[1], range(2), workers=2))
 """
 
 

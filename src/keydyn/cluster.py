@@ -75,6 +75,8 @@ def process_count(workers: int, units: int, cluster: ClusterConfig) -> int:
     (this machine's CPUs and memory); on Ray at most one actor per unit and per CPU of the cluster."""
     if cluster.backend == "local":
         return worker_count(workers, units)
+    if workers <= 1:
+        return 1  # without asking (or starting) a cluster
     cpus = int(connect(cluster).cluster_resources().get("CPU", 1))
     return capped_count(workers, {"units of work": units, "CPUs of the Ray cluster": cpus}, "Ray actors")
 
