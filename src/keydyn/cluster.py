@@ -52,7 +52,7 @@ class ClusterConfig:
 
 
 LOCAL = ClusterConfig()
-"""Today's machine: worker processes here."""
+"""The default backend: worker processes on this machine."""
 
 
 def connect(cluster: ClusterConfig) -> Any:
