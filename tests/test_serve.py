@@ -43,9 +43,10 @@ def setup():
 
 
 @pytest.fixture(scope="module")
-def server(setup):
+def server(setup, tmp_path_factory):
     """The shipped SDS run served from a background thread at a free local port."""
-    served = Server(ControlSession(ServeConfig(run=shipped_run("top_down", "sds"))), "tcp://127.0.0.1:*")
+    config = ServeConfig(run=shipped_run("top_down", "sds"), save_dir=tmp_path_factory.mktemp("sessions"))
+    served = Server(ControlSession(config), "tcp://127.0.0.1:*")
     stop = threading.Event()
     thread = threading.Thread(target=served.serve, args=(stop,))
     thread.start()
@@ -83,7 +84,9 @@ def test_served_goal_reaching_equals_the_in_process_loop_bit_for_bit(setup, serv
             assert not terminated
         with pytest.raises(ServerError, match="3 steps are done; send reset"):
             client.act(observation)
-        written = client.save(str(tmp_path / "logs" / "session.json"))
+        with pytest.raises(ServerError, match="save takes a file name"):
+            client.save(str(tmp_path / "elsewhere.json"))  # a peer chooses no path on the server
+        written = client.save("session.json")
     np.testing.assert_array_equal(np.stack(actions), expected.actions)
     session = json.loads(Path(written).read_text())
     episode = session["episodes"][-1]
@@ -124,7 +127,7 @@ def test_bad_requests_are_answered_with_the_problem_and_the_server_goes_on(setup
 
     try:
         assert "not msgpack" in answer(b"\xc1 not msgpack")
-        assert "protocol version 0, this server speaks version 1" in answer(encode({"version": 0, "op": "info"}))
+        assert "protocol version 0, this server speaks version 2" in answer(encode({"version": 0, "op": "info"}))
         assert "unknown op 'fly'" in answer(encode(request("fly")))
         assert "no observation" in answer(encode(request("act")))
         big_endian = {"dtype": ">f4", "shape": [2], "data": np.zeros(2, ">f4").tobytes()}
@@ -180,6 +183,7 @@ def test_arrays_travel_exactly_and_malformed_ones_are_refused():
     message = decode(encode({"arrays": arrays, "flag": np.bool_(True), "scale": np.float32(0.5)}))
     for sent, received in zip(arrays, message["arrays"], strict=True):
         assert received.dtype == sent.dtype.newbyteorder("<") and received.flags.writeable
+        assert received.shape == sent.shape
         np.testing.assert_array_equal(received, sent)
     assert message["flag"] is True and message["scale"] == 0.5
     with pytest.raises(ProtocolError, match=r"4 bytes, its dtype <f4 and shape \[2\] need 8 bytes"):

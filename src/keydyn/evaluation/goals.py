@@ -15,7 +15,7 @@ import numpy as np
 
 from keydyn.evaluation.metrics import pose_errors
 from keydyn.sim.config import check_seed
-from keydyn.sim.environment import PushingEnvironment
+from keydyn.sim.environment import PushingEnvironment, UnreachableStartError
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,13 @@ class GoalPair:
 
 
 def _draw_pair(env: PushingEnvironment, config: GoalPairConfig, index: int, seed: int) -> GoalPair | None:
+    """Pair `index` drawn from `seed`, or None when its start cannot be taken or its push leaves the task or moves
+    the object too little. Starts lie within the task's own start range when that is smaller (a robot's
+    workspace)."""
     rng = np.random.default_rng(seed)
     heading = float(rng.uniform(0.0, 2 * math.pi))
-    object_xy = rng.uniform(-config.object_xy_range, config.object_xy_range, size=2)
+    half = min(config.object_xy_range, env.task.start.object_xy_range)
+    object_xy = rng.uniform(-half, half, size=2)
     forward = np.array([math.cos(heading), math.sin(heading)])
     behind = rng.uniform(*env.task.start.pusher_behind)
     lateral = rng.uniform(-env.task.start.pusher_lateral, env.task.start.pusher_lateral)
@@ -82,7 +86,10 @@ def _draw_pair(env: PushingEnvironment, config: GoalPairConfig, index: int, seed
         "object_yaw": float(rng.uniform(0.0, 2 * math.pi)),
         "pusher_xy": object_xy - behind * forward + lateral * np.array([-forward[1], forward[0]]),
     }
-    _, info = env.reset(seed=seed, options={"start": start})
+    try:
+        _, info = env.reset(seed=seed, options={"start": start})
+    except UnreachableStartError:
+        return None
     start_state, start_info = info["sim_state"], info
     velocity = rng.uniform(*config.push_speed) * forward
     steps = config.push_steps[index % len(config.push_steps)]

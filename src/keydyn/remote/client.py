@@ -102,10 +102,10 @@ class Client:
         reply = self._call("plan", observation=observation)
         return Plan(reply["actions"], reply["latents"], reply.get("keypoints"))
 
-    def save(self, path: str) -> str:
-        """Write the session (every episode's target, latents, actions and timings) to the JSON file `path` on
-        the server's machine; returns the path written."""
-        return self._call("save", path=str(path))["path"]
+    def save(self, name: str) -> str:
+        """Write the session (every episode's target, latents, actions and timings) to the JSON file `name` in the
+        server's --save-dir; returns the path written there."""
+        return self._call("save", name=str(name))["path"]
 
     def close(self) -> None:
         self._socket.close()

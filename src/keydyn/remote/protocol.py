@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 1
+VERSION = 2
 """Protocol version, sent with every request and checked by the server; bumped when a message changes meaning."""
 
 ARRAY_KEYS = frozenset({"dtype", "shape", "data"})
@@ -34,7 +34,7 @@ REQUESTS: dict[str, dict[str, tuple[type, bool]]] = {
     "reset": {"goal": (dict, False), "reference": (list, False), "steps": (int, False), "seed": (int, False)},
     "act": {"observation": (dict, True)},
     "plan": {"observation": (dict, True)},
-    "save": {"path": (str, True)},
+    "save": {"name": (str, True)},
 }
 """Each op's fields: name -> (msgpack type, required). reset takes exactly one of goal and reference."""
 
@@ -52,7 +52,9 @@ def pack_array(value: np.ndarray) -> dict[str, Any]:
     array = np.asarray(value)
     if array.dtype.kind not in ARRAY_KINDS:
         raise TypeError(f"cannot send an array of {array.dtype}; send booleans, integers or floats")
-    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    array = np.asarray(array, dtype=array.dtype.newbyteorder("<"))
+    if not array.flags.c_contiguous:  # np.ascontiguousarray would turn a 0-d array into a 1-d one
+        array = array.copy(order="C")
     return {"dtype": array.dtype.str, "shape": list(array.shape), "data": memoryview(array)}
 
 

@@ -13,6 +13,7 @@ import threading
 import traceback
 from typing import Any
 
+import torch
 import zmq
 
 from keydyn.remote.protocol import ProtocolError, check_request, decode, encode, reply_error
@@ -75,6 +76,7 @@ class Server:
 
 def serve(config: ServeConfig) -> None:
     """Load the run, then serve it at config.address until Ctrl-C or SIGTERM (each stops it cleanly)."""
+    torch.set_num_threads(config.threads)
     server = Server(ControlSession(config), config.address)
     stop = threading.Event()
     previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}

@@ -52,12 +52,21 @@ class ServeConfig:
     or ipc:///path/to/socket."""
     checkpoint: Literal["best", "last"] = "best"
     mpc: MPCConfig = field(default_factory=MPCConfig)
+    save_dir: Path = Path("sessions")
+    """Directory that `save` requests write into: a request names a file in it, never a path elsewhere."""
+    threads: int = 1
+    """Torch threads for encoding and planning. With 1, as every `keydyn evaluate` worker, the served actions equal
+    evaluate's and track's bit for bit."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
+        object.__setattr__(self, "save_dir", Path(self.save_dir))
+        if self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "run": str(self.run), "mpc": self.mpc.to_json()}
+        values = {**dataclasses.asdict(self), "run": str(self.run), "save_dir": str(self.save_dir)}
+        return {**values, "mpc": self.mpc.to_json()}
 
 
 def _block_sums(image: np.ndarray, k: int, dtype: type) -> np.ndarray:
@@ -276,11 +285,16 @@ class ControlSession:
             reply["keypoints"] = np.stack(points)
         return reply
 
-    def save(self, path: str) -> dict[str, Any]:
-        """Write every episode of the session to the JSON file `path` (atomically; parent directories made)."""
-        target = Path(path).expanduser().absolute()
+    def save(self, name: str) -> dict[str, Any]:
+        """Write every episode of the session to the JSON file `name` in the server's `save_dir` (atomically), and
+        return its path there. A name with a directory part is refused: a peer chooses no path on the server."""
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(
+                f"save takes a file name, written into the server's --save-dir ({self.config.save_dir}); got {name!r}"
+            )
+        target = (self.config.save_dir / name).absolute()
         if target.is_dir():
-            raise ValueError(f"save's path {target} is a directory; give a file name, e.g. {target / 'session.json'}")
+            raise ValueError(f"save's file {target} is a directory; give another file name, e.g. session.json")
         target.parent.mkdir(parents=True, exist_ok=True)
         document = {
             "format": SESSION_FORMAT,

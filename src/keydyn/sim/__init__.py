@@ -14,6 +14,7 @@ from keydyn.sim.config import TASK_NAMES, CameraSpec, TaskConfig, register_task,
 from keydyn.sim.env import PushingEnv
 from keydyn.sim.environment import (
     PushingEnvironment,
+    UnreachableStartError,
     environment_names,
     make_environment,
     register_environment,
@@ -37,6 +38,7 @@ __all__ = [
     "RandomPushConfig",
     "RandomPushPolicy",
     "TaskConfig",
+    "UnreachableStartError",
     "environment_names",
     "make_environment",
     "register_environment",

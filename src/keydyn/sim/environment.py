@@ -60,6 +60,11 @@ class PushingEnvironment(Protocol):
     def close(self) -> None: ...
 
 
+class UnreachableStartError(ValueError):
+    """`reset(options={"start": ...})` asked for a start the robot cannot take (its pusher out of reach, or
+    overlapping the object); goal-pair generation draws another start instead."""
+
+
 EnvironmentFactory = Callable[[TaskConfig, bool], PushingEnvironment]
 """Builds an environment for a task: factory(task, images)."""
 

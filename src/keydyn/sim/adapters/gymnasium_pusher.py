@@ -45,7 +45,7 @@ from gymnasium import spaces
 from gymnasium.envs.mujoco import pusher_v5
 
 from keydyn.sim.config import CameraSpec, StartDistribution, TaskConfig, register_task
-from keydyn.sim.environment import register_environment
+from keydyn.sim.environment import UnreachableStartError, register_environment
 from keydyn.sim.render import MOVABLE_GROUP, RgbdRenderer, camera_intrinsics, camera_pose
 from keydyn.sim.scene import camera_xyaxes
 
@@ -67,6 +67,8 @@ too soft to push it)."""
 VELOCITY_GAIN = 30.0  # 1/s, joint-velocity servo (times the joint-space inertia M(q))
 HEIGHT_GAIN = 10.0  # 1/s, tip height and fork tilt correction
 POSTURE_GAIN = 1.0  # 1/s, null-space pull towards NOMINAL_POSTURE
+START_ATTEMPTS = 100  # starts drawn before a reset without one gives up
+PLACEMENT_TOLERANCE = 0.005  # m, how far from the requested start the inverse kinematics may leave the tip
 DAMPING = 0.05  # damped least squares, in the units of the Jacobian (m, rad)
 STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
@@ -164,7 +166,7 @@ class GymnasiumPusherEnv(gym.Env):
         if "sim_state" in options:
             self.set_sim_state(np.asarray(options["sim_state"]))
         else:
-            self._place(options.get("start") or self.task.start.sample(self.np_random))
+            self._place_start(options.get("start"))
             for _ in range(max(round(self.task.settle_time / self.task.physics_dt), 1)):
                 self._physics_step(np.zeros(2))
             self._data.time = 0.0
@@ -281,6 +283,21 @@ class GymnasiumPusherEnv(gym.Env):
                 return True
         return False
 
+    def _place_start(self, start: dict[str, Any] | None) -> None:
+        """Place `start`, or without one the first drawn start (task.start) that the arm can take."""
+        if start is not None:
+            self._place(start)
+            return
+        for _ in range(START_ATTEMPTS):
+            try:
+                self._place(self.task.start.sample(self.np_random))
+                return
+            except UnreachableStartError:
+                continue
+        raise UnreachableStartError(
+            f"none of {START_ATTEMPTS} starts drawn from the task's start distribution could be taken; narrow it"
+        )
+
     def _place(self, start: dict[str, Any]) -> None:
         """Cylinder at start["object_xy"]; tip at start["pusher_xy"], or further back (module docstring)."""
         object_xy = np.asarray(start["object_xy"], dtype=float)
@@ -292,9 +309,21 @@ class GymnasiumPusherEnv(gym.Env):
         away = pusher_xy - object_xy
         away /= max(np.linalg.norm(away), 1e-9)
         for retreat in np.arange(0.0, 0.3, 0.01):
-            self._inverse_kinematics(pusher_xy + retreat * away)
+            target = pusher_xy + retreat * away
+            self._inverse_kinematics(target)
             if not self._fork_touches_object():
-                return
+                break
+        else:
+            raise UnreachableStartError(
+                f"the fork overlaps the cylinder at {np.round(object_xy, 3).tolist()} even 29 cm behind pusher_xy "
+                f"{np.round(pusher_xy, 3).tolist()}; start the pusher further from the object"
+            )
+        missed = float(np.linalg.norm(self.tip_position()[:2] - target))
+        if missed > PLACEMENT_TOLERANCE:
+            raise UnreachableStartError(
+                f"the arm's tip cannot reach {np.round(target, 3).tolist()} (closest {missed * 100:.1f} cm away) with "
+                "the fork level; start within the task's table"
+            )
 
     def _termination(self) -> str:
         limit = self.task.table_size / 2 - self.task.boundary_margin

@@ -8,6 +8,7 @@ environment "harness", with task "harness".
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 import mujoco
@@ -71,6 +72,7 @@ class HarnessEnv(PushingEnv):
         self._view = mujoco.MjData(self._model)  # the scene as the camera saw it
         self._lagged = False  # whether _view holds the lagged scene
         self._calibration = self.camera.calibration_error()
+        self._noise: np.random.Generator | None = None  # the episode's depth noise, drawn from its start state
         self._fovy = dict(zip(self._handles.camera_ids, (c.fovy_deg for c in self.task.cameras), strict=True))
 
     def _build_scene(self, mug: MugShape | None) -> tuple[mujoco.MjModel, SceneHandles]:
@@ -144,10 +146,22 @@ class HarnessEnv(PushingEnv):
         return self._data.qpos[self._ik().qpos].copy()
 
     # -- the camera -------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self._noise = None
+        return super().reset(seed=seed, options=options)
+
+    def _noise_generator(self) -> np.random.Generator:
+        """The episode's depth noise and holes: seeded by its start state (the state at its first image), so an
+        episode's images depend only on where it started, whichever process and whatever ran before it."""
+        if self._noise is None:
+            digest = hashlib.sha256(self.sim_state().tobytes()).digest()
+            self._noise = np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
+        return self._noise
+
     def _render_camera(self, camera_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         data = self._view if self._lagged else self._data
         rgb, depth, geom_ids = self._ensure_renderer().render(self._model, data, camera_id)
-        return rgb, self.camera.degrade_depth(depth, self._fovy[camera_id], self.np_random), geom_ids
+        return rgb, self.camera.degrade_depth(depth, self._fovy[camera_id], self._noise_generator()), geom_ids
 
     def camera_poses(self) -> list[np.ndarray]:
         """(4, 4) T_world_camera the rig reports for every camera (true pose times the calibration error)."""

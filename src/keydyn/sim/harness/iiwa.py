@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from keydyn.sim.config import TaskConfig
+from keydyn.sim.environment import UnreachableStartError
 from keydyn.sim.scene import PUSHER_HALF_HEIGHT, PusherMount, pusher_geom
 
 SEGMENTS = (0.36, 0.42, 0.40, 0.126)
@@ -123,7 +124,7 @@ def planar_pose(tip: np.ndarray, base: np.ndarray) -> np.ndarray:
     solve the shoulder-elbow-wrist triangle, joint 6 points the flange down); a start for the numerical IK.
 
     Raises:
-        ValueError: the tip is out of the arm's reach (pointing down).
+        UnreachableStartError: the tip is out of the arm's reach (pointing down).
     """
     shoulder_to_elbow, elbow_to_wrist = SEGMENTS[1], SEGMENTS[2]
     delta = np.asarray(tip, dtype=float) - np.asarray(base, dtype=float)
@@ -133,7 +134,7 @@ def planar_pose(tip: np.ndarray, base: np.ndarray) -> np.ndarray:
     elbow_cos = (shoulder_to_elbow**2 + elbow_to_wrist**2 - reach**2) / (2 * shoulder_to_elbow * elbow_to_wrist)
     elbow = math.pi - math.acos(min(max(elbow_cos, -1.0), 1.0))  # joint 4: 0 straight, pi folded
     if not (math.radians(10) <= elbow <= JOINT_LIMITS[3]):
-        raise ValueError(
+        raise UnreachableStartError(
             f"pusher tip {np.round(tip, 3).tolist()} is {horizontal:.3f} m from the arm's base axis, out of the "
             "iiwa's reach with the pusher pointing down (about 0.39 to 0.81 m); move the start or the base"
         )
