@@ -302,18 +302,34 @@ class _MirroredPushingEnv(PushingEnv):
         return super().step(np.asarray(action) * np.array([-1.0, 1.0]))
 
 
-def test_a_registered_environment_and_task_are_what_collection_runs(tmp_path):
+def mirrored_environment(task, images: bool) -> _MirroredPushingEnv:
+    """An environment factory a task names by reference ("tests.test_env:mirrored_environment")."""
+    return _MirroredPushingEnv(task, images=images)
+
+
+@pytest.fixture
+def registries(monkeypatch):
+    """The environment and task registries, restored after the test."""
+    from keydyn.sim import config, environment
+
+    monkeypatch.setattr(environment, "_ENVIRONMENTS", dict(environment._ENVIRONMENTS))
+    monkeypatch.setattr(config, "_TASKS", dict(config._TASKS))
+
+
+def test_a_registered_environment_and_task_are_what_collection_runs(tmp_path, registries):
     """A task that names another registered environment is collected in it (the mirrored pushes move the pusher
     the other way), and the store records the task with its environment."""
     from keydyn.data.collect import collect
-    from keydyn.sim import environment_names, make_environment, register_environment, register_task, task_names
+    from keydyn.sim import environment_names, register_environment, register_task, task_names
 
     from .conftest import small_collect_config
 
-    register_environment("mirrored", lambda task, images: _MirroredPushingEnv(task, images=images))
+    register_environment("mirrored", mirrored_environment)
     register_task(replace(task_config("top_down"), name="top_down_mirrored", environment="mirrored"))
     assert "mirrored" in environment_names() and "top_down_mirrored" in task_names()
-    assert isinstance(make_environment(task_config("top_down_mirrored")), PushingEnvironment)
+    made = make_environment(task_config("top_down_mirrored"))
+    assert isinstance(made, PushingEnvironment) and isinstance(made, _MirroredPushingEnv)
+    made.close()
     plain = collect(small_collect_config(tmp_path / "plain", episodes=1))
     mirrored = collect(small_collect_config(tmp_path / "mirrored", episodes=1, task="top_down_mirrored"))
     assert TaskConfig.from_dict(mirrored.attrs["task_config"]).environment == "mirrored"
@@ -325,7 +341,12 @@ def test_a_registered_environment_and_task_are_what_collection_runs(tmp_path):
         assert np.all(np.sign(velocity_x[firm]) == sign * np.sign(action_x[firm]))
 
 
-def test_an_unregistered_environment_is_named_with_the_known_ones():
+def test_an_unregistered_environment_is_named_with_the_known_ones(registries):
     task = replace(task_config("top_down"), environment="no_such_robot")
     with pytest.raises(ValueError, match=r"'no_such_robot', which is not registered \(known: .*keydyn"):
         make_environment(task)
+    imported = make_environment(replace(task, environment="tests.test_env:mirrored_environment"))
+    assert isinstance(imported, _MirroredPushingEnv)  # a worker that never imported the module finds it
+    imported.close()
+    with pytest.raises(ValueError, match=r"cannot import 'nothing' from module 'tests\.test_env'"):
+        make_environment(replace(task, environment="tests.test_env:nothing"))

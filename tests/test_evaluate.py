@@ -13,7 +13,7 @@ from keydyn.cli import command_type, main
 from keydyn.control.run import load_run
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.report import summarize
-from keydyn.evaluation.tracking import pair_demonstration, perturbed_start
+from keydyn.evaluation.tracking import pair_demonstration, perturbed_start, reference_window
 from keydyn.models import shipped_run
 from keydyn.planning import CEMConfig, GradientShootingConfig, MPPIConfig, RandomShootingConfig
 from keydyn.sim.env import PushingEnv, object_yaw
@@ -210,8 +210,9 @@ def test_demonstration_replays_its_pair_and_offsets_move_the_start(small_run):
     demo = pair_demonstration(env, trained.encoder, pair)
     assert demo.steps == 15 and demo.latents.shape == (16, 14)
     np.testing.assert_array_equal(demo.positions[-1], pair.goal_position)  # the replay is exact
-    reference = demo.reference(12, 5, slice(0, 12))
-    np.testing.assert_array_equal(reference[3:], demo.latents[[15, 15], :12])  # padded with the last latent
+    reference = reference_window(demo.latents, 12, 5)
+    np.testing.assert_array_equal(reference[:3], demo.latents[13:16])
+    np.testing.assert_array_equal(reference[3:], demo.latents[[15, 15]])  # padded with the last latent
     env.reset(options=perturbed_start(demo, 0.03, -0.02, np.radians(20)))
     position, quaternion = env.object_pose()
     np.testing.assert_allclose(position[:2], demo.positions[0, :2] + [0.03, -0.02], atol=2e-3)

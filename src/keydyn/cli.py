@@ -257,13 +257,15 @@ class Reproduce(ReproduceConfig):
 @dataclass(frozen=True)
 class Serve(ServeConfig):
     """Serve a run's controller to a robot whose software lives elsewhere: reset / act / plan / save / info requests
-    over ZMQ from keydyn.remote.client (needs the `robot` extra: pip install 'keydyn[robot]')."""
+    over ZMQ from keydyn.remote.client (needs the `robot` extra: pip install -e ".[robot]")."""
 
     def execute(self) -> None:
         try:
             from keydyn.remote.server import serve
         except ModuleNotFoundError as error:
-            raise ValueError(f"keydyn serve needs {error.name}: pip install 'keydyn[robot]'") from error
+            raise ValueError(
+                f'keydyn serve needs {error.name}: install keydyn\'s robot extra (pip install -e ".[robot]")'
+            ) from error
         serve(self)
 
 

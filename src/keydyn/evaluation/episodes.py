@@ -191,7 +191,7 @@ class ClosedLoop:
         """End the loop (the zero-velocity stop after a refused observation) and return what it observed."""
         if self.fault:  # the safe stop: the pusher is commanded to stand still, and the episode ends
             stop = np.zeros(ACTION_DIM, dtype=np.float32)
-            _, _, terminated, _, self.info = self.env.step(stop)
+            self.observation, _, terminated, _, self.info = self.env.step(stop)
             self.actions.append(stop)
             self.termination = self.info.get("termination", "terminated") if terminated else ""
         if self.record:

@@ -89,6 +89,8 @@ class EvaluateConfig:
         object.__setattr__(self, "out", Path(self.out))
         if self.episodes < 1:
             raise ValueError(f"--episodes must be at least 1, got {self.episodes}")
+        if self.viewer.enabled and self.videos == 0:
+            raise ValueError("--viewer.* records the episodes that have videos; give --videos N (N >= 1)")
         if self.workers < 0 or self.videos < 0:
             raise ValueError("--workers and --videos must be >= 0")
         if self.batch < 1:

@@ -129,6 +129,8 @@ class ReproduceConfig:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if self.stage_threads < 1:
             raise ValueError(f"--stage-threads must be at least 1, got {self.stage_threads}")
+        if self.stage_threads != 1 and self.cluster.backend != "ray":
+            raise ValueError("--stage-threads sets the threads of Ray tasks; add --cluster.backend ray or leave it out")
         for command, name in (
             ("collect", self.collect),
             ("train-visual", self.visual),

@@ -42,11 +42,6 @@ class Demonstration:
     def steps(self) -> int:
         return len(self.actions)
 
-    def reference(self, t: int, horizon: int, part: slice) -> np.ndarray:
-        """(H, P) entries `part` (keypoint latents: the 3 K object keypoints) of z*_{t+1..t+H}, repeating the
-        last latent past the end."""
-        return reference_window(self.latents, t, horizon)[:, part]
-
 
 def reference_window(latents: np.ndarray, t: int, horizon: int) -> np.ndarray:
     """(H, D) latents z*_{t+1..t+H} of the (T + 1, D) reference `latents` z*_0..z*_T, repeating z*_T past the end:

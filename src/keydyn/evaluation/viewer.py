@@ -12,6 +12,8 @@ starting `rerun` and passing its address (printed by it; rerun's default `rerun+
 
 from __future__ import annotations
 
+import importlib.util
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 from keydyn.evaluation.scene import CURRENT_COLOUR, GOAL_COLOUR, PREDICTED_COLOUR, SceneFrame
 
 APPLICATION = "keydyn"
+VIEWER_MISSING = 'the 3D view needs rerun: install keydyn\'s viewer extra (pip install -e ".[viewer]")'
 PUSHER_COLOUR = (60, 120, 255)
 
 
@@ -33,6 +36,10 @@ class ViewerConfig:
     address: str | None = None
     """Also stream them live to a rerun viewer at this address (e.g. rerun+http://127.0.0.1:9876/proxy)."""
 
+    def __post_init__(self) -> None:
+        if self.enabled and importlib.util.find_spec("rerun") is None:
+            raise ValueError(VIEWER_MISSING)
+
     @property
     def enabled(self) -> bool:
         return self.save or self.address is not None
@@ -42,9 +49,7 @@ def _rerun() -> Any:
     try:
         import rerun
     except ImportError as error:
-        raise ImportError(
-            'the 3D view needs rerun: install keydyn\'s viewer extra (pip install -e ".[viewer]")'
-        ) from error
+        raise ImportError(VIEWER_MISSING) from error
     return rerun
 
 
@@ -57,7 +62,8 @@ class Recording:
             raise ValueError("a recording needs a file path, a viewer address, or both")
         rr = _rerun()
         self.rr, self.control_dt, self.step = rr, control_dt, 0
-        self.stream = rr.RecordingStream(APPLICATION, recording_id=name)
+        # A recording of its own (rerun merges recordings that share an id): the episode's name and a random suffix.
+        self.stream = rr.RecordingStream(APPLICATION, recording_id=f"{name}-{uuid.uuid4().hex[:12]}")
         sinks = []
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ What an environment gives (docs/extending.md, "A new robot or environment"):
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -80,13 +81,31 @@ def environment_names() -> tuple[str, ...]:
     return tuple(sorted(_ENVIRONMENTS))
 
 
+def _imported_factory(reference: str) -> EnvironmentFactory:
+    """The factory `reference` ("package.module:name") names, imported, and registered under that reference."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(
+            f"environment {reference!r}: cannot import {attribute!r} from module {module_name!r} ({error}); name an "
+            "importable 'package.module:factory'"
+        ) from error
+    register_environment(reference, factory)
+    return factory
+
+
 def make_environment(task: TaskConfig, images: bool = True) -> PushingEnvironment:
-    """The environment `task.environment` names, built for `task` (rendering images only when `images`).
+    """The environment `task.environment` names, built for `task` (rendering images only when `images`): a
+    registered name, or "package.module:factory", imported on first use (so that worker processes and Ray actors,
+    which have not imported the module that registers it, find it too).
 
     Raises:
         ValueError: no environment is registered under that name.
     """
     factory = _ENVIRONMENTS.get(task.environment)
+    if factory is None and ":" in task.environment:
+        factory = _imported_factory(task.environment)
     if factory is None:
         raise ValueError(
             f"task {task.name!r} runs in environment {task.environment!r}, which is not registered (known: "
