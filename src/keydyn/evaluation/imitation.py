@@ -27,7 +27,7 @@ from keydyn.evaluation.evaluate import episode_seed
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.report import stops
 from keydyn.evaluation.scene import draw_frame
-from keydyn.evaluation.tracking import Demonstration, pair_demonstration, perturbed_start, record_demonstration, track
+from keydyn.evaluation.tracking import Demonstration, pair_push, perturbed_start, record_demonstration, track
 from keydyn.evaluation.viewer import ViewerConfig, open_recording
 from keydyn.files import write_json_atomic
 from keydyn.locks import holds_files, one_writer
@@ -37,18 +37,10 @@ from keydyn.sim.environment import PushingEnvironment
 from keydyn.video import write_video
 
 
-@tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # the planner's options (MPPI's by default) show in --help
 @dataclass(frozen=True)
-class TrackConfig:
-    """Track a demonstrated trajectory with MPC from its start and from offset starts."""
+class DemonstrationConfig:
+    """Which demonstration to track and from which starts (`keydyn track`'s, and `keydyn robot`'s)."""
 
-    run: Path
-    """Run directory written by `keydyn train-dynamics`."""
-    out: Path
-    """Output directory (created)."""
-    task: str | None = None
-    """Task; default the run's training task."""
-    checkpoint: Literal["best", "last"] = "best"
     demo_steps: int = 15
     """Length of a generated demonstration: a constant push held this many steps (the original code's 15)."""
     demo_index: int = 0
@@ -58,7 +50,6 @@ class TrackConfig:
     episode: int = 0
     goals: GoalPairConfig = field(default_factory=GoalPairConfig)
     """How generated demonstrations are drawn (push_steps is replaced by --demo-steps)."""
-    mpc: MPCConfig = field(default_factory=lambda: MPCConfig(shrinking_horizon=False, horizon=10))
     offsets_cm: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
     """Start offsets along world x and along world y, centimetres."""
     yaw_offsets_deg: tuple[float, ...] = (-60.0, -30.0, 0.0, 30.0, 60.0)
@@ -66,29 +57,13 @@ class TrackConfig:
     region: bool = True
     """Run the region-of-attraction grid (x vs yaw with y = 0, y vs yaw with x = 0); else only the demo start."""
     seed: int = 0
-    workers: int = 2
-    """Worker processes (0: run in this process); with --cluster.backend ray, Ray actors."""
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    """Where the workers run: this machine, or a Ray cluster (--run, --out and --dataset on a file system every
-    node sees: the workers read the run and write the video)."""
-    viewer: ViewerConfig = field(default_factory=ViewerConfig)
-    """The tracking from the demonstration's start in 3D (rerun; videos/track.rrd), saved or live."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "run", Path(self.run))
-        object.__setattr__(self, "out", Path(self.out))
         if self.dataset is not None:
             object.__setattr__(self, "dataset", Path(self.dataset))
         if self.demo_steps < 1:
             raise ValueError(f"--demo-steps must be at least 1, got {self.demo_steps}")
         check_seed(self.seed)
-
-    def to_json(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        for key in ("run", "out", "dataset"):
-            values[key] = None if values[key] is None else str(values[key])
-        values["mpc"] = self.mpc.to_json()
-        return values
 
     def start_offsets(self) -> list[tuple[float, float, float]]:
         """(dx, dy, dyaw) in metres and radians: the demonstration's start first, then the grid."""
@@ -101,21 +76,60 @@ class TrackConfig:
                             offsets.append(candidate)
         return offsets
 
+    def demonstration_push(self, env: PushingEnvironment) -> tuple[dict[str, Any], np.ndarray]:
+        """The demonstration's start (`env.reset` options) and (T, 2) pusher velocities (m/s): a dataset
+        episode's, or a generated constant push's (drawn in `env`)."""
+        if self.dataset is None:
+            return pair_push(
+                goal_pair(env, dataclasses.replace(self.goals, push_steps=(self.demo_steps,)), self.demo_index)
+            )
+        store = EpisodeStore.open(self.dataset)
+        if not 0 <= self.episode < store.num_episodes:
+            raise ValueError(f"--episode {self.episode} is out of range: {self.dataset} has {store.num_episodes}")
+        start, stop = store.episode_range(self.episode)
+        options: dict[str, Any] = {"sim_state": np.asarray(store.frames("sim_state", start, start + 1)[0])}
+        if "mug_instance" in store.episode_fields:
+            options["mug_instance"] = int(store.episode_meta("mug_instance")[self.episode])
+        return options, np.asarray(store.frames("action", start, stop - 1))
 
-def load_demonstration(config: TrackConfig, env: PushingEnvironment, encoder) -> Demonstration:
+
+@tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # the planner's options (MPPI's by default) show in --help
+@dataclass(frozen=True, kw_only=True)
+class TrackConfig(DemonstrationConfig):
+    """Track a demonstrated trajectory with MPC from its start and from offset starts."""
+
+    run: Path
+    """Run directory written by `keydyn train-dynamics`."""
+    out: Path
+    """Output directory (created)."""
+    task: str | None = None
+    """Task; default the run's training task."""
+    checkpoint: Literal["best", "last"] = "best"
+    mpc: MPCConfig = field(default_factory=lambda: MPCConfig(shrinking_horizon=False, horizon=10))
+    workers: int = 2
+    """Worker processes (0: run in this process); with --cluster.backend ray, Ray actors."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where the workers run: this machine, or a Ray cluster (--run, --out and --dataset on a file system every
+    node sees: the workers read the run and write the video)."""
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)
+    """The tracking from the demonstration's start in 3D (rerun; videos/track.rrd), saved or live."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "run", Path(self.run))
+        object.__setattr__(self, "out", Path(self.out))
+
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        for key in ("run", "out", "dataset"):
+            values[key] = None if values[key] is None else str(values[key])
+        values["mpc"] = self.mpc.to_json()
+        return values
+
+
+def load_demonstration(config: DemonstrationConfig, env: PushingEnvironment, encoder) -> Demonstration:
     """The demonstration `config` names: a dataset episode replayed, or a generated constant push."""
-    if config.dataset is None:
-        goals = dataclasses.replace(config.goals, push_steps=(config.demo_steps,))
-        return pair_demonstration(env, encoder, goal_pair(env, goals, config.demo_index))
-    store = EpisodeStore.open(config.dataset)
-    if not 0 <= config.episode < store.num_episodes:
-        raise ValueError(f"--episode {config.episode} is out of range: {config.dataset} has {store.num_episodes}")
-    start, stop = store.episode_range(config.episode)
-    options: dict[str, Any] = {"sim_state": np.asarray(store.frames("sim_state", start, start + 1)[0])}
-    if "mug_instance" in store.episode_fields:
-        options["mug_instance"] = int(store.episode_meta("mug_instance")[config.episode])
-    actions = np.asarray(store.frames("action", start, stop - 1))
-    return record_demonstration(env, encoder, options, actions)
+    return record_demonstration(env, encoder, *config.demonstration_push(env))
 
 
 class TrackingWorker:
@@ -195,7 +209,13 @@ def run_track(config: TrackConfig) -> dict[str, Any]:
     items = list(enumerate(config.start_offsets()))
     finished = map_units(TrackingWorker, config, items, config.workers, config.cluster)
     rows = sorted(finished, key=lambda row: row["index"])
-    perturbed = rows[1:]
+    return write_track_results(config.out, rows, config.to_json())
+
+
+def write_track_results(out: Path, rows: list[dict[str, Any]], config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Summarise tracking rows (the demonstration's start first, then the offset starts: `TrackingWorker`'s), write
+    them with `config` (JSON) and `extra` summary entries to out/track.json, and plot the region of attraction
+    (out/region_of_attraction.png) when there are offset starts; returns what track.json holds."""
     summary = {
         "demonstration_start": rows[0],
         "runs": len(rows),
@@ -203,9 +223,10 @@ def run_track(config: TrackConfig) -> dict[str, Any]:
         "mean_final_position_error_cm": float(np.mean([row["final_position_error_cm"] for row in rows])),
         "mean_final_angle_error_deg": float(np.mean([row["final_angle_error_deg"] for row in rows])),
         **stops(rows),
+        **extra,
     }
-    results = {"summary": summary, "config": config.to_json(), "runs": rows}
-    write_json_atomic(config.out / "track.json", results)
-    if perturbed:
-        plot_region_of_attraction(rows, config.out / "region_of_attraction.png")
+    results = {"summary": summary, "config": config, "runs": rows}
+    write_json_atomic(out / "track.json", results)
+    if len(rows) > 1:
+        plot_region_of_attraction(rows, out / "region_of_attraction.png")
     return results

@@ -9,6 +9,7 @@ scores each run's final pose against the demonstration's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,21 @@ class Demonstration:
     quaternions: np.ndarray
     yaws: np.ndarray
 
+    @classmethod
+    def from_replay(
+        cls, reset_options: dict[str, Any], actions: np.ndarray, latents: np.ndarray, infos: Sequence[Mapping]
+    ) -> Demonstration:
+        """The demonstration of (T, 2) `actions` replayed from `reset_options`, given its (T + 1, D) observed
+        `latents` and the T + 1 environment infos of the replay (`replay`), which hold the true poses."""
+        return cls(
+            reset_options,
+            np.asarray(actions),
+            np.asarray(latents),
+            np.stack([info["object_position"] for info in infos]),
+            np.stack([info["object_quaternion"] for info in infos]),
+            np.array([info["object_yaw"] for info in infos]),
+        )
+
     @property
     def steps(self) -> int:
         return len(self.actions)
@@ -50,34 +66,45 @@ def reference_window(latents: np.ndarray, t: int, horizon: int) -> np.ndarray:
     return latents[indices]
 
 
+def replay(
+    env: PushingEnvironment, reset_options: dict[str, Any], actions: np.ndarray, seed: int | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Reset with `reset_options` (and `seed`, which seeds the environment's sensor noise; None: not reseeded)
+    and execute the (T, 2) `actions`: the T + 1 observations and infos.
+
+    Raises:
+        ValueError: the episode ended before the last action (out of bounds, tipped over).
+    """
+    observation, info = env.reset(seed=seed, options=reset_options)
+    observations, infos = [observation], [info]
+    for action in actions:
+        observation, _, terminated, _, info = env.step(action)
+        observations.append(observation)
+        infos.append(info)
+        if terminated:
+            raise ValueError(f"the demonstration left the task ({info.get('termination')}); choose another one")
+    return observations, infos
+
+
 def record_demonstration(
     env: PushingEnvironment, encoder: LatentEncoder, reset_options: dict[str, Any], actions: np.ndarray
 ) -> Demonstration:
     """Replay (T, 2) `actions` from the start `reset_options` restores, recording latents and true poses."""
-    observation, info = env.reset(options=reset_options)
-    encoder.reset(observation, info)
-    latents = [encoder.encode(observation, info)]
-    infos = [info]
-    for action in actions:
-        observation, _, terminated, _, info = env.step(action)
-        latents.append(encoder.encode(observation, info))
-        infos.append(info)
-        if terminated:
-            raise ValueError(f"the demonstration left the task ({info.get('termination')}); choose another one")
-    return Demonstration(
-        reset_options,
-        np.asarray(actions),
-        np.stack(latents),
-        np.stack([i["object_position"] for i in infos]),
-        np.stack([i["object_quaternion"] for i in infos]),
-        np.array([i["object_yaw"] for i in infos]),
-    )
+    observations, infos = replay(env, reset_options, actions)
+    encoder.reset(observations[0], infos[0])
+    latents = [encoder.encode(observation, info) for observation, info in zip(observations, infos, strict=True)]
+    return Demonstration.from_replay(reset_options, actions, np.stack(latents), infos)
+
+
+def pair_push(pair: GoalPair) -> tuple[dict[str, Any], np.ndarray]:
+    """The constant push that made a start/goal pair (the original code's N-step push): the reset options of its
+    start and the (T, 2) pusher velocities, m/s."""
+    return pair.reset_options(pair.start_state), np.repeat(np.asarray(pair.push_velocity)[None], pair.push_steps, 0)
 
 
 def pair_demonstration(env: PushingEnvironment, encoder: LatentEncoder, pair: GoalPair) -> Demonstration:
-    """The constant push that made a start/goal pair, as a demonstration (the original code's N-step push)."""
-    actions = np.repeat(np.asarray(pair.push_velocity)[None], pair.push_steps, axis=0)
-    return record_demonstration(env, encoder, pair.reset_options(pair.start_state), actions)
+    """The constant push that made a start/goal pair, as a demonstration."""
+    return record_demonstration(env, encoder, *pair_push(pair))
 
 
 def perturbed_start(demo: Demonstration, dx: float, dy: float, dyaw: float) -> dict[str, Any]:
