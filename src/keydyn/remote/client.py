@@ -33,6 +33,16 @@ class Plan(NamedTuple):
     keypoints: np.ndarray | None
 
 
+class Act(NamedTuple):
+    """What `Client.act_reply` returns: the (2,) world-xy pusher velocity (m/s) to execute now, the (D,) latent
+    the server observed, and the seconds the server spent encoding the observation and planning."""
+
+    action: np.ndarray
+    latent: np.ndarray
+    encode_time: float
+    plan_time: float
+
+
 class Client:
     """A connection to `keydyn serve` at `address` (e.g. "tcp://127.0.0.1:5555").
 
@@ -95,7 +105,12 @@ class Client:
 
     def act(self, observation: Mapping[str, Any]) -> np.ndarray:
         """The (2,) world-xy pusher velocity (m/s) to execute now, planned from `observation`."""
-        return self._call("act", observation=observation)["action"]
+        return self.act_reply(observation).action
+
+    def act_reply(self, observation: Mapping[str, Any]) -> Act:
+        """`act`, with the latent the server observed and its encoding and planning times."""
+        reply = self._call("act", observation=observation)
+        return Act(reply["action"], reply["latent"], reply["encode_time_s"], reply["plan_time_s"])
 
     def plan(self, observation: Mapping[str, Any]) -> Plan:
         """`act`, returning the whole plan: its first action is the one to execute now."""

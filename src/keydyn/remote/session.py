@@ -269,10 +269,17 @@ class ControlSession:
         return action
 
     def act(self, observation: Mapping[str, Any]) -> dict[str, Any]:
-        """Plan from `observation`: the (2,) world-xy pusher velocity (m/s) to execute now and the (D,) latent
-        observed."""
+        """Plan from `observation`: the (2,) world-xy pusher velocity (m/s) to execute now, the (D,) latent
+        observed, and the seconds spent encoding the observation and planning (the rest of a robot's round trip
+        is transport and (de)serialisation)."""
         action = self._step(observation)
-        return {"action": action, "latent": self.episode.latents[-1]}
+        episode = self.episode
+        return {
+            "action": action,
+            "latent": episode.latents[-1],
+            "encode_time_s": episode.encode_times[-1],
+            "plan_time_s": episode.plan_times[-1],
+        }
 
     def plan(self, observation: Mapping[str, Any]) -> dict[str, Any]:
         """`act`, with the whole plan: (H, 2) actions, (H + 1, D) predicted latents and, for keypoint latents,
