@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +38,22 @@ def small_run(small_dataset, tmp_path_factory) -> Path:
         dataset=small_dataset, out=out, horizon=5, epochs=3, hidden=(64, 64), val_fraction=0.34, progress=False
     )
     return train_dynamics(config)
+
+
+@contextlib.contextmanager
+def served(run: Path) -> Iterator:
+    """`keydyn serve` of `run` from a background thread at a free local port (a `keydyn.remote.server.Server`;
+    its `address` is the one bound)."""
+    from keydyn.remote.server import Server
+    from keydyn.remote.session import ControlSession, ServeConfig
+
+    server = Server(ControlSession(ServeConfig(run=run)), "tcp://127.0.0.1:*")
+    stop = threading.Event()
+    thread = threading.Thread(target=server.serve, args=(stop,))
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join()
+        server.close()

@@ -15,6 +15,7 @@ keydyn reproduce table1 --task angled --seeds 3 --out repro/angled
 keydyn reproduce table2 --task top_down --out repro/table2_top_down
 keydyn preview --task angled --out angled.png
 keydyn serve --run runs/sds_top_down --address tcp://0.0.0.0:5555
+keydyn robot --address tcp://127.0.0.1:5555 --out robot/harness
 keydyn demo --out demo_out
 
 collect, train-visual, train-transporter, train-dynamics, evaluate and reproduce start from their `default` preset
@@ -47,6 +48,7 @@ from keydyn.evaluation.reproduce import ReproduceConfig, format_table, run_repro
 from keydyn.files import write_text_atomic
 from keydyn.locks import DirectoryBusyError
 from keydyn.presets import DEFAULT, cli_default, preset_names
+from keydyn.remote.robot import RobotConfig, run_robot
 from keydyn.remote.session import ServeConfig
 from keydyn.sim.config import check_seed, task_config
 from keydyn.sim.preview import check_picture_path, write_task_picture
@@ -269,6 +271,39 @@ class Serve(ServeConfig):
         serve(self)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Robot(RobotConfig):
+    """Be the robot for `keydyn serve`: drive a simulated task (the harness: an iiwa arm and a D415-like camera)
+    through the client, track a demonstration from its start and offset starts (track.json, the region of
+    attraction), or with --sweep measure the error's growth with depth noise, latency and calibration error."""
+
+    def execute(self) -> None:
+        results = run_robot(self)
+        if self.sweep:
+            for row in results["runs"]:
+                print(
+                    f"{row['factor']} {row['value']:g}: {row['final_position_error_cm']:.2f} cm, "
+                    f"{row['final_angle_error_deg']:.1f} deg"
+                )
+            print(f"wrote {self.out}/degradation.json and degradation.png")
+            return
+        summary = results["summary"]
+        start, loop = summary["demonstration_start"], summary["loop"]
+        print(
+            f"from the demonstration's start: {start['final_position_error_cm']:.2f} cm, "
+            f"{start['final_angle_error_deg']:.1f} deg; over {summary['runs']} starts: "
+            f"{100 * summary['success_rate']:.0f}% within 3 cm and 30 deg"
+        )
+        if loop["acts"]:
+            print(
+                f"act round trip {1000 * loop['act_round_trip_mean_s']:.0f} ms mean (server "
+                f"{1000 * loop['server_time_mean_s']:.0f} ms), max {1000 * loop['act_round_trip_max_s']:.0f} ms; "
+                f"{100 * loop['within_control_period']:.0f}% of acts ready within the {loop['control_dt_s']:g} s "
+                f"control period after the camera's {1000 * loop['camera_latency_s']:.0f} ms"
+            )
+        print(f"wrote {self.out}/track.json and region_of_attraction.png")
+
+
 @dataclass(frozen=True)
 class Demo(DemoConfig):
     """Goal reaching from pixels with the shipped models (SDS beside GT 3D), in a few minutes on 2 CPU cores; with
@@ -343,6 +378,7 @@ def command_type(command: str | None, preset: str) -> Any:
         | entry("reproduce")
         | Annotated[Preview, tyro.conf.subcommand("preview")]
         | Annotated[Serve, tyro.conf.subcommand("serve")]
+        | Annotated[Robot, tyro.conf.subcommand("robot")]
         | Annotated[Demo, tyro.conf.subcommand("demo")]
     )
 
