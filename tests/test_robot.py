@@ -15,7 +15,7 @@ from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.goals import GoalPairConfig
 from keydyn.models import shipped_run
 from keydyn.remote.client import Client
-from keydyn.remote.robot import RobotConfig, RobotSensors, SweepConfig, run_robot
+from keydyn.remote.robot import Robot, RobotConfig, RobotSensors, SweepConfig, run_robot, track_through_server
 from keydyn.sim.config import task_config
 from keydyn.sim.harness import D415Model, HarnessEnv
 from keydyn.sim.policy import RandomPushConfig
@@ -130,3 +130,15 @@ def test_a_run_that_reads_images_gets_them_from_a_camera_at_twice_its_resolution
     assert row["steps"] == 2 and not row["fault"] and row["actions"] == row["server_actions"]
     assert results["summary"]["server"]["cameras"] == ["top_down", "top_down_rotated"]
     assert results["summary"]["loop"]["camera_latency_s"] == 0  # keydyn's own renders have no latency
+
+
+def test_a_refused_act_is_the_robots_safe_stop(server, tmp_path):
+    with Client(server.address, timeout_s=60) as client:
+        robot = Robot(robot_config(server, tmp_path / "unused"), client)
+        env = robot.environment(robot.config.camera)
+        demo, reference = robot.demonstration(env)
+        blind = RobotSensors((), ground_truth=False)  # sends no object pose, which GT 3D reads
+        row = track_through_server(client, env, blind, demo, reference, seed=0)
+        env.close()
+    assert row["steps"] == 1 and row["actions"] == [[0.0, 0.0]] and row["server_actions"] == []
+    assert "the observation: GT 3D reads the true object pose from info" in row["fault"]

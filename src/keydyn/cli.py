@@ -271,7 +271,7 @@ class Serve(ServeConfig):
         serve(self)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class Robot(RobotConfig):
     """Be the robot for `keydyn serve`: drive a simulated task (the harness: an iiwa arm and a D415-like camera)
     through the client, track a demonstration from its start and offset starts (track.json, the region of

@@ -96,7 +96,7 @@ FACTOR_LABELS = {
 
 @dataclass(frozen=True, kw_only=True)
 class RobotConfig(DemonstrationConfig):
-    """Be the robot: drive a simulated task (the harness by default) through `keydyn serve`, tracking a
+    """Be the robot: drive a simulated task (the served run's: the harness) through `keydyn serve`, tracking a
     demonstration from its start and offset starts, or measuring the error's growth with camera degradations."""
 
     out: Path
@@ -115,13 +115,14 @@ class RobotConfig(DemonstrationConfig):
     camera: D415Model = field(default_factory=D415Model)
     """The harness's camera: its depth noise, holes, latency and calibration error (task harness only)."""
     demo_steps: int = 8
-    """Length of a generated demonstration: a constant push held this many steps (8 x 0.2 s at 5-10 cm/s: 8-16 cm
-    on the harness's table)."""
+    """Length of a generated demonstration: a constant push held this many steps (8 steps of 0.2 s at 5-10 cm/s
+    move the pusher 8-16 cm, within the harness's table)."""
     goals: GoalPairConfig = field(default_factory=lambda: HARNESS_GOALS)
     """How generated demonstrations are drawn (push_steps is replaced by --demo-steps)."""
     sweep: bool = False
     """Run the degradation study (degradation.json, .png) instead of the region of attraction."""
     factors: SweepConfig = field(default_factory=SweepConfig)
+    """The settings --sweep runs (an empty list leaves a factor out)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -341,15 +342,18 @@ def run_robot(config: RobotConfig) -> dict[str, Any]:
     """Connect to the server and run the tracking study (or, with --sweep, the degradation study); write the
     output directory (see the module docstring) and return what track.json (degradation.json) holds."""
     try:
-        from keydyn.remote.client import Client
+        from keydyn.remote.client import Client, ServerError
     except ModuleNotFoundError as error:
         raise ValueError(f"keydyn robot needs {error.name}: pip install 'keydyn[robot]'") from error
     if config.out.exists() and holds_files(config.out):
         raise ValueError(f"{config.out} already exists; pick a new --out")
     write_json_atomic(config.out / "config.json", config.to_json())
     with Client(config.address, timeout_s=config.timeout_s) as client:
-        robot = Robot(config, client)
-        return degradation_study(robot) if config.sweep else tracking_study(robot)
+        try:
+            robot = Robot(config, client)
+            return degradation_study(robot) if config.sweep else tracking_study(robot)
+        except ServerError as error:  # a refused info or reset: nothing to track (a refused act stops its episode)
+            raise ValueError(str(error)) from error
 
 
 def tracking_study(robot: Robot) -> dict[str, Any]:
