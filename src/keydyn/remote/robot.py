@@ -187,10 +187,10 @@ def track_through_server(
     (clipped to the task's max_speed per axis), from the demonstration's start or from `reset_options` (the
     environment reseeded with `seed`, for repeatable sensor noise).
 
-    A refused act (ServerError) or no reply (TimeoutError) is the robot's safe stop: zero velocity for one tick,
-    the episode ended, its `fault` the reason. Returns `keydyn track`'s row (errors against the demonstration's
-    final pose), with `index`, the server's and the applied (T, 2) actions, and each act's round trip and server
-    (encode + plan) time in seconds.
+    A refused act (ServerError), no reply (TimeoutError) or a reply that is not a finite velocity is the robot's
+    safe stop: zero velocity for one tick, the episode ended, its `fault` the reason. Returns `keydyn track`'s
+    row (errors against the demonstration's final pose), with `index`, the server's and the applied (T, 2)
+    actions, and each act's round trip and server (encode + plan) time in seconds.
     """
     from keydyn.remote.client import ServerError  # pyzmq, the robot extra, only when a robot runs
 
@@ -210,6 +210,9 @@ def track_through_server(
             break
         round_trips.append(time.perf_counter() - begin)
         server_times.append(reply.encode_time + reply.plan_time)
+        if np.shape(reply.action) != (ACTION_DIM,) or not np.isfinite(reply.action).all():
+            fault = f"the server returned {reply.action!r}, not a finite (2,) velocity"
+            break
         returned.append(reply.action)
         applied.append(np.clip(reply.action, -limit, limit))
         latents.append(reply.latent)
