@@ -4,7 +4,6 @@ demonstration with a GT 3D run trained on harness episodes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,12 +72,10 @@ def test_the_harness_tracks_a_demonstration_through_the_server_repeatably(server
         assert (tmp_path / "first" / name).stat().st_size > 0
     assert json.loads((tmp_path / "first" / "track.json").read_text())["runs"] == rows
 
-    with Client(server.address, timeout_s=60) as client:  # the server's log: the actions it returned
-        session = json.loads(Path(client.save(str(tmp_path / "session.json"))).read_text())
-    acted = [episode for episode in session["episodes"] if episode["actions"]][-len(rows) :]
+    acted = [episode for episode in server.session.episodes if episode.actions][-len(rows) :]  # the server's log
     for episode, row in zip(acted, rows, strict=True):
-        assert episode["kind"] == "reference" and len(episode["reference"]) == DEMO_STEPS + 1
-        np.testing.assert_array_equal(np.float32(episode["actions"]), np.float32(row["actions"]))
+        assert episode.kind == "reference" and len(episode.target) == DEMO_STEPS + 1
+        np.testing.assert_array_equal(np.stack(episode.actions), np.float32(row["actions"]))
 
     again = run_robot(robot_config(server, tmp_path / "again"))["runs"]
     timings = ("act_times_s", "server_times_s", "mean_plan_time_s")
