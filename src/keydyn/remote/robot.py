@@ -185,7 +185,7 @@ def track_through_server(
     """Track `demo` through a `keydyn.remote.client.Client`: reset the server with the `reference` observations
     and planner `seed`, then for demo.steps ticks send the robot's observation and apply the returned velocity
     (clipped to the task's max_speed per axis), from the demonstration's start or from `reset_options` (the
-    environment reseeded with `seed`, for repeatable sensor noise).
+    environment reset with `seed`, so that any random draws of its own repeat).
 
     A refused act (ServerError), no reply (TimeoutError) or a reply that is not a finite velocity is the robot's
     safe stop: zero velocity for one tick, the episode ended, its `fault` the reason. Returns `keydyn track`'s
