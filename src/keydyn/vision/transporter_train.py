@@ -106,7 +106,8 @@ class TrainTransporterConfig:
     device: str = "cpu"
     """Torch device; "auto" picks cuda when available."""
     precision: Literal["fp32", "bf16"] = "bf16"
-    """bf16: the network under bfloat16 autocast (1.6x faster on the CPU; the loss stays in float32)."""
+    """bf16: the network under bfloat16 autocast (1.9x faster on the CPU, benchmarks/baselines.py; the loss stays in
+    float32)."""
     resume: bool = False
     """Continue the run in --out from its last finished epoch."""
     progress: bool = True
