@@ -19,30 +19,31 @@ from .vision_fixtures import one_thread
 CHECKED_PAIRS = 3  # the first pairs of the 200, re-run and compared with the manifest's figures for them
 
 
-def test_top_down_models_ship_with_their_provenance():
-    assert "top_down" in shipped_tasks()
-    content = manifest("top_down")
+@pytest.mark.parametrize("task", ["top_down", "angled"])
+def test_models_ship_with_their_provenance(task):
+    assert task in shipped_tasks()
+    content = manifest(task)
     assert content["format"] == FORMAT_VERSION
     assert {"sds", "gt3d"} <= set(content["runs"])
     assert {"commit", "commands"} <= set(content["provenance"])
     for method in ("sds", "gt3d"):
         evaluation = content["runs"][method]["evaluation"]
         assert evaluation["pairs"] == 200 and len(evaluation["first_pairs_position_cm"]) >= CHECKED_PAIRS
-    size = sum(path.stat().st_size for path in (models_root() / "top_down").rglob("*") if path.is_file())
+    size = sum(path.stat().st_size for path in (models_root() / task).rglob("*") if path.is_file())
     assert size < 20e6
 
 
-@pytest.mark.parametrize("method", ["sds", "gt3d"])
-def test_shipped_models_reach_their_documented_error_on_the_first_pairs(method, tmp_path):
+@pytest.mark.parametrize(("task", "method"), [(task, method) for task in shipped_tasks() for method in ("sds", "gt3d")])
+def test_shipped_models_reach_their_documented_error_on_the_first_pairs(task, method, tmp_path):
     """The shipped run, evaluated on its first pairs here, gives the errors its manifest documents for them."""
-    documented = manifest("top_down")["runs"][method]["evaluation"]
+    documented = manifest(task)["runs"][method]["evaluation"]
     with one_thread():
         outcome = evaluate(
             from_preset(
                 EvaluateConfig,
                 "evaluate",
                 overrides={"episodes": CHECKED_PAIRS, "videos": 0, "workers": 0},
-                run=shipped_run("top_down", method),
+                run=shipped_run(task, method),
                 out=tmp_path / method,
                 progress=False,
             )
