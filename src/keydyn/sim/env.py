@@ -11,12 +11,18 @@ import numpy as np
 from gymnasium import spaces
 
 from keydyn.sim.config import SUGAR_BOX_SIZE, TaskConfig, task_config
-from keydyn.sim.environment import register_environment
+from keydyn.sim.environment import (
+    camera_entries,
+    observation_space,
+    read_state,
+    register_environment,
+    task_intrinsics,
+    write_state,
+)
 from keydyn.sim.meshes import MugShape, sample_mug_shape
-from keydyn.sim.render import RgbdRenderer, camera_intrinsics, camera_pose
+from keydyn.sim.render import RgbdRenderer, camera_pose
 from keydyn.sim.scene import SceneHandles, build_scene
 
-STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION  # everything needed to replay a frame bit-exactly
 _MUG_SHAPE_SEED = 20200607  # the mug set is fixed: instance k is always the same mug
 
 
@@ -141,23 +147,10 @@ class PushingEnv(gym.Env):
         self._mug_rgba = np.ones(4)
         self._yaw_axis = yaw_axis(self.task)
         self._resting_quaternion, self._rest_height = resting_pose(self.task, self._mug_shape())
-        w, h = self.task.width, self.task.height
-        self._intrinsics = {  # fixed per camera: computed once, not every step
-            c.name: camera_intrinsics(c.fovy_deg, w, h).astype(np.float32) for c in self.task.cameras
-        }
+        self._intrinsics = task_intrinsics(self.task)
         max_speed = np.float32(self.task.max_speed)
         self.action_space = spaces.Box(-max_speed, max_speed, shape=(2,), dtype=np.float32)
-        fields: dict[str, spaces.Space] = {  # the pusher's slide joints are unlimited: a start may put it off the table
-            "pusher_position": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
-            "pusher_velocity": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
-        }
-        for camera in self.task.cameras if images else ():
-            fields[f"{camera.name}/rgb"] = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
-            fields[f"{camera.name}/depth"] = spaces.Box(0, np.inf, shape=(h, w), dtype=np.float32)
-            fields[f"{camera.name}/mask"] = spaces.Box(0, 1, shape=(h, w), dtype=np.uint8)
-            fields[f"{camera.name}/intrinsics"] = spaces.Box(-np.inf, np.inf, shape=(3, 3), dtype=np.float32)
-            fields[f"{camera.name}/pose"] = spaces.Box(-np.inf, np.inf, shape=(4, 4), dtype=np.float32)
-        self.observation_space = spaces.Dict(fields)
+        self.observation_space = observation_space(self.task, images)
 
     # -- scene management -------------------------------------------------------------------------------
     def _scene(self, instance: int) -> tuple[mujoco.MjModel, mujoco.MjData, SceneHandles]:
@@ -288,16 +281,10 @@ class PushingEnv(gym.Env):
     # -- state ------------------------------------------------------------------------------------------
     def sim_state(self) -> np.ndarray:
         """The full simulator state (float64 vector) that `set_sim_state` restores bit-exactly."""
-        state = np.empty(mujoco.mj_stateSize(self._model, STATE_SPEC))
-        mujoco.mj_getState(self._model, self._data, state, STATE_SPEC)
-        return state
+        return read_state(self._model, self._data)
 
     def set_sim_state(self, state: np.ndarray) -> None:
-        expected = mujoco.mj_stateSize(self._model, STATE_SPEC)
-        if state.shape != (expected,):
-            raise ValueError(f"sim_state has shape {state.shape}, this task's state has ({expected},)")
-        mujoco.mj_setState(self._model, self._data, np.asarray(state, dtype=np.float64), STATE_SPEC)
-        mujoco.mj_forward(self._model, self._data)
+        write_state(self._model, self._data, state, "this task")
 
     def object_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """True object position (3,) in metres and orientation quaternion (4,) (w, x, y, z)."""
@@ -345,12 +332,8 @@ class PushingEnv(gym.Env):
         object_geom[h.object_geoms] = 1
         poses = self.camera_poses()
         for camera, camera_id, pose in zip(self.task.cameras, h.camera_ids, poses, strict=True):
-            rgb, depth, geom_ids = self._render_camera(camera_id)
-            obs[f"{camera.name}/rgb"] = rgb
-            obs[f"{camera.name}/depth"] = depth
-            obs[f"{camera.name}/mask"] = object_geom[geom_ids]  # index -1 hits the trailing zero
-            obs[f"{camera.name}/intrinsics"] = self._intrinsics[camera.name].copy()
-            obs[f"{camera.name}/pose"] = pose.astype(np.float32)
+            rendered = self._render_camera(camera_id)
+            obs.update(camera_entries(camera.name, rendered, object_geom, self._intrinsics[camera.name], pose))
         return obs
 
     def _render_camera(self, camera_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,9 +25,12 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+import mujoco
 import numpy as np
+from gymnasium import spaces
 
 from keydyn.sim.config import TaskConfig
+from keydyn.sim.render import camera_intrinsics
 
 ACTION_DIM = 2
 """An action is a (2,) world xy pusher velocity, m/s."""
@@ -59,6 +62,68 @@ class PushingEnvironment(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
+"""The MuJoCo state a `sim_state` holds: everything needed to replay a frame bit-exactly."""
+
+
+def observation_space(task: TaskConfig, images: bool) -> spaces.Dict:
+    """The observation space of the entries above for `task` (the pusher entries alone without `images`)."""
+    h, w = task.height, task.width
+    fields: dict[str, spaces.Space] = {  # unbounded: a start may put the pusher off the table
+        "pusher_position": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
+        "pusher_velocity": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
+    }
+    for camera in task.cameras if images else ():
+        fields[f"{camera.name}/rgb"] = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
+        fields[f"{camera.name}/depth"] = spaces.Box(0, np.inf, shape=(h, w), dtype=np.float32)
+        fields[f"{camera.name}/mask"] = spaces.Box(0, 1, shape=(h, w), dtype=np.uint8)
+        fields[f"{camera.name}/intrinsics"] = spaces.Box(-np.inf, np.inf, shape=(3, 3), dtype=np.float32)
+        fields[f"{camera.name}/pose"] = spaces.Box(-np.inf, np.inf, shape=(4, 4), dtype=np.float32)
+    return spaces.Dict(fields)
+
+
+def task_intrinsics(task: TaskConfig) -> dict[str, np.ndarray]:
+    """(3, 3) float32 K of every camera of `task`, pixels, by name (fixed: computed once, not every step)."""
+    return {c.name: camera_intrinsics(c.fovy_deg, task.width, task.height).astype(np.float32) for c in task.cameras}
+
+
+def camera_entries(
+    name: str,
+    rendered: tuple[np.ndarray, np.ndarray, np.ndarray],
+    object_geoms: np.ndarray,
+    intrinsics: np.ndarray,
+    pose: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Camera `name`'s observation entries from its `RgbdRenderer.render` output (rgb, depth, geom ids), a
+    (ngeom + 1,) uint8 lookup that is 1 at the object's geoms (its last entry, for id -1, 0), its (3, 3) K and its
+    (4, 4) T_world_camera."""
+    rgb, depth, geom_ids = rendered
+    return {
+        f"{name}/rgb": rgb,
+        f"{name}/depth": depth,
+        f"{name}/mask": object_geoms[geom_ids],  # index -1 hits the trailing zero
+        f"{name}/intrinsics": intrinsics.copy(),
+        f"{name}/pose": pose.astype(np.float32),
+    }
+
+
+def read_state(model: mujoco.MjModel, data: mujoco.MjData) -> np.ndarray:
+    """The full simulator state (float64 vector of `STATE_SPEC`) that `write_state` restores bit-exactly."""
+    state = np.empty(mujoco.mj_stateSize(model, STATE_SPEC))
+    mujoco.mj_getState(model, data, state, STATE_SPEC)
+    return state
+
+
+def write_state(model: mujoco.MjModel, data: mujoco.MjData, state: np.ndarray, owner: str) -> None:
+    """Restore a `read_state` vector and recompute positions; a vector of another size is a ValueError naming
+    `owner` (whose state it is not)."""
+    expected = mujoco.mj_stateSize(model, STATE_SPEC)
+    if state.shape != (expected,):
+        raise ValueError(f"sim_state has shape {state.shape}, {owner}'s state has ({expected},)")
+    mujoco.mj_setState(model, data, np.asarray(state, dtype=np.float64), STATE_SPEC)
+    mujoco.mj_forward(model, data)
 
 
 class UnreachableStartError(ValueError):

@@ -45,8 +45,16 @@ from gymnasium import spaces
 from gymnasium.envs.mujoco import pusher_v5
 
 from keydyn.sim.config import CameraSpec, StartDistribution, TaskConfig, register_task
-from keydyn.sim.environment import UnreachableStartError, register_environment
-from keydyn.sim.render import MOVABLE_GROUP, RgbdRenderer, camera_intrinsics, camera_pose
+from keydyn.sim.environment import (
+    UnreachableStartError,
+    camera_entries,
+    observation_space,
+    read_state,
+    register_environment,
+    task_intrinsics,
+    write_state,
+)
+from keydyn.sim.render import MOVABLE_GROUP, RgbdRenderer, camera_pose
 from keydyn.sim.scene import camera_xyaxes
 
 PUSHER_XML = Path(pusher_v5.__file__).parent / "assets" / "pusher_v5.xml"
@@ -70,7 +78,6 @@ POSTURE_GAIN = 1.0  # 1/s, null-space pull towards NOMINAL_POSTURE
 START_ATTEMPTS = 100  # starts drawn before a reset without one gives up
 PLACEMENT_TOLERANCE = 0.005  # m, how far from the requested start the inverse kinematics may leave the tip
 DAMPING = 0.05  # damped least squares, in the units of the Jacobian (m, rad)
-STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
 
 def pusher_model_xml(task: TaskConfig) -> str:
@@ -141,21 +148,10 @@ class GymnasiumPusherEnv(gym.Env):
         self._object_y = self._model.joint("obj_slidey").qposadr[0]
         self._camera_ids = tuple(self._model.camera(c.name).id for c in self.task.cameras)
         self._renderer: RgbdRenderer | None = None
-        w, h = self.task.width, self.task.height
-        self._intrinsics = {c.name: camera_intrinsics(c.fovy_deg, w, h).astype(np.float32) for c in self.task.cameras}
+        self._intrinsics = task_intrinsics(self.task)
         max_speed = np.float32(self.task.max_speed)
         self.action_space = spaces.Box(-max_speed, max_speed, shape=(2,), dtype=np.float32)
-        fields: dict[str, spaces.Space] = {
-            "pusher_position": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
-            "pusher_velocity": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
-        }
-        for camera in self.task.cameras if images else ():
-            fields[f"{camera.name}/rgb"] = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
-            fields[f"{camera.name}/depth"] = spaces.Box(0, np.inf, shape=(h, w), dtype=np.float32)
-            fields[f"{camera.name}/mask"] = spaces.Box(0, 1, shape=(h, w), dtype=np.uint8)
-            fields[f"{camera.name}/intrinsics"] = spaces.Box(-np.inf, np.inf, shape=(3, 3), dtype=np.float32)
-            fields[f"{camera.name}/pose"] = spaces.Box(-np.inf, np.inf, shape=(4, 4), dtype=np.float32)
-        self.observation_space = spaces.Dict(fields)
+        self.observation_space = observation_space(self.task, images)
 
     # -- gymnasium API ----------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -212,16 +208,10 @@ class GymnasiumPusherEnv(gym.Env):
     # -- state ------------------------------------------------------------------------------------------
     def sim_state(self) -> np.ndarray:
         """Pusher's full MuJoCo state (mjSTATE_INTEGRATION, float64); the controller keeps no state of its own."""
-        state = np.empty(mujoco.mj_stateSize(self._model, STATE_SPEC))
-        mujoco.mj_getState(self._model, self._data, state, STATE_SPEC)
-        return state
+        return read_state(self._model, self._data)
 
     def set_sim_state(self, state: np.ndarray) -> None:
-        expected = mujoco.mj_stateSize(self._model, STATE_SPEC)
-        if state.shape != (expected,):
-            raise ValueError(f"sim_state has shape {state.shape}, Pusher-v5's state has ({expected},)")
-        mujoco.mj_setState(self._model, self._data, np.asarray(state, dtype=np.float64), STATE_SPEC)
-        mujoco.mj_forward(self._model, self._data)
+        write_state(self._model, self._data, state, "Pusher-v5")
 
     def tip_position(self) -> np.ndarray:
         """(3,) tip position in keydyn's frame, metres (valid after mj_forward or a step)."""
@@ -350,12 +340,8 @@ class GymnasiumPusherEnv(gym.Env):
         object_geom = np.zeros(self._model.ngeom + 1, dtype=np.uint8)
         object_geom[self._object_geoms] = 1
         for camera, camera_id, pose in zip(self.task.cameras, self._camera_ids, self.camera_poses(), strict=True):
-            rgb, depth, geom_ids = renderer.render(self._model, self._data, camera_id)
-            obs[f"{camera.name}/rgb"] = rgb
-            obs[f"{camera.name}/depth"] = depth
-            obs[f"{camera.name}/mask"] = object_geom[geom_ids]  # index -1 hits the trailing zero
-            obs[f"{camera.name}/intrinsics"] = self._intrinsics[camera.name].copy()
-            obs[f"{camera.name}/pose"] = pose.astype(np.float32)
+            rendered = renderer.render(self._model, self._data, camera_id)
+            obs.update(camera_entries(camera.name, rendered, object_geom, self._intrinsics[camera.name], pose))
         return obs
 
     def _info(self) -> dict[str, Any]:

@@ -15,8 +15,8 @@ import mujoco
 import numpy as np
 
 from keydyn.sim.config import CameraSpec, StartDistribution, TaskConfig, register_task, task_config
-from keydyn.sim.env import STATE_SPEC, PushingEnv
-from keydyn.sim.environment import register_environment
+from keydyn.sim.env import PushingEnv
+from keydyn.sim.environment import read_state, register_environment, write_state
 from keydyn.sim.harness.camera import D415Model
 from keydyn.sim.harness.control import DifferentialIK, IKConfig
 from keydyn.sim.harness.iiwa import PUSH_HEIGHT, iiwa_mount, planar_pose
@@ -121,10 +121,7 @@ class HarnessEnv(PushingEnv):
         mujoco.mj_forward(self._model, self._data)  # positions and velocities of the new state, for the observation
 
     def _save_view(self) -> None:
-        state = np.empty(mujoco.mj_stateSize(self._model, STATE_SPEC))
-        mujoco.mj_getState(self._model, self._data, state, STATE_SPEC)
-        mujoco.mj_setState(self._model, self._view, state, STATE_SPEC)
-        mujoco.mj_forward(self._model, self._view)
+        write_state(self._model, self._view, read_state(self._model, self._data), "the harness")
         self._lagged = True
 
     def set_sim_state(self, state: np.ndarray) -> None:
