@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keydyn.evaluation.reproduce import ReproduceConfig, method_row
+from keydyn.evaluation.reproduce import ReproduceConfig, method_row, own_preset
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
+from keydyn.presets import load_preset
 
 ARGS = ["reproduce", "table1", "--task", "top_down", "--preset", "tiny", "--methods", "gt3d", "sds", "--no-progress"]
 STAGE_MARKERS = (
@@ -124,6 +125,18 @@ def test_reproduce_refuses_unknown_methods_tasks_and_presets(tmp_path):
         ReproduceConfig(out=tmp_path, task="kitchen")
     with pytest.raises(ValueError, match="no preset 'fastest' for `keydyn train-visual`"):
         ReproduceConfig(out=tmp_path, visual="fastest")
+
+
+def test_a_stage_runs_its_methods_or_tasks_own_recipe_unless_a_preset_is_chosen():
+    assert own_preset("train-dynamics", "default", "sds", "occlusions") == "occlusions"
+    assert own_preset("train-dynamics", "default", "autoencoder", "occlusions") == "autoencoder"  # method first
+    assert own_preset("train-dynamics", "default", "sds", "top_down") == "default"
+    assert own_preset("train-dynamics", "paper", "sds", "occlusions") == "paper"  # a chosen preset wins
+    assert own_preset("collect", "default", "mugs") == "mugs"
+    for task in ("occlusions", "mugs"):  # K* = 4 on top of the default recipe
+        recipe = load_preset("train-dynamics", task)
+        assert recipe["keypoints"]["num_selected"] == 4
+        assert recipe["epochs"] == load_preset("train-dynamics")["epochs"]
 
 
 @pytest.mark.slow

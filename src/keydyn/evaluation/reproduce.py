@@ -78,7 +78,8 @@ class ReproduceConfig:
     """Preset of the data collection (`keydyn collect --preset`). With `default`, a task that has a preset of its
     own name (`mugs`: the original's 20-step episodes) is collected with that one."""
     visual: str = "default"
-    """Preset of the descriptor training (`keydyn train-visual --preset`)."""
+    """Preset of the descriptor training (`keydyn train-visual --preset`); with `default`, the task's own preset
+    where it has one."""
     transporter: str = "default"
     """Preset of the Transporter training (`keydyn train-transporter --preset`)."""
     transporter_crops: tuple[str, ...] = CROP_MODES
@@ -86,7 +87,8 @@ class ReproduceConfig:
     mask) and full (the whole image)."""
     dynamics: str = "default"
     """Preset of the dynamics training (`keydyn train-dynamics --preset`). With `default`, a method that has a
-    preset of its own name (`autoencoder`: the original's joint training) trains with that one."""
+    preset of its own name (`autoencoder`: the original's joint training) trains with that one, and otherwise a
+    task that has one (`occlusions`, `mugs`: K* = 4 SDS keypoints) with that one."""
     evaluation: str = "default"
     """Preset of the goal-reaching evaluation (`keydyn evaluate --preset`)."""
     workers: int = 2
@@ -169,6 +171,14 @@ def method_of(row: str) -> str:
     return row.split("@", 1)[0]
 
 
+def own_preset(command: str, chosen: str, *names: str) -> str:
+    """The preset a stage runs: `chosen`, unless it is `default` and `command` ships a preset named after the first
+    of `names` (the method, the task) that has one: that method's or task's own recipe."""
+    if chosen != DEFAULT:
+        return chosen
+    return next((name for name in names if name in preset_names(command)), chosen)
+
+
 def _fresh_or_resumed(run: Path, marker: str) -> bool:
     """Whether to resume the stage in `run`: yes when its `marker` exists. A directory without it was cut
     before its first checkpoint; it belongs to this reproduction, so it is cleared and started afresh."""
@@ -182,14 +192,11 @@ def _fresh_or_resumed(run: Path, marker: str) -> bool:
 def stage_dataset(config: ReproduceConfig, seed: int) -> Path:
     """Collect (or finish collecting) the dataset of `seed`."""
     out = config.out / "data" / f"seed{seed}"
-    preset = config.collect
-    if preset == DEFAULT and config.task in preset_names("collect"):
-        preset = config.task  # the task's own recipe
     collect(
         from_preset(
             CollectConfig,
             "collect",
-            preset,
+            own_preset("collect", config.collect, config.task),
             out=out,
             task=config.task,
             seed=seed,
@@ -210,7 +217,7 @@ def stage_visual(config: ReproduceConfig, seed: int, dataset: Path) -> Path:
         from_preset(
             TrainVisualConfig,
             "train-visual",
-            config.visual,
+            own_preset("train-visual", config.visual, config.task),
             dataset=dataset,
             out=out,
             seed=seed,
@@ -248,14 +255,11 @@ def stage_dynamics(
     method = method_of(row)
     out = config.out / "runs" / row / f"seed{seed}"
     resume = _fresh_or_resumed(out, "last.json")
-    preset = config.dynamics
-    if preset == DEFAULT and method in preset_names("train-dynamics"):
-        preset = method  # the method's own recipe
     train_dynamics(
         from_preset(
             TrainDynamicsConfig,
             "train-dynamics",
-            preset,
+            own_preset("train-dynamics", config.dynamics, method, config.task),
             # DS and WDS (SDS and WSDS) of one network share their references, so their located keypoints too.
             overrides={"keypoints": {"seed": seed, "cache_dir": str(config.out / "keypoint_cache" / f"seed{seed}")}},
             dataset=dataset,
