@@ -4,6 +4,7 @@ demonstration with a GT 3D run trained on harness episodes."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -139,3 +140,87 @@ def test_a_refused_act_is_the_robots_safe_stop(server, tmp_path):
         env.close()
     assert row["steps"] == 1 and row["actions"] == [[0.0, 0.0]] and row["server_actions"] == []
     assert "the observation: GT 3D reads the true object pose from info" in row["fault"]
+
+
+class FaultyServer:
+    """A server that answers reset as keydyn serve does and every act with `act_reply` (None: no reply at all, a
+    dropped connection), over a real loopback socket: the faults a robot must stop on."""
+
+    def __init__(self, act_reply: dict | None) -> None:
+        import threading
+
+        import zmq
+
+        self.act_reply = act_reply
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind("tcp://127.0.0.1:*")
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve)
+        self.thread.start()
+
+    def serve(self) -> None:
+        from keydyn.remote.protocol import decode, encode
+
+        while not self.stop.is_set():
+            if not self.socket.poll(50):
+                continue
+            op = decode(self.socket.recv())["op"]
+            if op == "reset":
+                self.socket.send(encode({"ok": True, "target": np.zeros((DEMO_STEPS + 1, 14), np.float32)}))
+            elif self.act_reply is not None:
+                self.socket.send(encode(self.act_reply))
+            else:
+                return  # never answers: the robot's client times out
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.socket.close()
+        self.context.term()
+
+
+def _act(action) -> dict:
+    """An act reply as keydyn serve's, with `action`."""
+    reply = {"ok": True, "action": np.asarray(action, np.float32), "latent": np.zeros(14, np.float32)}
+    return {**reply, "encode_time_s": 0.0, "plan_time_s": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("act_reply", "fault"),
+    [
+        (_act([0.5, 0.0]), r"returned \[0.5, 0.0\] m/s, over the task's limit of 0.3 m/s per axis"),
+        (_act([np.nan, 0.0]), "not a finite"),
+        (_act([0.1, 0.0, 0.0]), r"not a finite \(2,\) velocity"),
+        (None, r"no reply to act from a keydyn server at tcp://127.0.0.1:\d+ within 0.5 s"),
+    ],
+    ids=["over the speed limit", "not finite", "wrong shape", "dropped connection"],
+)
+def test_a_faulty_reply_or_none_is_the_robots_safe_stop(server, tmp_path, act_reply, fault):
+    with Client(server.address, timeout_s=60) as client:
+        robot = Robot(robot_config(server, tmp_path / "unused"), client)
+        env = robot.environment(robot.config.camera)
+        demo, reference = robot.demonstration(env)
+    faulty = FaultyServer(act_reply)
+    try:
+        with Client(faulty.address, timeout_s=0.5) as client:
+            row = track_through_server(client, env, robot.sensors, demo, reference, seed=0)
+    finally:
+        faulty.close()
+        env.close()
+    assert row["steps"] == 1 and row["actions"] == [[0.0, 0.0]] and row["server_actions"] == []
+    assert re.search(fault, row["fault"]), row["fault"]
+
+
+def test_a_late_frame_is_refused_and_the_robot_stops(server, tmp_path):
+    with Client(server.address, timeout_s=60) as client:
+        robot = Robot(robot_config(server, tmp_path / "unused"), client)
+        env = robot.environment(robot.config.camera)
+        demo, reference = robot.demonstration(env)
+        late = 2 * client.info()["max_frame_age_s"]
+        row = track_through_server(client, env, robot.sensors, demo, reference, seed=0, frame_age_s=late)
+        env.close()
+    assert row["steps"] == 1 and row["actions"] == [[0.0, 0.0]] and row["server_actions"] == []
+    assert "ms old, over the server's limit of 200 ms: stop the robot" in row["fault"]

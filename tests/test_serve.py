@@ -127,7 +127,7 @@ def test_bad_requests_are_answered_with_the_problem_and_the_server_goes_on(setup
 
     try:
         assert "not msgpack" in answer(b"\xc1 not msgpack")
-        assert "protocol version 0, this server speaks version 2" in answer(encode({"version": 0, "op": "info"}))
+        assert "protocol version 0, this server speaks version 3" in answer(encode({"version": 0, "op": "info"}))
         assert "unknown op 'fly'" in answer(encode(request("fly")))
         assert "no observation" in answer(encode(request("act")))
         big_endian = {"dtype": ">f4", "shape": [2], "data": np.zeros(2, ">f4").tobytes()}
@@ -151,8 +151,15 @@ def test_bad_requests_are_answered_with_the_problem_and_the_server_goes_on(setup
         wrong_size = {**observation, "top_down/rgb": np.zeros((400, 500, 3), np.uint8)}
         with pytest.raises(ServerError, match=r"500x400 pixels; this run reads 320x240 images or a whole multiple"):
             client.act(wrong_size)
+        limit = client.info()["max_frame_age_s"]
+        assert limit == setup.env.task.control_dt  # the default: one control period
+        late = f"frame is 250 ms old, over the server's limit of {1000 * limit:.0f} ms: stop the robot"
+        with pytest.raises(ServerError, match=late):
+            client.act(observation, frame_age_s=0.25)
+        with pytest.raises(ServerError, match=r"frame_age_s is -1.0; send the seconds since the images were captured"):
+            client.act(observation, frame_age_s=-1)
         assert client.info()["latent"] == "sds"
-        assert client.act(observation).shape == (2,)  # the episode is as it was before the refused requests
+        assert client.act(observation, frame_age_s=limit / 2).shape == (2,)  # as it was before the refused requests
 
 
 def test_images_at_twice_the_resolution_and_depth_in_millimetres_are_read_as_the_runs_own(setup, pair):

@@ -43,6 +43,11 @@ class Act(NamedTuple):
     plan_time: float
 
 
+def _seconds(value: float | None) -> float | None:
+    """A duration as the float the protocol carries (numpy and int values included); None stays None."""
+    return None if value is None else float(value)
+
+
 class Client:
     """A connection to `keydyn serve` at `address` (e.g. "tcp://127.0.0.1:5555").
 
@@ -103,18 +108,20 @@ class Client:
         references = None if reference is None else list(reference)
         return self._call("reset", goal=goal, reference=references, steps=steps, seed=seed)["target"]
 
-    def act(self, observation: Mapping[str, Any]) -> np.ndarray:
-        """The (2,) world-xy pusher velocity (m/s) to execute now, planned from `observation`."""
-        return self.act_reply(observation).action
+    def act(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> np.ndarray:
+        """The (2,) world-xy pusher velocity (m/s) to execute now, planned from `observation`. frame_age_s: seconds
+        from the capture of its images to now (the server refuses a frame older than its limit, `info`'s
+        max_frame_age_s); none: not checked."""
+        return self.act_reply(observation, frame_age_s).action
 
-    def act_reply(self, observation: Mapping[str, Any]) -> Act:
+    def act_reply(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> Act:
         """`act`, with the latent the server observed and its encoding and planning times."""
-        reply = self._call("act", observation=observation)
+        reply = self._call("act", observation=observation, frame_age_s=_seconds(frame_age_s))
         return Act(reply["action"], reply["latent"], reply["encode_time_s"], reply["plan_time_s"])
 
-    def plan(self, observation: Mapping[str, Any]) -> Plan:
+    def plan(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> Plan:
         """`act`, returning the whole plan: its first action is the one to execute now."""
-        reply = self._call("plan", observation=observation)
+        reply = self._call("plan", observation=observation, frame_age_s=_seconds(frame_age_s))
         return Plan(reply["actions"], reply["latents"], reply.get("keypoints"))
 
     def save(self, name: str) -> str:

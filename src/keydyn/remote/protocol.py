@@ -11,7 +11,9 @@ An observation (the fields `goal`, `reference` items and `observation`) is a map
 (`keydyn.sim.observations`): `pusher_position` (2,) world xy in metres, and per camera NAME `NAME/rgb` (H, W, 3)
 uint8, `NAME/depth` (H, W) float32 metres or uint16 millimetres, `NAME/intrinsics` (3, 3) K in pixels and
 `NAME/pose` (4, 4) T_world_camera; optionally `info`, a map of ground truth for latents that read it (GT 3D in
-simulation: `object_position`, `object_quaternion`).
+simulation: `object_position`, `object_quaternion`). An act or plan may carry `frame_age_s`: seconds from the
+capture of its images to the sending of the request, on the robot's clock (no clocks need agree); the server
+refuses a frame older than its limit.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 2
+VERSION = 3
 """Protocol version, sent with every request and checked by the server; bumped when a message changes meaning."""
 
 ARRAY_KEYS = frozenset({"dtype", "shape", "data"})
@@ -32,8 +34,8 @@ ARRAY_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 REQUESTS: dict[str, dict[str, tuple[type, bool]]] = {
     "info": {},
     "reset": {"goal": (dict, False), "reference": (list, False), "steps": (int, False), "seed": (int, False)},
-    "act": {"observation": (dict, True)},
-    "plan": {"observation": (dict, True)},
+    "act": {"observation": (dict, True), "frame_age_s": (float, False)},
+    "plan": {"observation": (dict, True), "frame_age_s": (float, False)},
     "save": {"name": (str, True)},
 }
 """Each op's fields: name -> (msgpack type, required). reset takes exactly one of goal and reference."""

@@ -172,6 +172,20 @@ def robot_environment(task: TaskConfig, camera: D415Model, images: bool) -> Push
     return make_environment(task, images)
 
 
+def unsafe_action(action: Any, max_speed: float) -> str:
+    """Why a velocity the server returned must not be executed ("" when it may): not a finite (2,) world-xy
+    velocity, or faster than `max_speed` (m/s) along an axis, which a planner bounded by the same task never
+    returns (a server of another task or a fault; the robot stops rather than guess)."""
+    if np.shape(action) != (ACTION_DIM,) or not np.isfinite(action).all():
+        return f"the server returned {action!r}, not a finite (2,) velocity"
+    if np.abs(action).max() > max_speed * (1 + 1e-5):
+        return (
+            f"the server returned {np.round(np.asarray(action), 4).tolist()} m/s, over the task's limit of "
+            f"{max_speed} m/s per axis: serve a run of the robot's task (its max_speed), or check the server"
+        )
+    return ""
+
+
 def track_through_server(
     client: Any,
     env: PushingEnvironment,
@@ -181,13 +195,15 @@ def track_through_server(
     seed: int,
     index: int = 0,
     reset_options: dict[str, Any] | None = None,
+    frame_age_s: float | None = None,
 ) -> dict[str, Any]:
     """Track `demo` through a `keydyn.remote.client.Client`: reset the server with the `reference` observations
-    and planner `seed`, then for demo.steps ticks send the robot's observation and apply the returned velocity
-    (clipped to the task's max_speed per axis), from the demonstration's start or from `reset_options` (the
+    and planner `seed`, then for demo.steps ticks send the robot's observation (its images `frame_age_s` seconds
+    old, if given) and apply the returned velocity, from the demonstration's start or from `reset_options` (the
     environment reset with `seed`, so that any random draws of its own repeat).
 
-    A refused act (ServerError), no reply (TimeoutError) or a reply that is not a finite velocity is the robot's
+    A refused act (ServerError: a late frame, a missing camera, ...), no reply (TimeoutError: a dropped
+    connection), or a reply that is not a finite velocity within the task's max_speed per axis is the robot's
     safe stop: zero velocity for one tick, the episode ended, its `fault` the reason. Returns `keydyn track`'s
     row (errors against the demonstration's final pose), with `index`, the server's and the applied (T, 2)
     actions, and each act's round trip and server (encode + plan) time in seconds.
@@ -204,17 +220,17 @@ def track_through_server(
         message = sensors.message(observation, info)
         begin = time.perf_counter()
         try:
-            reply = client.act_reply(message)
+            reply = client.act_reply(message, frame_age_s)
         except (ServerError, TimeoutError) as error:
             fault = str(error)
             break
         round_trips.append(time.perf_counter() - begin)
         server_times.append(reply.encode_time + reply.plan_time)
-        if np.shape(reply.action) != (ACTION_DIM,) or not np.isfinite(reply.action).all():
-            fault = f"the server returned {reply.action!r}, not a finite (2,) velocity"
+        fault = unsafe_action(reply.action, limit)
+        if fault:
             break
         returned.append(reply.action)
-        applied.append(np.clip(reply.action, -limit, limit))
+        applied.append(np.asarray(reply.action, np.float32))
         latents.append(reply.latent)
         observation, _, terminated, _, info = env.step(applied[-1])
         if terminated:
@@ -313,7 +329,8 @@ class Robot:
         for index, (dx, dy, dyaw) in enumerate(offsets):
             options = None if (dx, dy, dyaw) == (0.0, 0.0, 0.0) else perturbed_start(demo, dx, dy, dyaw)
             seed = episode_seed(self.config.seed, index)
-            row = track_through_server(self.client, env, self.sensors, demo, reference, seed, index, options)
+            latency = self.camera_latency(env)
+            row = track_through_server(self.client, env, self.sensors, demo, reference, seed, index, options, latency)
             rows.append({**row, "dx_cm": 100 * dx, "dy_cm": 100 * dy, "dyaw_deg": math.degrees(dyaw)})
         return rows
 

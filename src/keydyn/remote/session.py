@@ -18,6 +18,7 @@ to float32 metres, 0 (no depth) staying a hole.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,12 +58,19 @@ class ServeConfig:
     threads: int = 1
     """Torch threads for encoding and planning. With 1, as every `keydyn evaluate` worker, the served actions equal
     evaluate's and track's bit for bit."""
+    max_frame_age_s: float | None = None
+    """Refuse an act or plan whose frame_age_s (seconds from image capture to request, sent by the robot) is older
+    than this: the robot gets a clear error and stops. Default: the run's control period (a frame older than that
+    shows a scene the last action has already changed); inf: no limit. Requests without frame_age_s are not
+    checked (`info` replies the limit)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
         object.__setattr__(self, "save_dir", Path(self.save_dir))
         if self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
+        if self.max_frame_age_s is not None and not self.max_frame_age_s > 0:
+            raise ValueError(f"--max-frame-age-s must be positive (seconds; inf: no limit), got {self.max_frame_age_s}")
 
     def to_json(self) -> dict[str, Any]:
         values = {**dataclasses.asdict(self), "run": str(self.run), "save_dir": str(self.save_dir)}
@@ -180,6 +188,9 @@ class ControlSession:
         self.cameras = [camera.name for camera in task.cameras] if self.run.encoder.needs_images else []
         self.episodes: list[Episode] = []
         self.episode: Episode | None = None
+        limit = config.max_frame_age_s
+        self.max_frame_age = task.control_dt if limit is None else limit
+        """Seconds: the oldest frame an act or plan may observe."""
 
     def info(self) -> dict[str, Any]:
         """The run's task, the cameras an observation carries and their resolution, the latent, the control period
@@ -192,6 +203,7 @@ class ControlSession:
             "width": task.width,
             "height": task.height,
             "control_dt": task.control_dt,
+            "max_frame_age_s": self.max_frame_age,
             "latent": self.run.latent,
             "latent_dim": self.run.model.latent_dim,
             "mpc": self.config.mpc.to_json(),
@@ -247,11 +259,25 @@ class ControlSession:
         self.episodes.append(episode)
         return {"target": target}
 
-    def _step(self, observation: Mapping[str, Any]) -> np.ndarray:
+    def _check_frame_age(self, frame_age_s: float | None) -> None:
+        """Refuse a frame older than the limit (ObservationError), or an age that is not a duration."""
+        if frame_age_s is None:
+            return
+        if not math.isfinite(frame_age_s) or frame_age_s < 0:
+            raise ValueError(f"frame_age_s is {frame_age_s}; send the seconds since the images were captured (>= 0)")
+        if frame_age_s > self.max_frame_age:
+            raise ObservationError(
+                f"the observation's frame is {1000 * frame_age_s:.0f} ms old, over the server's limit of "
+                f"{1000 * self.max_frame_age:.0f} ms: stop the robot and send a fresh frame (or serve with a larger "
+                "--max-frame-age-s if the latency is known and the dynamics allow it)"
+            )
+
+    def _step(self, observation: Mapping[str, Any], frame_age_s: float | None) -> np.ndarray:
         """Observe, plan and log one control step of the episode; the (2,) action, m/s."""
         episode = self.episode
         if episode is None:
             raise ValueError("no episode: send reset with a goal observation (or reference observations) first")
+        self._check_frame_age(frame_age_s)
         if episode.steps is not None and len(episode.actions) >= episode.steps:
             raise ValueError(f"the episode's {episode.steps} steps are done; send reset to start another")
         first = not episode.actions
@@ -268,11 +294,11 @@ class ControlSession:
         episode.actions.append(action)
         return action
 
-    def act(self, observation: Mapping[str, Any]) -> dict[str, Any]:
-        """Plan from `observation`: the (2,) world-xy pusher velocity (m/s) to execute now, the (D,) latent
-        observed, and the seconds spent encoding the observation and planning (the rest of a robot's round trip
-        is transport and (de)serialisation)."""
-        action = self._step(observation)
+    def act(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> dict[str, Any]:
+        """Plan from `observation` (its images captured `frame_age_s` seconds before the request, if given): the
+        (2,) world-xy pusher velocity (m/s) to execute now, the (D,) latent observed, and the seconds spent encoding
+        the observation and planning (the rest of a robot's round trip is transport and (de)serialisation)."""
+        action = self._step(observation, frame_age_s)
         episode = self.episode
         return {
             "action": action,
@@ -281,10 +307,10 @@ class ControlSession:
             "plan_time_s": episode.plan_times[-1],
         }
 
-    def plan(self, observation: Mapping[str, Any]) -> dict[str, Any]:
+    def plan(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> dict[str, Any]:
         """`act`, with the whole plan: (H, 2) actions, (H + 1, D) predicted latents and, for keypoint latents,
         (H + 1, P, 3) world keypoints along it."""
-        reply = self.act(observation)
+        reply = self.act(observation, frame_age_s)
         latents = self.controller.predicted_latents()
         reply.update(actions=self.controller.planned_actions(), latents=latents)
         points = [self.run.method.video_points(latent) for latent in latents]
