@@ -14,8 +14,10 @@ from keydyn.control.run import control_setup
 from keydyn.evaluation.episodes import reach_goal, reach_goals
 from keydyn.evaluation.evaluate import episode_seed
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
+from keydyn.latents.base import BatchLatentEncoder
 from keydyn.models import shipped_run
 from keydyn.sim.env import PushingEnv
+from keydyn.sim.observations import ObservationError
 
 from .test_evaluate import FAST_MPC, rows
 from .test_guards import FAST_MPC as FAST_CONTROL
@@ -102,3 +104,41 @@ def test_batched_pool_and_resume_give_the_unbatched_rows(small_run, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--out", str(tmp_path / "zero"), "--batch", "0"])
     assert exit_info.value.code == 2
+
+
+def test_descriptor_keypoints_of_a_batch_are_each_frames_own_and_a_refused_frame_stays_alone():
+    """The shipped SDS encoder locates 3 scenes in one network call where it locates each alone (to 0.1 mm); a frame
+    with a missing depth image in the batch is refused with the error `encode` gives it, the others encoded."""
+    setup = control_setup(shipped_run("top_down", "sds"), None, "best", FAST_CONTROL)
+    assert isinstance(setup.encoder, BatchLatentEncoder)
+    observations, infos = [], []
+    for index in range(3):
+        pair = goal_pair(setup.env, GoalPairConfig(), index)
+        observation, info = setup.env.reset(options=pair.reset_options(pair.start_state))
+        observations.append(observation)
+        infos.append(info)
+    camera = setup.encoder.references.camera
+    broken = {key: value for key, value in observations[0].items() if key != f"{camera}/depth"}
+    batch = setup.encoder.encode_batch([*observations, broken], [*infos, infos[0]])
+    for latent, observation, info in zip(batch[:3], observations, infos, strict=True):
+        np.testing.assert_allclose(latent, setup.encoder.encode(observation, info), rtol=0, atol=1e-4)
+    assert not np.allclose(batch[0], batch[1], atol=1e-2)  # different scenes
+    assert isinstance(batch[3], ObservationError)
+    with pytest.raises(ObservationError) as alone:
+        setup.encoder.encode(broken, infos[0])
+    assert str(batch[3]) == str(alone.value)
+
+
+def test_batched_sds_evaluation_equals_unbatched():
+    """Three SDS episodes in lockstep (images through the network together) give each one's actions and errors
+    alone."""
+    setup = control_setup(shipped_run("top_down", "sds"), None, "best", FAST_CONTROL)
+    pairs = [goal_pair(setup.env, GoalPairConfig(), index) for index in range(3)]
+    seeds = [episode_seed(0, index) for index in range(3)]
+    envs = [setup.env, *(PushingEnv(setup.env.task) for _ in pairs[1:])]
+    batched = reach_goals(envs, [setup.encoder] * 3, setup.controller, pairs, seeds, steps=4)
+    for pair, seed, got in zip(pairs, seeds, batched, strict=True):
+        want = reach_goal(setup.env, setup.encoder, setup.controller, pair, seed, steps=4)
+        assert (got.steps, got.termination, got.fault) == (want.steps, want.termination, want.fault) == (4, "", "")
+        np.testing.assert_allclose(got.actions, want.actions, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got.latents, want.latents, rtol=0, atol=1e-4)

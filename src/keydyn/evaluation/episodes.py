@@ -22,7 +22,7 @@ from keydyn.control.mpc import MPCController
 from keydyn.evaluation.goals import GoalPair
 from keydyn.evaluation.metrics import pose_errors
 from keydyn.evaluation.scene import SceneFrame, capture_frame
-from keydyn.latents.base import LatentEncoder
+from keydyn.latents.base import BatchLatentEncoder, LatentEncoder
 from keydyn.planning.base import Cost
 from keydyn.sim.environment import ACTION_DIM, PushingEnvironment
 from keydyn.sim.observations import ObservationError
@@ -148,6 +148,7 @@ class ClosedLoop:
         self.actions: list[np.ndarray] = []
         self.frames: list[np.ndarray] = []
         self.plan_time, self.termination, self.ended = 0.0, "", bool(self.fault)
+        self._terminated = False  # whether the last step of `advance` ended the episode
 
     @property
     def running(self) -> bool:
@@ -163,21 +164,24 @@ class ClosedLoop:
         return self.steps - len(self.actions) if self.shrinking else None
 
     def advance(self, action: np.ndarray, predicted: np.ndarray | None) -> None:
-        """Execute the planned (2,) `action` (m/s) and observe; `predicted`: the (H + 1, D) latents predicted along
-        the plan, drawn when frames are recorded."""
+        """Execute the planned (2,) `action` (m/s); `observed` then takes the new observation's latent.
+        `predicted`: the (H + 1, D) latents predicted along the plan, drawn when frames are recorded."""
         t = len(self.actions)
         if self.record:  # the scene as planned from, with the plan's predicted points
             points = [self.video_points(z) for z in predicted]
             paths = None if points[0] is None else np.stack(points)
             self._record(self.video_points(self.target(t)), self.video_points(self.latent), paths, action)
-        self.observation, _, terminated, _, self.info = self.env.step(action)
+        self.observation, _, self._terminated, _, self.info = self.env.step(action)
         self.actions.append(action)
-        self.latent, self.fault = observe(self.encoder, self.observation, self.info)
+
+    def observed(self, latent: np.ndarray | None, fault: str) -> None:
+        """Take the latent of the observation `advance` made (or why it is refused: the loop stops)."""
+        self.latent, self.fault = latent, fault
         if self.fault:
             self.ended = True
             return
         self.latents.append(self.latent)
-        if terminated:
+        if self._terminated:
             self.termination, self.ended = self.info.get("termination", "terminated"), True
 
     def _record(self, target, current, predicted=None, action=None) -> None:
@@ -223,7 +227,23 @@ def run_closed_loops(controller: MPCController, loops: list[ClosedLoop]) -> list
         for (episode, loop), action in zip(running, actions, strict=True):
             loop.plan_time += share
             loop.advance(action, controller.predicted_latents(episode) if loop.record else None)
+        observe_loops([loop for _, loop in running])
     return [loop.finish(controller.model.latent_dim) for loop in loops]
+
+
+def observe_loops(loops: Sequence[ClosedLoop]) -> None:
+    """Give each loop the latent of its latest observation: loops that share a `BatchLatentEncoder` are encoded in
+    one `encode_batch` call (one network call per camera), the others one by one (`observe`)."""
+    shared: dict[int, list[ClosedLoop]] = {}
+    for loop in loops:
+        if isinstance(loop.encoder, BatchLatentEncoder):
+            shared.setdefault(id(loop.encoder), []).append(loop)
+        else:
+            loop.observed(*observe(loop.encoder, loop.observation, loop.info))
+    for group in shared.values():
+        encoded = group[0].encoder.encode_batch([loop.observation for loop in group], [loop.info for loop in group])
+        for loop, latent in zip(group, encoded, strict=True):
+            loop.observed(*checked_latent(latent))
 
 
 def run_closed_loop(
@@ -260,6 +280,13 @@ def observe(
         latent = encoder.encode(observation, info)
     except ObservationError as error:
         return None, str(error)
+    return checked_latent(latent)
+
+
+def checked_latent(latent: np.ndarray | ObservationError) -> tuple[np.ndarray | None, str]:
+    """(latent, "") for a finite (D,) latent; (None, why) for a refused observation or non-finite entries."""
+    if isinstance(latent, ObservationError):
+        return None, str(latent)
     bad = nonfinite_entries(latent)
     if bad:
         return None, f"the encoder gave a latent whose entries {bad} are not finite; check the observation it read"

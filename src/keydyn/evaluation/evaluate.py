@@ -39,6 +39,7 @@ from keydyn.evaluation.report import markdown_table, plot_errors, summarize
 from keydyn.evaluation.scene import draw_frame
 from keydyn.evaluation.viewer import ViewerConfig, open_recording
 from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
+from keydyn.latents.base import BatchLatentEncoder
 from keydyn.locks import one_writer
 from keydyn.runs import prepare_run_dir
 from keydyn.sim.config import check_seed
@@ -116,7 +117,7 @@ def episode_seed(seed: int, index: int) -> int:
 
 class GoalReachingWorker:
     """Everything one process needs to run episodes: the task, the controller, and `batch` environments, each with
-    its own encoder (a copy of the run's)."""
+    its own encoder (a copy of the run's), or all with the run's when it encodes a batch in one call."""
 
     def __init__(self, config: EvaluateConfig) -> None:
         self.config = config
@@ -124,7 +125,10 @@ class GoalReachingWorker:
         env, encoder = self.setup.env, self.setup.encoder
         extra = range(config.batch - 1)
         self.envs = [env] + [make_environment(env.task, images=encoder.needs_images) for _ in extra]
-        self.encoders = [encoder] + [copy.deepcopy(encoder) for _ in extra]
+        if isinstance(encoder, BatchLatentEncoder):  # stateless: one encoder, one network call per camera a step
+            self.encoders = [encoder] * config.batch
+        else:
+            self.encoders = [encoder] + [copy.deepcopy(encoder) for _ in extra]
 
     def __call__(self, group: list[int]) -> list[dict[str, Any]]:
         """The rows of episodes `group` (at most `batch`), run in lockstep."""

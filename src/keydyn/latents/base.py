@@ -13,10 +13,10 @@ the K object keypoints in the world frame (metres), which SE(2) augmentation mov
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch import nn
 from keydyn.data.store import EpisodeStore
 from keydyn.runs import load_checkpoint
 from keydyn.sim.config import TaskConfig
+from keydyn.sim.observations import ObservationError
 
 PUSHER_DIM = 2  # the pusher's world xy, metres
 
@@ -80,6 +81,18 @@ class LatentEncoder(Protocol):
 
     def encode(self, observation: Mapping[str, Any], info: Mapping[str, Any]) -> np.ndarray:
         """(D,) float32 latent of the current observation."""
+
+
+@runtime_checkable
+class BatchLatentEncoder(LatentEncoder, Protocol):
+    """An encoder that also encodes B observations in one call (one network call per camera: what a GPU needs of B
+    environments in lockstep). It keeps no per-episode state, so B closed loops may share one."""
+
+    def encode_batch(
+        self, observations: Sequence[Mapping[str, Any]], infos: Sequence[Mapping[str, Any]]
+    ) -> list[np.ndarray | ObservationError]:
+        """Each observation's (D,) float32 latent, as `encode` gives it alone (to float tolerance), or the
+        ObservationError that refuses it (the others are still encoded)."""
 
 
 class LatentMethod(ABC):
