@@ -6,7 +6,9 @@ learned keypoint dynamics; the cost is the squared terminal distance to a fixed 
 N samples, horizon H and M iterations (pytorch_mppi: M calls of `command(state, shift_nominal_trajectory=False)`),
 torch.inference_mode, in the same process, timed in alternation. keydyn is timed with the MLP in float32 (the
 same arithmetic as pytorch_mppi) and with its layers under bf16 autocast (keydyn's default for planning; states
-stay float32), the latter also against pytorch_mppi in float32.
+stay float32), the latter also against pytorch_mppi in float32. `mlp_only_bf16_ms` times only the H x M
+evaluations of the MLP on N samples under bf16 autocast that any such planner makes: the floor of a planning
+call with this model, sampling and costs aside.
 
 The control loop: `keydyn.control.MPCController` with the paper's dynamics model (GT 3D latent, history 2,
 2 x 500), MPPI with the defaults above and the shrinking horizon off, driving the top_down task (physics, no
@@ -112,9 +114,15 @@ def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) 
         for _ in range(args.iterations):
             theirs.command(state, shift_nominal_trajectory=False)
 
+    samples_state, samples_action = torch.randn(args.samples, state_dim), torch.randn(args.samples, ACTION_DIM)
+
+    def mlp_only() -> None:  # the H x M batched MLP evaluations any such planner makes, and nothing else
+        for _ in range(args.horizon * args.iterations):
+            bf16_dynamics(samples_state, samples_action)
+
     with torch.inference_mode():
-        ours_ms, ours_bf16_ms, theirs_ms = paired_median_ms(
-            [lambda: ours.plan(state), lambda: ours_bf16.plan(state), theirs_call], args.repeats
+        ours_ms, ours_bf16_ms, theirs_ms, mlp_ms = paired_median_ms(
+            [lambda: ours.plan(state), lambda: ours_bf16.plan(state), theirs_call, mlp_only], args.repeats
         )
     return {
         "latent_dim": state_dim,
@@ -123,6 +131,8 @@ def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) 
         "pytorch_mppi_fp32_ms": round(theirs_ms, 2),
         "ratio_keydyn_fp32_over_pytorch_mppi": round(ours_ms / theirs_ms, 3),
         "ratio_keydyn_bf16_over_pytorch_mppi": round(ours_bf16_ms / theirs_ms, 3),
+        "mlp_only_bf16_ms": round(mlp_ms, 2),
+        "ratio_mlp_only_bf16_over_pytorch_mppi": round(mlp_ms / theirs_ms, 3),
     }
 
 
