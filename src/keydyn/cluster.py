@@ -16,13 +16,12 @@ import dataclasses
 import importlib.util
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import torch
 
 from keydyn.workers import capped_count, die_with_parent, worker_count
 
@@ -97,6 +96,8 @@ def map_units(
     """
     units = list(units)
     if workers == 0:
+        import torch  # the caller's process has it already: every in-process worker is a keydyn command's
+
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -119,10 +120,20 @@ def map_units(
 _worker: Worker | None = None  # this pool process's worker, built once by _start
 
 
+def one_torch_thread() -> None:
+    """Run torch with one thread in this process: now if it is imported, else from its import on (through
+    OMP_NUM_THREADS), so that a worker whose units never use torch (collection) does not pay its ~2 s import."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        os.environ["OMP_NUM_THREADS"] = "1"
+    else:
+        torch.set_num_threads(1)
+
+
 def _start(make_worker: Callable[[Any], Worker], config: Any, parent: int) -> None:
     global _worker
     die_with_parent(parent)
-    torch.set_num_threads(1)
+    one_torch_thread()
     _worker = make_worker(config)
 
 
@@ -153,7 +164,7 @@ class _Actor:
     """A Ray actor: one worker, built once, run with one torch thread."""
 
     def __init__(self, make_worker: Callable[[Any], Worker], config: Any) -> None:
-        torch.set_num_threads(1)
+        one_torch_thread()
         self.worker = make_worker(config)
 
     def run(self, unit: Any) -> Any:
@@ -184,6 +195,8 @@ def _ray_map(
 
 
 def _run_task(function: Callable[..., Any], threads: int, *args: Any) -> Any:
+    import torch  # a reproduce stage: every one uses torch
+
     torch.set_num_threads(threads)
     return function(*args)
 

@@ -20,8 +20,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from keydyn.distributed import writes_files
-
 LOCK_NAME = ".keydyn.lock"
 
 
@@ -100,6 +98,8 @@ def one_writer(what: str) -> Callable[[Run], Run]:
     def decorate(run: Run) -> Run:
         @functools.wraps(run)
         def locked(config: Any, *args: Any, **kwargs: Any) -> Any:
+            from keydyn.distributed import writes_files  # torch: imported by the commands that run, not by this module
+
             if not writes_files() or (getattr(config, "resume", False) and not Path(config.out).exists()):
                 return run(config, *args, **kwargs)  # (the latter says there is nothing to resume)
             with DirectoryLock(config.out, what, create=True):

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import keydyn
 FORMAT = "keydyn-episodes"
 FORMAT_VERSION = 2  # 2: CRC-32C per chunk, every chunk written, per-episode SHA-256 (1 had none of these)
 CONTENT_HASH = "content_sha256"  # per-episode field: SHA-256 of the episode's rows and metadata, (32,) uint8
+WRITE_THREADS = 8  # arrays an episode's append writes at once (their writes wait on the file system, not the CPU)
 _ROWS_PER_CHUNK = 4096  # for small per-frame arrays (actions, poses, states)
 
 
@@ -164,6 +166,7 @@ class EpisodeStore:
         self.path = path
         self._root = root
         self._writable = writable
+        self._writers: dict[str, zarr.Array] = {}  # array path -> its writing handle (resized in place)
         # Reads go through a store that refuses missing chunks; writes (which may read a chunk not yet written,
         # past the committed rows) through `root`.
         self._reader = zarr.open_group(store=_CheckedLocalStore(path, read_only=True), mode="r", zarr_format=3)
@@ -551,7 +554,7 @@ class EpisodeStore:
         for name in self.frame_fields:
             values = frames[name]
             shape = values.frame_shape if isinstance(values, EncodedFrames) else np.shape(values)[1:]
-            stored = self._root[f"data/{name}"].shape[1:]
+            stored = self._writer(f"data/{name}").shape[1:]
             if tuple(shape) != stored:
                 raise ValueError(f"{name}: frames of shape {tuple(shape)}, the store holds {stored}")
         return length
@@ -565,46 +568,62 @@ class EpisodeStore:
         episode: int,
         grow: bool,
     ) -> None:
-        parts = []
+        """Write an episode's rows into every array, the arrays side by side in threads (each write waits mostly on
+        the file system); the caller commits once all are written."""
+        parts, writes = [], []
         for name in sorted(self.frame_fields):
-            array = self._writer(f"data/{name}")
-            if grow:
-                array.resize((start + length, *array.shape[1:]))
-            values = frames[name]
+            array, values = self._writer(f"data/{name}"), frames[name]
             if isinstance(values, EncodedFrames):
-                self._write_encoded(array, start, values)
                 parts.append((name, values.sha256))
             else:
                 values = np.asarray(values, dtype=array.dtype)
-                array[start : start + length] = values
                 parts.append((name, _digest(values)))
+            writes.append((array, (start + length, *array.shape[1:]), slice(start, start + length), values))
         rows = {"episode_ends": start + length, **dict(meta)}
         for name in sorted(set(rows) - {"episode_ends"}):
-            parts.append((name, _digest(np.asarray(rows[name], dtype=self._root[f"meta/{name}"].dtype)[None])))
+            parts.append((name, _digest(np.asarray(rows[name], dtype=self._writer(f"meta/{name}").dtype)[None])))
         rows[CONTENT_HASH] = _content_hash(parts)
         for name, value in rows.items():
             array = self._writer(f"meta/{name}")
+            writes.append((array, (episode + 1, *array.shape[1:]), episode, value))
+
+        def write(array: zarr.Array, shape: tuple[int, ...], rows: slice | int, values: Any) -> None:
             if grow:
-                array.resize((episode + 1, *array.shape[1:]))
-            array[episode] = value
+                array.resize(shape)
+            if isinstance(values, EncodedFrames):
+                self._write_encoded(array, rows.start, values, in_place=not grow)
+            else:
+                array[rows] = values
+
+        with ThreadPoolExecutor(WRITE_THREADS) as pool:
+            for future in [pool.submit(write, *job) for job in writes]:
+                future.result()
 
     def _writer(self, array_path: str) -> zarr.Array:
         """An array of the store that writes every chunk, also one that equals the fill value (a chunk file
-        missing from the committed rows then always means damage)."""
-        return self._root[array_path].with_config({"write_empty_chunks": True})
+        missing from the committed rows then always means damage). Opened once per store: reading an array's
+        metadata costs about a millisecond, and an episode writes some twenty arrays."""
+        if array_path not in self._writers:
+            self._writers[array_path] = self._root[array_path].with_config({"write_empty_chunks": True})
+        return self._writers[array_path]
 
-    def _write_encoded(self, array: zarr.Array, start: int, values: EncodedFrames) -> None:
+    def _write_encoded(self, array: zarr.Array, start: int, values: EncodedFrames, in_place: bool) -> None:
+        """Write pre-encoded one-frame chunks for rows start.. directly as chunk files (through zarr's async store
+        a file costs ~5x more). Rows being appended are read by no one before the commit, so their files are
+        written straight; rows rewritten `in_place` (a repair) go through a temporary file and a rename, as
+        zarr's LocalStore writes."""
         if array.chunks != (1, *array.shape[1:]) or np.dtype(values.dtype) != array.dtype:
             raise ValueError(
                 f"{array.path}: pre-encoded frames need one-frame chunks of {array.dtype}, the array has chunks "
                 f"{array.chunks} of {array.dtype}; pass the raw frames instead"
             )
-        # The chunk files are written directly (as zarr's LocalStore would: temporary file, then rename);
-        # going through zarr's async store costs ~5x more per file.
         zeros = (0,) * (array.ndim - 1)
         directory = self.path / array.path
         for k, chunk in enumerate(values.chunks):
             target = directory / array.metadata.encode_chunk_key((start + k, *zeros))
+            if not in_place:
+                target.write_bytes(chunk)
+                continue
             temporary = target.with_name(target.name + ".partial")
             temporary.write_bytes(chunk)
             os.replace(temporary, target)

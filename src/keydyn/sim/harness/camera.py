@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 STREAM_HEIGHT = 480
 """Rows of the D415 stream the noise model describes."""
@@ -86,8 +85,13 @@ class D415Model:
         rng = np.random.default_rng(self.calibration_seed)
         translation, axis = rng.standard_normal(3), rng.standard_normal(3)
         error = np.eye(4)
-        error[:3, :3] = Rotation.from_rotvec(
-            math.radians(self.rotation_error_deg) * axis / np.linalg.norm(axis)
-        ).as_matrix()
+        error[:3, :3] = _rotation_about(axis / np.linalg.norm(axis), math.radians(self.rotation_error_deg))
         error[:3, 3] = self.translation_error * translation / np.linalg.norm(translation)
         return error
+
+
+def _rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
+    """(3, 3) rotation by `angle` radians about the unit `axis` (Rodrigues' formula)."""
+    x, y, z = axis
+    cross = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
