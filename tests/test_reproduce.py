@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keydyn.evaluation.reproduce import ReproduceConfig, method_row, own_preset
+from keydyn.evaluation.reproduce import ReproduceConfig, method_preset, method_row, task_overlay
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
-from keydyn.presets import load_preset
+from keydyn.presets import load_preset, merge
 
 ARGS = ["reproduce", "table1", "--task", "top_down", "--preset", "tiny", "--methods", "gt3d", "sds", "--no-progress"]
 STAGE_MARKERS = (
@@ -127,16 +127,20 @@ def test_reproduce_refuses_unknown_methods_tasks_and_presets(tmp_path):
         ReproduceConfig(out=tmp_path, visual="fastest")
 
 
-def test_a_stage_runs_its_methods_or_tasks_own_recipe_unless_a_preset_is_chosen():
-    assert own_preset("train-dynamics", "default", "sds", "occlusions") == "occlusions"
-    assert own_preset("train-dynamics", "default", "autoencoder", "occlusions") == "autoencoder"  # method first
-    assert own_preset("train-dynamics", "default", "sds", "top_down") == "default"
-    assert own_preset("train-dynamics", "paper", "sds", "occlusions") == "paper"  # a chosen preset wins
-    assert own_preset("collect", "default", "mugs") == "mugs"
-    for task in ("occlusions", "mugs"):  # K* = 4 on top of the default recipe
-        recipe = load_preset("train-dynamics", task)
-        assert recipe["keypoints"]["num_selected"] == 4
-        assert recipe["epochs"] == load_preset("train-dynamics")["epochs"]
+def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_preset():
+    assert method_preset("train-dynamics", "default", "autoencoder") == "autoencoder"
+    assert method_preset("train-dynamics", "default", "sds") == "default"
+    assert method_preset("train-dynamics", "paper", "autoencoder") == "paper"  # a chosen preset wins
+    for task in ("occlusions", "mugs"):  # K* = 4 over the default recipe, the paper's and the original's
+        for preset in ("default", "paper", "original"):
+            recipe = merge(load_preset("train-dynamics", preset), task_overlay("train-dynamics", task))
+            assert recipe["keypoints"]["num_selected"] == 4
+            assert recipe["epochs"] == load_preset("train-dynamics", preset)["epochs"]
+        assert merge(load_preset("train-dynamics"), task_overlay("train-dynamics", task)) == load_preset(
+            "train-dynamics", task
+        )  # `keydyn train-dynamics --preset occlusions` is the default recipe with the task's change
+    assert task_overlay("collect", "mugs") == {"episodes": 600, "steps": 20}
+    assert task_overlay("train-dynamics", "top_down", keypoints={"seed": 1}) == {"keypoints": {"seed": 1}}
 
 
 @pytest.mark.slow

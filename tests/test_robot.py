@@ -194,22 +194,25 @@ def _act(action) -> dict:
         (_act([0.5, 0.0]), r"returned \[0.5, 0.0\] m/s, over the task's limit of 0.3 m/s per axis"),
         (_act([np.nan, 0.0]), "not a finite"),
         (_act([0.1, 0.0, 0.0]), r"not a finite \(2,\) velocity"),
+        ({**_act([0.0, 0.0]), "action": ["fast", "left"]}, r"returned \['fast', 'left'\], not a finite"),
         (None, r"no reply to act from a keydyn server at tcp://127.0.0.1:\d+ within 0.5 s"),
     ],
-    ids=["over the speed limit", "not finite", "wrong shape", "dropped connection"],
+    ids=["over the speed limit", "not finite", "wrong shape", "not numbers", "dropped connection"],
 )
 def test_a_faulty_reply_or_none_is_the_robots_safe_stop(server, tmp_path, act_reply, fault):
     with Client(server.address, timeout_s=60) as client:
         robot = Robot(robot_config(server, tmp_path / "unused"), client)
         env = robot.environment(robot.config.camera)
-        demo, reference = robot.demonstration(env)
-    faulty = FaultyServer(act_reply)
-    try:
-        with Client(faulty.address, timeout_s=0.5) as client:
-            row = track_through_server(client, env, robot.sensors, demo, reference, seed=0)
-    finally:
-        faulty.close()
-        env.close()
+        try:
+            demo, reference = robot.demonstration(env)
+            faulty = FaultyServer(act_reply)
+            try:
+                with Client(faulty.address, timeout_s=0.5) as faulty_client:
+                    row = track_through_server(faulty_client, env, robot.sensors, demo, reference, seed=0)
+            finally:
+                faulty.close()
+        finally:
+            env.close()
     assert row["steps"] == 1 and row["actions"] == [[0.0, 0.0]] and row["server_actions"] == []
     assert re.search(fault, row["fault"]), row["fault"]
 
@@ -218,9 +221,11 @@ def test_a_late_frame_is_refused_and_the_robot_stops(server, tmp_path):
     with Client(server.address, timeout_s=60) as client:
         robot = Robot(robot_config(server, tmp_path / "unused"), client)
         env = robot.environment(robot.config.camera)
-        demo, reference = robot.demonstration(env)
-        late = 2 * client.info()["max_frame_age_s"]
-        row = track_through_server(client, env, robot.sensors, demo, reference, seed=0, frame_age_s=late)
-        env.close()
+        try:
+            demo, reference = robot.demonstration(env)
+            late = 2 * client.info()["max_frame_age_s"]
+            row = track_through_server(client, env, robot.sensors, demo, reference, seed=0, frame_age_s=late)
+        finally:
+            env.close()
     assert row["steps"] == 1 and row["actions"] == [[0.0, 0.0]] and row["server_actions"] == []
     assert "ms old, over the server's limit of 200 ms: stop the robot" in row["fault"]

@@ -23,7 +23,7 @@ from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.tracking import record_demonstration, track
 from keydyn.models import shipped_run
 from keydyn.remote.client import Client, ServerError
-from keydyn.remote.protocol import ProtocolError, decode, encode, request
+from keydyn.remote.protocol import ProtocolError, check_request, decode, encode, request
 from keydyn.remote.server import Server
 from keydyn.remote.session import ControlSession, ServeConfig, prepared_observation
 from keydyn.sim.environment import make_environment
@@ -240,3 +240,13 @@ def test_keydyn_serve_serves_ground_truth_latents_and_stops_on_sigterm(pair):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_frame_age_may_travel_as_an_int_or_a_float_and_nothing_else():
+    for age in (0, 0.033):
+        assert check_request(request("act", observation={}, frame_age_s=age)) == (
+            "act",
+            {"observation": {}, "frame_age_s": age},
+        )
+    with pytest.raises(ProtocolError, match="the plan request's frame_age_s is a str; send a int or float"):
+        check_request(request("plan", observation={}, frame_age_s="0.1"))

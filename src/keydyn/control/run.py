@@ -81,5 +81,9 @@ def control_setup(
 
 
 def run_controller(trained: TrainedRun, mpc: MPCConfig) -> MPCController:
-    """An MPC controller over a loaded run's dynamics, its costs comparing the entries its latent method names."""
+    """An MPC controller over a loaded run's dynamics, its costs comparing the entries its latent method names.
+    It plans within min(mpc.action_limit, the task's max_speed) per axis: a velocity the task's pusher would clip
+    is never planned (keydyn's tasks: both 0.3 m/s; gymnasium_pusher's limit is 0.2 m/s)."""
+    if trained.task.max_speed < mpc.action_limit:
+        mpc = replace(mpc, action_limit=trained.task.max_speed)
     return MPCController(trained.model, mpc, trained.method.cost_part(trained.model.latent_dim))

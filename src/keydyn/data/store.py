@@ -1,9 +1,10 @@
 """The episode store: episodes concatenated along time in a zarr v3 group (layout in docs/dataset.md).
 
-Writes are crash-safe. Every zarr key is written atomically (temporary file + rename); an episode becomes
-part of the store only when the root attribute `num_episodes` is rewritten after all of its rows, so a
-process killed at any moment leaves at most rows past the committed end, which readers ignore and
-`open(..., mode="a")` truncates.
+Writes are crash-safe. An episode becomes part of the store only when the root attribute `num_episodes` is
+rewritten after all of its rows, so a process killed at any moment leaves at most rows past the committed end,
+which readers ignore and `open(..., mode="a")` truncates (its resize deletes their chunk files). Metadata and
+the chunks of committed rows rewritten in place are written atomically (temporary file + rename); the image
+chunks of an appended episode, past the committed end, are written straight.
 
 Reads are checked. Every chunk ends with a CRC-32C of its bytes (zarr's crc32c codec), every chunk of the
 committed rows is written (also an all-zero one) so that a missing chunk file is damage, never zeros, and
@@ -334,12 +335,12 @@ class EpisodeStore:
 
     def _truncate_uncommitted(self) -> None:
         frames = self.num_frames
-        for name in self.frame_fields:
-            array = self._root[f"data/{name}"]
+        for name in self.frame_fields:  # a resize deletes the chunk files past the new end
+            array = self._writer(f"data/{name}")
             if array.shape[0] != frames:
                 array.resize((frames, *array.shape[1:]))
         for name in self.episode_fields:
-            array = self._root[f"meta/{name}"]
+            array = self._writer(f"meta/{name}")
             if array.shape[0] != self._num_episodes:
                 array.resize((self._num_episodes, *array.shape[1:]))
         for partial in self.path.rglob("*.partial"):  # temporary files of an interrupted atomic write
@@ -554,9 +555,17 @@ class EpisodeStore:
         for name in self.frame_fields:
             values = frames[name]
             shape = values.frame_shape if isinstance(values, EncodedFrames) else np.shape(values)[1:]
-            stored = self._writer(f"data/{name}").shape[1:]
+            array = self._writer(f"data/{name}")
+            stored = array.shape[1:]
             if tuple(shape) != stored:
                 raise ValueError(f"{name}: frames of shape {tuple(shape)}, the store holds {stored}")
+            if isinstance(values, EncodedFrames) and (
+                array.chunks != (1, *stored) or np.dtype(values.dtype) != array.dtype
+            ):
+                raise ValueError(
+                    f"{array.path}: pre-encoded frames need one-frame chunks of {array.dtype}, the array has chunks "
+                    f"{array.chunks} of {array.dtype}; pass the raw frames instead"
+                )
         return length
 
     def _write_rows(
@@ -612,11 +621,6 @@ class EpisodeStore:
         a file costs ~5x more). Rows being appended are read by no one before the commit, so their files are
         written straight; rows rewritten `in_place` (a repair) go through a temporary file and a rename, as
         zarr's LocalStore writes."""
-        if array.chunks != (1, *array.shape[1:]) or np.dtype(values.dtype) != array.dtype:
-            raise ValueError(
-                f"{array.path}: pre-encoded frames need one-frame chunks of {array.dtype}, the array has chunks "
-                f"{array.chunks} of {array.dtype}; pass the raw frames instead"
-            )
         zeros = (0,) * (array.ndim - 1)
         directory = self.path / array.path
         for k, chunk in enumerate(values.chunks):

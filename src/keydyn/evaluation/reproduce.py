@@ -44,7 +44,7 @@ from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
 from keydyn.files import read_json, write_json_atomic, write_text_atomic
 from keydyn.latents import get_latent, latent_names
 from keydyn.locks import one_writer
-from keydyn.presets import DEFAULT, from_preset, preset_names
+from keydyn.presets import DEFAULT, from_preset, merge, preset_names, preset_overlay
 from keydyn.sim.config import TASK_NAMES
 from keydyn.vision.train import TrainVisualConfig, train_visual
 from keydyn.vision.transporter import CROP_MODES
@@ -75,11 +75,11 @@ class ReproduceConfig:
     seeds: int = 1
     """Seeds 0 .. seeds-1: one dataset, one descriptor network and one dynamics run per method and seed."""
     collect: str = "default"
-    """Preset of the data collection (`keydyn collect --preset`). With `default`, a task that has a preset of its
-    own name (`mugs`: the original's 20-step episodes) is collected with that one."""
+    """Preset of the data collection (`keydyn collect --preset`). A task with a preset of its own name has its
+    settings laid over it (`mugs`: the original's 600 episodes of 20 steps), whichever preset is chosen; likewise
+    for every stage."""
     visual: str = "default"
-    """Preset of the descriptor training (`keydyn train-visual --preset`); with `default`, the task's own preset
-    where it has one."""
+    """Preset of the descriptor training (`keydyn train-visual --preset`)."""
     transporter: str = "default"
     """Preset of the Transporter training (`keydyn train-transporter --preset`)."""
     transporter_crops: tuple[str, ...] = CROP_MODES
@@ -87,8 +87,8 @@ class ReproduceConfig:
     mask) and full (the whole image)."""
     dynamics: str = "default"
     """Preset of the dynamics training (`keydyn train-dynamics --preset`). With `default`, a method that has a
-    preset of its own name (`autoencoder`: the original's joint training) trains with that one, and otherwise a
-    task that has one (`occlusions`, `mugs`: K* = 4 SDS keypoints) with that one."""
+    preset of its own name (`autoencoder`: the original's joint training) trains with that one. A task's own
+    (`occlusions`, `mugs`: K* = 4 SDS keypoints) is laid over whichever is chosen."""
     evaluation: str = "default"
     """Preset of the goal-reaching evaluation (`keydyn evaluate --preset`)."""
     workers: int = 2
@@ -171,12 +171,17 @@ def method_of(row: str) -> str:
     return row.split("@", 1)[0]
 
 
-def own_preset(command: str, chosen: str, *names: str) -> str:
-    """The preset a stage runs: `chosen`, unless it is `default` and `command` ships a preset named after the first
-    of `names` (the method, the task) that has one: that method's or task's own recipe."""
-    if chosen != DEFAULT:
-        return chosen
-    return next((name for name in names if name in preset_names(command)), chosen)
+def method_preset(command: str, chosen: str, method: str) -> str:
+    """The preset a method's stage runs: `chosen`, unless it is `default` and `command` ships a preset named
+    after the method (`autoencoder`: the original's joint training)."""
+    return method if chosen == DEFAULT and method in preset_names(command) else chosen
+
+
+def task_overlay(command: str, task: str, **overrides: Any) -> dict[str, Any]:
+    """What a task's own recipe changes in every preset of `command` (the settings of `<command>/<task>.yaml`
+    itself, e.g. `mugs`' 600 episodes of 20 steps, K* = 4 on `occlusions` and `mugs`), with `overrides` laid
+    over it."""
+    return merge(preset_overlay(command, task), overrides)
 
 
 def _fresh_or_resumed(run: Path, marker: str) -> bool:
@@ -196,7 +201,8 @@ def stage_dataset(config: ReproduceConfig, seed: int) -> Path:
         from_preset(
             CollectConfig,
             "collect",
-            own_preset("collect", config.collect, config.task),
+            config.collect,
+            overrides=task_overlay("collect", config.task),
             out=out,
             task=config.task,
             seed=seed,
@@ -217,7 +223,8 @@ def stage_visual(config: ReproduceConfig, seed: int, dataset: Path) -> Path:
         from_preset(
             TrainVisualConfig,
             "train-visual",
-            own_preset("train-visual", config.visual, config.task),
+            config.visual,
+            overrides=task_overlay("train-visual", config.task),
             dataset=dataset,
             out=out,
             seed=seed,
@@ -259,9 +266,13 @@ def stage_dynamics(
         from_preset(
             TrainDynamicsConfig,
             "train-dynamics",
-            own_preset("train-dynamics", config.dynamics, method, config.task),
+            method_preset("train-dynamics", config.dynamics, method),
             # DS and WDS (SDS and WSDS) of one network share their references, so their located keypoints too.
-            overrides={"keypoints": {"seed": seed, "cache_dir": str(config.out / "keypoint_cache" / f"seed{seed}")}},
+            overrides=task_overlay(
+                "train-dynamics",
+                config.task,
+                keypoints={"seed": seed, "cache_dir": str(config.out / "keypoint_cache" / f"seed{seed}")},
+            ),
             dataset=dataset,
             out=out,
             latent=method,

@@ -81,6 +81,16 @@ def load_preset(command: str, name: str = DEFAULT, _seen: tuple[str, ...] = ()) 
     return merge(load_preset(command, parent, (*_seen, name)), values)
 
 
+def preset_overlay(command: str, name: str) -> dict[str, Any]:
+    """The settings preset `name` of `command` sets itself, without those of the preset it extends (a task's
+    recipe to lay over any other preset); {} when `command` has no such preset."""
+    if name not in preset_names(command):
+        return {}
+    values = _copy(_read(command, name))
+    values.pop("extends", None)
+    return values
+
+
 def _copy(values: Any) -> Any:
     if isinstance(values, dict):
         return {key: _copy(value) for key, value in values.items()}

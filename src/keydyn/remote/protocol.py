@@ -31,14 +31,14 @@ VERSION = 3
 ARRAY_KEYS = frozenset({"dtype", "shape", "data"})
 ARRAY_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
-REQUESTS: dict[str, dict[str, tuple[type, bool]]] = {
+REQUESTS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "info": {},
     "reset": {"goal": (dict, False), "reference": (list, False), "steps": (int, False), "seed": (int, False)},
-    "act": {"observation": (dict, True), "frame_age_s": (float, False)},
-    "plan": {"observation": (dict, True), "frame_age_s": (float, False)},
+    "act": {"observation": (dict, True), "frame_age_s": ((int, float), False)},
+    "plan": {"observation": (dict, True), "frame_age_s": ((int, float), False)},
     "save": {"name": (str, True)},
 }
-"""Each op's fields: name -> (msgpack type, required). reset takes exactly one of goal and reference."""
+"""Each op's fields: name -> (msgpack type(s), required). reset takes exactly one of goal and reference."""
 
 
 class ProtocolError(ValueError):
@@ -156,7 +156,8 @@ def check_request(message: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     for name, value in fields.items():
         kind = schema[name][0]
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ProtocolError(f"the {op} request's {name} is a {type(value).__name__}; send a {kind.__name__}")
+            kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ProtocolError(f"the {op} request's {name} is a {type(value).__name__}; send a {kinds}")
     return op, fields
 
 

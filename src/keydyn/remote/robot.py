@@ -174,13 +174,18 @@ def robot_environment(task: TaskConfig, camera: D415Model, images: bool) -> Push
 
 def unsafe_action(action: Any, max_speed: float) -> str:
     """Why a velocity the server returned must not be executed ("" when it may): not a finite (2,) world-xy
-    velocity, or faster than `max_speed` (m/s) along an axis, which a planner bounded by the same task never
-    returns (a server of another task or a fault; the robot stops rather than guess)."""
-    if np.shape(action) != (ACTION_DIM,) or not np.isfinite(action).all():
+    velocity, or faster than `max_speed` (m/s) along an axis, which keydyn serve never plans for a run of the
+    robot's task (`keydyn.control.run.run_controller`): a server of another task, or a fault; the robot stops
+    rather than guess."""
+    try:
+        action = np.asarray(action, np.float64)
+    except (TypeError, ValueError):
+        return f"the server returned {action!r}, not a finite (2,) velocity"
+    if action.shape != (ACTION_DIM,) or not np.isfinite(action).all():
         return f"the server returned {action!r}, not a finite (2,) velocity"
     if np.abs(action).max() > max_speed * (1 + 1e-5):
         return (
-            f"the server returned {np.round(np.asarray(action), 4).tolist()} m/s, over the task's limit of "
+            f"the server returned {np.round(action, 4).tolist()} m/s, over the task's limit of "
             f"{max_speed} m/s per axis: serve a run of the robot's task (its max_speed), or check the server"
         )
     return ""

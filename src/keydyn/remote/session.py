@@ -5,7 +5,8 @@ An episode is what `keydyn evaluate` and `keydyn track` run, with the robot in p
 encodes the goal observation (or the demonstration's reference observations) into the target latent(s); each
 `act` encodes the robot's observation, plans with the run's MPC controller and returns the first action. Given
 the same observations and seed, the actions are those of `keydyn.evaluation.episodes.reach_goal` (goal) and
-`keydyn.evaluation.tracking.track` (reference), bit for bit.
+`keydyn.evaluation.tracking.track` (reference), bit for bit (evaluate with `--batch 1`: a batch locates images
+together, equal to float tolerance).
 
 Images: the server reads each camera at the run's resolution (its task.json; the shipped models: 320x240). A
 camera at a whole multiple k of it (640x480 for 320x240, as RealSense and the paper give) is averaged down over
@@ -74,6 +75,8 @@ class ServeConfig:
 
     def to_json(self) -> dict[str, Any]:
         values = {**dataclasses.asdict(self), "run": str(self.run), "save_dir": str(self.save_dir)}
+        if values["max_frame_age_s"] is not None and math.isinf(values["max_frame_age_s"]):
+            values["max_frame_age_s"] = "inf"  # strict JSON has no infinity
         return {**values, "mpc": self.mpc.to_json()}
 
 
@@ -263,6 +266,7 @@ class ControlSession:
         """Refuse a frame older than the limit (ObservationError), or an age that is not a duration."""
         if frame_age_s is None:
             return
+        frame_age_s = float(frame_age_s)  # msgpack may carry an int
         if not math.isfinite(frame_age_s) or frame_age_s < 0:
             raise ValueError(f"frame_age_s is {frame_age_s}; send the seconds since the images were captured (>= 0)")
         if frame_age_s > self.max_frame_age:
