@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from keydyn.latents.descriptor.dataset import require_lifted
 from keydyn.latents.descriptor.references import KeypointConfig
 from keydyn.latents.descriptor.rigid import RigidFilter, rigid_consistency, rigid_fit, rigid_template
 from keydyn.vision.geometry import pose_matrix
@@ -144,3 +146,21 @@ def test_rigid_options_are_checked():
     assert KeypointConfig(rigid_outlier_mm=15.0, rigid_project=True).rigid_project
     with pytest.raises(ValueError, match="sds-ranking 'visibility': use one of confidence, rigid"):
         KeypointConfig(sds_ranking="visibility")
+
+
+def test_keypoints_without_depth_are_placed_by_the_rigid_filter_and_refused_without_it(tmp_path):
+    """A dataset's keypoints lost in depth holes (NaN, as a real camera's holes leave them) are placed by the rigid
+    filter where 3 others of the frame agree; any left, or any without the filter, are refused by name."""
+    store = SimpleNamespace(path=tmp_path / "data")
+    generator = torch.Generator().manual_seed(2)
+    truth = _moved(_random_poses(6, generator)).float()
+    points = truth.clone()
+    points[1, 3] = float("nan")  # one keypoint in a hole
+    points[4, :3] = float("nan")  # three of five: too few left to fit
+    with pytest.raises(ValueError, match=r"2 frames of .*data \(first: row 1\) have keypoints without valid depth"):
+        require_lifted(points, store, ["top_down"], filtered=False)
+    placed = RigidFilter(TEMPLATE, 0.015, project=False)(points)[0]
+    torch.testing.assert_close(placed[1], truth[1], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"1 frames .* \(first: row 4\) .* even after the rigid filter"):
+        require_lifted(placed, store, ["top_down"], filtered=True)
+    require_lifted(placed[:4], store, ["top_down"], filtered=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ class DatasetKeypoints:
     """Keypoints of every frame of a dataset, from the references' camera (fused with their other cameras').
 
     Attributes:
-        points: (N, K, 3) float32 world points, metres.
+        points: (N, K, 3) float32 world points, metres (NaN where a keypoint has no valid depth).
         confidence: (N, K) float32 confidences in [0, 1] (eq. 15).
     """
 
@@ -68,11 +69,9 @@ def cache_key(net: DescriptorNet, references: References, store: EpisodeStore, b
 def compute_keypoints(
     net: DescriptorNet, references: References, store: EpisodeStore, batch_size: int, bf16: bool
 ) -> DatasetKeypoints:
-    """Locate the references in every frame of `store` from `references.cameras`, `batch_size` frames at a time.
-
-    Raises:
-        ValueError: a frame has no valid depth, so its keypoints cannot be lifted to 3D.
-    """
+    """Locate the references in every frame of `store` from `references.cameras`, `batch_size` frames at a time;
+    a keypoint whose heatmap lies on too little valid depth (`MIN_DEPTH_SUPPORT`: a hole of a real depth camera)
+    is NaN, for the rigid filter to replace or `require_lifted` to refuse."""
     geometry = {
         camera: (
             torch.tensor(store.attrs["cameras"][camera]["intrinsics"], dtype=torch.float64),
@@ -94,14 +93,28 @@ def compute_keypoints(
         located = locate_references(net, references, images, bf16)
         points.append(located.points_world)
         confidence.append(located.confidence)
-    result = DatasetKeypoints(torch.cat(points), torch.cat(confidence))
-    lost = ~torch.isfinite(result.points).all(dim=(1, 2))
+    return DatasetKeypoints(torch.cat(points), torch.cat(confidence))
+
+
+def require_lifted(points: torch.Tensor, store: EpisodeStore, cameras: Sequence[str], filtered: bool) -> None:
+    """Refuse (N, K, 3) dataset keypoints of which any is not lifted to 3D (NaN: no valid depth under it), after
+    the rigid filter when `filtered`.
+
+    Raises:
+        ValueError: naming how many frames, the first, and the fixes.
+    """
+    lost = ~torch.isfinite(points).all(dim=(1, 2))
     if lost.any():
-        raise ValueError(
-            f"{int(lost.sum())} frames of {store.path} (first: row {int(np.flatnonzero(lost.numpy())[0])}) have no "
-            f"valid depth in camera {', '.join(references.cameras)}; pick another --keypoints.camera"
+        why = (
+            "even after the rigid filter (fewer than 3 keypoints of those frames agree)"
+            if filtered
+            else ("and no rigid filter replaces them (--keypoints.rigid-outlier-mm)")
         )
-    return result
+        raise ValueError(
+            f"{int(lost.sum())} frames of {store.path} (first: row {int(np.flatnonzero(lost.numpy())[0])}) have "
+            f"keypoints without valid depth in camera {', '.join(cameras)} {why}; fill the depth holes or pick "
+            "another --keypoints.camera"
+        )
 
 
 def dataset_keypoints(

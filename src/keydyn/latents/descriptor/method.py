@@ -16,15 +16,17 @@ Nothing is written into the visual run, and a dynamics run moved together with i
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import read_json, write_json_atomic
 from keydyn.latents.base import KeypointLatent, LatentLayout
-from keydyn.latents.descriptor.dataset import dataset_keypoints, network_hash
+from keydyn.latents.descriptor.dataset import dataset_keypoints, network_hash, require_lifted
 from keydyn.latents.descriptor.encoder import DescriptorEncoder
 from keydyn.latents.descriptor.pictures import write_reference_picture
 from keydyn.latents.descriptor.references import References, choose_references
@@ -94,14 +96,23 @@ class DescriptorLatent(KeypointLatent):
         write_reference_picture(out / "keypoints.png", rgb, references, title)
         cache = out / KEYPOINT_CACHE if keypoints.cache_dir is None else keypoints.cache_dir
         points = dataset_keypoints(net, references, store, cache, keypoints.batch_size, keypoints.bf16).points
-        if keypoints.rigid_outlier_mm > 0:
+        filtered = keypoints.rigid_outlier_mm > 0
+        if filtered:
             rigid = RigidFilter.load(out)  # a resumed run keeps its template
             if rigid is None:
                 rigid = RigidFilter(
                     rigid_template(points), keypoints.rigid_outlier_mm / 1000.0, keypoints.rigid_project
                 )
                 rigid.save(out)
+            unlifted = ~torch.isfinite(points).all(dim=-1)
             points = rigid(points)[0]
+            if unlifted.any():  # depth holes (a real camera's): filled as the encoder fills them at control time
+                print(
+                    f"keydyn: the rigid filter placed {int(unlifted.sum())} keypoints without valid depth, in "
+                    f"{int(unlifted.any(dim=1).sum())} of {len(points)} frames",
+                    file=sys.stderr,
+                )
+        require_lifted(points, store, references.cameras, filtered)
         pusher = np.asarray(store.frames("pusher_position"), dtype=np.float32)
         return LatentLayout(len(references)).pack(points.numpy(), pusher).astype(np.float32)
 
