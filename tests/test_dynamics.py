@@ -101,6 +101,18 @@ def test_windows_never_cross_episode_boundaries():
     assert torch.all(batch_actions[:, :, 0].long() == frames[:, :-1])
 
 
+def test_a_frame_without_a_finite_latent_is_in_no_window():
+    ends = np.array([5, 12, 14, 30])
+    latents = np.arange(30, dtype=np.float32)[:, None].repeat(14, axis=1)
+    latents[20, 3] = np.nan  # a frame whose keypoints could not be lifted to 3D
+    actions = np.zeros((30, 2), np.float32)
+    every = make_windows(np.nan_to_num(latents), actions, ends, np.arange(4), history=1, horizon=3)
+    windows = make_windows(latents, actions, ends, np.arange(4), history=1, horizon=3)
+    frames = windows.frames(torch.arange(len(windows)))
+    assert not (frames == 20).any() and len(every) - len(windows) == 4  # the windows starting at 17 .. 20
+    assert torch.isfinite(windows.batch(torch.arange(len(windows)))[0]).all()
+
+
 def test_split_is_by_episode_and_seeded():
     train, val = split_episodes(10, 0.3, seed=4)
     assert len(val) == 3 and len(train) == 7 and not set(train) & set(val)

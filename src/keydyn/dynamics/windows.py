@@ -84,11 +84,17 @@ def make_windows(
     horizon: int,
     inputs: np.ndarray | None = None,
 ) -> WindowSet:
-    """All windows of n + H frames inside `episodes`; latents (N, D), actions (N, 2) and the optional frame
-    inputs (N, *F) cover the whole store."""
+    """All windows of n + H frames inside `episodes` whose latents are all finite (a frame the latent method could
+    not encode, NaN, is in no window); latents (N, D), actions (N, 2) and the optional frame inputs (N, *F) cover
+    the whole store."""
     if history < 1 or horizon < 1:
         raise ValueError(f"history and horizon must be at least 1, got history={history}, horizon={horizon}")
-    starts = window_starts(episode_ends, episodes, history + horizon)
+    length = history + horizon
+    starts = window_starts(episode_ends, episodes, length)
+    unusable = ~np.isfinite(np.asarray(latents)).all(axis=1)
+    if unusable.any():
+        hits = np.concatenate([[0], np.cumsum(unusable)])  # unusable frames before each frame
+        starts = starts[hits[starts + length] == hits[starts]]
     return WindowSet(
         latents=torch.as_tensor(np.asarray(latents, dtype=np.float32)),
         actions=torch.as_tensor(np.asarray(actions, dtype=np.float32)),

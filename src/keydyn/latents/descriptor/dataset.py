@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,25 +97,34 @@ def compute_keypoints(
     return DatasetKeypoints(torch.cat(points), torch.cat(confidence))
 
 
+MAX_UNLIFTED_FRACTION = 0.01
+"""The largest fraction of a dataset's frames whose keypoints may stay without depth (left out of training)."""
+
+
 def require_lifted(points: torch.Tensor, store: EpisodeStore, cameras: Sequence[str], filtered: bool) -> None:
-    """Refuse (N, K, 3) dataset keypoints of which any is not lifted to 3D (NaN: no valid depth under it), after
-    the rigid filter when `filtered`.
+    """Check (N, K, 3) dataset keypoints, after the rigid filter when `filtered`: frames with a keypoint not lifted
+    to 3D (NaN: no valid depth under it) stay NaN, so that no training window uses them (`make_windows`), and
+    are reported; more than MAX_UNLIFTED_FRACTION of them are refused.
 
     Raises:
         ValueError: naming how many frames, the first, and the fixes.
     """
     lost = ~torch.isfinite(points).all(dim=(1, 2))
-    if lost.any():
-        why = (
-            "even after the rigid filter (fewer than 3 keypoints of those frames agree)"
-            if filtered
-            else ("and no rigid filter replaces them (--keypoints.rigid-outlier-mm)")
-        )
-        raise ValueError(
-            f"{int(lost.sum())} frames of {store.path} (first: row {int(np.flatnonzero(lost.numpy())[0])}) have "
-            f"keypoints without valid depth in camera {', '.join(cameras)} {why}; fill the depth holes or pick "
-            "another --keypoints.camera"
-        )
+    if not lost.any():
+        return
+    first = int(np.flatnonzero(lost.numpy())[0])
+    why = (
+        "even after the rigid filter (fewer than 3 keypoints of the frame agree)"
+        if filtered
+        else ("and no rigid filter replaces them (--keypoints.rigid-outlier-mm)")
+    )
+    problem = (
+        f"{int(lost.sum())} of {len(points)} frames of {store.path} (first: row {first}) have keypoints without "
+        f"valid depth in camera {', '.join(cameras)} {why}"
+    )
+    if lost.float().mean() > MAX_UNLIFTED_FRACTION:
+        raise ValueError(f"{problem}; fill the depth holes or pick another --keypoints.camera")
+    print(f"keydyn: {problem}: no training window uses them", file=sys.stderr)
 
 
 def dataset_keypoints(
