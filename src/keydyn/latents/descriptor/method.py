@@ -104,12 +104,13 @@ class DescriptorLatent(KeypointLatent):
                     rigid_template(points), keypoints.rigid_outlier_mm / 1000.0, keypoints.rigid_project
                 )
                 rigid.save(out)
-            unlifted = ~torch.isfinite(points).all(dim=-1)
+            unlifted = int((~torch.isfinite(points).all(dim=-1)).sum())
             points = rigid(points)[0]
-            if unlifted.any():  # depth holes (a real camera's): filled as the encoder fills them at control time
+            if unlifted:  # depth holes (a real camera's): placed as the encoder places them at control time
+                placed = unlifted - int((~torch.isfinite(points).all(dim=-1)).sum())
                 print(
-                    f"keydyn: the rigid filter placed {int(unlifted.sum())} keypoints without valid depth, in "
-                    f"{int(unlifted.any(dim=1).sum())} of {len(points)} frames",
+                    f"keydyn: the rigid filter placed {placed} of the {unlifted} keypoints without valid depth in "
+                    f"{len(points)} frames",
                     file=sys.stderr,
                 )
         require_lifted(points, store, references.cameras, filtered)
