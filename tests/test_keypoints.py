@@ -308,6 +308,7 @@ def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, t
         assert main(measure) == 0
     figures = json.loads(accuracy.read_text())
     assert figures["rigid_outlier_mm"] == pytest.approx(15.0) and figures["held_out_episodes"] == 1
+    assert accuracy.with_suffix(".png").stat().st_size > 10_000  # the confidence of visible and occluded points
     assert 0.0 < figures["error_3d_mm_median"] < 100.0 and "machine" in figures
     assert main(["keypoint-accuracy", "--dataset", str(small_dataset)]) == 2  # neither --run nor --visual-run
     # A resumed run whose visual network changed since it started is refused (its references belong to the old one).

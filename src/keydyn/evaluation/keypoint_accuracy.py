@@ -8,6 +8,9 @@ on top_down; on occlusions, the confidence of occluded points clearly below that
 
     keydyn keypoint-accuracy --dataset data/top_down --run runs/sds_top_down
     keydyn keypoint-accuracy --dataset data/occlusions --visual-run visual/occlusions [--latent ds] [--out a.json]
+
+With --out, a.png beside a.json shows the confidence of visible and occluded sightings (the paper's claim that
+confidence flags occlusion).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import numpy as np
 
 from keydyn.data.split import split_episodes
 from keydyn.files import read_json, write_json_atomic
-from keydyn.latents.descriptor.accuracy import VISIBILITY_TOLERANCE_M, keypoint_errors
+from keydyn.latents.descriptor.accuracy import VISIBILITY_TOLERANCE_M, confidence_auc, keypoint_errors
 from keydyn.latents.descriptor.method import load_run_visual, load_visual, run_locates_in_bf16
 from keydyn.latents.descriptor.references import KeypointConfig, References, choose_references
 from keydyn.latents.descriptor.rigid import RigidFilter
 from keydyn.machine import machine
+from keydyn.plots import pyplot, save_figure
 from keydyn.runs import open_dataset
 
 
@@ -48,7 +52,8 @@ class KeypointAccuracyConfig:
     visibility_tolerance: float = VISIBILITY_TOLERANCE_M
     """Metres between the rendered depth and a point's depth for the point to count as visible."""
     out: Path | None = None
-    """Also write the figures to this JSON file."""
+    """Also write the figures to this JSON file, and beside it (same name, .png) the confidence of visible and
+    occluded sightings: whether the confidence flags occlusion."""
 
 
 def keypoint_accuracy(config: KeypointAccuracyConfig) -> dict:
@@ -114,4 +119,25 @@ def keypoint_accuracy(config: KeypointAccuracyConfig) -> dict:
     }
     if config.out is not None:
         write_json_atomic(config.out, figures)
+        title = f"{figures['references']} on {Path(config.dataset).name}: {len(frames)} held-out frames"
+        plot_confidence_visibility(errors.confidence, errors.visible, Path(config.out).with_suffix(".png"), title)
     return figures
+
+
+def plot_confidence_visibility(confidence: np.ndarray, visible: np.ndarray, path: Path, title: str) -> Path:
+    """Histograms of the (F, K) keypoint confidences of visible and of occluded sightings (each normalised), with
+    their means and `confidence_auc` (the chance that a visible sighting is the more confident one)."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    bins = np.linspace(0.0, 1.0, 26)
+    for mask, label, color in ((visible, "visible", "tab:blue"), (~visible, "occluded", "tab:red")):
+        values = confidence[mask]
+        if len(values):
+            label = f"{label}: {len(values)} sightings, mean {values.mean():.2f}"
+            axis.hist(values, bins, density=True, alpha=0.5, color=color, label=label)
+    auc = confidence_auc(confidence[visible], confidence[~visible]) if visible.any() and (~visible).any() else None
+    axis.set_xlabel("keypoint confidence (eq. 15)")
+    axis.set_ylabel("density")
+    axis.set_title(title + ("" if auc is None else f"\nAUC visible > occluded: {auc:.2f}"), fontsize=9)
+    axis.legend()
+    return save_figure(figure, path)
