@@ -18,6 +18,7 @@ Prints one JSON document with median milliseconds per call and the ratios.
 
     python benchmarks/planning.py                     # latent dims 14 and 152, 2 threads
     python benchmarks/planning.py --dims 152 --threads 8 --repeats 30
+    python benchmarks/planning.py --device cuda       # on a GPU (issue 19's target: <= 2 ms on an H100)
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ class MLPDynamics(nn.Module):
         return self.net(torch.cat([state, action], dim=-1))
 
 
-def paired_median_ms(fns: list[Callable[[], object]], repeats: int, warmup: int = 2) -> list[float]:
-    """Median wall-clock milliseconds of each `fn()` over `repeats` rounds after `warmup` untimed rounds.
+def paired_median_ms(
+    fns: list[Callable[[], object]], repeats: int, warmup: int = 2, device: torch.device | None = None
+) -> list[float]:
+    """Median wall-clock milliseconds of each `fn()` over `repeats` rounds after `warmup` untimed rounds (on a
+    GPU, each call is timed to the end of its kernels).
 
     Each round calls every function once in turn, so drifting machine load affects all of them alike.
     """
@@ -73,6 +77,8 @@ def paired_median_ms(fns: list[Callable[[], object]], repeats: int, warmup: int 
         for fn, fn_times in zip(fns, times, strict=True):
             start = time.perf_counter()
             fn()
+            if device is not None and device.type == "cuda":
+                torch.cuda.synchronize(device)
             if round_ >= warmup:
                 fn_times.append(1e3 * (time.perf_counter() - start))
     return [statistics.median(t) for t in times]
@@ -80,10 +86,12 @@ def paired_median_ms(fns: list[Callable[[], object]], repeats: int, warmup: int 
 
 def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) -> dict:
     """Median ms per planning call of both planners for one latent size."""
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    dynamics = MLPDynamics(state_dim, ACTION_DIM).eval()
-    state, goal = torch.randn(state_dim), torch.randn(state_dim)
-    low, high = torch.full((ACTION_DIM,), -BOUND), torch.full((ACTION_DIM,), BOUND)
+    dynamics = MLPDynamics(state_dim, ACTION_DIM).eval().to(device)
+    state, goal = torch.randn(state_dim, device=device), torch.randn(state_dim, device=device)
+    low = torch.full((ACTION_DIM,), -BOUND, device=device)
+    high = torch.full((ACTION_DIM,), BOUND, device=device)
     config = MPPIConfig(num_samples=args.samples, iterations=args.iterations)
 
     def terminal_cost(states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -92,29 +100,31 @@ def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) 
     ours = MPPI(dynamics, terminal_cost, config, low, high, horizon=args.horizon)
 
     def bf16_dynamics(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             return dynamics(x, u).float()
 
     ours_bf16 = MPPI(bf16_dynamics, terminal_cost, config, low, high, horizon=args.horizon)
 
     theirs = pytorch_mppi_cls(
         dynamics,
-        lambda s, a: torch.zeros(s.shape[0], dtype=s.dtype),
+        lambda s, a: torch.zeros(s.shape[0], dtype=s.dtype, device=s.device),
         state_dim,
-        noise_sigma=config.noise_std**2 * torch.eye(ACTION_DIM),
+        noise_sigma=config.noise_std**2 * torch.eye(ACTION_DIM, device=device),
         num_samples=args.samples,
         horizon=args.horizon,
         terminal_state_cost=lambda states, actions: (states[..., -1, :] - goal).square().sum(-1),
         lambda_=1.0 / config.gamma,
         u_min=low,
         u_max=high,
+        device=device,
     )
 
     def theirs_call() -> None:
         for _ in range(args.iterations):
             theirs.command(state, shift_nominal_trajectory=False)
 
-    samples_state, samples_action = torch.randn(args.samples, state_dim), torch.randn(args.samples, ACTION_DIM)
+    samples_state = torch.randn(args.samples, state_dim, device=device)
+    samples_action = torch.randn(args.samples, ACTION_DIM, device=device)
 
     def mlp_only() -> None:  # the H x M batched MLP evaluations any such planner makes, and nothing else
         for _ in range(args.horizon * args.iterations):
@@ -122,7 +132,9 @@ def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) 
 
     with torch.inference_mode():
         ours_ms, ours_bf16_ms, theirs_ms, mlp_ms = paired_median_ms(
-            [lambda: ours.plan(state), lambda: ours_bf16.plan(state), theirs_call, mlp_only], args.repeats
+            [lambda: ours.plan(state), lambda: ours_bf16.plan(state), theirs_call, mlp_only],
+            args.repeats,
+            device=device,
         )
     return {
         "latent_dim": state_dim,
@@ -145,12 +157,15 @@ def control_loop_rate(args: argparse.Namespace) -> dict:
     rates = {}
     for precision in ("fp32", "bf16"):
         mppi = MPPIConfig(num_samples=args.samples, iterations=args.iterations)
-        config = MPCConfig(planner=mppi, horizon=args.horizon, shrinking_horizon=False, precision=precision)
+        config = MPCConfig(
+            planner=mppi, horizon=args.horizon, shrinking_horizon=False, precision=precision, device=args.device
+        )
         times, _ = time_control_loop(env, encoder, MPCController(model, config), args.loop_steps)
         rates[f"control_loop_{precision}_hz"] = round(1.0 / statistics.median(times), 2)
     # bf16 arithmetic against fp32: predicted latents of the same action sequences after H steps.
-    state = torch.cat([model.latent_mean.repeat(2), torch.zeros(2)])[None].repeat(args.samples, 1)
-    actions = BOUND * (2 * torch.rand(args.samples, args.horizon, ACTION_DIM) - 1)
+    device = model.latent_mean.device  # where the controller put the model
+    state = torch.cat([model.latent_mean.repeat(2), torch.zeros(2, device=device)])[None].repeat(args.samples, 1)
+    actions = BOUND * (2 * torch.rand(args.samples, args.horizon, ACTION_DIM, device=device) - 1)
     finals = []
     with torch.inference_mode():
         for precision in ("fp32", "bf16"):
@@ -174,6 +189,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per planner (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--loop-steps", type=int, default=30, help="timed control-loop steps")
+    parser.add_argument("--device", default="cpu", help="where the planners run: cpu, cuda (the loop's MPC too)")
     args = parser.parse_args()
 
     try:
@@ -193,6 +209,7 @@ def main() -> None:
             "hidden": [500, 500],
             "dtypes": ["float32", "bf16 autocast (keydyn)"],
             "threads": args.threads,
+            "device": args.device,
             "repeats": args.repeats,
             "torch": torch.__version__,
         },
