@@ -13,7 +13,7 @@ from keydyn.cli import command_type, main
 from keydyn.control.run import load_run
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.report import summarize
-from keydyn.evaluation.tracking import pair_demonstration, perturbed_start, reference_window
+from keydyn.evaluation.tracking import pair_push, perturbed_start, record_demonstration, reference_window
 from keydyn.models import shipped_run
 from keydyn.planning import CEMConfig, GradientShootingConfig, MPPIConfig, RandomShootingConfig
 from keydyn.sim.env import PushingEnv, object_yaw
@@ -207,7 +207,7 @@ def test_demonstration_replays_its_pair_and_offsets_move_the_start(small_run):
     trained = load_run(small_run)
     env = PushingEnv(trained.task, images=False)
     pair = goal_pair(env, GoalPairConfig(push_steps=(15,)), 0)
-    demo = pair_demonstration(env, trained.encoder, pair)
+    demo = record_demonstration(env, trained.encoder, *pair_push(pair))
     assert demo.steps == 15 and demo.latents.shape == (16, 14)
     np.testing.assert_array_equal(demo.positions[-1], pair.goal_position)  # the replay is exact
     reference = reference_window(demo.latents, 12, 5)

@@ -15,7 +15,7 @@ from keydyn.evaluation.episodes import reach_goal
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.report import markdown_table, summarize
 from keydyn.evaluation.reproduce import method_row
-from keydyn.evaluation.tracking import pair_demonstration, track
+from keydyn.evaluation.tracking import pair_push, record_demonstration, track
 from keydyn.latents.descriptor.encoder import DescriptorEncoder
 from keydyn.latents.descriptor.references import References
 from keydyn.planning import MPPIConfig
@@ -232,7 +232,7 @@ def test_an_invalid_observation_stops_the_pusher_and_fails_the_episode(small_run
     assert "GT 3D (MPPI): 2 of 3 episodes stopped on a refused observation (zero velocity, counted as " in table
     assert f"1 x {stopped.fault}" in table
 
-    demo = pair_demonstration(setup.env, setup.encoder, pair)
+    demo = record_demonstration(setup.env, setup.encoder, *pair_push(pair))
     tracked = track(FaultyEnv(setup.env.task, fault_at=3), setup.encoder, setup.controller, demo, seed=0)
     assert tracked.fault.startswith("observation pusher_position") and tracked.steps == 4  # 3 steps, the stop
     np.testing.assert_array_equal(tracked.actions[-1], [0.0, 0.0])

@@ -102,11 +102,6 @@ def pair_push(pair: GoalPair) -> tuple[dict[str, Any], np.ndarray]:
     return pair.reset_options(pair.start_state), np.repeat(np.asarray(pair.push_velocity)[None], pair.push_steps, 0)
 
 
-def pair_demonstration(env: PushingEnvironment, encoder: LatentEncoder, pair: GoalPair) -> Demonstration:
-    """The constant push that made a start/goal pair, as a demonstration."""
-    return record_demonstration(env, encoder, *pair_push(pair))
-
-
 def perturbed_start(demo: Demonstration, dx: float, dy: float, dyaw: float) -> dict[str, Any]:
     """Reset options placing the object at the demonstration's start offset by (dx, dy) metres and dyaw radians,
     the pusher where it started (the scene then settles)."""

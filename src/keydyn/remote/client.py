@@ -43,11 +43,6 @@ class Act(NamedTuple):
     plan_time: float
 
 
-def _seconds(value: float | None) -> float | None:
-    """A duration as the float the protocol carries (numpy and int values included); None stays None."""
-    return None if value is None else float(value)
-
-
 class Client:
     """A connection to `keydyn serve` at `address` (e.g. "tcp://127.0.0.1:5555").
 
@@ -116,12 +111,12 @@ class Client:
 
     def act_reply(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> Act:
         """`act`, with the latent the server observed and its encoding and planning times."""
-        reply = self._call("act", observation=observation, frame_age_s=_seconds(frame_age_s))
+        reply = self._call("act", observation=observation, frame_age_s=frame_age_s)
         return Act(reply["action"], reply["latent"], reply["encode_time_s"], reply["plan_time_s"])
 
     def plan(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> Plan:
         """`act`, returning the whole plan: its first action is the one to execute now."""
-        reply = self._call("plan", observation=observation, frame_age_s=_seconds(frame_age_s))
+        reply = self._call("plan", observation=observation, frame_age_s=frame_age_s)
         return Plan(reply["actions"], reply["latents"], reply.get("keypoints"))
 
     def save(self, name: str) -> str:

@@ -2,8 +2,9 @@
 
 At every control tick the robot sends what a robot's sensors give (`RobotSensors`: per camera RGB, depth, K and
 T_world_camera, and the pusher position; the true object pose only to a run that reads ground truth, GT 3D, whose
-server lists no cameras) and applies the velocity the server returns, within its own speed limit; on a refused
-observation, an error or a timeout it commands zero velocity and ends the episode, as a robot must.
+server lists no cameras) and applies the velocity the server returns; on a refused observation, a timeout, or a
+reply that is not a finite velocity within its speed limit it commands zero velocity and ends the episode, as a
+robot must.
 
 On the simulated-hardware harness (task "harness": an iiwa arm under a 200 Hz differential IK, a D415-like
 camera) it runs one-demonstration trajectory tracking (paper section 10.2) through the server: it records the
@@ -178,14 +179,14 @@ def unsafe_action(action: Any, max_speed: float) -> str:
     robot's task (`keydyn.control.run.run_controller`): a server of another task, or a fault; the robot stops
     rather than guess."""
     try:
-        action = np.asarray(action, np.float64)
+        velocity = np.asarray(action, np.float64)
     except (TypeError, ValueError):
+        velocity = None
+    if velocity is None or velocity.shape != (ACTION_DIM,) or not np.isfinite(velocity).all():
         return f"the server returned {action!r}, not a finite (2,) velocity"
-    if action.shape != (ACTION_DIM,) or not np.isfinite(action).all():
-        return f"the server returned {action!r}, not a finite (2,) velocity"
-    if np.abs(action).max() > max_speed * (1 + 1e-5):
+    if np.abs(velocity).max() > max_speed * (1 + 1e-5):
         return (
-            f"the server returned {np.round(action, 4).tolist()} m/s, over the task's limit of "
+            f"the server returned {np.round(velocity, 4).tolist()} m/s, over the task's limit of "
             f"{max_speed} m/s per axis: serve a run of the robot's task (its max_speed), or check the server"
         )
     return ""
@@ -330,11 +331,11 @@ class Robot:
         """Tracking rows from each (dx, dy, dyaw) start offset (metres, radians; the first (0, 0, 0): the
         demonstration's own start), as `keydyn track`'s."""
         demo, reference = self.demonstration(env)
+        latency = self.camera_latency(env)
         rows = []
         for index, (dx, dy, dyaw) in enumerate(offsets):
             options = None if (dx, dy, dyaw) == (0.0, 0.0, 0.0) else perturbed_start(demo, dx, dy, dyaw)
             seed = episode_seed(self.config.seed, index)
-            latency = self.camera_latency(env)
             row = track_through_server(self.client, env, self.sensors, demo, reference, seed, index, options, latency)
             rows.append({**row, "dx_cm": 100 * dx, "dy_cm": 100 * dy, "dyaw_deg": math.degrees(dyaw)})
         return rows

@@ -113,11 +113,10 @@ def require_lifted(points: torch.Tensor, store: EpisodeStore, cameras: Sequence[
     if not lost.any():
         return
     first = int(np.flatnonzero(lost.numpy())[0])
-    why = (
-        "even after the rigid filter (fewer than 3 keypoints of the frame agree)"
-        if filtered
-        else ("and no rigid filter replaces them (--keypoints.rigid-outlier-mm)")
-    )
+    if filtered:
+        why = "even after the rigid filter (fewer than 3 keypoints of the frame agree)"
+    else:
+        why = "and no rigid filter replaces them (--keypoints.rigid-outlier-mm)"
     problem = (
         f"{int(lost.sum())} of {len(points)} frames of {store.path} (first: row {first}) have keypoints without "
         f"valid depth in camera {', '.join(cameras)} {why}"

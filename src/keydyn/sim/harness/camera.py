@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import mujoco
 import numpy as np
 
 STREAM_HEIGHT = 480
@@ -85,13 +86,9 @@ class D415Model:
         rng = np.random.default_rng(self.calibration_seed)
         translation, axis = rng.standard_normal(3), rng.standard_normal(3)
         error = np.eye(4)
-        error[:3, :3] = _rotation_about(axis / np.linalg.norm(axis), math.radians(self.rotation_error_deg))
+        quaternion, rotation = np.empty(4), np.empty(9)
+        mujoco.mju_axisAngle2Quat(quaternion, axis / np.linalg.norm(axis), math.radians(self.rotation_error_deg))
+        mujoco.mju_quat2Mat(rotation, quaternion)
+        error[:3, :3] = rotation.reshape(3, 3)
         error[:3, 3] = self.translation_error * translation / np.linalg.norm(translation)
         return error
-
-
-def _rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
-    """(3, 3) rotation by `angle` radians about the unit `axis` (Rodrigues' formula)."""
-    x, y, z = axis
-    cross = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-    return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
