@@ -178,3 +178,10 @@ def test_mug_collection_records_instance_and_appearance(tmp_path):
         )
         np.testing.assert_array_equal(observation[f"{camera}/rgb"], store.frames(f"{camera}/rgb", begin, begin + 1)[0])
     env.close()
+
+
+def test_collection_workers_do_not_import_torch():
+    """A collection worker imports what collecting needs, not torch (2 s of start-up per worker process)."""
+    code = "import sys, keydyn.data.collect, keydyn.sim.harness; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import mujoco
@@ -11,6 +12,7 @@ import torch
 
 from keydyn.control import MPCConfig, MPCController, constant_velocity_grid, terminal_cost, tracking_cost
 from keydyn.control.mpc import model_dynamics
+from keydyn.control.run import load_run, run_controller
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.dynamics.train import load_dynamics
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
@@ -246,3 +248,20 @@ def test_ground_truth_encoder_reads_the_true_pose_and_each_mugs_shape():
     env.close()
     with pytest.raises(RuntimeError, match="reset"):
         GroundTruthEncoder(task_config("mugs")).encode({}, {})
+
+
+def test_a_run_is_planned_within_its_tasks_speed_limit():
+    """The controller of a run plans within min(--mpc.action-limit, the task's max_speed): a task whose pusher
+    clips at 0.2 m/s (gymnasium_pusher's) is never planned 0.3 m/s, whatever the grid's speeds."""
+    trained = load_run(shipped_run("top_down", "gt3d"))
+    slow = dataclasses.replace(trained, task=dataclasses.replace(trained.task, max_speed=0.2))
+    assert run_controller(trained, MPCConfig()).config.action_limit == pytest.approx(0.3)
+    controller = run_controller(slow, MPCConfig(grid_headings=36))
+    assert controller.config.action_limit == pytest.approx(0.2)
+    env = PushingEnv("top_down", images=False)
+    observation, info = env.reset(seed=0)
+    latent = trained.encoder.encode(observation, info)
+    controller.reset(latent, seed=0)
+    action = controller.act(latent, lambda horizon: controller.goal_cost(latent + 0.5), None)
+    env.close()
+    assert np.abs(action).max() <= 0.2 + 1e-6 and np.abs(controller.planned_actions()).max() <= 0.2 + 1e-6
