@@ -15,7 +15,7 @@ import pytest
 
 from keydyn.evaluation.reproduce import ReproduceConfig, method_preset, method_row, task_overlay
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
-from keydyn.presets import load_preset, merge
+from keydyn.presets import load_preset, merge, without
 
 ARGS = ["reproduce", "table1", "--task", "top_down", "--preset", "tiny", "--methods", "gt3d", "sds", "--no-progress"]
 STAGE_MARKERS = (
@@ -133,14 +133,19 @@ def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_p
     assert method_preset("train-dynamics", "paper", "autoencoder") == "paper"  # a chosen preset wins
     for task in ("occlusions", "mugs"):  # K* = 4 over the default recipe, the paper's and the original's
         for preset in ("default", "paper", "original"):
-            recipe = merge(load_preset("train-dynamics", preset), task_overlay("train-dynamics", task))
+            recipe = merge(load_preset("train-dynamics", preset), task_overlay("train-dynamics", task, preset))
             assert recipe["keypoints"]["num_selected"] == 4
             assert recipe["epochs"] == load_preset("train-dynamics", preset)["epochs"]
-        assert merge(load_preset("train-dynamics"), task_overlay("train-dynamics", task)) == load_preset(
+        assert merge(load_preset("train-dynamics"), task_overlay("train-dynamics", task, "default")) == load_preset(
             "train-dynamics", task
         )  # `keydyn train-dynamics --preset occlusions` is the default recipe with the task's change
-    assert task_overlay("collect", "mugs") == {"episodes": 600, "steps": 20}
-    assert task_overlay("train-dynamics", "top_down", keypoints={"seed": 1}) == {"keypoints": {"seed": 1}}
+    assert task_overlay("collect", "mugs", "default") == {"episodes": 600, "steps": 20}
+    assert task_overlay("collect", "mugs", "paper") == {"episodes": 600, "steps": 20}  # paper sets the size only
+    assert task_overlay("collect", "mugs", "tiny") == {}  # a preset keeps what it sets itself
+    assert task_overlay("train-dynamics", "top_down", "default", keypoints={"seed": 1}) == {"keypoints": {"seed": 1}}
+    assert without({"a": 1, "b": {"c": 2, "d": 3}, "e": {"f": 4}}, {"a": 0, "b": {"c": 0}, "e": {"f": 0}}) == {
+        "b": {"d": 3}
+    }
 
 
 @pytest.mark.slow
@@ -166,3 +171,26 @@ def test_reproduce_table2_trains_a_transporter_per_crop_and_writes_the_papers_nu
         config = ReproduceConfig(table="table2", out=tmp_path)
         assert config.methods == ("transporter3d", "transporter2d", "sds", "gt3d")
         assert "leaves out the autoencoder row" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reproduce_on_mugs_also_evaluates_the_held_out_mugs_and_keeps_the_tiny_presets_size(tmp_path):
+    from keydyn.cli import main
+    from keydyn.data.store import EpisodeStore
+    from keydyn.sim import task_config
+    from keydyn.sim.env import mug_instances
+
+    out = tmp_path / "mugs"
+    args = ["reproduce", "table1", "--task", "mugs", "--preset", "tiny", "--methods", "gt3d", "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    store = EpisodeStore.open(out / "data" / "seed0")
+    assert store.num_episodes == 4  # tiny's own size, not mugs' 600 episodes
+    assert set(store.episode_meta("mug_instance")) <= set(mug_instances(task_config("mugs")))
+    held_out = json.loads((out / "eval_mugs_unseen" / "gt3d" / "seed0" / "results.json").read_text())
+    assert held_out["config"]["task"] == "mugs_unseen"
+    assert json.loads((out / "eval" / "gt3d" / "seed0" / "results.json").read_text())["config"]["task"] is None
+    table = json.loads((out / "table.json").read_text())
+    assert table["task"] == "mugs" and table["held_out"]["task"] == "mugs_unseen"
+    assert table["held_out"]["rows"]["gt3d"]["pairs"] == table["rows"]["gt3d"]["pairs"]
+    assert table["held_out"]["rows"]["gt3d"]["paper"] is None  # the paper never tested unseen mugs
+    assert "on `mugs_unseen`, the instances they never trained on" in (out / "table.md").read_text()

@@ -11,8 +11,11 @@ the planner do). A Transporter method gives one row per crop mode (`transporter_
     transporter/<crop>/seed<s>/    `keydyn train-transporter --crop <crop>` (preset `transporter`)
     runs/<row>/seed<s>/            `keydyn train-dynamics` (preset `dynamics`)
     eval/<row>/seed<s>/            `keydyn evaluate` (preset `evaluation`)
+    eval_<held-out task>/<row>/seed<s>/  the same run evaluated on the task's held-out instances (`mugs` ->
+                                   `mugs_unseen`, beyond the paper; `keydyn.sim.config.held_out_task`)
     table.md, table.json           the table: per method, mean (95% bootstrap interval over the pairs) and
-                                   median errors, success, ratio to GT 3D, spread over seeds, the paper's figure
+                                   median errors, success, ratio to GT 3D, spread over seeds, the paper's figure;
+                                   then the same for the held-out instances, where the task has them
 
 Each stage is the command of the same name with the named preset, so its directory is an ordinary run. Run
 the same command again to resume: finished stages are reused, a cut one continues from its last checkpoint.
@@ -44,8 +47,8 @@ from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
 from keydyn.files import read_json, write_json_atomic, write_text_atomic
 from keydyn.latents import get_latent, latent_names
 from keydyn.locks import one_writer
-from keydyn.presets import DEFAULT, from_preset, merge, preset_names, preset_overlay
-from keydyn.sim.config import TASK_NAMES
+from keydyn.presets import DEFAULT, from_preset, merge, preset_names, preset_overlay, without
+from keydyn.sim.config import TASK_NAMES, held_out_task
 from keydyn.vision.train import TrainVisualConfig, train_visual
 from keydyn.vision.transporter import CROP_MODES
 from keydyn.vision.transporter_train import TrainTransporterConfig, train_transporter
@@ -76,8 +79,8 @@ class ReproduceConfig:
     """Seeds 0 .. seeds-1: one dataset, one descriptor network and one dynamics run per method and seed."""
     collect: str = "default"
     """Preset of the data collection (`keydyn collect --preset`). A task with a preset of its own name has its
-    settings laid over it (`mugs`: the original's 600 episodes of 20 steps), whichever preset is chosen; likewise
-    for every stage."""
+    settings laid over it (`mugs`: the original's 600 episodes of 20 steps), but for those the chosen preset sets
+    itself (`tiny`'s 4 episodes); likewise for every stage (`task_overlay`)."""
     visual: str = "default"
     """Preset of the descriptor training (`keydyn train-visual --preset`)."""
     transporter: str = "default"
@@ -88,7 +91,7 @@ class ReproduceConfig:
     dynamics: str = "default"
     """Preset of the dynamics training (`keydyn train-dynamics --preset`). With `default`, a method that has a
     preset of its own name (`autoencoder`: the original's joint training) trains with that one. A task's own
-    (`occlusions`, `mugs`: K* = 4 SDS keypoints) is laid over whichever is chosen."""
+    (`occlusions`, `mugs`: K* = 4 SDS keypoints) is laid over it, as for --collect."""
     evaluation: str = "default"
     """Preset of the goal-reaching evaluation (`keydyn evaluate --preset`)."""
     workers: int = 2
@@ -177,11 +180,15 @@ def method_preset(command: str, chosen: str, method: str) -> str:
     return method if chosen == DEFAULT and method in preset_names(command) else chosen
 
 
-def task_overlay(command: str, task: str, **overrides: Any) -> dict[str, Any]:
-    """What a task's own recipe changes in every preset of `command` (the settings of `<command>/<task>.yaml`
-    itself, e.g. `mugs`' 600 episodes of 20 steps, K* = 4 on `occlusions` and `mugs`), with `overrides` laid
-    over it."""
-    return merge(preset_overlay(command, task), overrides)
+def task_overlay(command: str, task: str, chosen: str, **overrides: Any) -> dict[str, Any]:
+    """What a task's own recipe changes in preset `chosen` of `command`, with `overrides` laid over it.
+
+    The task's recipe is the settings of `<command>/<task>.yaml` itself (`mugs`' 600 episodes of 20 steps, K* = 4 on
+    `occlusions` and `mugs`), less those that `chosen` sets itself when it is not `default`: a preset that states
+    a setting keeps it (`tiny` keeps its 4 episodes of 14 steps on `mugs`; `paper` and `original`, which set no
+    K*, get the task's)."""
+    settled = {} if chosen == DEFAULT else preset_overlay(command, chosen)
+    return merge(without(preset_overlay(command, task), settled), overrides)
 
 
 def _fresh_or_resumed(run: Path, marker: str) -> bool:
@@ -202,7 +209,7 @@ def stage_dataset(config: ReproduceConfig, seed: int) -> Path:
             CollectConfig,
             "collect",
             config.collect,
-            overrides=task_overlay("collect", config.task),
+            overrides=task_overlay("collect", config.task, config.collect),
             out=out,
             task=config.task,
             seed=seed,
@@ -224,7 +231,7 @@ def stage_visual(config: ReproduceConfig, seed: int, dataset: Path) -> Path:
             TrainVisualConfig,
             "train-visual",
             config.visual,
-            overrides=task_overlay("train-visual", config.task),
+            overrides=task_overlay("train-visual", config.task, config.visual),
             dataset=dataset,
             out=out,
             seed=seed,
@@ -262,15 +269,17 @@ def stage_dynamics(
     method = method_of(row)
     out = config.out / "runs" / row / f"seed{seed}"
     resume = _fresh_or_resumed(out, "last.json")
+    preset = method_preset("train-dynamics", config.dynamics, method)
     train_dynamics(
         from_preset(
             TrainDynamicsConfig,
             "train-dynamics",
-            method_preset("train-dynamics", config.dynamics, method),
+            preset,
             # DS and WDS (SDS and WSDS) of one network share their references, so their located keypoints too.
             overrides=task_overlay(
                 "train-dynamics",
                 config.task,
+                preset,
                 keypoints={"seed": seed, "cache_dir": str(config.out / "keypoint_cache" / f"seed{seed}")},
             ),
             dataset=dataset,
@@ -286,14 +295,16 @@ def stage_dynamics(
     return out
 
 
-def evaluation_dir(config: ReproduceConfig, row: str, seed: int) -> Path:
-    """Where table row `row`'s evaluation of `seed` is written."""
-    return config.out / "eval" / row / f"seed{seed}"
+def evaluation_dir(config: ReproduceConfig, row: str, seed: int, task: str | None = None) -> Path:
+    """Where table row `row`'s evaluation of `seed` is written: on the reproduction's task, or on `task` (its
+    held-out instances)."""
+    return config.out / ("eval" if task is None else f"eval_{task}") / row / f"seed{seed}"
 
 
-def stage_evaluation(config: ReproduceConfig, row: str, seed: int, run: Path) -> Path:
-    """Evaluate (or finish evaluating) a dynamics run on the fixed start/goal pairs, its planner seeded by `seed`."""
-    out = evaluation_dir(config, row, seed)
+def stage_evaluation(config: ReproduceConfig, row: str, seed: int, run: Path, task: str | None = None) -> Path:
+    """Evaluate (or finish evaluating) a dynamics run on the fixed start/goal pairs, its planner seeded by `seed`,
+    on its training task or on `task`."""
+    out = evaluation_dir(config, row, seed, task)
     evaluate(
         from_preset(
             EvaluateConfig,
@@ -301,6 +312,7 @@ def stage_evaluation(config: ReproduceConfig, row: str, seed: int, run: Path) ->
             config.evaluation,
             run=run,
             out=out,
+            task=task,
             seed=seed,
             workers=config.workers,
             cluster=config.cluster,
@@ -330,10 +342,15 @@ def seed_stages(config: ReproduceConfig, seed: int) -> SeedRuns:
 
 
 def cell_stages(config: ReproduceConfig, row: str, seed: int, runs: SeedRuns) -> Path:
-    """Train and evaluate the dynamics of table row `row` on the runs of `seed` (or finish doing so)."""
+    """Train and evaluate the dynamics of table row `row` on the runs of `seed` (or finish doing so), also on the
+    task's held-out instances where it has them; returns the evaluation on the task itself."""
     crop = table_rows(config)[row][1]
     run = stage_dynamics(config, row, seed, runs.dataset, runs.visual, runs.transporters.get(crop))
-    return stage_evaluation(config, row, seed, run)
+    evaluation = stage_evaluation(config, row, seed, run)
+    held_out = held_out_task(config.task)
+    if held_out is not None:
+        stage_evaluation(config, row, seed, run, held_out)
+    return evaluation
 
 
 @one_writer("keydyn reproduce")
@@ -355,6 +372,13 @@ def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
         tasks.results(cells)
         evaluations = {row: [evaluation_dir(config, row, seed) for seed in range(config.seeds)] for row in rows}
     table = results_table(config.table, config.task, evaluations)
+    held_out = held_out_task(config.task)
+    if held_out is not None:
+        table["held_out"] = results_table(
+            config.table,
+            held_out,
+            {row: [evaluation_dir(config, row, seed, held_out) for seed in range(config.seeds)] for row in rows},
+        )
     table["left_out"] = [m for m in OPTIONAL_METHODS if m in TABLE_METHODS[config.table] and m not in latent_names()]
     write_json_atomic(config.out / "table.json", table)
     write_text_atomic(config.out / "table.md", format_table(table))
@@ -478,6 +502,13 @@ def format_table(table: dict[str, Any]) -> str:
     trajectory, paper_trajectory = table["trajectory"], table["paper_trajectory"]
     paper = "" if paper_trajectory is None else f"{paper_trajectory[0]:.2f} / {paper_trajectory[1]:.2f}"
     lines.append(f"| Avg. trajectory | {trajectory[0]:.2f} | | {trajectory[1]:.2f} | | | | | {paper} |")
+    if "held_out" in table:
+        lines += [
+            "",
+            f"Beyond the paper, the same runs on `{table['held_out']['task']}`, the instances they never trained on:",
+            "",
+            *format_table(table["held_out"]).splitlines()[2:],
+        ]
     for method in table.get("left_out", []):
         lines += ["", f"Left out: the {method} row (no latent method named {method!r} is registered in this keydyn)."]
     return "\n".join(lines) + "\n"

@@ -91,6 +91,20 @@ def preset_overlay(command: str, name: str) -> dict[str, Any]:
     return values
 
 
+def without(values: dict[str, Any], settled: dict[str, Any]) -> dict[str, Any]:
+    """`values` less every setting that `settled` also sets, nested mappings compared key by key (neither is
+    modified): what of a task's recipe is left to lay over a preset that states some of the same settings."""
+    kept = {}
+    for key, value in values.items():
+        if key not in settled:
+            kept[key] = _copy(value)
+        elif isinstance(value, dict) and isinstance(settled[key], dict):
+            rest = without(value, settled[key])
+            if rest:
+                kept[key] = rest
+    return kept
+
+
 def _copy(values: Any) -> Any:
     if isinstance(values, dict):
         return {key: _copy(value) for key, value in values.items()}

@@ -185,6 +185,20 @@ def task_config(name: str, **overrides: Any) -> TaskConfig:
     return dataclasses.replace(_TASKS[name], **overrides)
 
 
+def held_out_task(name: str) -> str | None:
+    """The registered task that is task `name` with its held-out object instances (a mug task whose `mug_split` is
+    "test" and that is otherwise the same): where a method trained on `name` is also evaluated, beyond the
+    instances it trained on (`mugs` -> `mugs_unseen`). None when `name` has no held-out instances registered."""
+    config = task_config(name)
+    if config.object != "mug" or config.mug_split != "train":
+        return None
+    held_out = dataclasses.replace(config, mug_split="test")
+    for other in _TASKS.values():
+        if dataclasses.replace(other, name=name) == held_out:
+            return other.name
+    return None
+
+
 for _paper_task in (
     TaskConfig(name="top_down", cameras=_TOP_DOWN_CAMERAS),
     TaskConfig(name="angled", cameras=_ANGLED_CAMERAS),
