@@ -10,6 +10,7 @@ keydyn train-transporter --dataset data/top_down --out runs/transporter_top_down
 keydyn evaluate --run runs/gt3d_top_down --episodes 200 --out eval/gt3d_top_down
 keydyn track --run runs/gt3d_top_down --out track/gt3d_top_down
 keydyn keypoint-accuracy --dataset data/top_down --run runs/sds_top_down
+keydyn category-correspondence --visual-run runs/descriptors_mugs --task mugs_unseen --out parts.json
 keydyn table eval/gt3d_top_down eval/sds_top_down --out table1.md
 keydyn reproduce table1 --task angled --seeds 3 --out repro/angled
 keydyn reproduce table2 --task top_down --out repro/table2_top_down
@@ -40,6 +41,7 @@ from keydyn.data.store import EpisodeStore, StoreError
 from keydyn.demo import DemoConfig, run_demo
 from keydyn.distributed import writes_files
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
+from keydyn.evaluation.category_correspondence import CategoryCorrespondenceConfig, category_correspondence
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate
 from keydyn.evaluation.imitation import TrackConfig, run_track
 from keydyn.evaluation.keypoint_accuracy import KeypointAccuracyConfig, keypoint_accuracy
@@ -204,6 +206,16 @@ class KeypointAccuracy(KeypointAccuracyConfig):
 
     def execute(self) -> None:
         print(json.dumps(keypoint_accuracy(self), indent=2))
+
+
+@dataclass(frozen=True)
+class CategoryCorrespondence(CategoryCorrespondenceConfig):
+    """Locate named parts of a mug (rim, body, base, handle) on the same mug and on another one with a descriptor
+    network trained on mugs: how far each lands from the same part (JSON on standard output; --out also writes
+    every sighting and a picture)."""
+
+    def execute(self) -> None:
+        print(json.dumps(category_correspondence(self), indent=2))
 
 
 @dataclass(frozen=True)
@@ -374,6 +386,7 @@ def command_type(command: str | None, preset: str) -> Any:
         | entry("evaluate")
         | Annotated[Track, tyro.conf.subcommand("track")]
         | Annotated[KeypointAccuracy, tyro.conf.subcommand("keypoint-accuracy")]
+        | Annotated[CategoryCorrespondence, tyro.conf.subcommand("category-correspondence")]
         | Annotated[Table, tyro.conf.subcommand("table")]
         | entry("reproduce")
         | Annotated[Preview, tyro.conf.subcommand("preview")]

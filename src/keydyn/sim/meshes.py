@@ -83,6 +83,34 @@ class MugShape:
     handle_squash: float  # vertical stretch of the handle (1 = circular)
 
 
+MUG_PART_HEIGHTS = {"base": 0.05, "body": 0.5, "rim": 0.95}
+"""Heights of the named rings of a mug's outer wall, as fractions of its height above the base."""
+MUG_PART_AZIMUTHS_DEG = (0, 45, 90, 135, 180, 225, 270, 315)
+"""Azimuths of the named points of each ring, degrees about the mug's axis from its handle (90: a quarter turn
+towards body +y)."""
+
+
+def mug_parts(shape: MugShape) -> dict[str, np.ndarray]:
+    """Named points on a mug's outer surface, the same parts on every mug: the outer wall near the base, at
+    mid-height and just below the rim, each at `MUG_PART_AZIMUTHS_DEG` from the handle (`"rim 180"`: the rim
+    opposite the handle), and `"handle"`, the outermost point of the handle's bar.
+
+    Returns:
+        name -> (3,) float64 point in the mug's body frame (base centre at the origin, axis along +z, handle towards
+        +x), metres.
+    """
+    parts = {}
+    for ring, fraction in MUG_PART_HEIGHTS.items():
+        for azimuth in MUG_PART_AZIMUTHS_DEG:
+            angle = np.radians(azimuth)
+            parts[f"{ring} {azimuth}"] = np.array(
+                [shape.radius * np.cos(angle), shape.radius * np.sin(angle), fraction * shape.height]
+            )
+    reach = shape.radius + shape.handle_radius + shape.handle_thickness
+    parts["handle"] = np.array([reach, 0.0, shape.handle_height])
+    return parts
+
+
 def sample_mug_shape(rng: np.random.Generator) -> MugShape:
     """A plausible mug: radius 3.2-4.8 cm, height 7.5-11 cm, varied handle size, thickness and shape."""
     radius = float(rng.uniform(0.032, 0.048))
