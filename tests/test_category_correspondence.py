@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,8 +13,7 @@ from keydyn.cli import main
 from keydyn.data.collect import collect
 from keydyn.evaluation.category_correspondence import part_names, render_part_scene
 from keydyn.sim import PushingEnv, task_config
-from keydyn.sim.env import mug_instances, mug_shape
-from keydyn.sim.meshes import mug_parts
+from keydyn.sim.env import mug_instances
 
 from .conftest import small_collect_config
 from .vision_fixtures import one_thread
@@ -35,9 +33,6 @@ def test_named_parts_are_on_each_mugs_surface_where_the_camera_sees_them():
             assert len(seen) >= 8, (instance, seen)
             assert {name.split()[0] for name in seen} >= {"base", "body", "rim"}, (instance, seen)
             seen_handle += "handle" in seen
-            shape = mug_shape(instance)
-            rim, base = mug_parts(shape)["rim 180"], mug_parts(shape)["base 180"]
-            assert np.linalg.norm(rim - base) == pytest.approx(0.9 * shape.height)
         env.close()
     assert seen_handle >= 3
 
@@ -76,4 +71,6 @@ def test_category_correspondence_measures_parts_on_the_same_and_on_held_out_mugs
     shutil.copytree(visual, boxes)
     (boxes / "task.json").write_text(json.dumps(task_config("top_down").to_dict()))
     assert main(["category-correspondence", "--visual-run", str(boxes)]) == 2
-    assert "needs a network trained on mugs" in capsys.readouterr().err
+    assert "needs a network trained on the training mugs" in capsys.readouterr().err
+    (boxes / "task.json").write_text(json.dumps(task_config("mugs_unseen").to_dict()))  # held-out mugs: not either
+    assert main(["category-correspondence", "--visual-run", str(boxes)]) == 2

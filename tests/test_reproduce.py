@@ -15,7 +15,8 @@ import pytest
 
 from keydyn.evaluation.reproduce import ReproduceConfig, method_preset, method_row, task_overlay
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
-from keydyn.presets import load_preset, merge, without
+from keydyn.presets import load_preset, merge, stated_settings, without
+from keydyn.sim.config import held_out_task
 
 ARGS = ["reproduce", "table1", "--task", "top_down", "--preset", "tiny", "--methods", "gt3d", "sds", "--no-progress"]
 STAGE_MARKERS = (
@@ -146,6 +147,16 @@ def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_p
     assert without({"a": 1, "b": {"c": 2, "d": 3}, "e": {"f": 4}}, {"a": 0, "b": {"c": 0}, "e": {"f": 0}}) == {
         "b": {"d": 3}
     }
+    # What a preset states includes what it inherits from the presets it extends, up to default.
+    assert stated_settings("train-dynamics", "mugs") == {"keypoints": {"num_selected": 4}}  # extends default
+    assert stated_settings("collect", "paper") == {"width": 640, "height": 480}
+    assert stated_settings("collect", "default") == {}
+
+
+def test_mugs_have_their_held_out_instances_as_a_task_and_no_other_task_has():
+    assert held_out_task("mugs") == "mugs_unseen"
+    for task in ("mugs_unseen", "top_down", "angled", "occlusions", "harness"):
+        assert held_out_task(task) is None
 
 
 @pytest.mark.slow

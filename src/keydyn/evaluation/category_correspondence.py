@@ -3,9 +3,10 @@ mugs the same descriptor, and where does the keypoint it locates land on another
 
 For each of `scenes` reference scenes (a training mug in a random pose and colour, rendered by the task's
 simulator), the named parts of that mug the camera sees (`keydyn.sim.meshes.mug_parts`: the outer wall near the
-base, at mid-height and below the rim at 8 azimuths from the handle, and the handle) are references: the network's
-descriptors at their pixels. Each is located with the keypoints' correspondence function (eq. 7-11, what the
-controller runs) in two more scenes, each in a random pose and colour of its own:
+base, at mid-height and below the rim at 7 azimuths from the handle, and the handle) are references: the network's
+descriptors at their pixels. Each is located with the keypoints' correspondence function (eq. 7-11, with the
+default recipe's depth and precision, as the controller runs it) in two more scenes, each in a random pose and
+colour of its own:
     same_mug   the reference's own mug: the network within one instance, the control;
     other_mug  another mug of the task's split (`mugs`: another training mug; `mugs_unseen`: a held-out one).
 The error of a sighting is the distance from the located 3D point to the same part of the mug in that scene
@@ -38,7 +39,7 @@ from keydyn.sim import PushingEnv, TaskConfig, task_config
 from keydyn.sim.env import mug_instances, mug_shape
 from keydyn.sim.meshes import MUG_PART_HEIGHTS, mug_parts
 from keydyn.vision.geometry import bilinear_sample, pose_matrix, project, transform_points
-from keydyn.vision.keypoints import locate_keypoints
+from keydyn.vision.keypoints import DEPTH_MODES, DepthMode, locate_keypoints
 from keydyn.vision.network import DescriptorNet, rgb_to_tensor
 from keydyn.vision.views import RGBDView
 
@@ -59,8 +60,10 @@ class CategoryCorrespondenceConfig:
     camera: str | None = None
     """Camera to render (default: the task's first)."""
     checkpoint: Literal["best", "last"] = "best"
-    bf16: bool = False
-    """bfloat16 autocast for the network."""
+    precision: Literal["fp32", "bf16"] = "bf16"
+    """Arithmetic of the network, as `--keypoints.precision` of train-dynamics (the default recipe's: bf16)."""
+    depth: DepthMode = "pixel"
+    """A located point's depth, as `--keypoints.depth` of train-dynamics (default: the depth image at its pixel)."""
     seed: int = 0
     """Seed of the scenes: mugs, poses and colours."""
     visibility_tolerance: float = VISIBILITY_TOLERANCE_M
@@ -75,6 +78,10 @@ class CategoryCorrespondenceConfig:
             raise ValueError(f"--scenes must be at least 1, got {self.scenes}")
         if self.pictures < 0:
             raise ValueError(f"--pictures must be >= 0, got {self.pictures}")
+        if self.precision not in ("fp32", "bf16") or self.depth not in DEPTH_MODES:
+            raise ValueError(
+                f"--precision {self.precision!r} / --depth {self.depth!r}: use fp32 or bf16 / {', '.join(DEPTH_MODES)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class PartScene:
         parts_world: (P, 3) float64 the parts' true world points, metres, in `part_names` order.
         uv: (P, 2) float64 their pixels.
         visible: (P,) bool, whether the camera sees each part: inside the image, its nearest pixel on the mug's
-            mask (not on its outline) and the rendered depth there within tolerance of its own.
+            mask, and the rendered depth at it (bilinear) within tolerance of its own.
     """
 
     instance: int
@@ -125,15 +132,20 @@ def render_part_scene(env: PushingEnv, camera: str, instance: int, seed: int, to
 
 @torch.no_grad()
 def locate_parts(
-    net: DescriptorNet, eta: float, reference: PartScene, targets: list[PartScene], bf16: bool = False
+    net: DescriptorNet,
+    eta: float,
+    reference: PartScene,
+    targets: list[PartScene],
+    bf16: bool = False,
+    depth_mode: DepthMode = "pixel",
 ) -> list[dict[str, np.ndarray]]:
-    """Locate the reference's visible parts in each target scene.
+    """Locate the reference's visible parts in each target scene, as `locate_keypoints` locates keypoints.
 
     Returns:
         Per target: "parts" (K,) int indices of the reference's visible parts, "error_m" (K,) distance from the
         located point to the same part in the target (NaN where the located point has no depth), "nearest" (K,)
-        int index of the target's part nearest the located point, "seen" (K,) bool whether the target shows the
-        part, "uv" (K, 2) located pixels.
+        int index of the target's part nearest the located point (-1 where it has no depth), "seen" (K,) bool
+        whether the target shows the part, "uv" (K, 2) located pixels.
     """
     images = torch.stack([rgb_to_tensor(scene.view.rgb) for scene in (reference, *targets)])
     descriptors = net.infer(images, bf16=bf16)  # (1 + T, D, H, W)
@@ -142,14 +154,17 @@ def locate_parts(
     results = []
     for descriptor, target in zip(descriptors[1:], targets, strict=True):
         view = target.view
-        located = locate_keypoints(descriptor, references, view.depth, view.intrinsics, view.T_world_camera, eta)
+        located = locate_keypoints(
+            descriptor, references, view.depth, view.intrinsics, view.T_world_camera, eta, depth_mode=depth_mode
+        )
         points = located.points_world.double()  # (K, 3)
-        distances = torch.cdist(points, target.parts_world)  # (K, P)
+        distances = torch.cdist(points, target.parts_world)  # (K, P), NaN rows where a point has no depth
+        nearest = distances.nan_to_num(np.inf).argmin(dim=1)
         results.append(
             {
                 "parts": parts.numpy(),
                 "error_m": distances[torch.arange(len(parts)), parts].numpy(),
-                "nearest": distances.nan_to_num(np.inf).argmin(dim=1).numpy(),
+                "nearest": torch.where(torch.isfinite(points).all(dim=1), nearest, -1).numpy(),
                 "seen": target.visible[parts].numpy(),
                 "uv": located.uv.double().numpy(),
             }
@@ -158,11 +173,13 @@ def locate_parts(
 
 
 def _visual_task(visual_run: Path) -> TaskConfig:
+    """The task a visual run trained on, which must be the training mugs."""
     task = TaskConfig.from_dict(read_json(Path(visual_run) / "task.json"))
-    if task.object != "mug":
+    if task.object != "mug" or task.mug_split != "train":
         raise ValueError(
-            f"{visual_run} was trained on task {task.name!r} ({task.object}); category-level correspondence needs a "
-            "network trained on mugs: `keydyn train-visual` on a dataset of `keydyn collect --task mugs`"
+            f"{visual_run} was trained on task {task.name!r} ({task.object}, {task.mug_split} split); category-level "
+            "correspondence needs a network trained on the training mugs: `keydyn train-visual` on a dataset of "
+            "`keydyn collect --task mugs`"
         )
     return task
 
@@ -178,8 +195,9 @@ def category_correspondence(config: CategoryCorrespondenceConfig) -> dict[str, A
     if target_task.object != "mug":
         raise ValueError(f"--task {config.task} has no mugs; use mugs or mugs_unseen")
     camera = config.camera or reference_task.camera_names[0]
-    if camera not in reference_task.camera_names or camera not in target_task.camera_names:
-        raise ValueError(f"--camera {camera}: the mugs' cameras are {', '.join(reference_task.camera_names)}")
+    cameras = [name for name in reference_task.camera_names if name in target_task.camera_names]
+    if camera not in cameras:
+        raise ValueError(f"--camera {camera}: the cameras of both tasks are {', '.join(cameras) or 'none'}")
     net, eta = load_visual(config.visual_run, config.checkpoint)
     names = part_names()
     reference_env, target_env = PushingEnv(reference_task), PushingEnv(target_task)
@@ -196,7 +214,7 @@ def category_correspondence(config: CategoryCorrespondenceConfig) -> dict[str, A
                 render_part_scene(reference_env, camera, first, int(seeds[1]), config.visibility_tolerance),
                 render_part_scene(target_env, camera, other, int(seeds[2]), config.visibility_tolerance),
             ]
-            located = locate_parts(net, eta, reference, targets, config.bf16)
+            located = locate_parts(net, eta, reference, targets, config.precision == "bf16", config.depth)
             for comparison, target, result in zip(COMPARISONS, targets, located, strict=True):
                 for k, part in enumerate(result["parts"]):
                     if result["seen"][k]:
@@ -207,8 +225,8 @@ def category_correspondence(config: CategoryCorrespondenceConfig) -> dict[str, A
                                 "part": names[part],
                                 "reference_instance": first,
                                 "target_instance": target.instance,
-                                "error_cm": float(100.0 * result["error_m"][k]),
-                                "nearest_part": names[result["nearest"][k]],
+                                "error_cm": _finite_or_none(100.0 * result["error_m"][k]),
+                                "nearest_part": names[result["nearest"][k]] if result["nearest"][k] >= 0 else None,
                             }
                         )
             if len(pictures) < config.pictures:
@@ -220,6 +238,8 @@ def category_correspondence(config: CategoryCorrespondenceConfig) -> dict[str, A
         "measurement": "category_correspondence",
         "visual_run": str(config.visual_run),
         "checkpoint": config.checkpoint,
+        "precision": config.precision,
+        "depth": config.depth,
         "task": config.task,
         "camera": camera,
         "image_size": [reference_task.width, reference_task.height],
@@ -230,33 +250,45 @@ def category_correspondence(config: CategoryCorrespondenceConfig) -> dict[str, A
     }
     if config.out is not None:
         write_json_atomic(config.out, {**figures, "sightings": rows})
-        plot_part_scenes(pictures, names, Path(config.out).with_suffix(".png"), f"{config.visual_run} on {config.task}")
+        if pictures:
+            title = f"{config.visual_run} on {config.task}"
+            plot_part_scenes(pictures, names, Path(config.out).with_suffix(".png"), title)
     return figures
 
 
+def _finite_or_none(value: float) -> float | None:
+    """`value` as a float, or None (JSON null) when it is NaN: a located point without depth."""
+    return float(value) if np.isfinite(value) else None
+
+
 def summarize_sightings(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Figures of one comparison's sightings: how many, their errors (cm: median, mean, 90th percentile, within 1
-    and 2 cm; sightings without depth count as misses), the nearest-part rate, and the median error per ring."""
+    """Figures of one comparison's sightings: how many, how many were located without depth, the errors of the
+    others (cm: median, mean, 90th percentile, median per ring), the share within 1 and 2 cm and the nearest-part
+    rate (of every sighting: one without depth counts as a miss)."""
     if not rows:
         return {"sightings": 0}
-    errors = np.array([row["error_cm"] for row in rows])
-    finite = np.where(np.isfinite(errors), errors, np.inf)
-    rings = {ring: finite[[row["part"].startswith(ring) for row in rows]] for ring in (*MUG_PART_HEIGHTS, "handle")}
-    return {
-        "sightings": len(rows),
-        "error_cm_median": float(np.median(finite)),
-        "error_cm_mean": float(np.mean(errors[np.isfinite(errors)])) if np.isfinite(errors).any() else None,
-        "error_cm_p90": float(np.percentile(finite, 90)),
-        "within_1cm": float(np.mean(finite <= 1.0)),
-        "within_2cm": float(np.mean(finite <= 2.0)),
-        "without_depth": int((~np.isfinite(errors)).sum()),
+    errors = np.array([np.nan if row["error_cm"] is None else row["error_cm"] for row in rows])
+    located = np.isfinite(errors)
+    rings = {ring: [row["part"].startswith(ring) for row in rows] for ring in (*MUG_PART_HEIGHTS, "handle")}
+    summary: dict[str, Any] = {"sightings": len(rows), "without_depth": int((~located).sum())}
+    if located.any():
+        summary |= {
+            "error_cm_median": float(np.median(errors[located])),
+            "error_cm_mean": float(np.mean(errors[located])),
+            "error_cm_p90": float(np.percentile(errors[located], 90)),
+            "error_cm_median_by_ring": {
+                ring: {"sightings": int((mask & located).sum()), "median": float(np.median(errors[mask & located]))}
+                for ring, mask in ((ring, np.array(mask)) for ring, mask in rings.items())
+                if (mask & located).any()
+            },
+        }
+    misses = np.where(located, errors, np.inf)
+    summary |= {
+        "within_1cm": float(np.mean(misses <= 1.0)),
+        "within_2cm": float(np.mean(misses <= 2.0)),
         "nearest_part_rate": float(np.mean([row["nearest_part"] == row["part"] for row in rows])),
-        "error_cm_median_by_ring": {
-            ring: {"sightings": len(values), "median": float(np.median(values))}
-            for ring, values in rings.items()
-            if len(values)
-        },
     }
+    return summary
 
 
 def _crop(scene: PartScene, margin: float = 1.6) -> tuple[float, float, float]:

@@ -47,7 +47,7 @@ from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
 from keydyn.files import read_json, write_json_atomic, write_text_atomic
 from keydyn.latents import get_latent, latent_names
 from keydyn.locks import one_writer
-from keydyn.presets import DEFAULT, from_preset, merge, preset_names, preset_overlay, without
+from keydyn.presets import DEFAULT, from_preset, merge, preset_names, preset_overlay, stated_settings, without
 from keydyn.sim.config import TASK_NAMES, held_out_task
 from keydyn.vision.train import TrainVisualConfig, train_visual
 from keydyn.vision.transporter import CROP_MODES
@@ -184,11 +184,10 @@ def task_overlay(command: str, task: str, chosen: str, **overrides: Any) -> dict
     """What a task's own recipe changes in preset `chosen` of `command`, with `overrides` laid over it.
 
     The task's recipe is the settings of `<command>/<task>.yaml` itself (`mugs`' 600 episodes of 20 steps, K* = 4 on
-    `occlusions` and `mugs`), less those that `chosen` sets itself when it is not `default`: a preset that states
-    a setting keeps it (`tiny` keeps its 4 episodes of 14 steps on `mugs`; `paper` and `original`, which set no
-    K*, get the task's)."""
-    settled = {} if chosen == DEFAULT else preset_overlay(command, chosen)
-    return merge(without(preset_overlay(command, task), settled), overrides)
+    `occlusions` and `mugs`), less those that `chosen` states beyond `default` (`stated_settings`): a preset that
+    states a setting keeps it (`tiny` keeps its 4 episodes of 14 steps on `mugs`; `paper` and `original`, which set
+    no K*, get the task's)."""
+    return merge(without(preset_overlay(command, task), stated_settings(command, chosen)), overrides)
 
 
 def _fresh_or_resumed(run: Path, marker: str) -> bool:

@@ -91,6 +91,17 @@ def preset_overlay(command: str, name: str) -> dict[str, Any]:
     return values
 
 
+def stated_settings(command: str, name: str) -> dict[str, Any]:
+    """The settings preset `name` of `command` states beyond `default`: its own and those of the presets it
+    extends, up to `default` ({} for `default` itself)."""
+    load_preset(command, name)  # a missing preset or a cycle of `extends` is named here
+    stated: dict[str, Any] = {}
+    while name != DEFAULT:
+        stated = merge(preset_overlay(command, name), stated)
+        name = _read(command, name).get("extends", DEFAULT)
+    return stated
+
+
 def without(values: dict[str, Any], settled: dict[str, Any]) -> dict[str, Any]:
     """`values` less every setting that `settled` also sets, nested mappings compared key by key (neither is
     modified): what of a task's recipe is left to lay over a preset that states some of the same settings."""

@@ -85,9 +85,9 @@ class MugShape:
 
 MUG_PART_HEIGHTS = {"base": 0.05, "body": 0.5, "rim": 0.95}
 """Heights of the named rings of a mug's outer wall, as fractions of its height above the base."""
-MUG_PART_AZIMUTHS_DEG = (0, 45, 90, 135, 180, 225, 270, 315)
+MUG_PART_AZIMUTHS_DEG = (45, 90, 135, 180, 225, 270, 315)
 """Azimuths of the named points of each ring, degrees about the mug's axis from its handle (90: a quarter turn
-towards body +y)."""
+towards body +y). None at 0: there the handle joins the wall, and on some mugs covers the base or rim ring."""
 
 
 def mug_parts(shape: MugShape) -> dict[str, np.ndarray]:
