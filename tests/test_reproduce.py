@@ -140,9 +140,10 @@ def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_p
         assert merge(load_preset("train-dynamics"), task_overlay("train-dynamics", task, "default")) == load_preset(
             "train-dynamics", task
         )  # `keydyn train-dynamics --preset occlusions` is the default recipe with the task's change
-    assert task_overlay("collect", "mugs", "default") == {"episodes": 600, "steps": 20}
-    assert task_overlay("collect", "mugs", "paper") == {"episodes": 600, "steps": 20}  # paper sets the size only
-    assert task_overlay("collect", "mugs", "tiny") == {}  # a preset keeps what it sets itself
+    mugs = {"task": "mugs", "episodes": 600, "steps": 20}
+    assert task_overlay("collect", "mugs", "default") == mugs
+    assert task_overlay("collect", "mugs", "paper") == mugs  # paper sets the image size only
+    assert task_overlay("collect", "mugs", "tiny") == {"task": "mugs"}  # a preset keeps what it sets itself
     assert task_overlay("train-dynamics", "top_down", "default", keypoints={"seed": 1}) == {"keypoints": {"seed": 1}}
     assert without({"a": 1, "b": {"c": 2, "d": 3}, "e": {"f": 4}}, {"a": 0, "b": {"c": 0}, "e": {"f": 0}}) == {
         "b": {"d": 3}
