@@ -121,7 +121,7 @@ def test_sds_keeps_k_star_separated_descriptors_best_first(small_dataset, visual
     expected = _greedy_pick(confidences.mean(dim=0), candidates.uv, 3.0, 5)
     assert _chosen_indices(references, candidates) == expected
     torch.testing.assert_close(references.confidence, confidences.mean(dim=0)[expected])
-    with pytest.raises(ValueError, match="lower min_distance"):
+    with pytest.raises(ValueError, match=r"apart.*lower --keypoints.min-distance-px \(now 50\)"):
         choose_references(net, store, dataclasses.replace(SMALL_KEYPOINTS, min_distance_px=50.0), spatial=True, eta=eta)
 
 

@@ -195,6 +195,6 @@ def select_spatial_descriptors(
             if len(chosen) == num_select:
                 return torch.tensor(chosen, dtype=torch.int64)
     raise ValueError(
-        f"only {len(chosen)} of {num_select} candidates are at least {min_distance} apart; lower min_distance or "
+        f"only {len(chosen)} of {num_select} candidates are at least {min_distance:g} apart; lower min_distance or "
         "sample more candidates"
     )

@@ -365,5 +365,12 @@ def choose_references(
         ranking = -rigid_consistency(points, RIGID_RANKING_THRESHOLD_M)
     else:
         ranking = confidence_ranking(confidences)
-    chosen = select_spatial_descriptors(ranking, candidates.uv, config.separation(view.width), config.num_selected)
+    try:
+        chosen = select_spatial_descriptors(ranking, candidates.uv, config.separation(view.width), config.num_selected)
+    except ValueError as error:
+        raise ValueError(
+            f"SDS: {error} px, of the {len(candidates)} of {len(references)} sampled descriptors that match "
+            f"themselves; lower --keypoints.min-distance-px (now {config.separation(view.width):g}) or sample more "
+            f"with --keypoints.num-descriptors (now {config.num_descriptors}; DS and WDS use them all)"
+        ) from error
     return dataclasses.replace(candidates.subset(chosen), fused_cameras=others)
