@@ -16,10 +16,18 @@ from keydyn.data.split import split_episodes
 from keydyn.data.store import EpisodeStore
 from keydyn.dynamics import DynamicsMLP, PlanarMotion, make_windows, transform_latents
 from keydyn.dynamics.augment import augment_windows, rotate_vectors_xy
-from keydyn.dynamics.train import TrainDynamicsConfig, load_dynamics, train_dynamics
+from keydyn.dynamics.train import (
+    RESUMABLE_FIELDS,
+    TrainDynamicsConfig,
+    load_dynamics,
+    train_dynamics,
+    unread_settings,
+    upgrade_keypoints_json,
+)
 from keydyn.dynamics.windows import window_starts
-from keydyn.latents import LatentLayout
+from keydyn.latents import KeypointConfig, LatentLayout, get_latent
 from keydyn.latents.gt3d import GroundTruthKeypoints, box_top_corners, ground_truth_latents, rotate_by_quaternions
+from keydyn.runs import prepare_run_dir
 from keydyn.sim.config import SUGAR_BOX_SIZE, task_config
 from keydyn.sim.env import PushingEnv, quaternion_multiply, yaw_quaternion
 
@@ -309,18 +317,34 @@ def test_a_kill_inside_a_checkpoint_commit_resumes_to_the_same_result(small_data
 
 
 def test_a_run_stored_with_keypoints_bf16_resumes_with_that_precision(small_dataset, tmp_path):
-    """Runs made before --keypoints.precision stored `keypoints.bf16`: it counts as that precision on resume."""
+    """Runs made before --keypoints.precision stored `keypoints.bf16`: it counts as that precision on resume (the
+    check a method that reads the keypoint settings gets)."""
     run = train_dynamics(_config(small_dataset, tmp_path / "old", epochs=1))
     stored = json.loads((run / "config.json").read_text())
     for old_flag, allowed in ((False, True), (True, False)):  # the run's own precision is fp32
         keypoints = {k: v for k, v in stored["keypoints"].items() if k != "precision"}
         (run / "config.json").write_text(json.dumps({**stored, "keypoints": {**keypoints, "bf16": old_flag}}))
+        resume = _config(small_dataset, run, epochs=2, resume=True)
         if allowed:
-            train_dynamics(_config(small_dataset, run, epochs=2, resume=True))
-            assert json.loads((run / "last.json").read_text())["epoch"] == 2
+            assert prepare_run_dir(run, resume, RESUMABLE_FIELDS, "last.json", upgrade_keypoints_json)
         else:
             with pytest.raises(ValueError, match="its keypoints differ"):
-                train_dynamics(_config(small_dataset, run, epochs=3, resume=True))
+                prepare_run_dir(run, resume, RESUMABLE_FIELDS, "last.json", upgrade_keypoints_json)
+
+
+def test_a_run_resumes_under_other_settings_only_of_methods_it_is_not(small_dataset, tmp_path):
+    """GT 3D reads no keypoint settings: resumed under a recipe with others (`keydyn reproduce` after a task's
+    SDS settings changed) it goes on; a setting it reads still has to match."""
+    assert {"keypoints", "visual_run", "transporter_run", "autoencoder"} <= set(unread_settings(get_latent("gt3d")))
+    assert "keypoints" not in unread_settings(get_latent("sds")) and "visual_run" in unread_settings(
+        get_latent("autoencoder")
+    )
+    run = train_dynamics(_config(small_dataset, tmp_path / "gt3d", epochs=1))
+    other_keypoints = KeypointConfig(num_selected=4, min_distance_px=11.0)
+    train_dynamics(_config(small_dataset, run, epochs=2, keypoints=other_keypoints, resume=True))
+    assert json.loads((run / "last.json").read_text())["epoch"] == 2
+    with pytest.raises(ValueError, match="its horizon differ"):
+        train_dynamics(_config(small_dataset, run, epochs=3, horizon=3, resume=True))
 
 
 def test_normalizer_is_saved_and_restored_with_the_model(small_dataset, tmp_path):

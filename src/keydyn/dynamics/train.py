@@ -79,7 +79,7 @@ from keydyn.runs import (
 )
 from keydyn.sim.config import check_seed
 
-_RESUMABLE_FIELDS = ("epochs", "resume", "progress", "device")  # may differ between a run and its resumption
+RESUMABLE_FIELDS = ("epochs", "resume", "progress", "device")  # may differ between a run and its resumption
 
 
 @dataclass(frozen=True)
@@ -566,6 +566,13 @@ def selection_value(method: LatentMethod, row: dict[str, Any]) -> float:
     return float(row[method.selects_by])
 
 
+def unread_settings(method: LatentMethod) -> tuple[str, ...]:
+    """The method-specific settings (other latent methods' `settings`) that `method` does not read: a run resumed
+    with other values of them trains the same (GT 3D resumed under a recipe with other keypoint settings)."""
+    every = {name for latent in latent_names() for name in get_latent(latent).settings}
+    return tuple(sorted(every - set(method.settings)))
+
+
 @one_writer("keydyn train-dynamics")
 def train_dynamics(config: TrainDynamicsConfig) -> Path:
     """Train (or resume) a dynamics model; returns the run directory `config.out`. Under torchrun, on every rank
@@ -581,7 +588,12 @@ def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> P
     resumed = None
     if world.main:
         resumed = resumed_checkpoint(
-            config.out, config, _RESUMABLE_FIELDS, "epoch", (best_key(config.method),), upgrade_keypoints_json
+            config.out,
+            config,
+            RESUMABLE_FIELDS + unread_settings(config.method),
+            "epoch",
+            (best_key(config.method),),
+            upgrade_keypoints_json,
         )
         write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
         write_json_atomic(config.out / "task.json", store_task(store).to_dict())
