@@ -74,6 +74,26 @@ def test_ds_samples_k_descriptors_on_the_object_mask(small_dataset, visual_run):
     assert len({tuple(p) for p in uv.tolist()}) == 20  # distinct pixels
 
 
+def test_the_reference_image_can_be_the_largest_view_of_the_object(small_dataset, visual_run):
+    """--keypoints.reference-largest-of N: of frame F of the first N episodes, the one with the most object pixels
+    in the camera; the references are sampled on its mask."""
+    store = open_dataset(small_dataset)
+    config = dataclasses.replace(SMALL_KEYPOINTS, reference_largest_of=3, reference_frame=5)
+    camera = store.camera(None)
+    rows = [store.episode_range(episode)[0] + 5 for episode in range(3)]
+    pixels = [int(store.frames(f"{camera}/mask", row, row + 1).sum()) for row in rows]
+    assert len(set(pixels)) > 1  # the views differ, so the choice means something
+    expected = rows[pixels.index(max(pixels))]
+    assert reference_frame(store, config) == expected
+    assert reference_frame(store, dataclasses.replace(config, reference_largest_of=1)) == store.episode_range(0)[0] + 5
+    net, eta = load_visual(visual_run, "last")
+    with one_thread():
+        references = choose_references(net, store, config, spatial=False, eta=eta)
+    assert references.frame == expected
+    with pytest.raises(ValueError, match=r"drop --keypoints\.reference-episode"):
+        dataclasses.replace(config, reference_episode=1)
+
+
 # Every frame of the dataset ranks the SDS candidates, so that the sightings below, frame by frame, are the same.
 ALL_FRAMES = dataclasses.replace(SMALL_KEYPOINTS, confidence_frames=10_000)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -83,6 +84,11 @@ class KeypointConfig:
     reference_episode: int = 0
     reference_frame: int = 0
     """The reference image: this frame (0-based, within the episode) of --keypoints.reference-episode."""
+    reference_largest_of: int = 0
+    """When N > 0, the reference image is, of frame --keypoints.reference-frame of episodes 0 .. N-1, the one
+    showing the most object pixels in --keypoints.camera (beyond the paper, whose reference was hand-picked). On
+    `occlusions` episode 0 shows the box on its side edge-on (632 pixels) and SDS puts every keypoint on one narrow
+    face; the largest of 50 (1,556 pixels) spreads them over two faces. 0: --keypoints.reference-episode."""
     sds_ranking: Literal["confidence", "rigid"] = "confidence"
     """How SDS ranks the candidates: by mean confidence (paper), or `rigid`, by the 90th percentile of their
     distance to the rigid fit of all candidates over the frames, smallest first (beyond the paper: prefers
@@ -130,6 +136,11 @@ class KeypointConfig:
             raise ValueError(
                 f"--keypoints.reference-tolerance-px must be positive (inf keeps every candidate), got "
                 f"{self.reference_tolerance_px}"
+            )
+        if self.reference_largest_of < 0 or (self.reference_largest_of > 0 and self.reference_episode != 0):
+            raise ValueError(
+                f"--keypoints.reference-largest-of {self.reference_largest_of} must be >= 0, and it picks the "
+                f"reference episode itself: drop --keypoints.reference-episode ({self.reference_episode}) or give 0"
             )
         if self.rigid_outlier_mm < 0:
             raise ValueError(f"--keypoints.rigid-outlier-mm must be >= 0 (0: off), got {self.rigid_outlier_mm}")
@@ -222,7 +233,20 @@ class References:
 
 
 def reference_frame(store: EpisodeStore, config: KeypointConfig) -> int:
-    """The global dataset row of the configured reference image."""
+    """The global dataset row of the configured reference image: frame --keypoints.reference-frame of
+    --keypoints.reference-episode, or of the episode among the first --keypoints.reference-largest-of whose frame
+    shows the most object pixels (the first such episode on a tie)."""
+    if config.reference_largest_of > 0:
+        camera = store.camera(config.camera, "--keypoints.camera")
+        rows = [
+            start + config.reference_frame
+            for start, stop in map(store.episode_range, range(min(config.reference_largest_of, store.num_episodes)))
+            if config.reference_frame < stop - start
+        ]
+        if not rows:
+            raise ValueError(f"--keypoints.reference-frame {config.reference_frame}: no episode has that many frames")
+        pixels = [int(store.frames(f"{camera}/mask", row, row + 1)[0].sum()) for row in rows]
+        return rows[int(np.argmax(pixels))]
     if not 0 <= config.reference_episode < store.num_episodes:
         raise ValueError(
             f"--keypoints.reference-episode {config.reference_episode}: the dataset has {store.num_episodes} episodes"
