@@ -12,6 +12,7 @@ from keydyn.vision.geometry import (
     pixel_grid,
     pose_matrix,
     project,
+    seen_points,
     transform_points,
     unproject,
     unproject_to_world,
@@ -69,3 +70,15 @@ def test_bilinear_sample_is_exact_at_pixel_centres_and_linear_between():
     uv = torch.tensor([[[0.0, 0.0], [6.0, 4.0], [2.0, 3.0], [2.25, 1.5], [5.9, 0.1]]])
     sampled = bilinear_sample(image, uv)[0, :, 0]
     torch.testing.assert_close(sampled, 3.0 * uv[0, :, 0] - 2.0 * uv[0, :, 1] + 1.0)
+
+
+def test_a_point_is_seen_only_inside_the_image_in_front_at_the_rendered_depth():
+    intrinsics = torch.tensor([[100.0, 0.0, 20.0], [0.0, 100.0, 15.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    depth = torch.full((1, 30, 40), 1.0)  # a wall 1 m in front of the camera
+    points = torch.tensor(
+        [[[0.0, 0.0, 1.0], [0.05, -0.1, 1.004], [0.0, 0.0, 0.98], [1.0, 0.0, 1.0], [0.0, 0.0, -1.0]]],
+        dtype=torch.float64,
+    )  # on the wall, on it within 5 mm, 2 cm in front of it (an occluder's point), outside the image, behind
+    uv, seen = seen_points(points, depth, intrinsics, torch.eye(4, dtype=torch.float64), tolerance=0.005)
+    assert seen.tolist() == [[True, True, False, False, False]]
+    torch.testing.assert_close(uv[0, 1], torch.tensor([25.0, 5.0], dtype=torch.float64), atol=0.05, rtol=0)

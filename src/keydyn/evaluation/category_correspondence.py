@@ -38,7 +38,7 @@ from keydyn.plots import pyplot, save_figure
 from keydyn.sim import PushingEnv, TaskConfig, task_config
 from keydyn.sim.env import mug_instances, mug_shape
 from keydyn.sim.meshes import MUG_PART_HEIGHTS, mug_parts
-from keydyn.vision.geometry import bilinear_sample, pose_matrix, project, transform_points
+from keydyn.vision.geometry import bilinear_sample, pose_matrix, seen_points, transform_points
 from keydyn.vision.keypoints import DEPTH_MODES, DepthMode, locate_keypoints
 from keydyn.vision.network import DescriptorNet, rgb_to_tensor
 from keydyn.vision.views import RGBDView
@@ -122,12 +122,11 @@ def render_part_scene(env: PushingEnv, camera: str, instance: int, seed: int, to
     position, quaternion = (torch.as_tensor(value, dtype=torch.float64) for value in env.object_pose())
     body = torch.as_tensor(np.stack(list(mug_parts(mug_shape(instance)).values())), dtype=torch.float64)
     world = transform_points(pose_matrix(position, quaternion), body)
-    uv, z = project(world, view.intrinsics, view.T_world_camera)
-    inside = (uv[:, 0] >= 0) & (uv[:, 0] <= view.width - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= view.height - 1)
-    rendered = bilinear_sample(view.depth[None, None].double(), uv[None])[0, :, 0]
+    uv, seen = seen_points(world[None], view.depth[None], view.intrinsics, view.T_world_camera, tolerance)
+    uv, seen = uv[0], seen[0]
     pixel = uv.round().long()
     on_mug = view.mask[pixel[:, 1].clamp(0, view.height - 1), pixel[:, 0].clamp(0, view.width - 1)]
-    return PartScene(instance, view, world, uv, inside & on_mug & (z > 0) & ((rendered - z).abs() <= tolerance))
+    return PartScene(instance, view, world, uv, seen & on_mug)
 
 
 @torch.no_grad()

@@ -120,3 +120,33 @@ def bilinear_sample(images: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     grid = (uv * scale - 1.0).to(images.dtype).unsqueeze(2)  # (B, N, 1, 2), align_corners=True convention
     sampled = torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return sampled.squeeze(-1).transpose(1, 2)
+
+
+def seen_points(
+    points_world: torch.Tensor,
+    depth: torch.Tensor,
+    intrinsics: torch.Tensor,
+    T_world_camera: torch.Tensor,
+    tolerance: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which points a camera sees in its rendered depth images.
+
+    A point is seen when it projects inside the image, in front of the camera, onto a pixel whose depth (sampled
+    bilinearly) is within `tolerance` of the point's own z-depth: a point behind an occluder, or on a face turned
+    away, is not.
+
+    Args:
+        points_world: (B, K, 3) metres.
+        depth: (B, H, W) rendered z-depth, metres.
+        intrinsics: (3, 3) or (B, 1, 3, 3) K, pixels.
+        T_world_camera: (4, 4) or (B, 1, 4, 4) camera poses.
+        tolerance: metres.
+
+    Returns:
+        uv: (B, K, 2) the points' pixels; seen: (B, K) bool.
+    """
+    uv, z = project(points_world, intrinsics, T_world_camera)
+    height, width = depth.shape[-2:]
+    inside = (uv[..., 0] >= 0) & (uv[..., 0] <= width - 1) & (uv[..., 1] >= 0) & (uv[..., 1] <= height - 1)
+    rendered = bilinear_sample(depth.unsqueeze(1).to(uv.dtype), uv).squeeze(-1)  # (B, K)
+    return uv, inside & (z > 0) & ((rendered - z).abs() <= tolerance)

@@ -23,7 +23,7 @@ import torch
 from keydyn.data.store import EpisodeStore
 from keydyn.latents.descriptor.references import References, locate_in_frames
 from keydyn.latents.descriptor.rigid import RigidFilter
-from keydyn.vision.geometry import bilinear_sample, invert_transform, project, transform_points, unproject_to_world
+from keydyn.vision.geometry import invert_transform, seen_points, transform_points, unproject_to_world
 from keydyn.vision.network import DescriptorNet
 from keydyn.vision.views import load_view
 
@@ -156,11 +156,8 @@ def keypoint_errors(
         intrinsics, camera_pose = views[0].intrinsics, views[0].T_world_camera
         object_poses = torch.stack([view.T_world_object for view in views])  # (B, 4, 4)
         truth = transform_points(object_poses.unsqueeze(1), object_points)  # (B, K, 3)
-        uv, z = project(truth, intrinsics, camera_pose)
-        height, width = depth.shape[-2:]
-        inside = (uv[..., 0] >= 0) & (uv[..., 0] <= width - 1) & (uv[..., 1] >= 0) & (uv[..., 1] <= height - 1)
-        rendered = bilinear_sample(depth.unsqueeze(1).double(), uv).squeeze(-1)  # (B, K)
-        parts["visible"].append(inside & ((rendered - z).abs() <= visibility_tolerance))
+        uv, visible = seen_points(truth, depth, intrinsics, camera_pose, visibility_tolerance)
+        parts["visible"].append(visible)
         located_world = located.points_world.double()
         if rigid is not None:
             located_world = rigid(located_world)[0]
