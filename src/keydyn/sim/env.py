@@ -82,9 +82,8 @@ def resting_pose(task: TaskConfig, mug: MugShape | None) -> tuple[np.ndarray, fl
             return np.array([1.0, 0.0, 0.0, 0.0]), 0.0
         # Rolled by `roll` from handle-down, a point (x, y) of the body's cross-section is r - x cos(roll) - y sin(roll)
         # above the table; the handle bar's outer edge (x = reach, y = thickness) touches it where that is 0.
-        reach = mug.radius + mug.handle_radius + mug.handle_thickness
-        edge = math.hypot(reach, mug.handle_thickness)
-        roll = math.atan2(mug.handle_thickness, reach) + math.acos(mug.radius / edge)
+        edge = math.hypot(mug.handle_reach, mug.handle_thickness)
+        roll = math.atan2(mug.handle_thickness, mug.handle_reach) + math.acos(mug.radius / edge)
         axis_along_y = np.array([math.cos(-math.pi / 4), math.sin(-math.pi / 4), 0.0, 0.0])  # -90 deg about x
         tilt = math.pi / 2 - roll  # about world y: the handle (body x) from horizontal down to `roll` off vertical
         handle_down = np.array([math.cos(tilt / 2), 0.0, math.sin(tilt / 2), 0.0])

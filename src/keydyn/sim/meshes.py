@@ -82,6 +82,11 @@ class MugShape:
     handle_height: float  # height of the handle centre above the base
     handle_squash: float  # vertical stretch of the handle (1 = circular)
 
+    @property
+    def handle_reach(self) -> float:
+        """Distance from the mug's axis to the outer edge of its handle's bar, metres."""
+        return self.radius + self.handle_radius + self.handle_thickness
+
 
 MUG_PART_HEIGHTS = {"base": 0.05, "body": 0.5, "rim": 0.95}
 """Heights of the named rings of a mug's outer wall, as fractions of its height above the base."""
@@ -106,8 +111,7 @@ def mug_parts(shape: MugShape) -> dict[str, np.ndarray]:
             parts[f"{ring} {azimuth}"] = np.array(
                 [shape.radius * np.cos(angle), shape.radius * np.sin(angle), fraction * shape.height]
             )
-    reach = shape.radius + shape.handle_radius + shape.handle_thickness
-    parts["handle"] = np.array([reach, 0.0, shape.handle_height])
+    parts["handle"] = np.array([shape.handle_reach, 0.0, shape.handle_height])
     return parts
 
 
