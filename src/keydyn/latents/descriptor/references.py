@@ -393,8 +393,9 @@ def choose_references(
         chosen = select_spatial_descriptors(ranking, candidates.uv, config.separation(view.width), config.num_selected)
     except ValueError as error:
         raise ValueError(
-            f"SDS: {error} px, of the {len(candidates)} of {len(references)} sampled descriptors that match "
-            f"themselves; lower --keypoints.min-distance-px (now {config.separation(view.width):g}) or sample more "
-            f"with --keypoints.num-descriptors (now {config.num_descriptors}; DS and WDS use them all)"
+            f"SDS: fewer than {config.num_selected} of the {len(candidates)} sampled descriptors that match themselves "
+            f"(of {len(references)}) are {config.separation(view.width):g} px apart in the reference image; lower "
+            f"--keypoints.min-distance-px (now {config.separation(view.width):g}) or sample more with "
+            f"--keypoints.num-descriptors (now {config.num_descriptors}; DS and WDS use them all)"
         ) from error
     return dataclasses.replace(candidates.subset(chosen), fused_cameras=others)
