@@ -385,7 +385,35 @@ def test_keypoint_errors_measure_located_points_against_the_true_object_points(s
     assert summary["error_3d_mm_median_occluded"] > summary["error_3d_mm_median"]  # hidden points are found elsewhere
     seen, hidden = errors.confidence[errors.visible], errors.confidence[occluded]
     pairwise = (seen[:, None] > hidden[None]).mean() + 0.5 * (seen[:, None] == hidden[None]).mean()
+    assert errors.rotation_error.shape == (store.num_frames,)
+    assert np.all((errors.rotation_error >= 0) & (errors.rotation_error <= 180))
     assert summary["confidence_visibility_auc"] == pytest.approx(pairwise)
+
+
+def test_rotation_error_finds_keypoints_found_on_the_object_turned_about():
+    """The rigid fit of the true points onto the located ones: 0 deg for the truth displaced, jittered or with a
+    keypoint missing; 180 deg for the keypoints of a box found on the box turned about its long axis (a flip);
+    NaN with fewer than 3 keypoints or points on one line."""
+    from keydyn.latents.descriptor.accuracy import rotation_error_deg
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.tensor([[0.04, 0.08, 0.02], [-0.04, 0.08, 0.02], [0.04, -0.08, 0.02], [-0.04, -0.08, -0.02]])
+    quaternion = torch.tensor([0.9, 0.1, -0.2, 0.3], dtype=torch.float64)
+    pose = pose_matrix(torch.tensor([0.1, -0.05, 0.05], dtype=torch.float64), quaternion / quaternion.norm())
+    truth = (corners.double() @ pose[:3, :3].T + pose[:3, 3]).expand(4, -1, -1).clone()
+    turned = torch.diag(torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float64))  # 180 deg about the box's y axis
+    located = truth.clone()
+    located[1] += 0.003 * torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    located[2] = (corners.double() @ turned.T) @ pose[:3, :3].T + pose[:3, 3]
+    located[3, 0] = math.nan
+    angles = rotation_error_deg(truth, located)
+    assert angles[0] == pytest.approx(0.0, abs=1e-4) and angles[1] < 5.0 and angles[3] == pytest.approx(0.0, abs=1e-4)
+    assert angles[2] == pytest.approx(180.0, abs=1e-3)
+    located[3, 1] = math.nan
+    assert math.isnan(rotation_error_deg(truth, located)[3])
+    line = truth.clone()
+    line[..., :] = truth[..., :1, :] + torch.linspace(0, 0.1, 4, dtype=torch.float64)[:, None]
+    assert torch.isnan(rotation_error_deg(line, line)).all()
 
 
 def test_confidence_auc_counts_the_pairs_a_threshold_orders():

@@ -10,7 +10,9 @@ on top_down; on occlusions, the confidence of occluded points clearly below that
     keydyn keypoint-accuracy --dataset data/occlusions --visual-run visual/occlusions [--latent ds] [--out a.json]
 
 With --out, a.png beside a.json shows the confidence of visible and occluded sightings (the paper's claim that
-confidence flags occlusion).
+confidence flags occlusion). Per frame it also reports how far the keypoints' rigid fit is turned from the
+truth (`rotation_error_deg_median`) and the share of frames turned more than 90 deg (`flipped_frames`): the
+keypoints found as a whole on the object turned about, which an error per keypoint spreads out of sight.
 """
 
 from __future__ import annotations

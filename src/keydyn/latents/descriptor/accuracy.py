@@ -11,10 +11,16 @@ The error splits into a bias and a jitter: in the object frame a keypoint's loca
 (jitter: distance to their median) around a point that may differ from the reference pixel's (bias: distance
 from that median to the reference point). In every frame the error is at most bias + jitter. A constant bias
 cancels between the goal image and the current one; the jitter does not.
+
+The keypoints of a frame also give the object's rotation, as the rigid latent and the controller read it: the
+rigid fit of the true points onto the located ones turns by the rotation error. Near 180 deg the keypoints are
+found as a whole on the object turned about (e.g. a box's hidden face matched to the opposite face that looks
+the same): a flip, which no per-keypoint outlier test sees.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +28,14 @@ import torch
 
 from keydyn.data.store import EpisodeStore
 from keydyn.latents.descriptor.references import References, locate_in_frames
-from keydyn.latents.descriptor.rigid import RigidFilter
+from keydyn.latents.descriptor.rigid import MIN_INLIERS, RigidFilter, rigid_fit
 from keydyn.vision.geometry import invert_transform, seen_points, transform_points, unproject_to_world
 from keydyn.vision.network import DescriptorNet
 from keydyn.vision.views import load_view
 
 VISIBILITY_TOLERANCE_M = 0.005  # a point is visible when the rendered depth at its pixel is within 5 mm of its own
+FLIP_DEG = 90.0  # a frame's keypoints are flipped when their rigid fit is turned more than this from the truth
+MIN_SPREAD_M = 0.002  # keypoints closer than this to one line fix no rotation about it: no rotation error
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class KeypointErrors:
         visible: (F, K) bool, whether the true point is seen by the camera in that frame.
         located_object: (F, K, 3) float64 the located points in the object frame of their frame, metres.
         object_points: (K, 3) float64 the reference pixels' points in the object frame, metres.
+        rotation_error: (F,) float64 angle of the rigid fit of the true points onto the located ones, degrees
+            (`rotation_error_deg`; NaN where fewer than 3 keypoints have depth or the points lie on a line).
     """
 
     error_3d: np.ndarray
@@ -49,6 +59,7 @@ class KeypointErrors:
     visible: np.ndarray
     located_object: np.ndarray
     object_points: np.ndarray
+    rotation_error: np.ndarray
 
     def visible_points(self) -> np.ndarray:
         """(F, K, 3) the located points in the object frame, NaN where the true point is not visible, metres."""
@@ -95,7 +106,33 @@ class KeypointErrors:
         summary["error_3d_mm_median_occluded"] = (
             float(1000.0 * np.nanmedian(self.error_3d[occluded])) if occluded.any() else None
         )
+        fitted = np.isfinite(self.rotation_error)
+        summary["rotation_error_deg_median"] = float(np.median(self.rotation_error[fitted])) if fitted.any() else None
+        summary["flipped_frames"] = float((self.rotation_error[fitted] > FLIP_DEG).mean()) if fitted.any() else None
         return summary
+
+
+def rotation_error_deg(truth: torch.Tensor, located: torch.Tensor) -> torch.Tensor:
+    """(B,) float64 how far the located keypoints are turned from the true ones: the angle of the least-squares
+    rigid motion (Kabsch) taking the true points onto the located ones, degrees in [0, 180].
+
+    Args:
+        truth: (B, K, 3) true points, metres (finite).
+        located: (B, K, 3) located points, metres (NaN where a keypoint has no depth: left out of the fit).
+
+    Returns:
+        The angles; NaN for frames with fewer than 3 located keypoints, and for all frames when the true points
+        lie within `MIN_SPREAD_M` of one line (no rotation about it is fixed).
+    """
+    truth, located = truth.double(), located.double()
+    finite = torch.isfinite(located).all(-1)  # (B, K)
+    centred = truth[0] - truth[0].mean(0)
+    if len(centred) < MIN_INLIERS or torch.linalg.svdvals(centred)[1] < MIN_SPREAD_M * len(centred) ** 0.5:
+        return torch.full(finite.shape[:1], math.nan, dtype=torch.float64)
+    rotation, _ = rigid_fit(truth, torch.nan_to_num(located), finite.double())
+    cosine = ((rotation.diagonal(dim1=1, dim2=2).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    angle = torch.rad2deg(torch.arccos(cosine))
+    return torch.where(finite.sum(-1) >= MIN_INLIERS, angle, math.nan)
 
 
 def confidence_auc(visible: np.ndarray, occluded: np.ndarray) -> float:
@@ -149,7 +186,7 @@ def keypoint_errors(
         rigid: the rigid filter of a run that has one, applied to the located points as the run applies it.
     """
     object_points = reference_object_points(store, references)  # (K, 3)
-    names = ("error_3d", "error_px", "confidence", "visible", "located_object")
+    names = ("error_3d", "error_px", "confidence", "visible", "located_object", "rotation_error")
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for views, located in locate_in_frames(net, store, references, frames.tolist(), batch_size, bf16):
         depth = torch.stack([view.depth for view in views])  # (B, H, W)
@@ -162,6 +199,7 @@ def keypoint_errors(
         if rigid is not None:
             located_world = rigid(located_world)[0]
         parts["error_3d"].append((located_world - truth).norm(dim=-1))
+        parts["rotation_error"].append(rotation_error_deg(truth, located_world))
         parts["error_px"].append((located.uv.double() - uv).norm(dim=-1))
         parts["confidence"].append(located.confidence)
         parts["located_object"].append(transform_points(invert_transform(object_poses).unsqueeze(1), located_world))
