@@ -35,7 +35,7 @@ from keydyn.vision.views import load_view
 
 VISIBILITY_TOLERANCE_M = 0.005  # a point is visible when the rendered depth at its pixel is within 5 mm of its own
 FLIP_DEG = 90.0  # a frame's keypoints are flipped when their rigid fit is turned more than this from the truth
-MIN_SPREAD_M = 0.002  # keypoints closer than this to one line fix no rotation about it: no rotation error
+MIN_SPREAD_M = 0.005  # keypoints within this (RMS) of one line fix no turn about it: no rotation error
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ class KeypointErrors:
 
     def summary(self) -> dict[str, float]:
         """Medians (and the mean and 95th percentile of the 3D error) of the errors of visible points, and the
-        confidence of visible vs occluded points (their means and `confidence_auc`)."""
+        confidence of visible vs occluded points (their means and `confidence_auc`). The rotation figures are over
+        the frames that fix a rotation (`rotation_error_deg`), from all their keypoints, occluded ones included."""
         visible = self.visible
         summary = {
             "frames": int(self.visible.shape[0]),
@@ -121,18 +122,18 @@ def rotation_error_deg(truth: torch.Tensor, located: torch.Tensor) -> torch.Tens
         located: (B, K, 3) located points, metres (NaN where a keypoint has no depth: left out of the fit).
 
     Returns:
-        The angles; NaN for frames with fewer than 3 located keypoints, and for all frames when the true points
-        lie within `MIN_SPREAD_M` of one line (no rotation about it is fixed).
+        The angles; NaN for a frame whose located keypoints fix no rotation: fewer than 3 of them, or their true
+        points within `MIN_SPREAD_M` (root mean square) of one line, about which any turn would fit.
     """
     truth, located = truth.double(), located.double()
-    finite = torch.isfinite(located).all(-1)  # (B, K)
-    centred = truth[0] - truth[0].mean(0)
-    if len(centred) < MIN_INLIERS or torch.linalg.svdvals(centred)[1] < MIN_SPREAD_M * len(centred) ** 0.5:
-        return torch.full(finite.shape[:1], math.nan, dtype=torch.float64)
-    rotation, _ = rigid_fit(truth, torch.nan_to_num(located), finite.double())
+    weights = torch.isfinite(located).all(-1).double()  # (B, K)
+    count = weights.sum(-1)  # (B,)
+    centre = (weights[..., None] * truth).sum(1) / count.clamp_min(1.0)[:, None]
+    spread = torch.linalg.svdvals(weights[..., None] * (truth - centre[:, None]))[:, 1] / count.clamp_min(1.0).sqrt()
+    rotation, _ = rigid_fit(truth, torch.nan_to_num(located), weights)
     cosine = ((rotation.diagonal(dim1=1, dim2=2).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
-    angle = torch.rad2deg(torch.arccos(cosine))
-    return torch.where(finite.sum(-1) >= MIN_INLIERS, angle, math.nan)
+    fixed = (count >= MIN_INLIERS) & (spread >= MIN_SPREAD_M)
+    return torch.where(fixed, torch.rad2deg(torch.arccos(cosine)), math.nan)
 
 
 def confidence_auc(visible: np.ndarray, occluded: np.ndarray) -> float:
