@@ -145,6 +145,12 @@ def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_p
     assert task_overlay("collect", "mugs", "paper") == mugs  # paper sets the image size only
     assert task_overlay("collect", "mugs", "tiny") == {"task": "mugs"}  # a preset keeps what it sets itself
     assert task_overlay("train-dynamics", "top_down", "default", keypoints={"seed": 1}) == {"keypoints": {"seed": 1}}
+    # occlusions' descriptors (D = 16, the hidden-point loss) over the default recipe, not over the original's D = 3
+    occlusions = merge(load_preset("train-visual"), task_overlay("train-visual", "occlusions", "default"))
+    assert occlusions == load_preset("train-visual", "occlusions")
+    assert occlusions["network"]["descriptor_dim"] == 16 and occlusions["loss"]["hidden_weight"] == 0.1
+    original = merge(load_preset("train-visual", "original"), task_overlay("train-visual", "occlusions", "original"))
+    assert original["network"]["descriptor_dim"] == 3 and original["loss"]["hidden_weight"] == 0.0
     assert without({"a": 1, "b": {"c": 2, "d": 3}, "e": {"f": 4}}, {"a": 0, "b": {"c": 0}, "e": {"f": 0}}) == {
         "b": {"d": 3}
     }
