@@ -110,6 +110,33 @@ def test_episode_pairs_match_frames_of_other_episodes_through_the_object_pose(sm
         PairConfig(time_fraction=0.0, episode_fraction=0.5)
 
 
+def test_episode_pairs_of_mugs_keep_to_one_mug(tmp_path):
+    """On `mugs` frame B of a pair across episodes shows the same mug as frame A (the match through the pose is
+    exact only on one mug's geometry): drawn from another episode of that mug, never from another mug's."""
+    from keydyn.data.collect import CollectConfig, collect
+
+    store = collect(
+        CollectConfig(
+            tmp_path / "mugs", "mugs", episodes=8, steps=10, seed=0, workers=1, progress=False, width=80, height=60
+        )
+    )
+    instances = store.episode_meta("mug_instance")
+    assert len(set(instances.tolist())) < len(instances)  # some mug appears in two episodes
+    episode_of = {}  # the object's pose in a frame -> its episode
+    for episode in range(store.num_episodes):
+        for frame in range(*store.episode_range(episode)):
+            episode_of[load_view(store, "top_down", frame).T_world_object.numpy().tobytes()] = episode
+    sampler = PairSampler(
+        store, np.arange(store.num_episodes), PairConfig(time_fraction=1.0, episode_fraction=1.0, min_matches=1)
+    )
+    seen = []
+    for seed in range(40):
+        pair = sampler.sample(torch.Generator().manual_seed(seed))
+        seen.append(tuple(episode_of[view.T_world_object.numpy().tobytes()] for view in (pair.view_a, pair.view_b)))
+    assert all(instances[a] == instances[b] for a, b in seen)
+    assert any(a != b for a, b in seen)  # across episodes, of one mug
+
+
 def test_descriptor_colours_share_one_basis_across_images():
     generator = torch.Generator().manual_seed(0)
     descriptors = torch.randn(1, 5, 12, 16, generator=generator)

@@ -31,6 +31,8 @@ from keydyn.vision.correspondence import (
 from keydyn.vision.network import rgb_to_tensor
 from keydyn.vision.views import RGBDView, load_view
 
+INSTANCE_FIELD = "mug_instance"  # the per-episode object instance `keydyn collect` records (`mugs`)
+
 
 @dataclass(frozen=True)
 class PairConfig:
@@ -54,6 +56,8 @@ class PairConfig:
             Within an episode the object turns little, so faces never seen at once (the opposite ends of a box
             on its side) are never in one pair and may share descriptors; across episodes they are, and
             `DescriptorLossConfig.hidden_weight` then pushes a hidden face's descriptors away from what B shows.
+            Frame B shows the same object instance as frame A (`mugs`: the same mug, whose geometry the match
+            through the pose is exact for; another mug's would not be).
         correspondence: the match checks; `follow_object` is switched on for across-time pairs whatever its
             value here.
     """
@@ -184,6 +188,27 @@ class PairSampler:
         self._lengths = torch.tensor([stop - start for start, stop in ranges])
         self._offsets = torch.cumsum(self._lengths, 0) - self._lengths  # first sampler index of each episode
         self._across_time = dataclasses.replace(config.correspondence, follow_object=True)
+        self._same_instance = self._episodes_by_instance(np.asarray(episodes))
+
+    def _episodes_by_instance(self, episodes: np.ndarray) -> list[torch.Tensor]:
+        """For each of the sampler's episodes, the positions (among the sampler's episodes, in order) of those
+        that show the same object instance: all of them, unless the store records several (`mug_instance`)."""
+        if INSTANCE_FIELD not in self.store.episode_fields:
+            everyone = torch.arange(len(episodes))
+            return [everyone] * len(episodes)
+        instances = torch.as_tensor(self.store.episode_meta(INSTANCE_FIELD)[episodes].astype(np.int64))
+        groups = {int(instance): torch.nonzero(instances == instance).flatten() for instance in instances.unique()}
+        return [groups[int(instance)] for instance in instances]
+
+    def _frame_of_same_instance(self, episode: int, generator: torch.Generator) -> int:
+        """A dataset row drawn uniformly from the frames of the sampler's episodes that show the same object
+        instance as its `episode`-th (all of its frames when the store has one instance)."""
+        positions = self._same_instance[episode]
+        lengths = self._lengths[positions]
+        index = int(torch.randint(int(lengths.sum()), (1,), generator=generator))
+        chosen = int(torch.searchsorted(torch.cumsum(lengths, 0), torch.tensor(index), right=True))
+        position = int(positions[chosen])
+        return int(self._starts[position]) + index - int(lengths[:chosen].sum())
 
     @property
     def num_frames(self) -> int:
@@ -210,7 +235,7 @@ class PairSampler:
             camera_a, camera_b = (
                 self.cameras[int(c)] for c in torch.randint(len(self.cameras), (2,), generator=generator)
             )
-            _, frame_b = self._locate(int(torch.randint(self.num_frames, (1,), generator=generator)))
+            frame_b = self._frame_of_same_instance(episode, generator)
             checks = self._across_time
         elif across_time:
             camera_a = camera_b = self.cameras[int(torch.randint(len(self.cameras), (1,), generator=generator))]
