@@ -15,8 +15,8 @@ import pytest
 
 from keydyn.evaluation.reproduce import ReproduceConfig, method_preset, method_row, task_overlay
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
-from keydyn.presets import load_preset, merge, stated_settings, without
-from keydyn.sim.config import held_out_task
+from keydyn.presets import from_preset, load_preset, merge, preset_names, stated_settings, without
+from keydyn.sim.config import TASK_NAMES, held_out_task
 
 ARGS = ["reproduce", "table1", "--task", "top_down", "--preset", "tiny", "--methods", "gt3d", "sds", "--no-progress"]
 STAGE_MARKERS = (
@@ -151,6 +151,9 @@ def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_p
     assert occlusions["network"]["descriptor_dim"] == 16 and occlusions["loss"]["hidden_weight"] == 0.1
     original = merge(load_preset("train-visual", "original"), task_overlay("train-visual", "occlusions", "original"))
     assert original["network"]["descriptor_dim"] == 3 and original["loss"]["hidden_weight"] == 0.0
+    for preset in preset_names("reproduce"):  # every recipe builds on every task (ReproduceConfig checks it)
+        for task in TASK_NAMES:
+            from_preset(ReproduceConfig, "reproduce", preset, out=Path("x"), task=task)
     assert without({"a": 1, "b": {"c": 2, "d": 3}, "e": {"f": 4}}, {"a": 0, "b": {"c": 0}, "e": {"f": 0}}) == {
         "b": {"d": 3}
     }

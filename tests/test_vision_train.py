@@ -117,7 +117,7 @@ def test_episode_pairs_of_mugs_keep_to_one_mug(tmp_path):
 
     store = collect(
         CollectConfig(
-            tmp_path / "mugs", "mugs", episodes=8, steps=10, seed=0, workers=1, progress=False, width=80, height=60
+            tmp_path / "mugs", "mugs", episodes=12, steps=10, seed=0, workers=1, progress=False, width=80, height=60
         )
     )
     instances = store.episode_meta("mug_instance")
@@ -130,11 +130,11 @@ def test_episode_pairs_of_mugs_keep_to_one_mug(tmp_path):
         store, np.arange(store.num_episodes), PairConfig(time_fraction=1.0, episode_fraction=1.0, min_matches=1)
     )
     seen = []
-    for seed in range(40):
+    for seed in range(60):
         pair = sampler.sample(torch.Generator().manual_seed(seed))
         seen.append(tuple(episode_of[view.T_world_object.numpy().tobytes()] for view in (pair.view_a, pair.view_b)))
     assert all(instances[a] == instances[b] for a, b in seen)
-    assert any(a != b for a, b in seen)  # across episodes, of one mug
+    assert sum(a != b for a, b in seen) >= 5  # across episodes, of one mug
 
 
 def test_descriptor_colours_share_one_basis_across_images():

@@ -145,6 +145,25 @@ class ReproduceConfig:
         ):
             if name not in preset_names(command):
                 raise ValueError(f"no preset {name!r} for `keydyn {command}`; its presets: {preset_names(command)}")
+        self._check_task_recipes()
+
+    def _check_task_recipes(self) -> None:
+        """Build each training stage's config, the task's recipe laid over the chosen preset (`task_overlay`), so
+        that a combination that does not hold together fails here, not after the collection."""
+        placeholder = Path("reproduce-check")
+        stages = (
+            (CollectConfig, "collect", self.collect, {"out": placeholder, "task": self.task}),
+            (TrainVisualConfig, "train-visual", self.visual, {"dataset": placeholder, "out": placeholder}),
+            (TrainDynamicsConfig, "train-dynamics", self.dynamics, {"dataset": placeholder, "out": placeholder}),
+        )
+        for cls, command, name, paths in stages:
+            try:
+                from_preset(cls, command, name, overrides=task_overlay(command, self.task, name), **paths)
+            except ValueError as error:
+                raise ValueError(
+                    f"`keydyn {command}` preset {name!r} with the {self.task} task's recipe "
+                    f"({command}/{self.task}.yaml) does not hold together: {error}; choose another preset"
+                ) from error
 
 
 def _needs_visual(method: str) -> bool:
