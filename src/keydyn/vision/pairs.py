@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +33,15 @@ from keydyn.vision.network import rgb_to_tensor
 from keydyn.vision.views import RGBDView, load_view
 
 INSTANCE_FIELD = "mug_instance"  # the per-episode object instance `keydyn collect` records (`mugs`)
+
+
+class _Episodes(NamedTuple):
+    """Some of a sampler's episodes, their frames numbered in turn: positions (E',) among the sampler's episodes;
+    offsets (E',) the number of the first frame of each; frames, how many in all."""
+
+    positions: torch.Tensor
+    offsets: torch.Tensor
+    frames: int
 
 
 @dataclass(frozen=True)
@@ -186,43 +196,42 @@ class PairSampler:
         ranges = [store.episode_range(int(episode)) for episode in episodes]
         self._starts = torch.tensor([start for start, _ in ranges])
         self._lengths = torch.tensor([stop - start for start, stop in ranges])
-        self._offsets = torch.cumsum(self._lengths, 0) - self._lengths  # first sampler index of each episode
-        self._across_time = dataclasses.replace(config.correspondence, follow_object=True)
+        self._all = self._episodes(torch.arange(len(ranges)))
         self._same_instance = self._episodes_by_instance(np.asarray(episodes))
+        self._across_time = dataclasses.replace(config.correspondence, follow_object=True)
 
-    def _episodes_by_instance(self, episodes: np.ndarray) -> list[torch.Tensor]:
-        """For each of the sampler's episodes, the positions (among the sampler's episodes, in order) of those
-        that show the same object instance: all of them, unless the store records several (`mug_instance`)."""
-        if INSTANCE_FIELD not in self.store.episode_fields:
-            everyone = torch.arange(len(episodes))
-            return [everyone] * len(episodes)
-        instances = torch.as_tensor(self.store.episode_meta(INSTANCE_FIELD)[episodes].astype(np.int64))
-        groups = {int(instance): torch.nonzero(instances == instance).flatten() for instance in instances.unique()}
-        return [groups[int(instance)] for instance in instances]
-
-    def _frame_of_same_instance(self, episode: int, generator: torch.Generator) -> int:
-        """A dataset row drawn uniformly from the frames of the sampler's episodes that show the same object
-        instance as its `episode`-th (all of its frames when the store has one instance)."""
-        positions = self._same_instance[episode]
+    def _episodes(self, positions: torch.Tensor) -> _Episodes:
+        """The sampler's episodes at `positions` (among its episodes, in order), their frames numbered in turn."""
         lengths = self._lengths[positions]
-        index = int(torch.randint(int(lengths.sum()), (1,), generator=generator))
-        chosen = int(torch.searchsorted(torch.cumsum(lengths, 0), torch.tensor(index), right=True))
-        position = int(positions[chosen])
-        return int(self._starts[position]) + index - int(lengths[:chosen].sum())
+        return _Episodes(positions, torch.cumsum(lengths, 0) - lengths, int(lengths.sum()))
+
+    def _episodes_by_instance(self, episodes: np.ndarray) -> list[_Episodes]:
+        """For each of the sampler's episodes, those that show the same object instance: all of them, unless the
+        store records several (`mug_instance`)."""
+        if INSTANCE_FIELD not in self.store.episode_fields:
+            return [self._all] * len(episodes)
+        instances = torch.as_tensor(self.store.episode_meta(INSTANCE_FIELD)[episodes].astype(np.int64))
+        groups = {int(i): self._episodes(torch.nonzero(instances == i).flatten()) for i in instances.unique()}
+        return [groups[int(instance)] for instance in instances]
 
     @property
     def num_frames(self) -> int:
-        return int(self._lengths.sum())
+        return self._all.frames
 
-    def _locate(self, index: int) -> tuple[int, int]:
-        """(position of its episode among the sampler's episodes, dataset row) of the sampler's `index`-th frame
-        (0 <= index < num_frames)."""
-        episode = int(torch.searchsorted(self._offsets, torch.tensor(index), right=True)) - 1
-        return episode, int(self._starts[episode]) + index - int(self._offsets[episode])
+    def _locate(self, index: int, among: _Episodes) -> tuple[int, int]:
+        """(position of its episode among the sampler's episodes, dataset row) of the `index`-th frame of the
+        episodes `among` (0 <= index < among.frames)."""
+        chosen = int(torch.searchsorted(among.offsets, torch.tensor(index), right=True)) - 1
+        position = int(among.positions[chosen])
+        return position, int(self._starts[position]) + index - int(among.offsets[chosen])
+
+    def _frame_in(self, among: _Episodes, generator: torch.Generator) -> tuple[int, int]:
+        """(position of its episode, dataset row) of a frame drawn uniformly from the episodes `among`."""
+        return self._locate(int(torch.randint(among.frames, (1,), generator=generator)), among)
 
     def _draw(self, generator: torch.Generator) -> Pair:
         """One pair, whatever its number of matches."""
-        episode, frame_a = self._locate(int(torch.randint(self.num_frames, (1,), generator=generator)))
+        episode, frame_a = self._frame_in(self._all, generator)
         start, length = int(self._starts[episode]), int(self._lengths[episode])
         across_time = bool(torch.rand(1, generator=generator) < self.config.time_fraction)
         # (the extra draw only when asked for: runs without episode pairs keep their random stream)
@@ -235,7 +244,7 @@ class PairSampler:
             camera_a, camera_b = (
                 self.cameras[int(c)] for c in torch.randint(len(self.cameras), (2,), generator=generator)
             )
-            frame_b = self._frame_of_same_instance(episode, generator)
+            _, frame_b = self._frame_in(self._same_instance[episode], generator)
             checks = self._across_time
         elif across_time:
             camera_a = camera_b = self.cameras[int(torch.randint(len(self.cameras), (1,), generator=generator))]
