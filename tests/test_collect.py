@@ -16,6 +16,7 @@ import pytest
 from keydyn.cli import main
 from keydyn.data.collect import collect
 from keydyn.data.store import EpisodeStore, StoreError
+from keydyn.evaluation.imitation import DemonstrationConfig
 from keydyn.runs import store_task
 from keydyn.sim.config import task_config
 from keydyn.sim.env import PushingEnv, mug_instances
@@ -155,8 +156,11 @@ def test_cli_rejects_bad_input_with_a_message(tmp_path, capsys):
 
 
 def test_mug_collection_records_instance_and_appearance(tmp_path):
-    """Only training mugs are in a training store: each episode's recorded instance and colour, put back in the
-    simulator at the episode's first state, renders exactly the stored mask and image."""
+    """Only training mugs are in a training store, and only held-out ones in a `mugs_unseen` store: each episode's
+    recorded instance and look, put back in the simulator at the episode's first state as a tracked demonstration's
+    start is, renders exactly the stored mask and image."""
+    held_out = collect(small_collect_config(tmp_path / "unseen", task="mugs_unseen", episodes=2))
+    assert set(held_out.episode_meta("mug_instance")) <= set(mug_instances(task_config("mugs_unseen")))
     store = collect(small_collect_config(tmp_path / "mugs", task="mugs", episodes=4))
     instances = store.episode_meta("mug_instance")
     assert set(instances) <= set(mug_instances(task_config("mugs"))) and len(set(instances)) > 1
@@ -164,14 +168,9 @@ def test_mug_collection_records_instance_and_appearance(tmp_path):
     assert not np.array_equal(rgba[0], rgba[1])
     env = PushingEnv(store_task(store))
     camera = env.task.camera_names[0]
-    for episode, instance in enumerate(instances):
+    for episode in range(len(instances)):
         begin, _ = store.episode_range(episode)
-        options = {
-            "sim_state": store.frames("sim_state", begin, begin + 1)[0],
-            "mug_instance": int(instance),
-            "mug_material": int(store.episode_meta("mug_material")[episode]),
-            "mug_rgba": rgba[episode],
-        }
+        options, _ = DemonstrationConfig(dataset=store.path, episode=episode).demonstration_push(env)
         observation, _ = env.reset(options=options)
         np.testing.assert_array_equal(
             observation[f"{camera}/mask"], store.frames(f"{camera}/mask", begin, begin + 1)[0]

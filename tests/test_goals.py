@@ -38,3 +38,21 @@ def test_goal_pairs_are_deterministic_far_enough_and_replayable():
     other = make_goal_pairs(env, GoalPairConfig(seed=4), 1)
     assert not np.array_equal(other[0].start_state, pairs[0].start_state)
     env.close()
+
+
+def test_a_mug_pairs_look_is_drawn_apart_from_its_pose():
+    """A pair's mug instance, texture and colour come from a stream apart from its start pose and push: drawn
+    from the same seed, the red channel followed the start x exactly and the texture the push's heading."""
+    env = PushingEnv("mugs", width=64, height=48)
+    pairs = make_goal_pairs(env, GoalPairConfig(seed=0), 24)
+    env.close()
+    red = np.array([pair.mug_rgba[0] for pair in pairs])
+    start_x = np.array([pair.start_position[0] for pair in pairs])
+    assert abs(np.corrcoef(red, start_x)[0, 1]) < 0.6
+    textures = env.task.mug_textures
+    heading = np.array([math.atan2(pair.push_velocity[1], pair.push_velocity[0]) % (2 * math.pi) for pair in pairs])
+    octant = (heading // (2 * math.pi / textures)).astype(int)
+    assert np.mean(octant == [pair.mug_material for pair in pairs]) < 0.5
+    assert len({pair.mug_instance for pair in pairs}) >= 5
+    again = make_goal_pairs(PushingEnv("mugs", width=64, height=48), GoalPairConfig(seed=0), 3)
+    assert [(p.mug_instance, p.mug_material) for p in again] == [(p.mug_instance, p.mug_material) for p in pairs[:3]]

@@ -158,7 +158,15 @@ def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_p
         "b": {"d": 3}
     }
     # What a preset states includes what it inherits from the presets it extends, up to default.
-    assert stated_settings("train-dynamics", "mugs") == {"keypoints": {"num_selected": 4, "min_distance_px": 11.0}}
+    assert stated_settings("train-dynamics", "mugs") == {
+        "keypoints": {
+            "num_selected": 4,
+            "min_distance_px": 11.0,
+            "sds_ranking": "confidence",
+            "rigid_outlier_mm": 0.0,
+            "rigid_project": False,
+        }
+    }  # one rigid shape does not hold for mugs of several sizes
     assert stated_settings("collect", "paper") == {"width": 640, "height": 480}
     assert stated_settings("collect", "default") == {}
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -66,7 +66,6 @@ class CollectConfig:
     resume: bool = False
     """Continue an interrupted collection in --out (same task and settings); damaged episodes (see `keydyn
     dataset verify`) are collected again first."""
-    mug_split: Literal["train", "test"] = "train"
     policy: RandomPushConfig = field(default_factory=RandomPushConfig)
     filter: EpisodeFilter = field(default_factory=EpisodeFilter)
     progress: bool = True
@@ -89,7 +88,7 @@ class CollectConfig:
             )
 
     def task_config(self) -> TaskConfig:
-        return task_config(self.task, width=self.width, height=self.height, mug_split=self.mug_split)
+        return task_config(self.task, width=self.width, height=self.height)
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed collection must share with the stored one."""

@@ -87,7 +87,9 @@ def _draw_pair(env: PushingEnvironment, config: GoalPairConfig, index: int, seed
         "pusher_xy": object_xy - behind * forward + lateral * np.array([-forward[1], forward[0]]),
     }
     try:
-        _, info = env.reset(seed=seed, options={"start": start})
+        # the environment's own draws (a mug's instance, texture and colour) from a stream apart from the pose's:
+        # seeded alike, its colour would follow the start position and its texture the push's heading
+        _, info = env.reset(seed=int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]), options={"start": start})
     except UnreachableStartError:
         return None
     start_state, start_info = info["sim_state"], info

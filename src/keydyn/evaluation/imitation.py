@@ -88,8 +88,10 @@ class DemonstrationConfig:
             raise ValueError(f"--episode {self.episode} is out of range: {self.dataset} has {store.num_episodes}")
         start, stop = store.episode_range(self.episode)
         options: dict[str, Any] = {"sim_state": np.asarray(store.frames("sim_state", start, start + 1)[0])}
-        if "mug_instance" in store.episode_fields:
+        if "mug_instance" in store.episode_fields:  # the demonstration's mug, as it looked
             options["mug_instance"] = int(store.episode_meta("mug_instance")[self.episode])
+            options["mug_material"] = int(store.episode_meta("mug_material")[self.episode])
+            options["mug_rgba"] = np.asarray(store.episode_meta("mug_rgba")[self.episode], dtype=float)
         return options, np.asarray(store.frames("action", start, stop - 1))
 
 

@@ -81,7 +81,8 @@ def locate(
         return LocatedKeypoints(pixels, xy, None)
     u = pixels[..., 0].round().long().clamp(0, width - 1)
     v = pixels[..., 1].round().long().clamp(0, height - 1)
-    z = depth.double()[torch.arange(len(depth))[:, None], v, u]  # (B, K), as the original: the rounded pixel's depth
+    # (B, K): the depth of the pixel the keypoint lies in (the original truncates its edge-based coordinate: same pixel)
+    z = depth.double()[torch.arange(len(depth))[:, None], v, u]
     z = torch.where(torch.isfinite(z) & (z > 0), z, torch.nan)
     points = unproject_to_world(pixels, z, intrinsics.double(), T_world_camera.double())
     return LocatedKeypoints(pixels, xy, points)
