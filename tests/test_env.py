@@ -246,6 +246,7 @@ def test_a_mug_on_its_side_rests_against_its_handle(split):
         mujoco.mju_quat2Mat(rotation, first["object_quaternion"])
         handle, side, axis = rotation.reshape(3, 3).T  # body x (the handle's direction), y, z (the mug's axis)
         assert abs(axis[2]) < 1e-3 and first["object_position"][2] == pytest.approx(shape.radius, abs=5e-4)
+        np.testing.assert_allclose(first["object_centre_offset"], [0.0, 0.0, shape.height / 2])  # its middle
         reach = shape.radius + shape.handle_radius + shape.handle_thickness
         corners = [(reach, sign * shape.handle_thickness) for sign in (-1, 1)]  # the bar's outer edges
         lowest = min(first["object_position"][2] + x * handle[2] + y * side[2] for x, y in corners)

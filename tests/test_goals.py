@@ -20,6 +20,23 @@ def test_angle_errors_wrap():
     np.testing.assert_allclose(np.degrees(angle), [2.0, 0.0], atol=1e-6)
 
 
+def test_position_errors_are_measured_at_the_objects_centre():
+    """A mug turned 90 deg about the middle of its axis (frame at its base's centre, 10 cm long) has not moved."""
+    centre = np.array([0.0, 0.0, 0.05])
+    on_side = np.array([math.cos(math.pi / 4), math.sin(math.pi / 4), 0.0, 0.0])  # 90 deg about x: axis along -y
+    turned = _quaternion_product(yaw_quaternion(math.pi / 2), on_side)
+    base, turned_base = np.array([0.0, 0.05, 0.04]), np.array([-0.05, 0.0, 0.04])  # both with the middle at (0, 0)
+    distance, angle = pose_errors(base, on_side, turned_base, turned, centre)
+    assert distance == pytest.approx(0.0, abs=1e-12) and math.degrees(angle) == pytest.approx(90.0)
+    distance, _ = pose_errors(base, on_side, turned_base, turned)  # at the frame's origin instead
+    assert distance == pytest.approx(0.05 * math.sqrt(2))
+
+
+def _quaternion_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    aw, av, bw, bv = a[0], a[1:], b[0], b[1:]
+    return np.concatenate([[aw * bw - av @ bv], aw * bv + bw * av + np.cross(av, bv)])
+
+
 def test_goal_pairs_are_deterministic_far_enough_and_replayable():
     env = PushingEnv("top_down", width=64, height=48)
     config = GoalPairConfig(seed=3)

@@ -92,11 +92,13 @@ class ClosedLoopRun:
 
     def result(self, index: int, target_position: np.ndarray, target_quaternion: np.ndarray) -> EpisodeResult:
         """Score the run against a target pose: initial errors from the start, final errors from the end."""
+        first, last = self.first_info, self.last_info
+        centre = first["object_centre_offset"]
         initial = pose_errors(
-            self.first_info["object_position"], self.first_info["object_quaternion"], target_position, target_quaternion
+            first["object_position"], first["object_quaternion"], target_position, target_quaternion, centre
         )
         final = pose_errors(
-            self.last_info["object_position"], self.last_info["object_quaternion"], target_position, target_quaternion
+            last["object_position"], last["object_quaternion"], target_position, target_quaternion, centre
         )
         return EpisodeResult(
             index=index,

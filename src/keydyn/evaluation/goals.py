@@ -53,6 +53,7 @@ class GoalPair:
     mug_instance: int = -1
     mug_material: int = -1
     mug_rgba: np.ndarray | None = None
+    centre_offset: np.ndarray | None = None  # (3,) the object's centre in its own frame, metres (`pose_errors`)
 
     def reset_options(self, state: np.ndarray) -> dict:
         """`env.reset` options that restore `state` (start_state or goal_state) with this pair's mug and colours."""
@@ -65,7 +66,7 @@ class GoalPair:
     def initial_errors(self) -> tuple[float, float]:
         """(metres, radians) between start and goal: the paper's 'Avg. trajectory' row."""
         distance, angle = pose_errors(
-            self.start_position, self.start_quaternion, self.goal_position, self.goal_quaternion
+            self.start_position, self.start_quaternion, self.goal_position, self.goal_quaternion, self.centre_offset
         )
         return float(distance), float(angle)
 
@@ -104,6 +105,7 @@ def _draw_pair(env: PushingEnvironment, config: GoalPairConfig, index: int, seed
         start_info["object_quaternion"],
         info["object_position"],
         info["object_quaternion"],
+        info["object_centre_offset"],
     )
     if distance < config.min_translation and angle < math.radians(config.min_rotation_deg):
         return None
@@ -121,6 +123,7 @@ def _draw_pair(env: PushingEnvironment, config: GoalPairConfig, index: int, seed
         mug_instance=int(info["mug_instance"]),
         mug_material=int(info["mug_material"]),
         mug_rgba=np.asarray(info["mug_rgba"]),
+        centre_offset=np.asarray(info["object_centre_offset"]),
     )
 
 

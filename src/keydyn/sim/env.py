@@ -110,7 +110,8 @@ class PushingEnv(gym.Env):
         NAME/pose: (4, 4) float32 T_world_camera (OpenCV camera frame), metres.
 
     Info (ground truth, for evaluation and baselines only): object_position (3,) metres, object_quaternion
-    (4,) (w, x, y, z), object_yaw (radians), sim_state (float64 vector of mjSTATE_INTEGRATION), mug_instance,
+    (4,) (w, x, y, z), object_yaw (radians), object_centre_offset (3,) metres (the object's centre in its frame,
+    where evaluation measures position errors), sim_state (float64 vector of mjSTATE_INTEGRATION), mug_instance,
     mug_material, mug_rgba, and on termination `termination` ("out_of_bounds" or "tipped_over").
 
     With `images=False` the observation holds only the pusher fields and nothing is rendered (ground-truth
@@ -160,6 +161,12 @@ class PushingEnv(gym.Env):
 
     def _mug_shape(self) -> MugShape | None:
         return mug_shape(self._instance) if self._instance >= 0 else None
+
+    def _object_centre_offset(self) -> np.ndarray:
+        """(3,) the object's centre in its own frame, metres: the box's origin; the middle of a mug's axis (its
+        frame stands on the centre of its base)."""
+        mug = self._mug_shape()
+        return np.zeros(3) if mug is None else np.array([0.0, 0.0, mug.height / 2])
 
     def _build_scene(self, mug: MugShape | None) -> tuple[mujoco.MjModel, SceneHandles]:
         """The compiled scene of the task (with `mug`); a subclass may put the pusher on a robot."""
@@ -345,6 +352,7 @@ class PushingEnv(gym.Env):
             "object_position": position,
             "object_quaternion": quaternion,
             "object_yaw": object_yaw(quaternion, self._yaw_axis),
+            "object_centre_offset": self._object_centre_offset(),
             "sim_state": self.sim_state(),
             "mug_instance": self._instance,
             "mug_material": self._mug_material,

@@ -114,7 +114,8 @@ class GymnasiumPusherEnv(gym.Env):
     Action: (2,) float32 tip velocity (vx, vy), m/s, keydyn world frame, held for `task.control_dt`.
     Observation: pusher_position / pusher_velocity = the tip's xy and xy velocity; per camera rgb, depth, mask
     (the cylinder's pixels), intrinsics and pose. Info: object_position (3,) (the cylinder's centre), identity
-    object_quaternion, object_yaw 0, sim_state, and mug_instance -1, mug_material -1, mug_rgba ones(4).
+    object_quaternion, object_yaw 0, object_centre_offset zeros(3), sim_state, and mug_instance -1, mug_material
+    -1, mug_rgba ones(4).
     Terminates ("out_of_bounds") when the cylinder or the tip leaves the table square (`task.table_size` less
     `task.boundary_margin`), which is where the arm reaches with its fork level.
     """
@@ -349,6 +350,7 @@ class GymnasiumPusherEnv(gym.Env):
             "object_position": self.object_position().copy(),
             "object_quaternion": np.array([1.0, 0.0, 0.0, 0.0]),
             "object_yaw": 0.0,
+            "object_centre_offset": np.zeros(3),  # object_position is the cylinder's centre
             "sim_state": self.sim_state(),
             "mug_instance": -1,
             "mug_material": -1,
