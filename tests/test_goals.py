@@ -30,6 +30,15 @@ def test_position_errors_are_measured_at_the_objects_centre():
     assert distance == pytest.approx(0.0, abs=1e-12) and math.degrees(angle) == pytest.approx(90.0)
     distance, _ = pose_errors(base, on_side, turned_base, turned)  # at the frame's origin instead
     assert distance == pytest.approx(0.05 * math.sqrt(2))
+    # a batch of poses, each with its own centre (the second mug 6 cm long: its middle 1 cm nearer the base)
+    distance, _ = pose_errors(
+        np.stack([base, base]),
+        np.stack([on_side, on_side]),
+        np.stack([turned_base, turned_base]),
+        np.stack([turned, turned]),
+        np.stack([centre, [0.0, 0.0, 0.03]]),
+    )
+    np.testing.assert_allclose(distance, [0.0, 0.02 * math.sqrt(2)], atol=1e-12)
 
 
 def _quaternion_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -93,7 +93,7 @@ class ClosedLoopRun:
     def result(self, index: int, target_position: np.ndarray, target_quaternion: np.ndarray) -> EpisodeResult:
         """Score the run against a target pose: initial errors from the start, final errors from the end."""
         first, last = self.first_info, self.last_info
-        centre = first["object_centre_offset"]
+        centre = first.get("object_centre_offset")  # optional for an environment: its object frame's origin
         initial = pose_errors(
             first["object_position"], first["object_quaternion"], target_position, target_quaternion, centre
         )

@@ -105,7 +105,7 @@ def _draw_pair(env: PushingEnvironment, config: GoalPairConfig, index: int, seed
         start_info["object_quaternion"],
         info["object_position"],
         info["object_quaternion"],
-        info["object_centre_offset"],
+        info.get("object_centre_offset"),
     )
     if distance < config.min_translation and angle < math.radians(config.min_rotation_deg):
         return None
@@ -123,7 +123,7 @@ def _draw_pair(env: PushingEnvironment, config: GoalPairConfig, index: int, seed
         mug_instance=int(info["mug_instance"]),
         mug_material=int(info["mug_material"]),
         mug_rgba=np.asarray(info["mug_rgba"]),
-        centre_offset=np.asarray(info["object_centre_offset"]),
+        centre_offset=info.get("object_centre_offset"),
     )
 
 

@@ -30,13 +30,13 @@ def pose_errors(
     """(position error in metres, angle error in radians) between object poses, broadcast over (...).
 
     The position error is the 3D distance between the object's centre in the two poses: the point `centre_offset`
-    (3,) metres in the object's own frame (the environment's `info["object_centre_offset"]`; None: its frame's
-    origin, which is the sugar box's centre). A mug's frame sits at the centre of its base, half its length
+    (3,) or (..., 3) metres in the object's own frame (the environment's `info["object_centre_offset"]`; None: its
+    frame's origin, which is the sugar box's centre). A mug's frame sits at the centre of its base, half its length
     (3.8-5.5 cm) from its middle, where each degree of yaw error would add about 0.08 cm.
     """
     position, goal_position = np.asarray(position, dtype=float), np.asarray(goal_position, dtype=float)
     if centre_offset is not None:
-        offset = np.asarray(centre_offset, dtype=float)[None]  # (1, 3)
+        offset = np.asarray(centre_offset, dtype=float)[..., None, :]  # (..., 1, 3): one point per pose
         position = position + rotate_by_quaternions(quaternion, offset)[..., 0, :]
         goal_position = goal_position + rotate_by_quaternions(goal_quaternion, offset)[..., 0, :]
     distance = np.linalg.norm(position - goal_position, axis=-1)

@@ -15,9 +15,10 @@ What an environment gives (docs/extending.md, "A new robot or environment"):
   pixels (for descriptor training), NAME/intrinsics (3, 3) K in pixels, NAME/pose (4, 4) T_world_camera (OpenCV
   camera frame, metres). With `images=False` only the pusher entries.
 - info (ground truth, where it exists: for datasets, GT 3D and evaluation): object_position (3,) metres,
-  object_quaternion (4,) (w, x, y, z), object_yaw (rad), object_centre_offset (3,) metres (the object's centre
-  in its own frame, where evaluation measures the position error), sim_state (float64 vector), mug_instance,
-  mug_material, mug_rgba (-1, -1 and ones(4) for objects that are not mugs).
+  object_quaternion (4,) (w, x, y, z), object_yaw (rad), object_centre_offset (3,) metres (optional: the object's
+  centre in its own frame, where evaluation measures the position error; without it, the frame's origin),
+  sim_state (float64 vector), mug_instance, mug_material, mug_rgba (-1, -1 and ones(4) for objects that are not
+  mugs).
 """
 
 from __future__ import annotations
