@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keydyn.evaluation import GoalPairConfig, angle_between, make_goal_pairs, pose_errors
-from keydyn.sim.env import PushingEnv, yaw_quaternion
+from keydyn.sim.env import PushingEnv, quaternion_multiply, yaw_quaternion
 
 
 def test_angle_errors_wrap():
@@ -24,7 +24,7 @@ def test_position_errors_are_measured_at_the_objects_centre():
     """A mug turned 90 deg about the middle of its axis (frame at its base's centre, 10 cm long) has not moved."""
     centre = np.array([0.0, 0.0, 0.05])
     on_side = np.array([math.cos(math.pi / 4), math.sin(math.pi / 4), 0.0, 0.0])  # 90 deg about x: axis along -y
-    turned = _quaternion_product(yaw_quaternion(math.pi / 2), on_side)
+    turned = quaternion_multiply(yaw_quaternion(math.pi / 2), on_side)
     base, turned_base = np.array([0.0, 0.05, 0.04]), np.array([-0.05, 0.0, 0.04])  # both with the middle at (0, 0)
     distance, angle = pose_errors(base, on_side, turned_base, turned, centre)
     assert distance == pytest.approx(0.0, abs=1e-12) and math.degrees(angle) == pytest.approx(90.0)
@@ -39,11 +39,6 @@ def test_position_errors_are_measured_at_the_objects_centre():
         np.stack([centre, [0.0, 0.0, 0.03]]),
     )
     np.testing.assert_allclose(distance, [0.0, 0.02 * math.sqrt(2)], atol=1e-12)
-
-
-def _quaternion_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    aw, av, bw, bv = a[0], a[1:], b[0], b[1:]
-    return np.concatenate([[aw * bw - av @ bv], aw * bv + bw * av + np.cross(av, bv)])
 
 
 def test_goal_pairs_are_deterministic_far_enough_and_replayable():
@@ -80,5 +75,7 @@ def test_a_mug_pairs_look_is_drawn_apart_from_its_pose():
     octant = (heading // (2 * math.pi / textures)).astype(int)
     assert np.mean(octant == [pair.mug_material for pair in pairs]) < 0.5
     assert len({pair.mug_instance for pair in pairs}) >= 5
-    again = make_goal_pairs(PushingEnv("mugs", width=64, height=48), GoalPairConfig(seed=0), 3)
+    env = PushingEnv("mugs", width=64, height=48)
+    again = make_goal_pairs(env, GoalPairConfig(seed=0), 3)
+    env.close()
     assert [(p.mug_instance, p.mug_material) for p in again] == [(p.mug_instance, p.mug_material) for p in pairs[:3]]
