@@ -8,7 +8,8 @@ torch.inference_mode, in the same process, timed in alternation. keydyn is timed
 same arithmetic as pytorch_mppi) and with its layers under bf16 autocast (keydyn's default for planning; states
 stay float32), the latter also against pytorch_mppi in float32. `mlp_only_bf16_ms` times only the H x M
 evaluations of the MLP on N samples under bf16 autocast that any such planner makes: the floor of a planning
-call with this model, sampling and costs aside.
+call with this model, sampling and costs aside. On a GPU keydyn is also timed with each rollout replayed as a
+recorded CUDA graph (`keydyn.planning.graphs.GraphedDynamics`, the controller's default there).
 
 The control loop: `keydyn.control.MPCController` with the paper's dynamics model (GT 3D latent, history 2,
 2 x 500), MPPI with the defaults above and the shrinking horizon off, driving the top_down task (physics, no
@@ -40,6 +41,7 @@ from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.latents.gt3d import GroundTruthEncoder
 from keydyn.machine import machine
 from keydyn.planning import MPPI, MPPIConfig
+from keydyn.planning.graphs import GraphedDynamics
 from keydyn.sim.env import PushingEnv
 
 PIP_COMMAND = "python -m pip install -e .[bench]  (from the repository root: pytorch-mppi 0.9.1 and its dependencies)"
@@ -104,6 +106,11 @@ def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) 
             return dynamics(x, u).float()
 
     ours_bf16 = MPPI(bf16_dynamics, terminal_cost, config, low, high, horizon=args.horizon)
+    graphed = {
+        "fp32": MPPI(GraphedDynamics(dynamics), terminal_cost, config, low, high, horizon=args.horizon),
+        "bf16": MPPI(GraphedDynamics(bf16_dynamics), terminal_cost, config, low, high, horizon=args.horizon),
+    }
+    graphed_calls = [planner.plan for planner in graphed.values()] if device.type == "cuda" else []
 
     theirs = pytorch_mppi_cls(
         dynamics,
@@ -131,11 +138,21 @@ def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) 
             bf16_dynamics(samples_state, samples_action)
 
     with torch.inference_mode():
-        ours_ms, ours_bf16_ms, theirs_ms, mlp_ms = paired_median_ms(
-            [lambda: ours.plan(state), lambda: ours_bf16.plan(state), theirs_call, mlp_only],
+        ours_ms, ours_bf16_ms, theirs_ms, mlp_ms, *graphed_ms = paired_median_ms(
+            [
+                lambda: ours.plan(state),
+                lambda: ours_bf16.plan(state),
+                theirs_call,
+                mlp_only,
+                *[lambda plan=plan: plan(state) for plan in graphed_calls],
+            ],
             args.repeats,
             device=device,
         )
+    figures = {}
+    for precision, ms in zip(graphed, graphed_ms, strict=False):
+        figures[f"keydyn_{precision}_cuda_graphs_ms"] = round(ms, 2)
+        figures[f"ratio_keydyn_{precision}_cuda_graphs_over_pytorch_mppi"] = round(ms / theirs_ms, 3)
     return {
         "latent_dim": state_dim,
         "keydyn_fp32_ms": round(ours_ms, 2),
@@ -145,6 +162,7 @@ def bench_dim(state_dim: int, args: argparse.Namespace, pytorch_mppi_cls: type) 
         "ratio_keydyn_bf16_over_pytorch_mppi": round(ours_bf16_ms / theirs_ms, 3),
         "mlp_only_bf16_ms": round(mlp_ms, 2),
         "ratio_mlp_only_bf16_over_pytorch_mppi": round(mlp_ms / theirs_ms, 3),
+        **figures,
     }
 
 
@@ -155,13 +173,21 @@ def control_loop_rate(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = DynamicsMLP(latent_dim=encoder.layout.dim, history=2, hidden=PAPER_HIDDEN)
     rates = {}
-    for precision in ("fp32", "bf16"):
+    variants = [("fp32", True, ""), ("bf16", True, "")]  # on a GPU the controller's default replays CUDA graphs
+    if args.device.startswith("cuda"):
+        variants += [("fp32", False, "_no_cuda_graphs"), ("bf16", False, "_no_cuda_graphs")]
+    for precision, graphs, suffix in variants:
         mppi = MPPIConfig(num_samples=args.samples, iterations=args.iterations)
         config = MPCConfig(
-            planner=mppi, horizon=args.horizon, shrinking_horizon=False, precision=precision, device=args.device
+            planner=mppi,
+            horizon=args.horizon,
+            shrinking_horizon=False,
+            precision=precision,
+            device=args.device,
+            cuda_graphs=graphs,
         )
         times, _ = time_control_loop(env, encoder, MPCController(model, config), args.loop_steps)
-        rates[f"control_loop_{precision}_hz"] = round(1.0 / statistics.median(times), 2)
+        rates[f"control_loop_{precision}{suffix}_hz"] = round(1.0 / statistics.median(times), 2)
     # bf16 arithmetic against fp32: predicted latents of the same action sequences after H steps.
     device = model.latent_mean.device  # where the controller put the model
     state = torch.cat([model.latent_mean.repeat(2), torch.zeros(2, device=device)])[None].repeat(args.samples, 1)

@@ -14,6 +14,7 @@ dynamics) and one physics step, in steps per second.
 
     python benchmarks/vision.py                  # 2 threads
     python benchmarks/vision.py --threads 1 --repeats 5
+    python benchmarks/vision.py --device cuda    # network, localisation, training and planner on a GPU
 """
 
 from __future__ import annotations
@@ -42,34 +43,39 @@ from keydyn.vision.network import DescriptorNet, rgb_to_tensor
 from keydyn.vision.train import TrainVisualConfig, build_network, make_samplers, train_step
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall-clock milliseconds of `fn()` over `repeats` calls after `warmup` untimed ones."""
+def median_ms(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 2) -> float:
+    """Median wall-clock milliseconds of `fn()` over `repeats` calls after `warmup` untimed ones (each call waits
+    for `device`'s queued work)."""
     times = []
     for index in range(warmup + repeats):
         start = time.perf_counter()
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         if index >= warmup:
             times.append(1e3 * (time.perf_counter() - start))
     return statistics.median(times)
 
 
 def per_frame(net: DescriptorNet, width: int, height: int, repeats: int) -> dict:
-    """Inference (fp32, bf16) and K = 50 localisation milliseconds for one rendered frame of top_down."""
+    """Inference (fp32, bf16) and K = 50 localisation milliseconds for one rendered frame of top_down, on the
+    network's device."""
     env = PushingEnv("top_down", width=width, height=height)
     observation, _ = env.reset(seed=0)
     env.close()
     camera = env.task.cameras[0].name
-    rgb = rgb_to_tensor(torch.as_tensor(observation[f"{camera}/rgb"]))[None]
-    depth = torch.as_tensor(observation[f"{camera}/depth"])
-    intrinsics = torch.as_tensor(observation[f"{camera}/intrinsics"])
-    pose = torch.as_tensor(observation[f"{camera}/pose"])
+    device = next(net.parameters()).device
+    rgb = rgb_to_tensor(torch.as_tensor(observation[f"{camera}/rgb"]))[None].to(device)
+    depth = torch.as_tensor(observation[f"{camera}/depth"]).to(device)
+    intrinsics = torch.as_tensor(observation[f"{camera}/intrinsics"]).to(device)
+    pose = torch.as_tensor(observation[f"{camera}/pose"]).to(device)
     generator = torch.Generator().manual_seed(0)
-    references = torch.randn(50, net.config.descriptor_dim, generator=generator)
+    references = torch.randn(50, net.config.descriptor_dim, generator=generator).to(device)
     with torch.inference_mode():
-        fp32 = median_ms(lambda: net.infer(rgb, bf16=False), repeats)
-        bf16 = median_ms(lambda: net.infer(rgb, bf16=True), repeats)
+        fp32 = median_ms(lambda: net.infer(rgb, bf16=False), repeats, device)
+        bf16 = median_ms(lambda: net.infer(rgb, bf16=True), repeats, device)
         descriptors = net.infer(rgb, bf16=True)[0]
-        locate = median_ms(lambda: locate_keypoints(descriptors, references, depth, intrinsics, pose), repeats)
+        locate = median_ms(lambda: locate_keypoints(descriptors, references, depth, intrinsics, pose), repeats, device)
     return {
         "size": f"{width}x{height}",
         "inference_fp32_ms": round(fp32, 2),
@@ -78,18 +84,21 @@ def per_frame(net: DescriptorNet, width: int, height: int, repeats: int) -> dict
     }
 
 
-def training_rate(dataset: Path, precision: str, steps: int) -> dict:
-    """Images per second of real training steps (pair sampling included) and the default run's duration."""
+def training_rate(dataset: Path, precision: str, steps: int, device: torch.device) -> dict:
+    """Images per second of real training steps on `device` (pair sampling included) and the default run's
+    duration."""
     config = TrainVisualConfig(dataset=dataset, out=Path("unused"), precision=precision, progress=False)
     torch.manual_seed(0)
-    net = build_network(config)
+    net = build_network(config).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     sampler, _ = make_samplers(config)
     generator = torch.Generator().manual_seed(0)
     times = []
     for index in range(steps + 1):
         start = time.perf_counter()
-        train_step(net, optimizer, sampler.sample_batch(config.batch_size, generator), config, generator)
+        train_step(net, optimizer, sampler.sample_batch(config.batch_size, generator).to(device), config, generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         if index:  # the first step also allocates
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
@@ -104,7 +113,7 @@ def training_rate(dataset: Path, precision: str, steps: int) -> dict:
 
 def control_loop_with_perception(net: DescriptorNet, steps: int, fuse_cameras: bool) -> dict:
     """Steps per second of render -> SDS encoder (K* = 5; located in both cameras and fused with
-    `fuse_cameras`) -> MPPI -> physics on top_down at 320x240."""
+    `fuse_cameras`) -> MPPI -> physics on top_down at 320x240; the network and MPPI on the network's device."""
     env = PushingEnv("top_down")
     camera, *others = [view.name for view in env.task.cameras]
     generator = torch.Generator().manual_seed(0)
@@ -120,7 +129,8 @@ def control_loop_with_perception(net: DescriptorNet, steps: int, fuse_cameras: b
     encoder = DescriptorEncoder(net, references, bf16=True)
     torch.manual_seed(0)
     model = DynamicsMLP(latent_dim=encoder.layout.dim, history=2, hidden=PAPER_HIDDEN)
-    controller = MPCController(model, MPCConfig(shrinking_horizon=False))
+    device = next(net.parameters()).device
+    controller = MPCController(model, MPCConfig(shrinking_horizon=False, device=str(device)))
     times, encode_times = time_control_loop(env, encoder, controller, steps)
     env.close()
     return {
@@ -136,24 +146,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per figure (median reported)")
     parser.add_argument("--train-steps", type=int, default=6, help="timed training steps per precision")
     parser.add_argument("--loop-steps", type=int, default=20, help="timed control-loop steps")
+    parser.add_argument("--device", default="cpu", help="where the networks and the planner run: cpu, cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     config = TrainVisualConfig(dataset=Path("unused"), out=Path("unused"))
     torch.manual_seed(0)
-    net = build_network(config).eval()
+    net = build_network(config).to(device).eval()
     frames = [per_frame(net, w, h, args.repeats) for w, h in ((320, 240), (640, 480))]
     with tempfile.TemporaryDirectory() as directory:
         dataset = Path(directory) / "top_down"
         collect(CollectConfig(out=dataset, episodes=3, steps=12, workers=1, progress=False))
-        training = [training_rate(dataset, precision, args.train_steps) for precision in ("fp32", "bf16")]
+        training = [training_rate(dataset, precision, args.train_steps, device) for precision in ("fp32", "bf16")]
     document = {
         "benchmark": "vision",
         "network": dataclasses.asdict(config.network),
-        "settings": {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__},
+        "settings": {
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "device": args.device,
+            "torch": torch.__version__,
+        },
         "per_frame": frames,
         "training_320x240": training,
         "control_loop": [
-            control_loop_with_perception(build_network(config).eval(), args.loop_steps, fuse_cameras)
+            control_loop_with_perception(build_network(config).to(device).eval(), args.loop_steps, fuse_cameras)
             for fuse_cameras in (False, True)
         ],
         "machine": machine(),

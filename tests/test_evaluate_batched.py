@@ -89,9 +89,10 @@ def test_episodes_stopped_early_drop_out_of_their_batch(small_run):
 
 
 @pytest.mark.slow
-def test_batched_pool_and_resume_give_the_unbatched_rows(small_run, tmp_path):
+def test_batched_pool_and_resume_give_the_unbatched_rows(small_run, tmp_path, capsys):
     """--batch 2 over 2 worker processes equals --batch 1 in this process; an evaluation cut after its first
-    episode resumes in batches of 2 and equals them too; --batch 0 is refused."""
+    episode resumes in batches of 2 and equals them too; --batch 0 is refused, and so is --encoder-device for the
+    GT 3D encoder, which has no network to move."""
     base = ["evaluate", "--run", str(small_run), "--videos", "0", "--episodes", "3", *FAST_MPC, "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "one"), "--workers", "0"]) == 0
     assert main([*base, "--out", str(tmp_path / "pool"), "--workers", "2", "--batch", "2"]) == 0
@@ -104,6 +105,8 @@ def test_batched_pool_and_resume_give_the_unbatched_rows(small_run, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--out", str(tmp_path / "zero"), "--batch", "0"])
     assert exit_info.value.code == 2
+    assert main([*base, "--out", str(tmp_path / "device"), "--encoder-device", "cuda"]) == 2
+    assert "--encoder-device cuda: the gt3d latent's encoder runs on the CPU only" in capsys.readouterr().err
 
 
 def test_descriptor_keypoints_of_a_batch_are_each_frames_own_and_a_refused_frame_stays_alone():

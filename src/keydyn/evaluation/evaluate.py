@@ -41,12 +41,22 @@ from keydyn.evaluation.viewer import ViewerConfig, open_recording
 from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
 from keydyn.latents.base import BatchLatentEncoder
 from keydyn.locks import one_writer
-from keydyn.runs import prepare_run_dir
+from keydyn.runs import prepare_run_dir, resolve_device
 from keydyn.sim.config import check_seed
 from keydyn.sim.environment import make_environment
 from keydyn.video import write_video
 
-_RESUMABLE_FIELDS = ("episodes", "workers", "cluster", "batch", "resume", "progress", "videos", "viewer")
+_RESUMABLE_FIELDS = (
+    "episodes",
+    "workers",
+    "cluster",
+    "batch",
+    "encoder_device",
+    "resume",
+    "progress",
+    "videos",
+    "viewer",
+)
 
 
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # the planner's options (MPPI's by default) show in --help
@@ -76,6 +86,9 @@ class EvaluateConfig:
     batch: int = 1
     """Episodes each process runs in lockstep, planned together in one planner call per step (B x N rollouts);
     results do not depend on it beyond float tolerance. 1: one episode at a time."""
+    encoder_device: str = "cpu"
+    """Torch device of the encoder's network ("auto": cuda when available), for latents whose encoder encodes a
+    batch (the descriptor latents); the planner's is --mpc.device."""
     videos: int = 3
     """Episodes (the first ones) to record as videos."""
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
@@ -126,6 +139,7 @@ class GoalReachingWorker:
         extra = range(config.batch - 1)
         self.envs = [env] + [make_environment(env.task, images=encoder.needs_images) for _ in extra]
         if isinstance(encoder, BatchLatentEncoder):  # stateless: one encoder, one network call per camera a step
+            encoder.to(resolve_device(config.encoder_device))
             self.encoders = [encoder] * config.batch
         else:
             self.encoders = [encoder] + [copy.deepcopy(encoder) for _ in extra]
@@ -180,6 +194,11 @@ def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Run (or resume) the evaluation; returns the results written to results.json."""
     trained = load_run(config.run, config.task, config.checkpoint)  # fail early, before any worker starts
+    if config.encoder_device != "cpu" and not isinstance(trained.encoder, BatchLatentEncoder):
+        raise ValueError(
+            f"--encoder-device {config.encoder_device}: the {trained.latent} latent's encoder runs on the CPU only "
+            "(the descriptor latents' encoders move to a device); drop the flag"
+        )
     done = _prepare_out(config)
     write_json_atomic(config.out / "config.json", config.to_json())
     finished = {row["index"] for row in done}

@@ -94,6 +94,9 @@ class BatchLatentEncoder(LatentEncoder, Protocol):
         """Each observation's (D,) float32 latent, as `encode` gives it alone (to float tolerance), or the
         ObservationError that refuses it (the others are still encoded)."""
 
+    def to(self, device: torch.device) -> None:
+        """Run the encoder's networks on `device` (cuda for a GPU); the latents are still CPU float32 arrays."""
+
 
 class LatentMethod(ABC):
     """A way of turning observations into latent states, chosen by name (`keydyn.latents.register_latent`).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -21,6 +21,18 @@ Cost = Callable[[Tensor, Tensor], Tensor]
 """`(states (N, H+1, S) including the initial state, actions (N, H, A)) -> cost (N,)`, lower is better."""
 
 WarmStart = Literal["shift_zero", "shift_repeat"]
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """`Dynamics` that also rolls out H steps in one call (`rollout` uses it), e.g.
+    `keydyn.planning.graphs.GraphedDynamics`."""
+
+    def __call__(self, state: Tensor, action: Tensor) -> Tensor:
+        """One Markov step, as `Dynamics`."""
+
+    def simulate(self, state: Tensor, actions: Tensor) -> Tensor:
+        """(M, H + 1, S) states from (M, S) `state` under (M, H, A) `actions`, as `simulate(self, ...)` gives."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +70,16 @@ def shift_plan(actions: Tensor, mode: WarmStart = "shift_zero") -> Tensor:
     return torch.cat([actions[..., 1:, :], tail], dim=-2)
 
 
+def simulate(dynamics: Dynamics, state: Tensor, actions: Tensor) -> Tensor:
+    """(M, H + 1, S) states from (M, S) `state` stepped by (M, H, A) `actions`, the first row `state` itself."""
+    states = [state]
+    for t in range(actions.shape[1]):
+        states.append(dynamics(states[-1], actions[:, t]))
+    return torch.stack(states, dim=1)
+
+
 def rollout(dynamics: Dynamics, cost: Cost, state: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-    """Roll out every sequence in one batch.
+    """Roll out every sequence in one batch (in one `simulate` call of a `Simulator`, else step by step).
 
     state: (B, S) initial states; actions: (B, N, H, A).
     Returns states (B, N, H+1, S) including the initial state, and costs (B, N).
@@ -67,11 +87,7 @@ def rollout(dynamics: Dynamics, cost: Cost, state: Tensor, actions: Tensor) -> t
     B, N, H, A = actions.shape
     flat = actions.reshape(B * N, H, A)
     x = state.unsqueeze(1).expand(B, N, state.shape[-1]).reshape(B * N, -1)
-    states = [x]
-    for t in range(H):
-        x = dynamics(x, flat[:, t])
-        states.append(x)
-    traj = torch.stack(states, dim=1)
+    traj = dynamics.simulate(x, flat) if isinstance(dynamics, Simulator) else simulate(dynamics, x, flat)
     return traj.reshape(B, N, H + 1, -1), cost(traj, flat).reshape(B, N)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -28,12 +29,16 @@ class MPPIConfig(PlannerConfig):
     """Return the lowest-cost sequence sampled in any iteration instead of the final weighted mean."""
 
 
+@functools.lru_cache(maxsize=64)
 def correlation_filter(horizon: int, beta: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(H, H) lower-triangular matrix F with n = F @ u for n_t = beta * u_t + (1 - beta) * n_{t-1}, n_{-1} = 0."""
-    t = torch.arange(horizon, device=device)
-    lag = t[:, None] - t[None, :]
-    decay = (1.0 - beta) ** lag.clamp(min=0).to(dtype)
-    return torch.where(lag >= 0, beta * decay, torch.zeros((), dtype=dtype, device=device))
+    """(H, H) lower-triangular matrix F with n = F @ u for n_t = beta * u_t + (1 - beta) * n_{t-1}, n_{-1} = 0.
+    Cached per arguments (one planning call uses it M times; on a GPU its six kernels cost more than the product):
+    read it, never write it. A plain tensor even when first made under torch.inference_mode."""
+    with torch.inference_mode(False):
+        t = torch.arange(horizon, device=device)
+        lag = t[:, None] - t[None, :]
+        decay = (1.0 - beta) ** lag.clamp(min=0).to(dtype)
+        return torch.where(lag >= 0, beta * decay, torch.zeros((), dtype=dtype, device=device))
 
 
 def correlated_noise(white: Tensor, beta: float) -> Tensor:

@@ -51,6 +51,10 @@ class DescriptorEncoder:
     def layout(self) -> LatentLayout:
         return LatentLayout(len(self.references))
 
+    def to(self, device: torch.device) -> None:
+        """Run the descriptor network on `device`; the keypoints are still located on the CPU."""
+        self.net.to(device)
+
     def reset(self, observation: Mapping[str, Any], info: Mapping[str, Any]) -> None:
         """Nothing to prepare: the references are fixed."""
 

@@ -273,19 +273,21 @@ def locate_references(
     with those located in the images of its `fused_cameras` when it has any.
 
     Args:
-        net: the descriptor network, in eval mode.
+        net: the descriptor network, in eval mode, on any device (the images go to it, the descriptors come
+            back: the keypoints are located on the CPU).
         references: the reference descriptors and the cameras that locate them.
-        images: camera name -> that camera's images of the B frames (`CameraImages`), for every camera in
+        images: camera name -> that camera's CPU images of the B frames (`CameraImages`), for every camera in
             `references.cameras`.
         bf16: bfloat16 autocast for the network.
     """
+    device = next(net.parameters()).device
     located = []
     for camera in references.cameras:
         if camera not in images:
             cameras = ", ".join(references.cameras)
             raise KeyError(f"no {camera} images: the references are located with cameras {cameras}")
         rgb, depth, intrinsics, pose = images[camera]
-        descriptors = net.infer(rgb_to_tensor(rgb), bf16=bf16)
+        descriptors = net.infer(rgb_to_tensor(rgb.to(device)), bf16=bf16).cpu()
         eta, depth_mode = references.eta, references.depth_mode
         located.append(
             locate_keypoints(descriptors, references.descriptors, depth, intrinsics, pose, eta, depth_mode=depth_mode)

@@ -1,0 +1,98 @@
+"""Rollouts replayed as CUDA graphs (`keydyn.planning.graphs`) give the step-by-step rollouts' numbers. The CUDA
+tests run where a GPU is (benchmarks/gpu.sh runs them on one); on the CPU the eager fallback is checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from keydyn.control import MPCConfig, MPCController
+from keydyn.control.mpc import model_dynamics
+from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
+from keydyn.evaluation.goals import GoalPairConfig, goal_pair
+from keydyn.latents.gt3d import GroundTruthEncoder
+from keydyn.planning import MPPIConfig
+from keydyn.planning.base import Simulator, simulate
+from keydyn.planning.graphs import GraphedDynamics
+from keydyn.sim.env import PushingEnv
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def paper_dynamics(device: str, precision: str) -> GraphedDynamics:
+    torch.manual_seed(0)
+    model = DynamicsMLP(latent_dim=14, history=2, hidden=PAPER_HIDDEN).to(device).eval().requires_grad_(False)
+    return GraphedDynamics(model_dynamics(model, precision))
+
+
+def inputs(device: str, samples: int, horizon: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    state = 0.1 * torch.randn(samples, 30, generator=generator)  # history 2 x latent 14, and one action
+    actions = 0.3 * (2 * torch.rand(samples, horizon, 2, generator=generator) - 1)
+    return state.to(device), actions.to(device)
+
+
+def test_graphed_dynamics_steps_eagerly_on_the_cpu_and_is_a_simulator():
+    """On CPU tensors `simulate` is the step-by-step rollout, and `rollout` takes the one-call path."""
+    dynamics = paper_dynamics("cpu", "fp32")
+    state, actions = inputs("cpu", 64, 5, seed=0)
+    assert isinstance(dynamics, Simulator)
+    with torch.no_grad():
+        torch.testing.assert_close(dynamics.simulate(state, actions), simulate(dynamics.step, state, actions))
+    assert not dynamics._graphs
+    assert not isinstance(MPCController(dynamics_model(), MPCConfig()).dynamics, GraphedDynamics)
+
+
+def dynamics_model() -> DynamicsMLP:
+    torch.manual_seed(0)
+    return DynamicsMLP(latent_dim=14, history=2, hidden=PAPER_HIDDEN)
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_replayed_rollouts_equal_the_step_by_step_ones(precision):
+    """Bit-identical states for new inputs of a recorded shape, a second shape recorded beside the first, results
+    that a later replay does not overwrite, and an eager rollout whenever gradients are needed."""
+    dynamics = paper_dynamics("cuda", precision)
+    with torch.inference_mode():
+        results = []
+        for seed, horizon in ((0, 10), (1, 10), (2, 4)):
+            state, actions = inputs("cuda", 1000, horizon, seed)
+            got = dynamics.simulate(state, actions)
+            torch.testing.assert_close(got, simulate(dynamics.step, state, actions), rtol=0, atol=0)
+            results.append((got, got.clone()))
+        assert len(dynamics._graphs) == 2
+        for got, copy in results:
+            assert torch.equal(got, copy)
+    state, actions = inputs("cuda", 8, 3, seed=3)
+    actions.requires_grad_(True)
+    with torch.enable_grad():
+        dynamics.simulate(state, actions).sum().backward()
+    assert actions.grad is not None and torch.isfinite(actions.grad).all()
+
+
+@cuda
+def test_controller_plans_the_same_actions_with_and_without_cuda_graphs():
+    """Closed loops of the shrinking-horizon MPC on the GPU, with and without graphs, execute the same actions."""
+    env = PushingEnv("top_down", images=False)
+    encoder = GroundTruthEncoder(env.task)
+    pair = goal_pair(env, GoalPairConfig(), 0)
+    executed = []
+    for graphs in (False, True):
+        planner = MPPIConfig(num_samples=256)
+        config = MPCConfig(planner=planner, horizon=6, device="cuda", cuda_graphs=graphs, grid_headings=36)
+        controller = MPCController(dynamics_model(), config)
+        assert isinstance(controller.dynamics, GraphedDynamics) == graphs
+        goal = encoder.encode(*env.reset(options=pair.reset_options(pair.goal_state)))
+        observation, info = env.reset(options=pair.reset_options(pair.start_state))
+        controller.reset(encoder.encode(observation, info), seed=0)
+        cost = controller.goal_cost(goal)
+        actions = []
+        for left in range(8, 0, -1):
+            action = controller.act(encoder.encode(observation, info), lambda horizon, cost=cost: cost, left)
+            observation, *_, info = env.step(action)
+            actions.append(action)
+        executed.append(np.stack(actions))
+    env.close()
+    np.testing.assert_array_equal(executed[1], executed[0])
