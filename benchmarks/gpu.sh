@@ -18,7 +18,7 @@ PY=${PYTHON:-python}
 export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONPATH="benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device: this script measures the GPU'; print(torch.cuda.get_device_name())" | tee "$OUT/device.txt" || exit 1
-timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py > "$OUT/cuda_tests.log" 2>&1
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/cuda_tests.log" 2>&1
 echo "cuda tests exit $?"; tail -n 3 "$OUT/cuda_tests.log"
 start=$(date +%s.%N)
 timeout 240 $PY -m keydyn.cli evaluate --run src/keydyn/models/top_down/sds --episodes 200 --workers 8 --batch 25 \

@@ -105,8 +105,9 @@ def test_batched_pool_and_resume_give_the_unbatched_rows(small_run, tmp_path, ca
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--out", str(tmp_path / "zero"), "--batch", "0"])
     assert exit_info.value.code == 2
-    assert main([*base, "--out", str(tmp_path / "device"), "--encoder-device", "cuda"]) == 2
-    assert "--encoder-device cuda: the gt3d latent's encoder runs on the CPU only" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "device"), "--encoder-device", "meta"]) == 2
+    assert "--encoder-device meta: the gt3d latent's encoder runs on the CPU only" in capsys.readouterr().err
+    assert not (tmp_path / "device").exists()  # refused before anything is written
 
 
 def test_descriptor_keypoints_of_a_batch_are_each_frames_own_and_a_refused_frame_stays_alone():

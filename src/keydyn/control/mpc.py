@@ -194,7 +194,7 @@ class MPCController:
         self.model = model.to(device).eval().requires_grad_(False)
         self.dynamics = model_dynamics(self.model, config.precision)
         if config.cuda_graphs and device.type == "cuda":
-            self.dynamics = GraphedDynamics(self.dynamics)
+            self.dynamics = GraphedDynamics(self.dynamics, config.horizon)
         limit = torch.full((2,), config.action_limit, device=device)
         planner = PLANNERS[type(config.planner)].planner
         self.planner = planner(self.dynamics, _unset_cost, config.planner, -limit, limit)

@@ -51,7 +51,6 @@ _RESUMABLE_FIELDS = (
     "workers",
     "cluster",
     "batch",
-    "encoder_device",
     "resume",
     "progress",
     "videos",
@@ -194,7 +193,8 @@ def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Run (or resume) the evaluation; returns the results written to results.json."""
     trained = load_run(config.run, config.task, config.checkpoint)  # fail early, before any worker starts
-    if config.encoder_device != "cpu" and not isinstance(trained.encoder, BatchLatentEncoder):
+    encoder_device = resolve_device(config.encoder_device)  # a bad name or a missing GPU: here, before any file
+    if encoder_device.type != "cpu" and not isinstance(trained.encoder, BatchLatentEncoder):
         raise ValueError(
             f"--encoder-device {config.encoder_device}: the {trained.latent} latent's encoder runs on the CPU only "
             "(the descriptor latents' encoders move to a device); drop the flag"

@@ -1,5 +1,7 @@
-"""Rollouts replayed as CUDA graphs (`keydyn.planning.graphs`) give the step-by-step rollouts' numbers. The CUDA
-tests run where a GPU is (benchmarks/gpu.sh runs them on one); on the CPU the eager fallback is checked."""
+"""What runs on a CUDA device: rollouts replayed as CUDA graphs (`keydyn.planning.graphs`) give the step-by-step
+rollouts' numbers, and the descriptor encoder's network on the GPU locates the CPU's keypoints. These tests run
+where a GPU is (benchmarks/gpu.sh runs them on one); on the CPU the graphs' eager fallback is checked.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import torch
 
 from keydyn.control import MPCConfig, MPCController
 from keydyn.control.mpc import model_dynamics
+from keydyn.control.run import control_setup
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.latents.gt3d import GroundTruthEncoder
+from keydyn.models import shipped_run
 from keydyn.planning import MPPIConfig
 from keydyn.planning.base import Simulator, simulate
 from keydyn.planning.graphs import GraphedDynamics
@@ -23,7 +27,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def paper_dynamics(device: str, precision: str) -> GraphedDynamics:
     torch.manual_seed(0)
     model = DynamicsMLP(latent_dim=14, history=2, hidden=PAPER_HIDDEN).to(device).eval().requires_grad_(False)
-    return GraphedDynamics(model_dynamics(model, precision))
+    return GraphedDynamics(model_dynamics(model, precision), horizon=10)
 
 
 def inputs(device: str, samples: int, horizon: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,27 +53,64 @@ def dynamics_model() -> DynamicsMLP:
     return DynamicsMLP(latent_dim=14, history=2, hidden=PAPER_HIDDEN)
 
 
+def recorded(dynamics: GraphedDynamics) -> list[tuple[int, int]]:
+    """(M, H) of the recorded graphs, least recently used first."""
+    return [(key[1][0], key[1][1]) for key in dynamics._graphs]
+
+
 @cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_replayed_rollouts_equal_the_step_by_step_ones(precision):
-    """Bit-identical states for new inputs of a recorded shape, a second shape recorded beside the first, results
-    that a later replay does not overwrite, and an eager rollout whenever gradients are needed."""
+    """Bit-identical states for new inputs of a recorded shape; a shorter horizon replays the full horizon's graph
+    (padded), other row counts and longer horizons get their own; results that a later replay does not
+    overwrite; graphs recorded under inference mode replay outside it; the least recently used graph is dropped
+    first; an eager rollout whenever gradients are needed."""
     dynamics = paper_dynamics("cuda", precision)
+    results = []
     with torch.inference_mode():
-        results = []
-        for seed, horizon in ((0, 10), (1, 10), (2, 4)):
-            state, actions = inputs("cuda", 1000, horizon, seed)
+        for seed, samples, horizon in ((0, 1000, 10), (1, 1000, 10), (2, 1000, 4), (3, 500, 10), (4, 1000, 12)):
+            state, actions = inputs("cuda", samples, horizon, seed)
             got = dynamics.simulate(state, actions)
+            assert got.shape == (samples, horizon + 1, 30)
             torch.testing.assert_close(got, simulate(dynamics.step, state, actions), rtol=0, atol=0)
             results.append((got, got.clone()))
-        assert len(dynamics._graphs) == 2
-        for got, copy in results:
-            assert torch.equal(got, copy)
+    assert recorded(dynamics) == [(1000, 10), (500, 10), (1000, 12)]
+    for got, copy in results:
+        assert torch.equal(got, copy)
+    with torch.no_grad():
+        state, actions = inputs("cuda", 1000, 7, seed=5)
+        torch.testing.assert_close(dynamics.simulate(state, actions), simulate(dynamics.step, state, actions))
+        assert recorded(dynamics) == [(500, 10), (1000, 12), (1000, 10)]
+        dynamics.max_graphs = 3
+        dynamics.simulate(*inputs("cuda", 200, 10, seed=6))
+    assert recorded(dynamics) == [(1000, 12), (1000, 10), (200, 10)]
     state, actions = inputs("cuda", 8, 3, seed=3)
     actions.requires_grad_(True)
     with torch.enable_grad():
         dynamics.simulate(state, actions).sum().backward()
     assert actions.grad is not None and torch.isfinite(actions.grad).all()
+
+
+@cuda
+def test_descriptor_encoder_on_the_gpu_locates_the_cpus_keypoints():
+    """The shipped SDS encoder with its network on the GPU gives 3 scenes' latents within 1 mm of the CPU's (the
+    GPU's convolutions round differently), in one batch and one by one."""
+    setup = control_setup(shipped_run("top_down", "sds"), None, "best", MPCConfig())
+    observations, infos = [], []
+    for index in range(3):
+        pair = goal_pair(setup.env, GoalPairConfig(), index)
+        observation, info = setup.env.reset(options=pair.reset_options(pair.start_state))
+        observations.append(observation)
+        infos.append(info)
+    on_cpu = setup.encoder.encode_batch(observations, infos)
+    setup.encoder.to(torch.device("cuda"))
+    assert next(setup.encoder.net.parameters()).is_cuda
+    on_gpu = setup.encoder.encode_batch(observations, infos)
+    for cpu, gpu, observation, info in zip(on_cpu, on_gpu, observations, infos, strict=True):
+        assert isinstance(gpu, np.ndarray) and gpu.dtype == np.float32
+        np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(setup.encoder.encode(observation, info), gpu, rtol=0, atol=1e-4)
+    setup.env.close()
 
 
 @cuda
