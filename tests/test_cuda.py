@@ -21,6 +21,8 @@ from keydyn.planning.base import Simulator, simulate
 from keydyn.planning.graphs import GraphedDynamics
 from keydyn.sim.env import PushingEnv
 
+from .test_evaluate_batched import start_scenes
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -96,12 +98,7 @@ def test_descriptor_encoder_on_the_gpu_locates_the_cpus_keypoints():
     """The shipped SDS encoder with its network on the GPU gives 3 scenes' latents within 1 mm of the CPU's (the
     GPU's convolutions round differently), in one batch and one by one."""
     setup = control_setup(shipped_run("top_down", "sds"), None, "best", MPCConfig())
-    observations, infos = [], []
-    for index in range(3):
-        pair = goal_pair(setup.env, GoalPairConfig(), index)
-        observation, info = setup.env.reset(options=pair.reset_options(pair.start_state))
-        observations.append(observation)
-        infos.append(info)
+    observations, infos = start_scenes(setup.env, 3)
     on_cpu = setup.encoder.encode_batch(observations, infos)
     setup.encoder.to(torch.device("cuda"))
     assert next(setup.encoder.net.parameters()).is_cuda

@@ -110,17 +110,23 @@ def test_batched_pool_and_resume_give_the_unbatched_rows(small_run, tmp_path, ca
     assert not (tmp_path / "device").exists()  # refused before anything is written
 
 
+def start_scenes(env: PushingEnv, count: int) -> tuple[list[dict], list[dict]]:
+    """The observations and infos of the start scenes of goal pairs 0 to count - 1."""
+    observations, infos = [], []
+    for index in range(count):
+        pair = goal_pair(env, GoalPairConfig(), index)
+        observation, info = env.reset(options=pair.reset_options(pair.start_state))
+        observations.append(observation)
+        infos.append(info)
+    return observations, infos
+
+
 def test_descriptor_keypoints_of_a_batch_are_each_frames_own_and_a_refused_frame_stays_alone():
     """The shipped SDS encoder locates 3 scenes in one network call where it locates each alone (to 0.1 mm); a frame
     with a missing depth image in the batch is refused with the error `encode` gives it, the others encoded."""
     setup = control_setup(shipped_run("top_down", "sds"), None, "best", FAST_CONTROL)
     assert isinstance(setup.encoder, BatchLatentEncoder)
-    observations, infos = [], []
-    for index in range(3):
-        pair = goal_pair(setup.env, GoalPairConfig(), index)
-        observation, info = setup.env.reset(options=pair.reset_options(pair.start_state))
-        observations.append(observation)
-        infos.append(info)
+    observations, infos = start_scenes(setup.env, 3)
     camera = setup.encoder.references.camera
     broken = {key: value for key, value in observations[0].items() if key != f"{camera}/depth"}
     batch = setup.encoder.encode_batch([*observations, broken], [*infos, infos[0]])
