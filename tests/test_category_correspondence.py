@@ -62,10 +62,11 @@ def test_category_correspondence_measures_parts_on_the_same_and_on_held_out_mugs
         else:
             assert row["target_instance"] in held_out
     assert out.with_suffix(".png").stat().st_size > 10_000
-    # The same command again gives the same sightings (seeded scenes, a deterministic network).
+    # The same command again gives the same sightings (seeded scenes, a deterministic network), into a new folder.
+    again = tmp_path / "new" / "again.json"
     with one_thread():
-        assert main([*measure, "--task", "mugs_unseen", "--scenes", "3", "--out", str(tmp_path / "again.json")]) == 0
-    assert json.loads((tmp_path / "again.json").read_text())["sightings"] == written["sightings"]
+        assert main([*measure, "--task", "mugs_unseen", "--scenes", "3", "--out", str(again)]) == 0
+    assert json.loads(again.read_text())["sightings"] == written["sightings"]
     # A network trained on another object is refused by name.
     boxes = tmp_path / "boxes"
     shutil.copytree(visual, boxes)

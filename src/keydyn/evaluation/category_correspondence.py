@@ -248,6 +248,7 @@ def category_correspondence(config: CategoryCorrespondenceConfig) -> dict[str, A
         "machine": machine(),
     }
     if config.out is not None:
+        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(config.out, {**figures, "sightings": rows})
         if pictures:
             title = f"{config.visual_run} on {config.task}"
