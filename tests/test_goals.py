@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from keydyn.evaluation import GoalPairConfig, angle_between, make_goal_pairs, pose_errors
+from keydyn.evaluation.episodes import ClosedLoopRun
+from keydyn.latents.gt3d import rotate_by_quaternions
 from keydyn.sim.env import PushingEnv, quaternion_multiply, yaw_quaternion
 
 
@@ -79,3 +81,30 @@ def test_a_mug_pairs_look_is_drawn_apart_from_its_pose():
     again = make_goal_pairs(env, GoalPairConfig(seed=0), 3)
     env.close()
     assert [(p.mug_instance, p.mug_material) for p in again] == [(p.mug_instance, p.mug_material) for p in pairs[:3]]
+
+
+def test_an_episode_on_mugs_is_scored_at_the_mugs_middle():
+    """An episode's row takes the mug's centre from the environment: a real mug, scored against its own pose turned
+    30 deg about the middle of its axis, has a position error of 0 and an angle error of 30 deg (at the frame's
+    origin, the base, the position error would be the base's swing, 2 sin 15 deg times half the mug's length)."""
+    env = PushingEnv("mugs", images=False)
+    _, info = env.reset(seed=3)
+    env.close()
+    centre = info["object_centre_offset"]
+    assert centre[2] > 0.03  # half a mug's length, along its axis
+    position, quaternion = info["object_position"], info["object_quaternion"]
+    turned = quaternion_multiply(yaw_quaternion(math.radians(30)), quaternion)
+    middle = position + rotate_by_quaternions(quaternion, centre[None])[0]
+    turned_position = middle - rotate_by_quaternions(turned, centre[None])[0]
+    run = ClosedLoopRun(np.zeros((1, 5)), np.zeros((0, 2)), info, info, "", 0.0, [])
+    row = run.result(0, turned_position, turned)
+    assert row.initial_position_error == pytest.approx(0.0, abs=1e-9)
+    assert math.degrees(row.initial_angle_error) == pytest.approx(30.0)
+    swing = np.linalg.norm(turned_position - position)
+    assert swing == pytest.approx(2 * math.sin(math.radians(15)) * np.linalg.norm(centre), rel=1e-6)
+    unscored = dict(info)
+    del unscored["object_centre_offset"]  # an environment without the entry: scored at the frame's origin
+    row = ClosedLoopRun(np.zeros((1, 5)), np.zeros((0, 2)), unscored, unscored, "", 0.0, []).result(
+        0, turned_position, turned
+    )
+    assert row.initial_position_error == pytest.approx(swing)
