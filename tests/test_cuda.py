@@ -26,9 +26,14 @@ from .test_evaluate_batched import start_scenes
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def paper_dynamics(device: str, precision: str) -> GraphedDynamics:
+def dynamics_model() -> DynamicsMLP:
+    """The paper's dynamics network (2 x 500) on a 14-d latent with history 2, seeded."""
     torch.manual_seed(0)
-    model = DynamicsMLP(latent_dim=14, history=2, hidden=PAPER_HIDDEN).to(device).eval().requires_grad_(False)
+    return DynamicsMLP(latent_dim=14, history=2, hidden=PAPER_HIDDEN)
+
+
+def paper_dynamics(device: str, precision: str) -> GraphedDynamics:
+    model = dynamics_model().to(device).eval().requires_grad_(False)
     return GraphedDynamics(model_dynamics(model, precision), horizon=10)
 
 
@@ -48,11 +53,6 @@ def test_graphed_dynamics_steps_eagerly_on_the_cpu_and_is_a_simulator():
         torch.testing.assert_close(dynamics.simulate(state, actions), simulate(dynamics.step, state, actions))
     assert not dynamics._graphs
     assert not isinstance(MPCController(dynamics_model(), MPCConfig()).dynamics, GraphedDynamics)
-
-
-def dynamics_model() -> DynamicsMLP:
-    torch.manual_seed(0)
-    return DynamicsMLP(latent_dim=14, history=2, hidden=PAPER_HIDDEN)
 
 
 def recorded(dynamics: GraphedDynamics) -> list[tuple[int, int]]:

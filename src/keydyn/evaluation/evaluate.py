@@ -46,16 +46,7 @@ from keydyn.sim.config import check_seed
 from keydyn.sim.environment import make_environment
 from keydyn.video import write_video
 
-_RESUMABLE_FIELDS = (
-    "episodes",
-    "workers",
-    "cluster",
-    "batch",
-    "resume",
-    "progress",
-    "videos",
-    "viewer",
-)
+_RESUMABLE_FIELDS = ("episodes", "workers", "cluster", "batch", "resume", "progress", "videos", "viewer")
 
 
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # the planner's options (MPPI's by default) show in --help
