@@ -12,6 +12,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import zarr
 
 from keydyn.cli import main
 from keydyn.data.collect import collect
@@ -100,6 +101,15 @@ def test_resume_after_a_killed_collection_gives_the_same_dataset(small_dataset, 
         collect(small_collect_config(out))
     collect(small_collect_config(out, resume=True))
     _assert_same_store(small_dataset, out)
+
+
+def test_rows_reserved_for_episodes_cut_short_are_given_back(tmp_path):
+    out = tmp_path / "long"
+    store = collect(small_collect_config(out, episodes=2, steps=40))
+    assert store.num_frames < 2 * 41  # the box left the table before 40 steps: fewer rows than reserved
+    root = zarr.open_group(str(out), mode="r")
+    assert {root[f"data/{name}"].shape[0] for name in store.frame_fields} == {store.num_frames}
+    assert {root[f"meta/{name}"].shape[0] for name in store.episode_fields} == {2}
 
 
 def test_resume_with_other_settings_is_refused(small_dataset, tmp_path):

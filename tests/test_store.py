@@ -70,6 +70,29 @@ def test_uncommitted_rows_are_invisible_and_dropped_on_append(tmp_path):
     assert EpisodeStore.open(tmp_path / "s").episode_ends.tolist() == [4, 6]
 
 
+def test_reserved_rows_cost_no_resizes_and_trim_gives_them_back(tmp_path):
+    import zarr
+
+    store = EpisodeStore.create(tmp_path / "s", {}, FRAME_FIELDS, EPISODE_FIELDS)
+    store.reserve(frames=20, episodes=4)
+    root = zarr.open_group(str(tmp_path / "s"), mode="r")
+    assert root["data/cam/rgb"].shape == (20, 6, 8, 3) and root["meta/seed"].shape == (4,)
+    written = [_episode(np.random.default_rng(k), length, True) for k, length in enumerate([5, 3])]
+    for k, episode in enumerate(written):
+        store.append_episode(episode, {"seed": k})
+    metadata = tmp_path / "s" / "data" / "cam" / "rgb" / "zarr.json"
+    assert json.loads(metadata.read_text())["shape"][0] == 20  # the appends resized nothing
+    # A reader, and a writer resuming after a kill, see the committed episodes only.
+    reader = EpisodeStore.open(tmp_path / "s")
+    assert reader.num_frames == 8 and reader.frames("action").shape == (8, 2)
+    assert np.array_equal(reader.episode(1)["cam/rgb"], _episode(np.random.default_rng(1), 3, False)["cam/rgb"])
+    store.trim()
+    assert json.loads(metadata.read_text())["shape"][0] == 8
+    assert zarr.open_group(str(tmp_path / "s"), mode="r")["meta/seed"].shape == (2,)
+    store.append_episode(_episode(np.random.default_rng(2), 2, False), {"seed": 2})  # grows past the reserve
+    assert EpisodeStore.open(tmp_path / "s").episode_ends.tolist() == [5, 8, 10]
+
+
 def test_opening_a_missing_or_foreign_path_names_the_problem(tmp_path):
     with pytest.raises(StoreError, match="not a keydyn dataset"):
         EpisodeStore.open(tmp_path / "nothing")

@@ -330,9 +330,11 @@ def _append(store: EpisodeStore, config: CollectConfig) -> None:
         disable=not config.progress,
         desc=f"collect {config.task}",
     ) as bar:
+        store.reserve(store.num_frames + (config.episodes - done) * (config.steps + 1), config.episodes)
         for frames, meta in _episodes(config, range(done, config.episodes)):
             store.append_episode(frames, meta)
             bar.update(1)
+    store.trim()  # the rows reserved for episodes cut short
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,7 @@ class EpisodeStore:
         self._root = root
         self._writable = writable
         self._writers: dict[str, zarr.Array] = {}  # array path -> its writing handle (resized in place)
+        self._write_pool: ThreadPoolExecutor | None = None  # made on the first write, kept for the next episodes
         # Reads go through a store that refuses missing chunks; writes (which may read a chunk not yet written,
         # past the committed rows) through `root`.
         self._reader = zarr.open_group(store=_CheckedLocalStore(path, read_only=True), mode="r", zarr_format=3)
@@ -334,15 +335,7 @@ class EpisodeStore:
                 )
 
     def _truncate_uncommitted(self) -> None:
-        frames = self.num_frames
-        for name in self.frame_fields:  # a resize deletes the chunk files past the new end
-            array = self._writer(f"data/{name}")
-            if array.shape[0] != frames:
-                array.resize((frames, *array.shape[1:]))
-        for name in self.episode_fields:
-            array = self._writer(f"meta/{name}")
-            if array.shape[0] != self._num_episodes:
-                array.resize((self._num_episodes, *array.shape[1:]))
+        self.trim()
         for partial in self.path.rglob("*.partial"):  # temporary files of an interrupted atomic write
             partial.unlink(missing_ok=True)
 
@@ -504,6 +497,27 @@ class EpisodeStore:
         self._require_writable()
         self._root.attrs.update(dict(values))
 
+    def reserve(self, frames: int, episodes: int) -> None:
+        """Grow every per-frame array to at least `frames` rows and every per-episode array to `episodes`, one
+        resize each, so that appends within them resize nothing (a resize rewrites an array's metadata: about
+        a fifth of an append's time). The reserved rows lie past the committed end, where readers never look;
+        `trim` gives them back, and opening with mode="a" drops them after an interrupted run."""
+        self._require_writable()
+        for array_path, rows in [(f"data/{n}", frames) for n in self.frame_fields] + [
+            (f"meta/{n}", episodes) for n in self.episode_fields
+        ]:
+            array = self._writer(array_path)
+            if array.shape[0] < rows:
+                array.resize((rows, *array.shape[1:]))
+
+    def trim(self) -> None:
+        """Shrink every array to the committed rows (deleting the chunk files past them)."""
+        self._require_writable()
+        for array_path in self._array_paths():
+            array = self._writer(array_path)
+            if array.shape[0] != self._rows(array_path):
+                array.resize((self._rows(array_path), *array.shape[1:]))
+
     def append_episode(self, frames: Mapping[str, np.ndarray | EncodedFrames], meta: Mapping[str, Any]) -> None:
         """Append one episode atomically.
 
@@ -597,16 +611,19 @@ class EpisodeStore:
             writes.append((array, (episode + 1, *array.shape[1:]), episode, value))
 
         def write(array: zarr.Array, shape: tuple[int, ...], rows: slice | int, values: Any) -> None:
-            if grow:
+            if grow and array.shape[0] < shape[0]:  # not when `reserve` made room
                 array.resize(shape)
             if isinstance(values, EncodedFrames):
                 self._write_encoded(array, rows.start, values, in_place=not grow)
             else:
                 array[rows] = values
 
-        with ThreadPoolExecutor(WRITE_THREADS) as pool:
-            for future in [pool.submit(write, *job) for job in writes]:
-                future.result()
+        if self._write_pool is None:
+            self._write_pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="keydyn-store")
+        futures = [self._write_pool.submit(write, *job) for job in writes]
+        wait(futures)  # all of them, also when one failed, before the caller goes on
+        for future in futures:
+            future.result()
 
     def _writer(self, array_path: str) -> zarr.Array:
         """An array of the store that writes every chunk, also one that equals the fill value (a chunk file
