@@ -8,10 +8,10 @@ Per frame, at the default 320x240 and at the paper's 640x480, 1 image at a time:
   3D lifting) from a given descriptor image.
 Training: images per second of `keydyn.vision.train.train_step` on real rendered pairs (2 pairs = 4 images a
 step), fp32 and bf16, and the projected time of the default training run (its step count at that rate).
-Control loop: rendering of both cameras, the encoder (inference + localisation of K* = 5 SDS keypoints, from one
-camera as in the paper and from both with --keypoints.fuse-cameras), MPPI (N = 1000, H = 10, bf16 dynamics; M = 3
-iterations a step as the paper, and M = 1, warm-started from the last plan) and one physics step, in steps per
-second.
+Control loop, with the shipped `top_down` SDS run (keydyn.models): rendering of both cameras, its encoder
+(inference + localisation of its K* = 5 SDS keypoints, from one camera as in the paper and from both as with
+--keypoints.fuse-cameras), MPPI over its dynamics (N = 1000, H = 10, bf16; M = 3 iterations a step as the paper,
+and M = 1, warm-started from the last plan) and one physics step, in steps per second.
 
     python benchmarks/vision.py                  # 2 threads
     python benchmarks/vision.py --threads 1 --repeats 5
@@ -32,12 +32,11 @@ from pathlib import Path
 import torch
 
 from control_loop import time_control_loop
-from keydyn.control import MPCConfig, MPCController
+from keydyn.control import MPCConfig
+from keydyn.control.run import load_run, run_controller
 from keydyn.data.collect import CollectConfig, collect
-from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
-from keydyn.latents.descriptor.encoder import DescriptorEncoder
-from keydyn.latents.descriptor.references import References
 from keydyn.machine import machine
+from keydyn.models import shipped_run
 from keydyn.planning import MPPIConfig
 from keydyn.sim.env import PushingEnv
 from keydyn.vision.keypoints import locate_keypoints
@@ -113,32 +112,24 @@ def training_rate(dataset: Path, precision: str, steps: int, device: torch.devic
     }
 
 
-def control_loop_with_perception(net: DescriptorNet, steps: int, fuse_cameras: bool, iterations: int) -> dict:
-    """Steps per second of render -> SDS encoder (K* = 5; located in both cameras and fused with
-    `fuse_cameras`) -> MPPI (N = 1000, H = 10, `iterations` per step, warm-started from the last plan) -> physics
-    on top_down at 320x240; the network and MPPI on the network's device."""
-    env = PushingEnv("top_down")
-    camera, *others = [view.name for view in env.task.cameras]
-    generator = torch.Generator().manual_seed(0)
-    references = References(
-        descriptors=torch.randn(5, net.config.descriptor_dim, generator=generator),
-        uv=torch.zeros(5, 2),
-        confidence=torch.full((5,), float("nan")),
-        camera=camera,
-        frame=0,
-        eta=5.0,
-        fused_cameras=tuple(others) if fuse_cameras else (),
-    )
-    encoder = DescriptorEncoder(net, references, bf16=True)
-    torch.manual_seed(0)
-    model = DynamicsMLP(latent_dim=encoder.layout.dim, history=2, hidden=PAPER_HIDDEN)
-    device = next(net.parameters()).device
-    planner = MPPIConfig(iterations=iterations)
-    controller = MPCController(model, MPCConfig(planner=planner, shrinking_horizon=False, device=str(device)))
-    times, encode_times = time_control_loop(env, encoder, controller, steps)
+def control_loop_with_perception(steps: int, fuse_cameras: bool, iterations: int, device: torch.device) -> dict:
+    """Steps per second of render -> encoder -> MPPI -> physics with the shipped `top_down` SDS run (its descriptor
+    network, K* = 5 references, rigid filter and dynamics; keypoints located in both cameras and fused with
+    `fuse_cameras`), MPPI N = 1000, H = 10, `iterations` a step, warm-started from the last plan; the network
+    and MPPI on `device`."""
+    trained = load_run(shipped_run("top_down", "sds"), device=str(device))
+    encoder = trained.encoder
+    if fuse_cameras:
+        camera = encoder.references.camera
+        others = tuple(view.name for view in trained.task.cameras if view.name != camera)
+        encoder.references = dataclasses.replace(encoder.references, fused_cameras=others)
+    encoder.to(device)
+    mpc = MPCConfig(planner=MPPIConfig(iterations=iterations), shrinking_horizon=False, device=str(device))
+    env = PushingEnv(trained.task)
+    times, encode_times = time_control_loop(env, encoder, run_controller(trained, mpc), steps)
     env.close()
     return {
-        "cameras": len(references.cameras),
+        "cameras": len(encoder.references.cameras),
         "mppi_iterations": iterations,
         "control_loop_with_perception_hz": round(1.0 / statistics.median(times), 2),
         "encoder_ms": round(1e3 * statistics.median(encode_times), 2),
@@ -175,7 +166,7 @@ def main() -> None:
         "per_frame": frames,
         "training_320x240": training,
         "control_loop": [
-            control_loop_with_perception(build_network(config).to(device).eval(), args.loop_steps, fuse, iterations)
+            control_loop_with_perception(args.loop_steps, fuse, iterations, device)
             for iterations in (MPPIConfig().iterations, 1)
             for fuse in (False, True)
         ],
