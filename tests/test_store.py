@@ -70,7 +70,7 @@ def test_uncommitted_rows_are_invisible_and_dropped_on_append(tmp_path):
     assert EpisodeStore.open(tmp_path / "s").episode_ends.tolist() == [4, 6]
 
 
-def test_reserved_rows_cost_no_resizes_and_trim_gives_them_back(tmp_path):
+def test_reserved_rows_cost_no_resizes_and_are_given_back(tmp_path):
     import zarr
 
     store = EpisodeStore.create(tmp_path / "s", {}, FRAME_FIELDS, EPISODE_FIELDS)
@@ -82,14 +82,18 @@ def test_reserved_rows_cost_no_resizes_and_trim_gives_them_back(tmp_path):
         store.append_episode(episode, {"seed": k})
     metadata = tmp_path / "s" / "data" / "cam" / "rgb" / "zarr.json"
     assert json.loads(metadata.read_text())["shape"][0] == 20  # the appends resized nothing
-    # A reader, and a writer resuming after a kill, see the committed episodes only.
+    # A reader sees the committed episodes only; so does a writer resuming after a kill, which drops the rest.
     reader = EpisodeStore.open(tmp_path / "s")
     assert reader.num_frames == 8 and reader.frames("action").shape == (8, 2)
     assert np.array_equal(reader.episode(1)["cam/rgb"], _episode(np.random.default_rng(1), 3, False)["cam/rgb"])
-    store.trim()
+    store.close()
+    resumed = EpisodeStore.open(tmp_path / "s", mode="a")
     assert json.loads(metadata.read_text())["shape"][0] == 8
     assert zarr.open_group(str(tmp_path / "s"), mode="r")["meta/seed"].shape == (2,)
-    store.append_episode(_episode(np.random.default_rng(2), 2, False), {"seed": 2})  # grows past the reserve
+    resumed.append_episode(_episode(np.random.default_rng(2), 2, False), {"seed": 2})  # grows, nothing reserved
+    resumed.reserve(frames=30, episodes=5)
+    resumed.trim()
+    assert json.loads(metadata.read_text())["shape"][0] == 10
     assert EpisodeStore.open(tmp_path / "s").episode_ends.tolist() == [5, 8, 10]
 
 

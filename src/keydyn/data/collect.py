@@ -292,6 +292,7 @@ def collect(config: CollectConfig) -> EpisodeStore:
     lock = DirectoryLock(config.out, "keydyn collect")
     if config.resume and (config.out / "zarr.json").is_file():
         lock.acquire()  # before opening: opening to append drops rows that another writer may be adding
+    store = None
     try:
         with _disk_full_named(config.out):
             store = _open_for_collection(config)
@@ -301,6 +302,8 @@ def collect(config: CollectConfig) -> EpisodeStore:
                 _repair(store, config)
             _append(store, config)
     finally:
+        if store is not None:
+            store.close()  # every write finished before another writer may take the lock
         lock.release()
     return store
 

@@ -621,9 +621,19 @@ class EpisodeStore:
         if self._write_pool is None:
             self._write_pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="keydyn-store")
         futures = [self._write_pool.submit(write, *job) for job in writes]
-        wait(futures)  # all of them, also when one failed, before the caller goes on
+        try:
+            wait(futures)  # all of them, also when one failed, before the caller goes on
+        except BaseException:  # interrupted (Ctrl-C): no write may outlive the call, nor the caller's lock
+            wait(futures)
+            raise
         for future in futures:
             future.result()
+
+    def close(self) -> None:
+        """Stop the writer threads (after their writes); a later write starts them again. Reading needs none."""
+        if self._write_pool is not None:
+            self._write_pool.shutdown(wait=True)
+            self._write_pool = None
 
     def _writer(self, array_path: str) -> zarr.Array:
         """An array of the store that writes every chunk, also one that equals the fill value (a chunk file
