@@ -162,7 +162,6 @@ def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_p
         "keypoints": {
             "num_selected": 4,
             "min_distance_px": 11.0,
-            "sds_ranking": "confidence",
             "rigid_outlier_mm": 0.0,
             "rigid_project": False,
         }
