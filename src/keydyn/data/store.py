@@ -503,10 +503,8 @@ class EpisodeStore:
         a fifth of an append's time). The reserved rows lie past the committed end, where readers never look;
         `trim` gives them back, and opening with mode="a" drops them after an interrupted run."""
         self._require_writable()
-        for array_path, rows in [(f"data/{n}", frames) for n in self.frame_fields] + [
-            (f"meta/{n}", episodes) for n in self.episode_fields
-        ]:
-            array = self._writer(array_path)
+        for array_path in self._array_paths():
+            array, rows = self._writer(array_path), episodes if array_path.startswith("meta/") else frames
             if array.shape[0] < rows:
                 array.resize((rows, *array.shape[1:]))
 
