@@ -41,7 +41,7 @@ def _assert_holds(config, values: dict, where: str) -> None:
             assert planner_name(config) == value, where
             continue
         actual = getattr(config, key)
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not isinstance(actual, dict):  # a nested config, not a mapping setting
             _assert_holds(actual, value, f"{where}.{key}")
         else:
             assert (list(actual) if isinstance(actual, tuple) else actual) == value, f"{where}.{key}"

@@ -126,12 +126,24 @@ def test_reproduce_refuses_unknown_methods_tasks_and_presets(tmp_path):
         ReproduceConfig(out=tmp_path, task="kitchen")
     with pytest.raises(ValueError, match="no preset 'fastest' for `keydyn train-visual`"):
         ReproduceConfig(out=tmp_path, visual="fastest")
+    with pytest.raises(ValueError, match="names 'auto', which is no latent method"):
+        ReproduceConfig(out=tmp_path, dynamics_by_method={"auto": "default"})
+    with pytest.raises(ValueError, match="--dynamics-by-method sds fastest: no preset 'fastest'"):
+        ReproduceConfig(out=tmp_path, dynamics_by_method={"sds": "fastest"})
 
 
 def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_preset():
     assert method_preset("train-dynamics", "default", "autoencoder") == "autoencoder"
     assert method_preset("train-dynamics", "default", "sds") == "default"
     assert method_preset("train-dynamics", "paper", "autoencoder") == "paper"  # a chosen preset wins
+    assert method_preset("train-dynamics", "default", "autoencoder", {"autoencoder": "paper"}) == "paper"  # over both
+    assert method_preset("train-dynamics", "paper", "sds", {"autoencoder": "default"}) == "paper"
+    original = from_preset(ReproduceConfig, "reproduce", "original", out=Path("x"))
+    assert (
+        method_preset("train-dynamics", original.dynamics, "autoencoder", original.dynamics_by_method) == "autoencoder"
+    )
+    budget = from_preset(ReproduceConfig, "reproduce", "cpu-budget", out=Path("x"))
+    assert (budget.table, budget.transporter) == ("table2", "fast") and "autoencoder" not in budget.methods
     for task in ("occlusions", "mugs"):  # K* = 4 over the default recipe, the paper's and the original's
         for preset in ("default", "paper", "original"):
             recipe = merge(load_preset("train-dynamics", preset), task_overlay("train-dynamics", task, preset))

@@ -92,6 +92,9 @@ class ReproduceConfig:
     """Preset of the dynamics training (`keydyn train-dynamics --preset`). With `default`, a method that has a
     preset of its own name (`autoencoder`: the original's joint training) trains with that one. A task's own
     (`occlusions`, `mugs`: K* = 4 SDS keypoints) is laid over it, as for --collect."""
+    dynamics_by_method: dict[str, str] = field(default_factory=dict)
+    """Presets of the dynamics training of single methods, over --dynamics and a method's own preset (`original`:
+    `autoencoder: autoencoder`, the autoencoder's own joint training beside the original's keypoint dynamics)."""
     evaluation: str = "default"
     """Preset of the goal-reaching evaluation (`keydyn evaluate --preset`)."""
     workers: int = 2
@@ -145,6 +148,17 @@ class ReproduceConfig:
         ):
             if name not in preset_names(command):
                 raise ValueError(f"no preset {name!r} for `keydyn {command}`; its presets: {preset_names(command)}")
+        for method, name in self.dynamics_by_method.items():
+            if method not in latent_names():
+                raise ValueError(
+                    f"--dynamics-by-method names {method!r}, which is no latent method; the methods: "
+                    f"{', '.join(latent_names())}"
+                )
+            if name not in preset_names("train-dynamics"):
+                raise ValueError(
+                    f"--dynamics-by-method {method} {name}: no preset {name!r} for `keydyn train-dynamics`; "
+                    f"its presets: {preset_names('train-dynamics')}"
+                )
         self._check_task_recipes()
 
     def _check_task_recipes(self) -> None:
@@ -154,7 +168,10 @@ class ReproduceConfig:
         stages = (
             (CollectConfig, "collect", self.collect, {"out": placeholder, "task": self.task}),
             (TrainVisualConfig, "train-visual", self.visual, {"dataset": placeholder, "out": placeholder}),
-            (TrainDynamicsConfig, "train-dynamics", self.dynamics, {"dataset": placeholder, "out": placeholder}),
+            *(
+                (TrainDynamicsConfig, "train-dynamics", name, {"dataset": placeholder, "out": placeholder})
+                for name in dict.fromkeys((self.dynamics, *self.dynamics_by_method.values()))
+            ),
         )
         for cls, command, name, paths in stages:
             try:
@@ -193,9 +210,11 @@ def method_of(row: str) -> str:
     return row.split("@", 1)[0]
 
 
-def method_preset(command: str, chosen: str, method: str) -> str:
-    """The preset a method's stage runs: `chosen`, unless it is `default` and `command` ships a preset named
-    after the method (`autoencoder`: the original's joint training)."""
+def method_preset(command: str, chosen: str, method: str, by_method: dict[str, str] | None = None) -> str:
+    """The preset a method's stage runs: the one `by_method` names for it; else `chosen`, unless that is `default`
+    and `command` ships a preset named after the method (`autoencoder`: the original's joint training)."""
+    if by_method and method in by_method:
+        return by_method[method]
     return method if chosen == DEFAULT and method in preset_names(command) else chosen
 
 
@@ -287,7 +306,7 @@ def stage_dynamics(
     method = method_of(row)
     out = config.out / "runs" / row / f"seed{seed}"
     resume = _fresh_or_resumed(out, "last.json")
-    preset = method_preset("train-dynamics", config.dynamics, method)
+    preset = method_preset("train-dynamics", config.dynamics, method, config.dynamics_by_method)
     train_dynamics(
         from_preset(
             TrainDynamicsConfig,
