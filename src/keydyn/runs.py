@@ -135,7 +135,9 @@ def prepare_run_dir(
         resume. A setting the stored file lacks (a field added to keydyn after that run started) counts as its
         default, so runs made by older versions resume when the new setting is left at its default; a setting
         only the stored file has (a field removed from keydyn since) is ignored. Paths compare resolved; `out`
-        itself is not compared (the run is the directory, wherever it is given from).
+        itself is not compared (the run is the directory, wherever it is given from), nor the name of the preset
+        the command line started from (a run of `keydyn reproduce` or of Python code records none): the settings
+        it resolved to are.
     may_change: settings that may differ between a run and its resumption.
     marker: the file whose presence shows there is something to resume (e.g. "last.json").
     upgrade: turns a stored config.json of an older layout into the current one (beyond added and removed
@@ -169,7 +171,7 @@ def prepare_run_dir(
     stored = _without_removed(_with_missing_filled(stored, default_settings(config)), current)
     current, stored = _paths_resolved(current, config), _paths_resolved(stored, config)
     different = sorted(
-        name for name in current if name not in (*may_change, "out") and stored.get(name) != current[name]
+        name for name in current if name not in (*may_change, "out", "preset") and stored.get(name) != current[name]
     )
     checkpointed = (out / marker).exists()
     if different:
