@@ -37,6 +37,7 @@ from keydyn.dynamics.train import Objective, TrainDynamicsConfig
 from keydyn.dynamics.windows import window_starts
 from keydyn.latents import get_latent
 from keydyn.latents.autoencoder import AutoencoderEncoder, AutoencoderModule
+from keydyn.latents.base import PUSHER_DIM
 from keydyn.latents.descriptor.encoder import DescriptorEncoder
 from keydyn.latents.descriptor.references import References
 from keydyn.latents.transporter import TransporterEncoder
@@ -110,7 +111,7 @@ def autoencoder_training(dataset: Path, repeats: int) -> dict:
     config = from_preset(TrainDynamicsConfig, "train-dynamics", "autoencoder", dataset=dataset, out=Path("u"))
     method = get_latent("autoencoder")
     frames = config.history + config.horizon
-    latent_dim = config.autoencoder.z_dim + 2
+    latent_dim = config.autoencoder.z_dim + PUSHER_DIM
     torch.manual_seed(0)
     objective = Objective(DynamicsMLP(latent_dim, config.history, config.hidden), method.trainable(latent_dim), method)
     optimizer = torch.optim.Adam(objective.parameters(), lr=config.lr)
@@ -118,7 +119,7 @@ def autoencoder_training(dataset: Path, repeats: int) -> dict:
     images = torch.randint(0, 256, (batch * frames, 3, 64, 64), dtype=torch.uint8)
     rows = torch.arange(batch * frames).reshape(batch, frames)
     latents = torch.rand(batch, frames, latent_dim)
-    actions = torch.rand(batch, frames - 1, 2)
+    actions = torch.rand(batch, frames - 1, PUSHER_DIM)  # pusher velocities, one per transition
 
     def step() -> None:
         loss, terms = objective(latents, actions, (images, rows))
