@@ -25,6 +25,7 @@ STAGE_MARKERS = (
     "runs/sds/seed0/last.json",  # dynamics training checkpointed
     "eval/sds/seed0/config.json",  # evaluation under way
 )
+TRAINED_STAGES = ("visual/seed0", "runs/gt3d/seed0", "runs/sds/seed0")
 
 
 def _command(out: Path) -> list[str]:
@@ -67,6 +68,15 @@ def test_reproduce_writes_the_table_and_resumes_after_a_kill_in_each_stage(tmp_p
     assert len(list((reference / "keypoint_cache/seed0").glob("keypoints-*.safetensors"))) == 1  # shared cache
     markdown = (reference / "table.md").read_text()
     assert "| SDS |" in markdown and "| 1.19 / 3.88 |" in markdown and "Avg. trajectory" in markdown
+
+    # Run again over finished stages: each trainer sees its run finished before it loads any data.
+    weights = {stage: (reference / stage / "last.safetensors").read_bytes() for stage in TRAINED_STAGES}
+    again = subprocess.run(_command(reference), env=_environment(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    for stage in TRAINED_STAGES:
+        assert f"{reference / stage} has finished its" in again.stderr, stage
+        assert (reference / stage / "last.safetensors").read_bytes() == weights[stage], stage
+    assert json.loads((reference / "table.json").read_text()) == table
 
     interrupted = tmp_path / "interrupted"
     for marker in STAGE_MARKERS:

@@ -121,7 +121,7 @@ def test_crops_map_keypoints_back_to_full_image_pixels(crop):
 
 
 # -- training runs ----------------------------------------------------------------------------------------
-def test_train_transporter_resumes_bit_for_bit(small_dataset, tmp_path):
+def test_train_transporter_resumes_bit_for_bit(small_dataset, tmp_path, capsys):
     with one_thread():
         whole = train_transporter(_config(small_dataset, tmp_path / "whole", epochs=3))
         part = train_transporter(_config(small_dataset, tmp_path / "part", epochs=1))
@@ -134,6 +134,12 @@ def test_train_transporter_resumes_bit_for_bit(small_dataset, tmp_path):
     assert (whole / "keypoints.png").stat().st_size > 0 and (whole / "reconstructions.png").stat().st_size > 0
     with pytest.raises(ValueError, match="already exists"):
         train_transporter(_config(small_dataset, whole))
+    finished = (whole / "last.safetensors").read_bytes()
+    capsys.readouterr()
+    train_transporter(_config(small_dataset, whole, epochs=3, resume=True))  # a finished run: nothing to train
+    assert f"{whole} has finished its 3 epochs" in capsys.readouterr().err
+    assert (whole / "last.safetensors").read_bytes() == finished
+    assert (whole / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
     with pytest.raises(ValueError, match="--camera 'nowhere'"):
         train_transporter(_config(small_dataset, tmp_path / "c", camera="nowhere"))
 

@@ -483,6 +483,20 @@ def resumed_checkpoint(
     return Resumed(info, tensors, state, _resumed_metrics(out, counter, info[counter]))
 
 
+def has_finished(resumed: Resumed | None, counter: str, total: int, out: Path) -> bool:
+    """Whether the resumed run in `out` has already trained all `total` of its `counter`s ("epoch", "step"), so
+    that resuming it has nothing to do; says so on stderr. A trainer checks this before it loads its data (the
+    latents of every frame, say), so that rerunning a finished stage (`keydyn reproduce` again) costs seconds."""
+    if resumed is None or resumed.info[counter] < total:
+        return False
+    print(
+        f"keydyn: {out} has finished its {resumed.info[counter]} {counter}s; nothing to train "
+        f"(give more --{counter}s to train on)",
+        file=sys.stderr,
+    )
+    return True
+
+
 def load_checked(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
     """Load `tensors` into `module`, every name and shape matched; a mismatch is a ValueError naming `source` and
     the tensors that differ (a checkpoint of another model, another keydyn version, or a corrupt file)."""

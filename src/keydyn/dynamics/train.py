@@ -69,6 +69,7 @@ from keydyn.runs import (
     METRICS,
     Resumed,
     commit_checkpoint,
+    has_finished,
     load_checked,
     load_checkpoint,
     open_dataset,
@@ -598,6 +599,8 @@ def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> P
         write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
         write_json_atomic(config.out / "task.json", store_task(store).to_dict())
     resumed = world.broadcast(resumed)
+    if has_finished(resumed, "epoch", config.epochs, config.out):
+        return config.out
     train, val = load_windows(config, world, split)
     with torch.random.fork_rng(devices=[]):  # a module with random initial weights starts the same every run
         torch.manual_seed(config.seed + 2)

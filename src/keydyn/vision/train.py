@@ -56,6 +56,7 @@ from keydyn.runs import (
     METRICS,
     Resumed,
     commit_checkpoint,
+    has_finished,
     load_checked,
     load_checkpoint,
     open_dataset,
@@ -429,6 +430,8 @@ def _train(config: TrainVisualConfig, world: World, device: torch.device) -> Pat
     if world.main:
         resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "step", ("best_val_pixel_error_median",))
     resumed = world.broadcast(resumed)
+    if has_finished(resumed, "step", config.steps, config.out):
+        return config.out
     if world.distributed:
         synchronise_batch_norm(net)
     net = net.to(device)

@@ -49,6 +49,7 @@ from keydyn.runs import (
     METRICS,
     Resumed,
     commit_checkpoint,
+    has_finished,
     load_checked,
     load_checkpoint,
     open_dataset,
@@ -358,6 +359,8 @@ def train_transporter(config: TrainTransporterConfig) -> Path:
     camera = store.camera(config.camera)
     task = store_task(store)
     resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "epoch", ("best_val_reconstruction_mse",))
+    if has_finished(resumed, "epoch", config.epochs, config.out):
+        return config.out
     train, val = make_sources(config, store, camera)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
