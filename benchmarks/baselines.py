@@ -7,7 +7,7 @@ time of its default schedule:
   schedule is 100 epochs x 6,000 pairs (375 steps an epoch);
 - autoencoder: one step of `keydyn train-dynamics --preset autoencoder`'s objective (the encoder, the dynamics'
   rollout and the decoder trained jointly) on a batch of 352 distinct frames, as at 500 episodes, projected to
-  its 500 epochs over a 500-episode dataset;
+  its 500 epochs over a 500-episode dataset; bf16 (the default, `--autoencoder.precision`) and fp32;
 - descriptors (peer): one `keydyn train-visual` step (2 pairs at 320x240, bf16) and its 12,000 steps.
 Encoding: milliseconds from one observation to its latent (`LatentEncoder.encode`, what the control loop calls)
 at 320x240, for each latent method with an untrained network of the method's default shape (the time does not
@@ -20,6 +20,7 @@ depend on the weights).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -96,7 +97,7 @@ def transporter_training(dataset: Path, precision: str, repeats: int) -> dict:
     }
 
 
-def autoencoder_training(dataset: Path, repeats: int) -> dict:
+def autoencoder_training(dataset: Path, precision: str, repeats: int) -> dict:
     """Seconds per step of the autoencoder's joint training at its preset (`keydyn train-dynamics --preset
     autoencoder`: the encoder on every distinct frame of a batch, the 10-step rollout of the 500-1000-1000-500 MLP,
     the decoder; the trainer's own `Objective`), on the batch a 500-episode dataset gives: 32 windows of n + H = 11
@@ -109,11 +110,13 @@ def autoencoder_training(dataset: Path, repeats: int) -> dict:
     batch there holds at most the ~120 frames of its 3 training episodes, a third of the 352 at scale, so it
     projected 12.6 h where a step-based projection gives days.)"""
     config = from_preset(TrainDynamicsConfig, "train-dynamics", "autoencoder", dataset=dataset, out=Path("u"))
+    config = dataclasses.replace(config, autoencoder=dataclasses.replace(config.autoencoder, precision=precision))
     method = get_latent("autoencoder")
     frames = config.history + config.horizon
     latent_dim = config.autoencoder.z_dim + PUSHER_DIM
     torch.manual_seed(0)
-    objective = Objective(DynamicsMLP(latent_dim, config.history, config.hidden), method.trainable(latent_dim), method)
+    model = DynamicsMLP(latent_dim, config.history, config.hidden)
+    objective = Objective(model, method.trainable(latent_dim, config), method)
     optimizer = torch.optim.Adam(objective.parameters(), lr=config.lr)
     batch = config.batch_size
     images = torch.randint(0, 256, (batch * frames, 3, 64, 64), dtype=torch.uint8)
@@ -141,6 +144,7 @@ def autoencoder_training(dataset: Path, repeats: int) -> dict:
     val_steps = math.ceil(windows * config.val_fraction / batch)
     epoch_s = train_steps * step_s + val_steps * validate_s
     return {
+        "precision": precision,
         "z_dim": config.autoencoder.z_dim,
         "distinct_frames_per_batch": batch * frames,
         "step_s": round(step_s, 3),
@@ -218,9 +222,14 @@ def main() -> None:
         collect(CollectConfig(out=dataset, episodes=EPISODES, steps=40, workers=1, progress=False))
         training = {
             "transporter": [transporter_training(dataset, precision, args.repeats) for precision in ("bf16", "fp32")],
-            "autoencoder": autoencoder_training(dataset, max(3, args.repeats // 2)),
+            "autoencoder": [
+                autoencoder_training(dataset, precision, max(3, args.repeats // 2)) for precision in ("bf16", "fp32")
+            ],
             "descriptors (peer)": descriptor_training(dataset, max(3, args.repeats // 2)),
         }
+    for name in ("transporter", "autoencoder"):
+        bf16, fp32 = training[name]
+        training[f"{name}_step_bf16_over_fp32"] = round(bf16["step_s"] / fp32["step_s"], 2)
     document = {
         "benchmark": "baselines",
         "settings": {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__},

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from keydyn.control.mpc import MPCConfig
 from keydyn.control.run import control_setup
+from keydyn.data.store import EpisodeStore
 from keydyn.dynamics.train import (
     Objective,
     TrainDynamicsConfig,
@@ -24,7 +25,7 @@ from keydyn.dynamics.train import (
 from keydyn.evaluation.evaluate import EvaluateConfig
 from keydyn.evaluation.evaluate import evaluate as evaluate_run
 from keydyn.latents import AutoencoderConfig, get_latent
-from keydyn.latents.autoencoder import AutoencoderEncoder
+from keydyn.latents.autoencoder import AutoencoderEncoder, AutoencoderModule, dataset_images
 from keydyn.planning import CEMConfig
 from keydyn.vision.autoencoder import ImageDecoder, ImageEncoder, prepare_images
 
@@ -60,13 +61,15 @@ def test_networks_and_images_have_the_original_shapes():
         prepare_images(rgb.astype(np.float32))
 
 
-def test_joint_training_lowers_reconstruction_and_rollout_loss(small_dataset, tmp_path):
-    config = _config(small_dataset, tmp_path / "run")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_joint_training_lowers_reconstruction_and_rollout_loss(small_dataset, tmp_path, precision):
+    config = _config(small_dataset, tmp_path / "run", autoencoder=AutoencoderConfig(z_dim=Z, precision=precision))
     config.out.mkdir()
     train, _ = load_windows(config)
     assert train.latents.shape[1] == Z + 2 and train.inputs.shape[1:] == (3, 64, 64)
     method = config.method
-    trainable = method.trainable(train.latents.shape[1])
+    trainable = method.trainable(train.latents.shape[1], config)
+    assert trainable.precision == precision
     model = build_model(config, train, trainable)
     assert torch.equal(model.latent_std, torch.ones(Z + 2))  # the original normalises nothing
     optimizer = torch.optim.Adam([*model.parameters(), *trainable.parameters()], lr=config.lr)
@@ -77,6 +80,22 @@ def test_joint_training_lowers_reconstruction_and_rollout_loss(small_dataset, tm
     after, _, after_terms = evaluate(model, trainable, train, method, 64, torch.device("cpu"))
     assert after_terms["reconstruction"] < 0.8 * before_terms["reconstruction"]
     assert after < before
+
+
+def test_bf16_runs_the_image_networks_in_bfloat16_and_returns_float32(small_dataset):
+    images = dataset_images(EpisodeStore.open(small_dataset), "top_down")[:8]
+    torch.manual_seed(0)
+    fp32 = AutoencoderModule(Z)
+    bf16 = AutoencoderModule(Z, "bf16")
+    bf16.load_state_dict(fp32.state_dict())
+    with torch.no_grad():
+        z, z_bf16 = fp32.encode(torch.from_numpy(images)), bf16.encode(torch.from_numpy(images))
+        decoded, decoded_bf16 = fp32.decode(z), bf16.decode(z)
+    assert z.dtype == z_bf16.dtype == decoded.dtype == decoded_bf16.dtype == torch.float32
+    assert not torch.equal(z, z_bf16)  # bfloat16 arithmetic, not float32 under another name
+    assert (z - z_bf16).abs().max() <= 0.05 * z.abs().max()  # bfloat16 keeps 8 bits of mantissa
+    assert (decoded - decoded_bf16).abs().max() < 0.02  # images in [0, 1]
+    assert get_latent("autoencoder").trainable(Z + 2).precision == "fp32"  # control time encodes in float32
 
 
 def test_train_dynamics_resumes_bit_for_bit_and_writes_its_metrics_and_picture(small_dataset, tmp_path):

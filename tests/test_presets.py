@@ -111,6 +111,4 @@ def test_a_run_saves_its_resolved_preset_config(small_dataset, tmp_path, capsys)
 
 def test_preset_files_are_package_data():
     folder = Path(presets.__file__).parent
-    assert sorted(p.name for p in (folder / "train-dynamics").glob("*.yaml")) == [
-        f"{name}.yaml" for name in preset_names("train-dynamics")
-    ]
+    assert sorted(p.stem for p in (folder / "train-dynamics").glob("*.yaml")) == preset_names("train-dynamics")

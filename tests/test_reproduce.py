@@ -149,9 +149,13 @@ def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_p
     assert method_preset("train-dynamics", "default", "autoencoder", {"autoencoder": "paper"}) == "paper"  # over both
     assert method_preset("train-dynamics", "paper", "sds", {"autoencoder": "default"}) == "paper"
     original = from_preset(ReproduceConfig, "reproduce", "original", out=Path("x"))
-    assert (
-        method_preset("train-dynamics", original.dynamics, "autoencoder", original.dynamics_by_method) == "autoencoder"
+    original_autoencoder = method_preset(
+        "train-dynamics", original.dynamics, "autoencoder", original.dynamics_by_method
     )
+    assert original_autoencoder == "autoencoder-original"
+    recipe = load_preset("train-dynamics", original_autoencoder)  # the autoencoder's recipe, in float32
+    assert recipe["autoencoder"] == {"z_dim": 64, "precision": "fp32"} and recipe["epochs"] == 500
+    assert load_preset("train-dynamics", "autoencoder")["autoencoder"] == {"z_dim": 64}  # bf16 by default
     budget = from_preset(ReproduceConfig, "reproduce", "cpu-budget", out=Path("x"))
     assert (budget.table, budget.transporter) == ("table2", "fast") and "autoencoder" not in budget.methods
     for task in ("occlusions", "mugs"):  # K* = 4 over the default recipe, the paper's and the original's

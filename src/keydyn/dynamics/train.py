@@ -604,7 +604,7 @@ def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> P
     train, val = load_windows(config, world, split)
     with torch.random.fork_rng(devices=[]):  # a module with random initial weights starts the same every run
         torch.manual_seed(config.seed + 2)
-        trainable = config.method.trainable(train.latents.shape[1])
+        trainable = config.method.trainable(train.latents.shape[1], config)
     model = build_model(config, train, trainable)
     generator = torch.Generator().manual_seed(config.seed)
     model.to(device)

@@ -94,7 +94,8 @@ class ReproduceConfig:
     (`occlusions`, `mugs`: K* = 4 SDS keypoints) is laid over it, as for --collect."""
     dynamics_by_method: dict[str, str] = field(default_factory=dict)
     """Presets of the dynamics training of single methods, over --dynamics and a method's own preset (`original`:
-    `autoencoder: autoencoder`, the autoencoder's own joint training beside the original's keypoint dynamics)."""
+    `autoencoder: autoencoder-original`, the autoencoder's own joint training beside the original's keypoint
+    dynamics)."""
     evaluation: str = "default"
     """Preset of the goal-reaching evaluation (`keydyn evaluate --preset`)."""
     workers: int = 2

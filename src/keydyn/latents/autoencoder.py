@@ -60,10 +60,16 @@ class AutoencoderConfig:
     """Size of the encoder's latent (the paper tried 16 to 64 and used 64)."""
     camera: str | None = None
     """Camera whose whole image is encoded; default the task's first camera."""
+    precision: Literal["fp32", "bf16"] = "bf16"
+    """Beyond the original (fp32): bf16 trains the encoder and decoder under bfloat16 autocast (their outputs, the
+    dynamics model and the losses stay float32): half the time of a training step on the CPU
+    (benchmarks/baselines.py). Control time encodes in float32 either way."""
 
     def __post_init__(self) -> None:
         if self.z_dim not in Z_DIMS:
             raise ValueError(f"--autoencoder.z-dim {self.z_dim}: use one of {', '.join(map(str, Z_DIMS))}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"--autoencoder.precision {self.precision!r}: use 'fp32' or 'bf16'")
 
 
 class AutoencoderModule(nn.Module):
@@ -71,19 +77,30 @@ class AutoencoderModule(nn.Module):
 
     Called as `module(latents (B, T, D), images (U, 3, 64, 64) uint8, rows (B, T)) -> (B, T, D)`: the first D - 2
     entries of each window entry become the encoder's z of its image `images[rows]` (each distinct image encoded
-    once), the last two (the pusher xy, metres) are kept.
+    once), the last two (the pusher xy, metres) are kept. With precision "bf16" the encoder and decoder run under
+    bfloat16 autocast; what they return is float32 either way.
     """
 
-    def __init__(self, z_dim: int) -> None:
+    def __init__(self, z_dim: int, precision: str = "fp32") -> None:
         super().__init__()
-        self.z_dim = z_dim
+        self.z_dim, self.precision = z_dim, precision
         self.encoder = ImageEncoder(z_dim)
         self.decoder = ImageDecoder(z_dim)
+
+    def _autocast(self, images: torch.Tensor) -> torch.autocast:
+        return torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(..., 3, 64, 64) uint8 images -> (..., z_dim) float32 latents."""
         flat = images.reshape(-1, *images.shape[-3:])
-        return self.encoder(encoder_input(flat)).reshape(*images.shape[:-3], self.z_dim)
+        with self._autocast(images):
+            z = self.encoder(encoder_input(flat))
+        return z.float().reshape(*images.shape[:-3], self.z_dim)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, z_dim) latents -> (B, 3, 64, 64) float32 images in [0, 1]."""
+        with self._autocast(z):
+            return self.decoder(z).float()
 
     def forward(self, latents: torch.Tensor, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.encode(images)[rows], latents[..., -PUSHER_DIM:]], dim=-1)
@@ -97,7 +114,7 @@ class AutoencoderModule(nn.Module):
         first = torch.full((len(images),), len(flat_rows), device=rows.device)
         first = first.scatter_reduce(0, flat_rows, entries, "amin")  # an entry of each distinct image
         z = latents.reshape(-1, latents.shape[-1])[first, : self.z_dim]
-        errors = ((self.decoder(z) - reconstruction_target(images)) ** 2).mean(dim=(1, 2, 3))
+        errors = ((self.decode(z) - reconstruction_target(images)) ** 2).mean(dim=(1, 2, 3))
         return errors[flat_rows].mean()
 
 
@@ -169,8 +186,9 @@ class AutoencoderLatent(LatentMethod):
         """(N, 3, 64, 64) uint8: every frame's image of the chosen camera, resized."""
         return dataset_images(store, run_camera(store_task(store), config.autoencoder.camera))
 
-    def trainable(self, latent_dim: int) -> AutoencoderModule:
-        return AutoencoderModule(latent_dim - PUSHER_DIM)
+    def trainable(self, latent_dim: int, config: Any = None) -> AutoencoderModule:
+        """The encoder and decoder for a latent of `latent_dim` = z_dim + 2, in config.autoencoder.precision."""
+        return AutoencoderModule(latent_dim - PUSHER_DIM, "fp32" if config is None else config.autoencoder.precision)
 
     def trainable_losses(
         self, module: nn.Module, latents: torch.Tensor, inputs: torch.Tensor | None, rows: torch.Tensor | None
@@ -180,7 +198,7 @@ class AutoencoderLatent(LatentMethod):
 
     def write_picture(self, module: nn.Module, inputs: torch.Tensor, out: Path) -> None:
         """reconstructions.png: the held-out frames (top row) and their reconstructions (bottom row)."""
-        write_reconstruction_picture(out / PICTURE_FILE, inputs, module.decoder(module.encode(inputs)))
+        write_reconstruction_picture(out / PICTURE_FILE, inputs, module.decode(module.encode(inputs)))
 
     def make_encoder(self, run_dir: Path, task: TaskConfig, which: str) -> AutoencoderEncoder:
         """The `which` checkpoint's encoder, reading autoencoder.json's camera at the task's resolution.

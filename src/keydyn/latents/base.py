@@ -143,12 +143,15 @@ class LatentMethod(ABC):
     def check_config(self, config: Any) -> None:  # noqa: B027 (optional: most methods need no settings)
         """Raise ValueError when `config` (a TrainDynamicsConfig) lacks a setting the method needs."""
 
-    def trainable(self, latent_dim: int) -> nn.Module | None:
+    def trainable(self, latent_dim: int, config: Any = None) -> nn.Module | None:
         """A fresh module trained jointly with the dynamics, mapping (..., D) window latents to the (..., D)
         latents the loss compares (prediction and target alike); None when the method has none. A method with
         `frame_inputs` gets a module called as `module(latents (B, T, D), inputs (U, *F), rows (B, T))`: the
         inputs of the batch's U distinct frames and the row of each window entry among them (windows overlap, so
-        each frame is computed once)."""
+        each frame is computed once).
+
+        config: the TrainDynamicsConfig being trained (read only the fields in `settings`, e.g. a precision to
+        train the module in); None at control time (`load_trainable`), where the module runs in float32."""
         return None
 
     def frame_inputs(self, store: EpisodeStore, config: Any, out: Path) -> np.ndarray | None:

@@ -122,7 +122,7 @@ class DescriptorLatent(KeypointLatent):
         (WDS / WSDS)."""
         return load_descriptor_encoder(run_dir, self.load_trainable(run_dir, which), (task.width, task.height))
 
-    def trainable(self, latent_dim: int) -> KeypointWeights | None:
+    def trainable(self, latent_dim: int, config: Any = None) -> KeypointWeights | None:
         """WDS / WSDS: the convex keypoint weights W (latents map to z = W x before the loss)."""
         return KeypointWeights(LatentLayout.from_dim(latent_dim).num_keypoints) if self.weighted else None
 
