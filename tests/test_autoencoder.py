@@ -117,6 +117,20 @@ def test_train_dynamics_resumes_bit_for_bit_and_writes_its_metrics_and_picture(s
     assert picture[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_run_made_before_the_precision_setting_resumes_in_float32(small_dataset, tmp_path):
+    """Autoencoder runs made before --autoencoder.precision trained in float32: resuming one under the new default
+    (bf16) is refused, not continued in another precision; --autoencoder.precision fp32 resumes it."""
+    fp32 = AutoencoderConfig(z_dim=Z, precision="fp32")
+    run = train_dynamics(_config(small_dataset, tmp_path / "old", epochs=1, autoencoder=fp32))
+    stored = json.loads((run / "config.json").read_text())
+    del stored["autoencoder"]["precision"]
+    (run / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="its autoencoder differ"):
+        train_dynamics(_config(small_dataset, run, epochs=2, resume=True))
+    train_dynamics(_config(small_dataset, run, epochs=2, autoencoder=fp32, resume=True))
+    assert json.loads((run / "last.json").read_text())["epoch"] == 2
+
+
 @pytest.mark.slow
 def test_evaluate_encodes_the_goal_image_and_reaches_the_end(small_dataset, tmp_path):
     run = train_dynamics(_config(small_dataset, tmp_path / "run", epochs=1))

@@ -18,7 +18,7 @@ from keydyn.cli import main
 from keydyn.distributed import World
 
 
-def _torchrun(args: list[str], processes: int = 2) -> None:
+def _torchrun(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
     """Run `keydyn <args>` in `processes` CPU processes (gloo) under torchrun, with this checkout's keydyn."""
     source = str(Path(keydyn.__file__).parents[1])
     path = os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])
@@ -27,6 +27,7 @@ def _torchrun(args: list[str], processes: int = 2) -> None:
     result = subprocess.run([*command, "-m", "keydyn.cli", *args], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("wrote") == 1  # rank 0 alone reports (and writes)
+    return result
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -77,6 +78,10 @@ def test_dynamics_training_in_two_processes_equals_one(small_dataset, tmp_path):
     _torchrun([*args, "--out", str(two)])
     _assert_same_run(one, two, "epoch")
     assert json.loads((two / "last.json").read_text())["epoch"] == 3
+    weights = (two / "last.safetensors").read_bytes()
+    again = _torchrun([*args, "--out", str(two), "--resume"])  # finished: every rank returns, none waits
+    assert again.stderr.count("has finished its 3 epochs") == 1  # said once, by rank 0
+    assert (two / "last.safetensors").read_bytes() == weights
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from keydyn.dynamics.train import (
     load_dynamics,
     train_dynamics,
     unread_settings,
-    upgrade_keypoints_json,
+    upgrade_stored_config,
 )
 from keydyn.dynamics.windows import window_starts
 from keydyn.latents import KeypointConfig, LatentLayout, get_latent
@@ -326,10 +326,10 @@ def test_a_run_stored_with_keypoints_bf16_resumes_with_that_precision(small_data
         (run / "config.json").write_text(json.dumps({**stored, "keypoints": {**keypoints, "bf16": old_flag}}))
         resume = _config(small_dataset, run, epochs=2, resume=True)
         if allowed:
-            assert prepare_run_dir(run, resume, RESUMABLE_FIELDS, "last.json", upgrade_keypoints_json)
+            assert prepare_run_dir(run, resume, RESUMABLE_FIELDS, "last.json", upgrade_stored_config)
         else:
             with pytest.raises(ValueError, match="its keypoints differ"):
-                prepare_run_dir(run, resume, RESUMABLE_FIELDS, "last.json", upgrade_keypoints_json)
+                prepare_run_dir(run, resume, RESUMABLE_FIELDS, "last.json", upgrade_stored_config)
 
 
 def test_a_run_resumes_under_other_settings_only_of_methods_it_is_not(small_dataset, tmp_path):

@@ -483,12 +483,16 @@ def resumed_checkpoint(
     return Resumed(info, tensors, state, _resumed_metrics(out, counter, info[counter]))
 
 
-def has_finished(resumed: Resumed | None, counter: str, total: int, out: Path) -> bool:
+def has_finished(resumed: Resumed | None, counter: str, total: int, out: Path, quiet: bool = False) -> bool:
     """Whether the resumed run in `out` has already trained all `total` of its `counter`s ("epoch", "step"), so
-    that resuming it has nothing to do; says so on stderr. A trainer checks this before it loads its data (the
-    latents of every frame, say), so that rerunning a finished stage (`keydyn reproduce` again) costs seconds."""
+    that resuming it has nothing to do; says so on stderr unless `quiet` (the other ranks of a torchrun). A trainer
+    checks this before it loads its data (the latents of every frame, say), so that rerunning a finished stage
+    (`keydyn reproduce` again) costs seconds; the checks made while loading (the dataset, the networks a dynamics
+    run's latents came from) are then left to whatever reads the run next (`keydyn evaluate` checks its networks)."""
     if resumed is None or resumed.info[counter] < total:
         return False
+    if quiet:
+        return True
     print(
         f"keydyn: {out} has finished its {resumed.info[counter]} {counter}s; nothing to train "
         f"(give more --{counter}s to train on)",

@@ -185,15 +185,20 @@ class TrainDynamicsConfig:
         return values
 
 
-def upgrade_keypoints_json(values: dict[str, Any]) -> dict[str, Any]:
-    """A stored TrainDynamicsConfig of a run made before `keypoints.precision` replaced `keypoints.bf16`, in the
-    current layout (others unchanged), so that such a run resumes with the precision it was trained with."""
+def upgrade_stored_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored TrainDynamicsConfig of a run made by an older keydyn, in the current layout (others unchanged), so
+    that such a run resumes with the precisions it was trained with: `keypoints.bf16` (before `keypoints.precision`
+    replaced it) as that precision; an `autoencoder` without `precision` (before 2026-11-28, when its networks
+    trained only in float32) as fp32, where the new default is bf16."""
     keypoints = values.get("keypoints")
-    if not isinstance(keypoints, dict) or "bf16" not in keypoints:
-        return values
-    upgraded = {name: value for name, value in keypoints.items() if name != "bf16"}
-    upgraded["precision"] = "bf16" if keypoints["bf16"] else "fp32"
-    return {**values, "keypoints": upgraded}
+    if isinstance(keypoints, dict) and "bf16" in keypoints:
+        upgraded = {name: value for name, value in keypoints.items() if name != "bf16"}
+        upgraded["precision"] = "bf16" if keypoints["bf16"] else "fp32"
+        values = {**values, "keypoints": upgraded}
+    autoencoder = values.get("autoencoder")
+    if isinstance(autoencoder, dict) and "precision" not in autoencoder:
+        values = {**values, "autoencoder": {**autoencoder, "precision": "fp32"}}
+    return values
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -594,12 +599,13 @@ def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> P
             RESUMABLE_FIELDS + unread_settings(config.method),
             "epoch",
             (best_key(config.method),),
-            upgrade_keypoints_json,
+            upgrade_stored_config,
         )
         write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
         write_json_atomic(config.out / "task.json", store_task(store).to_dict())
     resumed = world.broadcast(resumed)
-    if has_finished(resumed, "epoch", config.epochs, config.out):
+    if has_finished(resumed, "epoch", config.epochs, config.out, quiet=not world.main):
+        world.barrier()
         return config.out
     train, val = load_windows(config, world, split)
     with torch.random.fork_rng(devices=[]):  # a module with random initial weights starts the same every run

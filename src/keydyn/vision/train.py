@@ -430,7 +430,8 @@ def _train(config: TrainVisualConfig, world: World, device: torch.device) -> Pat
     if world.main:
         resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "step", ("best_val_pixel_error_median",))
     resumed = world.broadcast(resumed)
-    if has_finished(resumed, "step", config.steps, config.out):
+    if has_finished(resumed, "step", config.steps, config.out, quiet=not world.main):
+        world.barrier()
         return config.out
     if world.distributed:
         synchronise_batch_norm(net)
