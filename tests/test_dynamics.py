@@ -291,6 +291,9 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(small_dataset, tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (whole / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
     assert json.loads((whole / "best.json").read_text()) == json.loads((part / "best.json").read_text())
+    assert json.loads((part / "config.json").read_text())["epochs"] == 4  # the resumption's own, rewritten
+    train_dynamics(_config(small_dataset, part, epochs=3, resume=True))  # finished: nothing to train
+    assert json.loads((part / "config.json").read_text())["epochs"] == 4  # still the run's, not the 3 asked
 
 
 @pytest.mark.parametrize("committed", [False, True])

@@ -62,8 +62,10 @@ def test_reproduce_writes_the_table_and_resumes_after_a_kill_in_each_stage(tmp_p
     assert tuple(sds["paper"]) == (1.19, 3.88) and tuple(table["paper_trajectory"]) == (11.32, 32.05)
     low, high = sds["position_interval_cm"]
     assert low <= sds["position_mean_cm"] <= high
-    # The stages are ordinary runs, made from the named presets.
+    # The stages are ordinary runs, made from the named presets, which their config.json names.
     assert json.loads((reference / "runs/sds/seed0/config.json").read_text())["horizon"] == 5
+    for stage in (*TRAINED_STAGES, "eval/sds/seed0"):
+        assert json.loads((reference / stage / "config.json").read_text())["preset"] == "tiny", stage
     assert json.loads((reference / "visual/seed0/last.json").read_text())["step"] == 4
     assert len(list((reference / "keypoint_cache/seed0").glob("keypoints-*.safetensors"))) == 1  # shared cache
     markdown = (reference / "table.md").read_text()
@@ -71,11 +73,13 @@ def test_reproduce_writes_the_table_and_resumes_after_a_kill_in_each_stage(tmp_p
 
     # Run again over finished stages: each trainer sees its run finished before it loads any data.
     weights = {stage: (reference / stage / "last.safetensors").read_bytes() for stage in TRAINED_STAGES}
+    configs = {stage: (reference / stage / "config.json").read_bytes() for stage in TRAINED_STAGES}
     again = subprocess.run(_command(reference), env=_environment(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     for stage in TRAINED_STAGES:
         assert f"{reference / stage} has finished its" in again.stderr, stage
         assert (reference / stage / "last.safetensors").read_bytes() == weights[stage], stage
+        assert (reference / stage / "config.json").read_bytes() == configs[stage], stage
     assert json.loads((reference / "table.json").read_text()) == table
 
     interrupted = tmp_path / "interrupted"

@@ -258,18 +258,18 @@ def test_resuming_compares_paths_resolved(small_dataset, tmp_path, monkeypatch):
         train_dynamics(_dynamics(other, run, epochs=3, resume=True))
 
 
-def test_a_run_made_without_a_preset_name_resumes_from_the_command_line_with_one(small_dataset, tmp_path):
+def test_a_run_resumes_under_another_preset_name_with_the_same_settings(small_dataset, tmp_path):
     from keydyn.cli import TrainDynamics
 
-    run = train_dynamics(_dynamics(small_dataset, tmp_path / "run", epochs=1))  # as `keydyn reproduce` makes it
+    run = train_dynamics(_dynamics(small_dataset, tmp_path / "run", epochs=1))  # preset "default", tiny settings
     settings = {
         field.name: getattr(_dynamics(small_dataset, run, epochs=2), field.name)
         for field in fields(TrainDynamicsConfig)
     }
-    train_dynamics(TrainDynamics(**{**settings, "resume": True}, preset="tiny"))
+    train_dynamics(TrainDynamics(**{**settings, "resume": True, "preset": "tiny"}))
     assert [row["epoch"] for row in read_lines(run / "metrics.jsonl")] == [1, 2]
     with pytest.raises(ValueError, match="its lr differ"):  # the settings themselves are still compared
-        train_dynamics(TrainDynamics(**{**settings, "epochs": 3, "lr": 0.1, "resume": True}, preset="tiny"))
+        train_dynamics(TrainDynamics(**{**settings, "epochs": 3, "lr": 0.1, "resume": True, "preset": "tiny"}))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -136,8 +136,10 @@ def test_train_transporter_resumes_bit_for_bit(small_dataset, tmp_path, capsys):
         train_transporter(_config(small_dataset, whole))
     finished = (whole / "last.safetensors").read_bytes()
     capsys.readouterr()
-    train_transporter(_config(small_dataset, whole, epochs=3, resume=True))  # a finished run: nothing to train
+    stored = (whole / "config.json").read_text()
+    train_transporter(_config(small_dataset, whole, epochs=2, resume=True))  # a finished run: nothing to train
     assert f"{whole} has finished its 3 epochs" in capsys.readouterr().err
+    assert (whole / "config.json").read_text() == stored  # still the 3 epochs it trained, not the 2 asked
     assert (whole / "last.safetensors").read_bytes() == finished
     assert (whole / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
     with pytest.raises(ValueError, match="--camera 'nowhere'"):

@@ -137,9 +137,6 @@ class Collect(CollectConfig):
 class TrainDynamics(TrainDynamicsConfig):
     """Train a latent dynamics model (multi-step rollout loss, SE(2) augmentation) on a dataset."""
 
-    preset: str = DEFAULT
-    """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
-
     def execute(self) -> None:
         written = train_dynamics(self)
         if writes_files():  # rank 0 of a torchrun run
@@ -149,9 +146,6 @@ class TrainDynamics(TrainDynamicsConfig):
 @dataclass(frozen=True)
 class TrainVisual(TrainVisualConfig):
     """Train a dense descriptor network (heatmap + spatial expectation losses) on a dataset's camera views."""
-
-    preset: str = DEFAULT
-    """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
 
     def execute(self) -> None:
         written = train_visual(self)
@@ -164,9 +158,6 @@ class TrainTransporter(TrainTransporterConfig):
     """Train a Transporter keypoint network (feature transport, L2 reconstruction) on one camera's frames: the
     Transporter 2D / 3D baselines' visual model."""
 
-    preset: str = DEFAULT
-    """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
-
     def execute(self) -> None:
         print(f"wrote {train_transporter(self)}")
 
@@ -174,9 +165,6 @@ class TrainTransporter(TrainTransporterConfig):
 @dataclass(frozen=True)
 class Evaluate(EvaluateConfig):
     """Goal reaching with MPC on fixed start/goal pairs: results.json, results.md, plots and videos."""
-
-    preset: str = DEFAULT
-    """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
 
     def execute(self) -> None:
         evaluate(self)

@@ -63,6 +63,7 @@ from keydyn.dynamics.windows import WindowSet, make_windows, window_starts
 from keydyn.files import write_json_atomic, write_lines
 from keydyn.latents import AutoencoderConfig, KeypointConfig, LatentMethod, get_latent, latent_names
 from keydyn.locks import one_writer
+from keydyn.presets import DEFAULT
 from keydyn.runs import (
     LAST_STATE,
     LAST_WEIGHTS,
@@ -131,6 +132,10 @@ class TrainDynamicsConfig:
     resume: bool = False
     """Continue the run in --out from its last finished epoch."""
     progress: bool = True
+    preset: str = DEFAULT
+    """The recipe these settings start from (keydyn/presets/train-dynamics/<preset>.yaml); flags, and the task's
+    own recipe under `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings,
+    not this name."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", Path(self.dataset))
@@ -601,12 +606,13 @@ def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> P
             (best_key(config.method),),
             upgrade_stored_config,
         )
-        write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
-        write_json_atomic(config.out / "task.json", store_task(store).to_dict())
     resumed = world.broadcast(resumed)
     if has_finished(resumed, "epoch", config.epochs, config.out, quiet=not world.main):
-        world.barrier()
+        world.barrier()  # its config.json stays the one it trained with
         return config.out
+    if world.main:
+        write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
+        write_json_atomic(config.out / "task.json", store_task(store).to_dict())
     train, val = load_windows(config, world, split)
     with torch.random.fork_rng(devices=[]):  # a module with random initial weights starts the same every run
         torch.manual_seed(config.seed + 2)

@@ -246,9 +246,11 @@ def from_preset(
 ) -> T:
     """A validated `cls` config: its defaults, then preset `name` of `command`, then `overrides` (a nested
     mapping merged into the preset's, as a preset would give it), then `settings` (whole values, for instance
-    the required paths)."""
+    the required paths). A `cls` with a `preset` field records `name` in it."""
     values = merge(load_preset(command, name), overrides or {})
     arguments = field_values(cls, values, f"preset {command}/{name}.yaml")
+    if "preset" in {field.name for field in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+        arguments["preset"] = name
     return cls(**{**arguments, **settings})
 
 

@@ -50,6 +50,7 @@ from keydyn.data.split import split_episodes
 from keydyn.distributed import ONE_PROCESS, World, joined, synchronise_batch_norm
 from keydyn.files import write_json_atomic, write_lines
 from keydyn.locks import one_writer
+from keydyn.presets import DEFAULT
 from keydyn.runs import (
     LAST_STATE,
     LAST_WEIGHTS,
@@ -134,6 +135,10 @@ class TrainVisualConfig:
     resume: bool = False
     """Continue the run in --out from its last checkpoint."""
     progress: bool = True
+    preset: str = DEFAULT
+    """The recipe these settings start from (keydyn/presets/train-visual/<preset>.yaml); flags, and the task's
+    own recipe under `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings,
+    not this name."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", Path(self.dataset))
@@ -431,7 +436,7 @@ def _train(config: TrainVisualConfig, world: World, device: torch.device) -> Pat
         resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "step", ("best_val_pixel_error_median",))
     resumed = world.broadcast(resumed)
     if has_finished(resumed, "step", config.steps, config.out, quiet=not world.main):
-        world.barrier()
+        world.barrier()  # its config.json stays the one it trained with
         return config.out
     if world.distributed:
         synchronise_batch_norm(net)

@@ -43,6 +43,7 @@ from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic, write_json_atomic, write_lines
 from keydyn.locks import one_writer
 from keydyn.plots import pyplot, save_figure
+from keydyn.presets import DEFAULT
 from keydyn.runs import (
     LAST_STATE,
     LAST_WEIGHTS,
@@ -112,6 +113,10 @@ class TrainTransporterConfig:
     resume: bool = False
     """Continue the run in --out from its last finished epoch."""
     progress: bool = True
+    preset: str = DEFAULT
+    """The recipe these settings start from (keydyn/presets/train-transporter/<preset>.yaml); flags, and the task's
+    own recipe under `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings,
+    not this name."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", Path(self.dataset))
@@ -359,7 +364,7 @@ def train_transporter(config: TrainTransporterConfig) -> Path:
     camera = store.camera(config.camera)
     task = store_task(store)
     resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "epoch", ("best_val_reconstruction_mse",))
-    if has_finished(resumed, "epoch", config.epochs, config.out):
+    if has_finished(resumed, "epoch", config.epochs, config.out):  # its config.json stays the one it trained with
         return config.out
     train, val = make_sources(config, store, camera)
     with torch.random.fork_rng(devices=[]):
