@@ -261,7 +261,7 @@ def test_resuming_compares_paths_resolved(small_dataset, tmp_path, monkeypatch):
 def test_a_run_resumes_under_another_preset_name_with_the_same_settings(small_dataset, tmp_path):
     from keydyn.cli import TrainDynamics
 
-    run = train_dynamics(_dynamics(small_dataset, tmp_path / "run", epochs=1))  # preset "default", tiny settings
+    run = train_dynamics(_dynamics(small_dataset, tmp_path / "run", epochs=1))  # no preset: settings built in code
     settings = {
         field.name: getattr(_dynamics(small_dataset, run, epochs=2), field.name)
         for field in fields(TrainDynamicsConfig)

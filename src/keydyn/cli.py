@@ -248,8 +248,6 @@ class Reproduce(ReproduceConfig):
     resume. Writes table.md."""
 
     table: tyro.conf.Positional[Literal["table1", "table2"]] = "table1"
-    preset: str = DEFAULT
-    """The recipe these settings start from (keydyn/presets/reproduce/<preset>.yaml); flags override it."""
 
     def execute(self) -> None:
         print(format_table(run_reproduce(self)))

@@ -136,8 +136,8 @@ def prepare_run_dir(
         default, so runs made by older versions resume when the new setting is left at its default; a setting
         only the stored file has (a field removed from keydyn since) is ignored. Paths compare resolved; `out`
         itself is not compared (the run is the directory, wherever it is given from), nor the name of the preset
-        the command line started from (a run of `keydyn reproduce` or of Python code records none): the settings
-        it resolved to are.
+        it started from (`--preset`, `keydyn reproduce`'s stage presets; None for settings built in code, and
+        absent from runs older than that field): the settings it resolved to are.
     may_change: settings that may differ between a run and its resumption.
     marker: the file whose presence shows there is something to resume (e.g. "last.json").
     upgrade: turns a stored config.json of an older layout into the current one (beyond added and removed

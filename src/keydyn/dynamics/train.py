@@ -63,7 +63,6 @@ from keydyn.dynamics.windows import WindowSet, make_windows, window_starts
 from keydyn.files import write_json_atomic, write_lines
 from keydyn.latents import AutoencoderConfig, KeypointConfig, LatentMethod, get_latent, latent_names
 from keydyn.locks import one_writer
-from keydyn.presets import DEFAULT
 from keydyn.runs import (
     LAST_STATE,
     LAST_WEIGHTS,
@@ -132,10 +131,10 @@ class TrainDynamicsConfig:
     resume: bool = False
     """Continue the run in --out from its last finished epoch."""
     progress: bool = True
-    preset: str = DEFAULT
-    """The recipe these settings start from (keydyn/presets/train-dynamics/<preset>.yaml); flags, and the task's
-    own recipe under `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings,
-    not this name."""
+    preset: str | None = None
+    """The recipe these settings start from (keydyn/presets/train-dynamics/<preset>.yaml), as `--preset` or
+    `keydyn reproduce` chose it; None for settings built in code. Flags, and the task's own recipe under
+    `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings, not this name."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", Path(self.dataset))

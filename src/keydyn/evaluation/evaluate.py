@@ -41,7 +41,6 @@ from keydyn.evaluation.viewer import ViewerConfig, open_recording
 from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
 from keydyn.latents.base import BatchLatentEncoder
 from keydyn.locks import one_writer
-from keydyn.presets import DEFAULT
 from keydyn.runs import prepare_run_dir, resolve_device
 from keydyn.sim.config import check_seed
 from keydyn.sim.environment import make_environment
@@ -88,10 +87,10 @@ class EvaluateConfig:
     success_angle_deg: float = 30.0
     resume: bool = False
     progress: bool = True
-    preset: str = DEFAULT
-    """The recipe these settings start from (keydyn/presets/evaluate/<preset>.yaml); flags, and the task's
-    own recipe under `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings,
-    not this name."""
+    preset: str | None = None
+    """The recipe these settings start from (keydyn/presets/evaluate/<preset>.yaml), as `--preset` or
+    `keydyn reproduce` chose it; None for settings built in code. Flags, and the task's own recipe under
+    `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings, not this name."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))

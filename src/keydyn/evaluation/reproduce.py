@@ -106,6 +106,9 @@ class ReproduceConfig:
     stage_threads: int = 1
     """With --cluster.backend ray: torch threads of each stage's task (it reserves as many CPUs of the cluster)."""
     progress: bool = True
+    preset: str | None = None
+    """The recipe these settings start from (keydyn/presets/reproduce/<preset>.yaml), as `--preset` chose it;
+    None for settings built in code. Recorded in reproduce.json."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))

@@ -50,7 +50,6 @@ from keydyn.data.split import split_episodes
 from keydyn.distributed import ONE_PROCESS, World, joined, synchronise_batch_norm
 from keydyn.files import write_json_atomic, write_lines
 from keydyn.locks import one_writer
-from keydyn.presets import DEFAULT
 from keydyn.runs import (
     LAST_STATE,
     LAST_WEIGHTS,
@@ -135,10 +134,10 @@ class TrainVisualConfig:
     resume: bool = False
     """Continue the run in --out from its last checkpoint."""
     progress: bool = True
-    preset: str = DEFAULT
-    """The recipe these settings start from (keydyn/presets/train-visual/<preset>.yaml); flags, and the task's
-    own recipe under `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings,
-    not this name."""
+    preset: str | None = None
+    """The recipe these settings start from (keydyn/presets/train-visual/<preset>.yaml), as `--preset` or
+    `keydyn reproduce` chose it; None for settings built in code. Flags, and the task's own recipe under
+    `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings, not this name."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", Path(self.dataset))

@@ -43,7 +43,6 @@ from keydyn.data.store import EpisodeStore
 from keydyn.files import write_atomic, write_json_atomic, write_lines
 from keydyn.locks import one_writer
 from keydyn.plots import pyplot, save_figure
-from keydyn.presets import DEFAULT
 from keydyn.runs import (
     LAST_STATE,
     LAST_WEIGHTS,
@@ -113,10 +112,10 @@ class TrainTransporterConfig:
     resume: bool = False
     """Continue the run in --out from its last finished epoch."""
     progress: bool = True
-    preset: str = DEFAULT
-    """The recipe these settings start from (keydyn/presets/train-transporter/<preset>.yaml); flags, and the task's
-    own recipe under `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings,
-    not this name."""
+    preset: str | None = None
+    """The recipe these settings start from (keydyn/presets/train-transporter/<preset>.yaml), as `--preset` or
+    `keydyn reproduce` chose it; None for settings built in code. Flags, and the task's own recipe under
+    `keydyn reproduce`, override it. Recorded in config.json; resuming compares the settings, not this name."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", Path(self.dataset))
