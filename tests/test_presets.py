@@ -99,6 +99,14 @@ def test_command_line_starts_from_the_preset_and_flags_override_it():
         split_preset(["collect", "--preset"])
 
 
+@pytest.mark.parametrize("command", PRESET_COMMANDS)
+def test_help_names_the_presets_of_each_command(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    flat = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "--preset {" + ",".join(preset_names(command)) + "}" in flat.replace(", ", ",")
+
+
 def test_a_run_saves_its_resolved_preset_config(small_dataset, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train-dynamics", "--dataset", str(small_dataset), "--out", str(out), "--preset", "tiny", "--epochs", "1"]

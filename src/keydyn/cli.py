@@ -107,6 +107,27 @@ class DatasetVerify:
         print(f"{self.path}: all {store.num_episodes} episodes ({store.num_frames} frames) verified intact")
 
 
+def preset_flag(command: str) -> Any:
+    """The type of subcommand `command`'s `preset` field on the command line, for its --help: the names of its
+    presets. `split_preset` takes --preset off the command line before tyro parses the rest."""
+    return Annotated[
+        str | None,
+        tyro.conf.arg(
+            metavar="{" + ",".join(preset_names(command)) + "}",
+            help=f"The recipe these settings start from (keydyn/presets/{command}/<NAME>.yaml; `default` is the best "
+            "measured); flags given override it.",
+        ),
+    ]
+
+
+CollectPreset = preset_flag("collect")
+TrainDynamicsPreset = preset_flag("train-dynamics")
+TrainVisualPreset = preset_flag("train-visual")
+TrainTransporterPreset = preset_flag("train-transporter")
+EvaluatePreset = preset_flag("evaluate")
+ReproducePreset = preset_flag("reproduce")
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Inspect or verify a dataset."""
@@ -125,8 +146,7 @@ class Dataset:
 class Collect(CollectConfig):
     """Collect random-push episodes of a task into a zarr dataset (resumable, parallel, deterministic)."""
 
-    preset: str = DEFAULT
-    """The recipe these settings start from (keydyn/presets/<command>/<preset>.yaml); flags override it."""
+    preset: CollectPreset = DEFAULT
 
     def execute(self) -> None:
         store = collect(self)
@@ -137,6 +157,8 @@ class Collect(CollectConfig):
 class TrainDynamics(TrainDynamicsConfig):
     """Train a latent dynamics model (multi-step rollout loss, SE(2) augmentation) on a dataset."""
 
+    preset: TrainDynamicsPreset = DEFAULT
+
     def execute(self) -> None:
         written = train_dynamics(self)
         if writes_files():  # rank 0 of a torchrun run
@@ -146,6 +168,8 @@ class TrainDynamics(TrainDynamicsConfig):
 @dataclass(frozen=True)
 class TrainVisual(TrainVisualConfig):
     """Train a dense descriptor network (heatmap + spatial expectation losses) on a dataset's camera views."""
+
+    preset: TrainVisualPreset = DEFAULT
 
     def execute(self) -> None:
         written = train_visual(self)
@@ -158,6 +182,8 @@ class TrainTransporter(TrainTransporterConfig):
     """Train a Transporter keypoint network (feature transport, L2 reconstruction) on one camera's frames: the
     Transporter 2D / 3D baselines' visual model."""
 
+    preset: TrainTransporterPreset = DEFAULT
+
     def execute(self) -> None:
         print(f"wrote {train_transporter(self)}")
 
@@ -165,6 +191,8 @@ class TrainTransporter(TrainTransporterConfig):
 @dataclass(frozen=True)
 class Evaluate(EvaluateConfig):
     """Goal reaching with MPC on fixed start/goal pairs: results.json, results.md, plots and videos."""
+
+    preset: EvaluatePreset = DEFAULT
 
     def execute(self) -> None:
         evaluate(self)
@@ -248,6 +276,7 @@ class Reproduce(ReproduceConfig):
     resume. Writes table.md."""
 
     table: tyro.conf.Positional[Literal["table1", "table2"]] = "table1"
+    preset: ReproducePreset = DEFAULT
 
     def execute(self) -> None:
         print(format_table(run_reproduce(self)))
