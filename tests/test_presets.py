@@ -99,12 +99,28 @@ def test_command_line_starts_from_the_preset_and_flags_override_it():
         split_preset(["collect", "--preset"])
 
 
-@pytest.mark.parametrize("command", PRESET_COMMANDS)
-def test_help_names_the_presets_of_each_command(command, capsys):
+def help_text(command: str, capsys) -> str:
+    """`keydyn <command> --help` on one line, with the box drawing and the wrapping taken out."""
     with pytest.raises(SystemExit):
         main([command, "--help"])
-    flat = " ".join(capsys.readouterr().out.replace("│", " ").split())
-    assert "--preset {" + ",".join(preset_names(command)) + "}" in flat.replace(", ", ",")
+    return " ".join(capsys.readouterr().out.replace("│", " ").split()).replace(", ", ",")
+
+
+@pytest.mark.parametrize("command", PRESET_COMMANDS)
+def test_help_names_the_presets_of_each_command(command, capsys):
+    assert "--preset {" + ",".join(preset_names(command)) + "}" in help_text(command, capsys)
+
+
+def test_reproduce_help_names_the_presets_of_each_stage(capsys):
+    text = help_text("reproduce", capsys)
+    for flag, command in (
+        ("--collect", "collect"),
+        ("--visual", "train-visual"),
+        ("--transporter", "train-transporter"),
+        ("--dynamics", "train-dynamics"),
+        ("--evaluation", "evaluate"),
+    ):
+        assert f"{flag} {{" + ",".join(preset_names(command)) + "}" in text
 
 
 def test_a_run_saves_its_resolved_preset_config(small_dataset, tmp_path, capsys):

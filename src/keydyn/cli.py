@@ -107,17 +107,20 @@ class DatasetVerify:
         print(f"{self.path}: all {store.num_episodes} episodes ({store.num_frames} frames) verified intact")
 
 
+def preset_choice(command: str, help: str | None = None) -> Any:
+    """The type of a command-line setting that names one of `command`'s presets: --help lists them; `help`, when
+    given, replaces the field's docstring there."""
+    return Annotated[str, tyro.conf.arg(metavar="{" + ",".join(preset_names(command)) + "}", help=help)]
+
+
 def preset_flag(command: str) -> Any:
-    """The type of subcommand `command`'s `preset` field on the command line, for its --help: the names of its
-    presets. `split_preset` takes --preset off the command line before tyro parses the rest."""
-    return Annotated[
-        str | None,
-        tyro.conf.arg(
-            metavar="{" + ",".join(preset_names(command)) + "}",
-            help=f"The recipe these settings start from (keydyn/presets/{command}/<NAME>.yaml; `default` is the best "
-            "measured); flags given override it.",
-        ),
-    ]
+    """The type of subcommand `command`'s own --preset. `split_preset` takes the flag off the command line before
+    tyro parses the rest; the field is there for --help."""
+    return preset_choice(
+        command,
+        help=f"The recipe these settings start from (keydyn/presets/{command}/<NAME>.yaml; `default` is the best "
+        "measured); flags given override it.",
+    )
 
 
 CollectPreset = preset_flag("collect")
@@ -126,6 +129,11 @@ TrainVisualPreset = preset_flag("train-visual")
 TrainTransporterPreset = preset_flag("train-transporter")
 EvaluatePreset = preset_flag("evaluate")
 ReproducePreset = preset_flag("reproduce")
+CollectPresetName = preset_choice("collect")
+TrainDynamicsPresetName = preset_choice("train-dynamics")
+TrainVisualPresetName = preset_choice("train-visual")
+TrainTransporterPresetName = preset_choice("train-transporter")
+EvaluatePresetName = preset_choice("evaluate")
 
 
 @dataclass(frozen=True)
@@ -277,6 +285,11 @@ class Reproduce(ReproduceConfig):
 
     table: tyro.conf.Positional[Literal["table1", "table2"]] = "table1"
     preset: ReproducePreset = DEFAULT
+    collect: CollectPresetName = DEFAULT
+    visual: TrainVisualPresetName = DEFAULT
+    transporter: TrainTransporterPresetName = DEFAULT
+    dynamics: TrainDynamicsPresetName = DEFAULT
+    evaluation: EvaluatePresetName = DEFAULT
 
     def execute(self) -> None:
         print(format_table(run_reproduce(self)))
