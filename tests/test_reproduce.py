@@ -161,7 +161,11 @@ def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_p
     assert recipe["autoencoder"] == {"z_dim": 64, "precision": "fp32"} and recipe["epochs"] == 500
     assert load_preset("train-dynamics", "autoencoder")["autoencoder"] == {"z_dim": 64}  # bf16 by default
     budget = from_preset(ReproduceConfig, "reproduce", "cpu-budget", out=Path("x"))
-    assert (budget.table, budget.transporter) == ("table2", "fast") and "autoencoder" not in budget.methods
+    assert (budget.table, budget.transporter) == ("table2", "fast") and "autoencoder" in budget.methods
+    budget_autoencoder = method_preset("train-dynamics", budget.dynamics, "autoencoder", budget.dynamics_by_method)
+    recipe = load_preset("train-dynamics", budget_autoencoder)  # the original's recipe, cut to 10 epochs
+    assert recipe == {**load_preset("train-dynamics", "autoencoder"), "epochs": 10}
+    assert method_preset("train-dynamics", budget.dynamics, "sds", budget.dynamics_by_method) == "default"
     for task in ("occlusions", "mugs"):  # K* = 4 over the default recipe, the paper's and the original's
         for preset in ("default", "paper", "original"):
             recipe = merge(load_preset("train-dynamics", preset), task_overlay("train-dynamics", task, preset))
