@@ -133,6 +133,43 @@ def test_a_run_made_before_the_precision_setting_resumes_in_float32(small_datase
     assert json.loads((run / "last.json").read_text())["epoch"] == 2
 
 
+def test_the_planner_drives_a_tiny_models_z_toward_a_goals(small_dataset, tmp_path):
+    """From a rendered frame's z, the controller's plan ends, in the model, near the goal z that a known
+    non-constant push reaches in the model (so the goal is reachable), and much nearer than standing still does."""
+    run = train_dynamics(_config(small_dataset, tmp_path / "run", epochs=1))
+    horizon = 5
+    mpc = MPCConfig(
+        planner=CEMConfig(num_samples=256, num_elites=16, iterations=8),
+        grid_headings=12,
+        horizon=horizon,
+        shrinking_horizon=False,
+    )
+    setup = control_setup(run, None, "best", mpc)
+    observation, info = setup.env.reset(seed=3)
+    start = setup.encoder.encode(observation, info)
+    setup.env.close()
+    controller, model = setup.controller, setup.controller.model
+
+    def final_z(actions: torch.Tensor) -> torch.Tensor:
+        controller.reset(start, seed=0)
+        state = controller.state()[None]
+        for action in actions:
+            state = controller.dynamics(state, action[None])  # the planner's own step (bf16 layers by default)
+        return model.current_latent(state)[0, :Z]
+
+    generator = torch.Generator().manual_seed(0)
+    pushed = torch.rand(horizon, 2, generator=generator) * 0.4 - 0.2  # m/s, off the constant-velocity grid
+    goal_z = final_z(pushed)
+    goal = np.concatenate([goal_z.numpy(), start[Z:]])
+    still = torch.linalg.norm(final_z(torch.zeros(horizon, 2)) - goal_z)
+    controller.reset(start, seed=0)
+    plan = controller.plan(start, controller.goal_cost(goal), horizon)
+    planned_z = model.current_latent(plan.states[-1:])[0, :Z]
+    assert torch.allclose(planned_z, final_z(plan.actions), atol=1e-6)  # the plan's states are its rollout
+    assert still > 0  # the goal differs from where the model goes when the pusher stands still
+    assert torch.linalg.norm(planned_z - goal_z) < 0.3 * still  # pushes of seeds 0-5: 0.08-0.17
+
+
 @pytest.mark.slow
 def test_evaluate_encodes_the_goal_image_and_reaches_the_end(small_dataset, tmp_path):
     run = train_dynamics(_config(small_dataset, tmp_path / "run", epochs=1))
