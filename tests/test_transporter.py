@@ -31,7 +31,7 @@ from keydyn.vision.transporter import (
 )
 from keydyn.vision.transporter_train import TrainTransporterConfig, load_transporter, prepare_frames, train_transporter
 
-from .vision_fixtures import one_thread
+from .vision_fixtures import camera, cast, object_box, one_thread, render, table, yaw_pose
 
 
 def _config(dataset, out, **overrides) -> TrainTransporterConfig:
@@ -200,6 +200,39 @@ def test_latents_are_world_points_near_the_object_and_image_coordinates(small_da
         ).points_world
         is None
     )
+
+
+def test_3d_lifting_is_exact_on_a_synthetic_scene(transporter_run):
+    """A camera looking straight down at a box above a table (independent ray casting, tests/vision_fixtures.py),
+    three frames in one batch with the box at three heights: every surface seen is at one depth, so a keypoint
+    lifted with its pixel's depth is the exact surface point under its sub-pixel position, wherever the trained
+    network puts it, and each frame's keypoints read that frame's depth."""
+    cam = camera((0.02, -0.01, 0.8), (0.02, -0.01, 0.0), width=96, height=72, fx=110.0, fy=108.0, up=(0, 1, 0))
+    scenes = [
+        [table(), object_box(yaw_pose(x, y, z, yaw))]
+        for x, y, z, yaw in [(0.03, 0.0, 0.03, 0.4), (-0.06, 0.05, 0.1, -1.1), (0.1, -0.07, 0.2, 2.0)]
+    ]
+    views = [render(cam, boxes) for boxes in scenes]
+    model = load_transporter(transporter_run)
+    located = locate(
+        model,
+        torch.stack([view.rgb for view in views]),
+        torch.stack([view.mask for view in views]),
+        torch.stack([view.depth for view in views]),
+        views[0].intrinsics,
+        views[0].T_world_camera,
+    )
+    lifted_on_one_surface = 0
+    for boxes, pixels, points in zip(scenes, located.pixels.numpy(), located.points_world.numpy(), strict=True):
+        depth, label, hits = cast(cam, boxes, pixels)
+        _, label_of_pixel, _ = cast(cam, boxes, np.round(pixels))
+        same = label == label_of_pixel  # else the pixel's depth is another surface's: the original's rounding
+        lifted_on_one_surface += same.sum()
+        np.testing.assert_allclose(points[same], hits[same], atol=1e-6)  # float32 depth image
+        uv, z = cam.project(points)
+        np.testing.assert_allclose(uv, pixels, atol=1e-9)
+        np.testing.assert_allclose(z[same], depth[same], atol=1e-6)
+    assert lifted_on_one_surface >= located.pixels.shape[0] * located.pixels.shape[1] // 2
 
 
 def test_transporter_latents_need_a_transporter_run(small_dataset, transporter_run, tmp_path):
