@@ -140,9 +140,10 @@ def test_the_planner_drives_a_tiny_models_z_toward_a_goals(small_dataset, tmp_pa
     horizon = 5
     mpc = MPCConfig(
         planner=CEMConfig(num_samples=256, num_elites=16, iterations=8),
-        grid_headings=12,
+        grid_seed=False,  # CEM alone, from its zero-mean first distribution
         horizon=horizon,
         shrinking_horizon=False,
+        precision="fp32",
     )
     setup = control_setup(run, None, "best", mpc)
     observation, info = setup.env.reset(seed=3)
@@ -154,7 +155,7 @@ def test_the_planner_drives_a_tiny_models_z_toward_a_goals(small_dataset, tmp_pa
         controller.reset(start, seed=0)
         state = controller.state()[None]
         for action in actions:
-            state = controller.dynamics(state, action[None])  # the planner's own step (bf16 layers by default)
+            state = controller.dynamics(state, action[None])  # the planner's own step
         return model.current_latent(state)[0, :Z]
 
     generator = torch.Generator().manual_seed(0)
@@ -165,9 +166,9 @@ def test_the_planner_drives_a_tiny_models_z_toward_a_goals(small_dataset, tmp_pa
     controller.reset(start, seed=0)
     plan = controller.plan(start, controller.goal_cost(goal), horizon)
     planned_z = model.current_latent(plan.states[-1:])[0, :Z]
-    assert torch.allclose(planned_z, final_z(plan.actions), atol=1e-6)  # the plan's states are its rollout
+    assert torch.allclose(planned_z, final_z(plan.actions), atol=1e-5)  # the plan's states are its rollout
     assert still > 0  # the goal differs from where the model goes when the pusher stands still
-    assert torch.linalg.norm(planned_z - goal_z) < 0.3 * still  # pushes of seeds 0-5: 0.08-0.17
+    assert torch.linalg.norm(planned_z - goal_z) < 0.3 * still  # pushes of seeds 0-5: 0.05-0.18
 
 
 @pytest.mark.slow
