@@ -27,6 +27,7 @@ from keydyn.evaluation.evaluate import evaluate as evaluate_run
 from keydyn.latents import AutoencoderConfig, get_latent
 from keydyn.latents.autoencoder import AutoencoderEncoder, AutoencoderModule, dataset_images
 from keydyn.planning import CEMConfig
+from keydyn.planning.base import simulate
 from keydyn.vision.autoencoder import ImageDecoder, ImageEncoder, prepare_images
 
 Z = 16  # the smallest latent the paper tried; the networks' cost does not depend on it
@@ -150,13 +151,12 @@ def test_the_planner_drives_a_tiny_models_z_toward_a_goals(small_dataset, tmp_pa
     start = setup.encoder.encode(observation, info)
     setup.env.close()
     controller, model = setup.controller, setup.controller.model
+    controller.reset(start, seed=0)
+    initial = controller.state()[None]
 
     def final_z(actions: torch.Tensor) -> torch.Tensor:
-        controller.reset(start, seed=0)
-        state = controller.state()[None]
-        for action in actions:
-            state = controller.dynamics(state, action[None])  # the planner's own step
-        return model.current_latent(state)[0, :Z]
+        """(Z,) z after (H, 2) `actions` from `start`, stepped by the planner's own dynamics."""
+        return model.current_latent(simulate(controller.dynamics, initial, actions[None])[:, -1])[0, :Z]
 
     generator = torch.Generator().manual_seed(0)
     pushed = torch.rand(horizon, 2, generator=generator) * 0.4 - 0.2  # m/s, off the constant-velocity grid
