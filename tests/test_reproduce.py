@@ -69,7 +69,9 @@ def test_reproduce_writes_the_table_and_resumes_after_a_kill_in_each_stage(tmp_p
     assert json.loads((reference / "visual/seed0/last.json").read_text())["step"] == 4
     assert len(list((reference / "keypoint_cache/seed0").glob("keypoints-*.safetensors"))) == 1  # shared cache
     markdown = (reference / "table.md").read_text()
-    assert "| SDS |" in markdown and "| 1.19 / 3.88 |" in markdown and "Avg. trajectory" in markdown
+    sds_line = next(line for line in markdown.splitlines() if line.startswith("| SDS |"))
+    assert sds_line.split(" | ")[2:6:3] == ["1.19", "3.88"]  # the paper's beside the position and the angle
+    assert "| Avg. trajectory |" in markdown and "| 11.32 |" in markdown
 
     # Run again over finished stages: each trainer sees its run finished before it loads any data.
     weights = {stage: (reference / stage / "last.safetensors").read_bytes() for stage in TRAINED_STAGES}
@@ -211,28 +213,38 @@ def test_mugs_have_their_held_out_instances_as_a_task_and_no_other_task_has():
 
 
 @pytest.mark.slow
-def test_reproduce_table2_trains_a_transporter_per_crop_and_writes_the_papers_numbers(tmp_path, capsys):
+def test_reproduce_table2_trains_every_baseline_and_writes_the_papers_numbers(tmp_path):
     from keydyn.cli import main
-    from keydyn.latents import latent_names
 
     out = tmp_path / "table2"
-    args = ["reproduce", "table2", "--preset", "tiny", "--methods", "transporter3d", "gt3d", "--no-progress"]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main(["reproduce", "table2", "--preset", "tiny", "--no-progress", "--out", str(out)]) == 0
     table = json.loads((out / "table.json").read_text())
-    assert list(table["rows"]) == ["transporter3d@mask", "transporter3d@full", "gt3d"]
-    assert table["rows"]["transporter3d@mask"]["label"] == "Transporter 3D (mask crop)"
-    assert table["rows"]["transporter3d@full"]["paper"] == [2.01, 15.95]  # top_down, Table 2
-    assert table["rows"]["gt3d"]["paper"] == [1.14, 4.01]
+    rows = table["rows"]
+    assert list(rows) == [
+        "transporter3d@mask",
+        "transporter3d@full",
+        "transporter2d@mask",
+        "transporter2d@full",
+        "autoencoder",
+        "sds",
+        "gt3d",
+    ]
+    assert rows["transporter3d@mask"]["label"] == "Transporter 3D (mask crop)"
+    assert rows["transporter3d@full"]["paper"] == [2.01, 15.95]  # top_down, Table 2
+    assert rows["transporter2d@mask"]["paper"] == [2.08, 13.59]
+    assert rows["autoencoder"]["paper"] == [2.18, 14.79] and rows["sds"]["paper"] == [1.19, 3.88]
+    assert rows["gt3d"]["paper"] == [1.14, 4.01]
     for crop in ("mask", "full"):
         assert json.loads((out / "transporter" / crop / "seed0" / "best.json").read_text())["crop"] == crop
-    text = (out / "table.md").read_text()
-    assert "| Transporter 3D (full crop) |" in text and "2.01 / 15.95" in text
-    if "autoencoder" not in latent_names():
-        with pytest.raises(ValueError, match="--methods autoencoder: no latent"):
-            ReproduceConfig(table="table2", out=tmp_path, methods=("autoencoder",))
-        config = ReproduceConfig(table="table2", out=tmp_path)
-        assert config.methods == ("transporter3d", "transporter2d", "sds", "gt3d")
-        assert "leaves out the autoencoder row" in capsys.readouterr().err
+    for latent in ("transporter3d", "transporter2d"):
+        config = json.loads((out / "runs" / f"{latent}@mask" / "seed0" / "config.json").read_text())
+        assert Path(config["transporter_run"]) == out / "transporter" / "mask" / "seed0"  # one network per crop
+    assert json.loads((out / "runs/autoencoder/seed0/config.json").read_text())["latent"] == "autoencoder"
+    assert (out / "runs/autoencoder/seed0/reconstructions.png").stat().st_size > 0
+    assert all(row["pairs"] == rows["gt3d"]["pairs"] for row in rows.values())  # the same pairs for every row
+    lines = {line.split(" | ")[0]: line.split(" | ") for line in (out / "table.md").read_text().splitlines()}
+    assert lines["| Transporter 2D (full crop)"][2:6:3] == ["2.08", "13.59"]
+    assert lines["| Autoencoder"][2:6:3] == ["2.18", "14.79"]
 
 
 @pytest.mark.slow

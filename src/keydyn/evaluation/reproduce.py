@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,8 +56,6 @@ TABLE_METHODS = {
     "table1": ("gt3d", "ds", "sds", "wds", "wsds"),
     "table2": ("transporter3d", "transporter2d", "autoencoder", "sds", "gt3d"),
 }
-OPTIONAL_METHODS = ("autoencoder",)
-"""Methods a table leaves out, with a message, when no latent of that name is registered."""
 REFERENCE = "gt3d"  # the method every ratio is taken against
 
 
@@ -68,8 +65,7 @@ class ReproduceConfig:
 
     table: Literal["table1", "table2"] = "table1"
     """Which table: table1 = GT 3D and the descriptor latents DS, SDS, WDS, WSDS; table2 = the baselines
-    Transporter 3D, Transporter 2D and the autoencoder (when a latent of that name is registered) beside SDS and
-    GT 3D."""
+    Transporter 3D, Transporter 2D and the autoencoder beside SDS and GT 3D."""
     task: str = "top_down"
     out: Path = Path("repro")
     """Directory of every stage's runs and of table.md / table.json (rerun the command to resume)."""
@@ -122,15 +118,7 @@ class ReproduceConfig:
             raise ValueError(
                 f"{self.table} has no method {', '.join(unknown)}; its methods: {', '.join(TABLE_METHODS[self.table])}"
             )
-        missing = [m for m in methods if m in OPTIONAL_METHODS and m not in latent_names()]
-        if missing and self.methods:
-            raise ValueError(f"--methods {', '.join(missing)}: no latent of that name is registered; leave it out")
-        for method in missing:
-            print(
-                f"keydyn: {self.table} leaves out the {method} row: no latent named {method!r} is registered",
-                file=sys.stderr,
-            )
-        object.__setattr__(self, "methods", tuple(m for m in dict.fromkeys(methods) if m not in missing))
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(methods)))
         object.__setattr__(self, "transporter_crops", tuple(dict.fromkeys(self.transporter_crops)))
         bad_crops = [crop for crop in self.transporter_crops if crop not in CROP_MODES]
         if bad_crops or not self.transporter_crops:
@@ -420,7 +408,6 @@ def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
             held_out,
             {row: [evaluation_dir(config, row, seed, held_out) for seed in range(config.seeds)] for row in rows},
         )
-    table["left_out"] = [m for m in OPTIONAL_METHODS if m in TABLE_METHODS[config.table] and m not in latent_names()]
     write_json_atomic(config.out / "table.json", table)
     write_text_atomic(config.out / "table.md", format_table(table))
     return table
@@ -513,15 +500,15 @@ def results_table(table: str, task: str, evaluations: dict[str, list[Path]]) -> 
 
 
 def format_table(table: dict[str, Any]) -> str:
-    """table.md: the table's rows in Markdown, the paper's figures beside keydyn's."""
+    """table.md: the table's rows in Markdown, the paper's figure beside each of keydyn's position and angle."""
     lines = [
         f"Goal reaching on `{table['task']}` ({table['table']}): final error of the object against the goal pose, "
         "mean over the start/goal pairs [95% bootstrap interval], median; success within 3 cm and 30 deg; over "
         "seeds, the spread (std, min-max) of the mean position error.",
         "",
-        "| method | position (cm) mean [95% CI] | median | angle (deg) mean [95% CI] | median | success | x GT 3D "
-        "| seeds: position mean std (min-max) | paper (cm / deg) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | position (cm) mean [95% CI] | paper | median | angle (deg) mean [95% CI] | paper | median "
+        "| success | x GT 3D | seeds: position mean std (min-max) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table["rows"].values():
         low, high = row["position_interval_cm"]
@@ -533,16 +520,18 @@ def format_table(table: dict[str, Any]) -> str:
             else "1 seed"
         )
         ratio = f"{row['ratio_to_gt3d']:.2f}x" if "ratio_to_gt3d" in row else ""
-        paper = "" if row["paper"] is None else f"{row['paper'][0]:.2f} / {row['paper'][1]:.2f}"
+        paper_cm, paper_deg = ("", "") if row["paper"] is None else (f"{v:.2f}" for v in row["paper"])
         lines.append(
-            f"| {row['label']} | {row['position_mean_cm']:.2f} [{low:.2f}, {high:.2f}] "
+            f"| {row['label']} | {row['position_mean_cm']:.2f} [{low:.2f}, {high:.2f}] | {paper_cm} "
             f"| {row['position_median_cm']:.2f} "
-            f"| {row['angle_mean_deg']:.2f} [{angle_low:.2f}, {angle_high:.2f}] | {row['angle_median_deg']:.2f} "
-            f"| {100 * row['success_rate']:.0f}% | {ratio} | {spread_text} | {paper} |"
+            f"| {row['angle_mean_deg']:.2f} [{angle_low:.2f}, {angle_high:.2f}] | {paper_deg} "
+            f"| {row['angle_median_deg']:.2f} | {100 * row['success_rate']:.0f}% | {ratio} | {spread_text} |"
         )
     trajectory, paper_trajectory = table["trajectory"], table["paper_trajectory"]
-    paper = "" if paper_trajectory is None else f"{paper_trajectory[0]:.2f} / {paper_trajectory[1]:.2f}"
-    lines.append(f"| Avg. trajectory | {trajectory[0]:.2f} | | {trajectory[1]:.2f} | | | | | {paper} |")
+    paper_cm, paper_deg = ("", "") if paper_trajectory is None else (f"{v:.2f}" for v in paper_trajectory)
+    lines.append(
+        f"| Avg. trajectory | {trajectory[0]:.2f} | {paper_cm} | | {trajectory[1]:.2f} | {paper_deg} | | | | |"
+    )
     if "held_out" in table:
         lines += [
             "",
@@ -550,6 +539,4 @@ def format_table(table: dict[str, Any]) -> str:
             "",
             *format_table(table["held_out"]).splitlines()[2:],
         ]
-    for method in table.get("left_out", []):
-        lines += ["", f"Left out: the {method} row (no latent method named {method!r} is registered in this keydyn)."]
     return "\n".join(lines) + "\n"
