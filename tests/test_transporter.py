@@ -69,9 +69,10 @@ def test_keypoints_lie_in_the_square_and_gaussian_maps_peak_at_them():
     )
 
 
-def test_training_reconstructs_a_real_pair_better(small_dataset):
+@pytest.mark.parametrize("crop", ["mask", "full"])
+def test_training_reconstructs_a_real_pair_better(small_dataset, crop):
     store = EpisodeStore.open(small_dataset)
-    images, _ = prepare_frames(store, "top_down", "mask", 64)
+    images, _ = prepare_frames(store, "top_down", crop, 64)
     start, stop = store.episode_range(0)
     source, target = to_network_range(images[[start, start + 1]]), to_network_range(images[[stop - 1, stop - 2]])
     with one_thread():
