@@ -499,6 +499,11 @@ def results_table(table: str, task: str, evaluations: dict[str, list[Path]]) -> 
     }
 
 
+def _paper_cells(paper: list[float] | None) -> tuple[str, str]:
+    """The paper's (position cm, angle deg) as two table cells; empty where the paper has no figure."""
+    return ("", "") if paper is None else (f"{paper[0]:.2f}", f"{paper[1]:.2f}")
+
+
 def format_table(table: dict[str, Any]) -> str:
     """table.md: the table's rows in Markdown, the paper's figure beside each of keydyn's position and angle."""
     lines = [
@@ -520,7 +525,7 @@ def format_table(table: dict[str, Any]) -> str:
             else "1 seed"
         )
         ratio = f"{row['ratio_to_gt3d']:.2f}x" if "ratio_to_gt3d" in row else ""
-        paper_cm, paper_deg = ("", "") if row["paper"] is None else (f"{v:.2f}" for v in row["paper"])
+        paper_cm, paper_deg = _paper_cells(row["paper"])
         lines.append(
             f"| {row['label']} | {row['position_mean_cm']:.2f} [{low:.2f}, {high:.2f}] | {paper_cm} "
             f"| {row['position_median_cm']:.2f} "
@@ -528,7 +533,7 @@ def format_table(table: dict[str, Any]) -> str:
             f"| {row['angle_median_deg']:.2f} | {100 * row['success_rate']:.0f}% | {ratio} | {spread_text} |"
         )
     trajectory, paper_trajectory = table["trajectory"], table["paper_trajectory"]
-    paper_cm, paper_deg = ("", "") if paper_trajectory is None else (f"{v:.2f}" for v in paper_trajectory)
+    paper_cm, paper_deg = _paper_cells(paper_trajectory)
     lines.append(
         f"| Avg. trajectory | {trajectory[0]:.2f} | {paper_cm} | | {trajectory[1]:.2f} | {paper_deg} | | | | |"
     )
