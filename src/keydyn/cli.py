@@ -20,8 +20,8 @@ keydyn robot --address tcp://127.0.0.1:5555 --out robot/harness
 keydyn demo --out demo_out
 
 collect, train-visual, train-transporter, train-dynamics, evaluate and reproduce start from their `default` preset
-(the best recipe measured; `keydyn/presets/<command>/default.yaml`); `--preset NAME` starts from another (`paper`,
-`original`, ...); flags given override the preset.
+(the best recipe measured; `keydyn/presets/<command>/default.yaml`); `--preset NAME` starts from another (each command's
+`--help` lists its own: `paper`, `original`, ...); flags given override the preset.
 """
 
 from __future__ import annotations

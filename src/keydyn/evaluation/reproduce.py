@@ -70,7 +70,8 @@ class ReproduceConfig:
     out: Path = Path("repro")
     """Directory of every stage's runs and of table.md / table.json (rerun the command to resume)."""
     methods: tuple[str, ...] = ()
-    """Rows of the table (default: all of the table's methods, GT 3D first)."""
+    """Rows of the table (default: all of the table's methods in the paper's order: table1 gt3d ds sds wds wsds; table2
+    transporter3d transporter2d autoencoder sds gt3d)."""
     seeds: int = 1
     """Seeds 0 .. seeds-1: one dataset, one descriptor network and one dynamics run per method and seed."""
     collect: str = "default"

@@ -3,7 +3,8 @@
 A preset is `keydyn/presets/<command>/<name>.yaml`: a nested mapping of the settings that differ from the
 config dataclass's defaults (the same names as the command-line flags, with `_` for `-`). Every command
 applies its `default` preset (the best recipe measured, see README) unless `--preset NAME` picks another;
-`paper` and `original` give the paper's and the original code's settings where they differ. Flags given on
+`paper` and `original`, where a command has them, give the paper's and the original code's settings where they
+differ. Flags given on
 the command line override the preset, and the run saves the resolved config (config.json).
 
 A preset may start from another one of the same command with `extends: NAME`; its own settings win.
