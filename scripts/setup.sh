@@ -12,11 +12,9 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 TORCH="torch==2.13.0"
-PROBE="$(mktemp -d)"
-trap 'rm -rf "$PROBE"' EXIT
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
   .venv/bin/python -m pip install -q "$TORCH" --index-url "$TORCH_INDEX_URL"
-elif .venv/bin/python -m pip download -q --no-deps --no-index "$TORCH" -d "$PROBE" >/dev/null 2>&1; then
+elif .venv/bin/python -m pip install --dry-run -q --no-deps --no-index "$TORCH" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q "$TORCH"
 else
   .venv/bin/python -m pip install -q "$TORCH" --extra-index-url https://download.pytorch.org/whl/cpu
