@@ -5,6 +5,8 @@ where a GPU is (benchmarks/gpu.sh runs them on one); on the CPU the graphs' eage
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,18 @@ def test_controller_plans_the_same_actions_with_and_without_cuda_graphs():
         executed.append(np.stack(actions))
     env.close()
     np.testing.assert_array_equal(executed[1], executed[0])
+
+
+@cuda
+def test_reproduce_trains_every_stage_on_the_gpu_it_is_given(tmp_path):
+    """`keydyn reproduce --device cuda`: the descriptor, Transporter and dynamics (autoencoder too) runs train on
+    the GPU, each recording it in its config.json, and the table is written."""
+    from keydyn.cli import main
+
+    out = tmp_path / "repro"
+    args = ["reproduce", "table2", "--preset", "tiny", "--device", "cuda", "--no-progress", "--out", str(out)]
+    assert main([*args, "--methods", "transporter3d", "autoencoder", "sds", "--transporter-crops", "mask"]) == 0
+    runs = ["visual/seed0", "transporter/mask/seed0", "runs/transporter3d@mask/seed0", "runs/autoencoder/seed0"]
+    for run in runs:
+        assert json.loads((out / run / "config.json").read_text())["device"].startswith("cuda"), run
+    assert set(json.loads((out / "table.json").read_text())["rows"]) == {"transporter3d@mask", "autoencoder", "sds"}

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from keydyn.cluster import ClusterConfig
 from keydyn.evaluation.reproduce import ReproduceConfig, method_preset, method_row, task_overlay
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
 from keydyn.presets import from_preset, load_preset, merge, preset_names, stated_settings, without
@@ -146,6 +148,14 @@ def test_reproduce_refuses_unknown_methods_tasks_and_presets(tmp_path):
         ReproduceConfig(out=tmp_path, dynamics_by_method={"auto": "default"})
     with pytest.raises(ValueError, match="--dynamics-by-method sds fastest: no preset 'fastest'"):
         ReproduceConfig(out=tmp_path, dynamics_by_method={"sds": "fastest"})
+    with pytest.raises(ValueError, match="'gpu' is not a torch device"):
+        ReproduceConfig(out=tmp_path, device="gpu")
+    with pytest.raises(ValueError, match="each stage's task gets one GPU"):
+        ReproduceConfig(out=tmp_path, device="cuda:1", cluster=ClusterConfig(backend="ray"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ReproduceConfig(out=tmp_path, device="cuda")
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_a_stage_runs_its_methods_recipe_and_its_tasks_recipe_is_laid_over_any_preset():

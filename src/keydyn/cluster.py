@@ -202,17 +202,18 @@ def _run_task(function: Callable[..., Any], threads: int, *args: Any) -> Any:
 
 
 class RayTasks:
-    """Functions run as Ray tasks, each in one process with `threads` torch threads (and as many CPUs reserved).
+    """Functions run as Ray tasks, each in one process with `threads` torch threads (and as many CPUs reserved),
+    and `gpus` GPUs reserved (Ray hides the others from the task: it sees its own as cuda:0).
 
     `submit(function, *args)` returns a handle at once; an argument may be the handle of an earlier submission
     (the task then starts once that one has finished, and receives its result). `results(handles)` waits for them.
     Dataclass arguments travel with their paths made absolute (see `absolute_paths`).
     """
 
-    def __init__(self, cluster: ClusterConfig, threads: int = 1) -> None:
+    def __init__(self, cluster: ClusterConfig, threads: int = 1, gpus: int = 0) -> None:
         self.ray = connect(cluster)
         self.threads = threads
-        self._remote = self.ray.remote(num_cpus=threads)(_run_task)
+        self._remote = self.ray.remote(num_cpus=threads, num_gpus=gpus)(_run_task)
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Any:
         return self._remote.remote(function, self.threads, *(absolute_paths(arg) for arg in args))

@@ -47,6 +47,7 @@ from keydyn.files import read_json, write_json_atomic, write_text_atomic
 from keydyn.latents import get_latent, latent_names
 from keydyn.locks import one_writer
 from keydyn.presets import DEFAULT, from_preset, merge, preset_names, preset_overlay, stated_settings, without
+from keydyn.runs import resolve_device
 from keydyn.sim.config import TASK_NAMES, held_out_task
 from keydyn.vision.train import TrainVisualConfig, train_visual
 from keydyn.vision.transporter import CROP_MODES
@@ -102,6 +103,11 @@ class ReproduceConfig:
     on a file system every node sees)."""
     stage_threads: int = 1
     """With --cluster.backend ray: torch threads of each stage's task (it reserves as many CPUs of the cluster)."""
+    device: str = "cpu"
+    """Torch device of the training stages (descriptors, Transporters, dynamics and the autoencoder): cpu, cuda,
+    cuda:N or auto (cuda when available). The evaluation plans on the CPU whatever this is, as --evaluation's
+    preset says; a finished stage is not retrained, and one cut short resumes on this device. With
+    --cluster.backend ray, cuda reserves one GPU for each stage's task (auto there means cpu)."""
     progress: bool = True
     preset: str | None = None
     """The recipe these settings start from (keydyn/presets/reproduce/<preset>.yaml), as `--preset` chose it;
@@ -130,6 +136,13 @@ class ReproduceConfig:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if self.stage_threads < 1:
             raise ValueError(f"--stage-threads must be at least 1, got {self.stage_threads}")
+        if self.cluster.backend == "local":
+            resolve_device(self.device)  # a bad name or a missing GPU: here, before the collection
+        elif self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(
+                f"--device {self.device} with --cluster.backend ray: each stage's task gets one GPU of its node "
+                "(Ray shows it as cuda); use --device cuda or cpu"
+            )
         if self.stage_threads != 1 and self.cluster.backend != "ray":
             raise ValueError("--stage-threads sets the threads of Ray tasks; add --cluster.backend ray or leave it out")
         for command, name in (
@@ -265,6 +278,7 @@ def stage_visual(config: ReproduceConfig, seed: int, dataset: Path) -> Path:
             dataset=dataset,
             out=out,
             seed=seed,
+            device=config.device,
             resume=resume,
             progress=config.progress,
         )
@@ -285,6 +299,7 @@ def stage_transporter(config: ReproduceConfig, seed: int, dataset: Path, crop: s
             out=out,
             crop=crop,
             seed=seed,
+            device=config.device,
             resume=resume,
             progress=config.progress,
         )
@@ -318,6 +333,7 @@ def stage_dynamics(
             visual_run=visual if _needs_visual(method) else None,
             transporter_run=transporter if _needs_transporter(method) else None,
             seed=seed,
+            device=config.device,
             resume=resume,
             progress=config.progress,
         )
@@ -396,7 +412,7 @@ def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
             for row in rows:
                 evaluations[row].append(cell_stages(config, row, seed, runs))
     else:
-        tasks = RayTasks(config.cluster, config.stage_threads)
+        tasks = RayTasks(config.cluster, config.stage_threads, gpus=int(config.device == "cuda"))
         seeds = [tasks.submit(seed_stages, config, seed) for seed in range(config.seeds)]
         cells = [tasks.submit(cell_stages, config, row, seed, runs) for seed, runs in enumerate(seeds) for row in rows]
         tasks.results(cells)
