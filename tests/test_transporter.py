@@ -20,10 +20,12 @@ from keydyn.latents.transporter import TransporterEncoder, locate
 from keydyn.presets import from_preset
 from keydyn.runs import store_task
 from keydyn.sim.config import SUGAR_BOX_SIZE
+from keydyn.sim.observations import ObservationError
 from keydyn.vision.geometry import project
 from keydyn.vision.transporter import (
     TransporterNet,
     TransporterNetConfig,
+    check_masks,
     full_image_pixels,
     gaussian_maps,
     prepare_images,
@@ -121,6 +123,20 @@ def test_crops_map_keypoints_back_to_full_image_pixels(crop):
     logits = 0.5 * functional.avg_pool2d(brightness, 4)  # a keypointer that finds the spot on the 16 x 16 grid
     pixels = full_image_pixels(spatial_softmax(logits), prepared.boxes, 16)
     assert torch.allclose(pixels[0, 0], torch.tensor([u, v], dtype=torch.float64), atol=1.5)
+
+
+def test_the_mask_crop_refuses_masks_without_the_object_or_of_another_size():
+    """An empty mask would crop the whole image's centre, zeroed: keypoints that look fine and mean nothing."""
+    rgb, mask = _spot_image(63, 52, distractor=False)
+    batch, masks = rgb.repeat(3, 1, 1, 1), mask.repeat(3, 1, 1)
+    masks[1] = 0
+    with pytest.raises(ValueError, match=r"1 object masks have no object pixel \(rows 1\)"):
+        prepare_images(batch, masks, "mask", 64)
+    assert prepare_images(batch, masks, "full", 64).images.shape == (3, 3, 64, 64)  # the whole image reads no mask
+    with pytest.raises(ValueError, match=r"data/top_down, camera top_down: .* \(rows 101\).*--crop full"):
+        check_masks(masks, batch.shape[:3], first_row=100, where="data/top_down, camera top_down")
+    with pytest.raises(ValueError, match="object masks of shape"):
+        prepare_images(batch, mask.repeat(3, 1, 1)[:, :-1], "mask", 64)
 
 
 # -- training runs ----------------------------------------------------------------------------------------
@@ -230,6 +246,17 @@ def test_latents_are_world_points_near_the_object_and_image_coordinates(small_da
     task = store_task(store)
     encoded = TransporterEncoder(model, lift=True, image_size=(task.width, task.height)).encode(observation, {})
     assert np.allclose(encoded, latents_3d[5], atol=1e-5)  # the control-time encoder computes the dataset's latents
+    rgb_only = {key: observation[key] for key in ("top_down/rgb", "top_down/mask", "pusher_position")}
+    encoded_2d = TransporterEncoder(model, lift=False, image_size=(task.width, task.height)).encode(rgb_only, {})
+    assert np.allclose(encoded_2d, latents_2d[5], atol=1e-5)  # 2D reads no depth, intrinsics or pose
+    with pytest.raises(ObservationError, match="top_down/depth"):
+        TransporterEncoder(model, lift=True).encode(rgb_only, {})
+    for bad_mask, problem in (
+        (np.zeros_like(frame["top_down/mask"]), "has no object pixel"),
+        (frame["top_down/mask"][:-1], "has shape"),
+    ):
+        with pytest.raises(ObservationError, match=problem):
+            TransporterEncoder(model, lift=False).encode({**rgb_only, "top_down/mask": bad_mask}, {})
     del observation["top_down/mask"]
     with pytest.raises(ValueError, match="top_down/mask"):
         TransporterEncoder(model, lift=False).encode(observation, {})

@@ -29,9 +29,9 @@ from keydyn.latents.base import KeypointLatent, LatentMethod
 from keydyn.latents.descriptor.dataset import network_hash
 from keydyn.latents.registry import register_latent
 from keydyn.sim.config import TaskConfig
-from keydyn.sim.observations import FORMAT, ObservationError, check_observation
+from keydyn.sim.observations import FORMAT, ObservationError, check_observation, observed_mask, observed_rgb
 from keydyn.vision.geometry import unproject_to_world
-from keydyn.vision.transporter import full_image_pixels, normalised_image_xy, prepare_images
+from keydyn.vision.transporter import check_masks, full_image_pixels, normalised_image_xy, prepare_images
 from keydyn.vision.transporter_train import TransporterModel, load_transporter
 
 IDENTITY = "transporter_network.json"  # inside a dynamics run: which Transporter run it was trained with
@@ -123,7 +123,8 @@ class TransporterEncoder:
     def encode(self, observation: Mapping[str, Any], info: Mapping[str, Any]) -> np.ndarray:
         """(3 K + 2,) (transporter3d, metres) or (2 K + 2,) (transporter2d) float32 latent."""
         camera = self.model.camera
-        check_observation(observation, (camera,), self.image_size)
+        check_observation(observation, (camera,) if self.lift else (), self.image_size)  # 2D reads no depth
+        rgb = observed_rgb(observation, camera, self.image_size)
         mask = None
         if self.model.crop == "mask":
             if f"{camera}/mask" not in observation:
@@ -131,8 +132,8 @@ class TransporterEncoder:
                     f"the observation has no {camera}/mask: this Transporter was trained on mask crops and needs the "
                     f"object mask at control time too; give it, or train with --crop full ({FORMAT})"
                 )
-            mask = torch.as_tensor(np.asarray(observation[f"{camera}/mask"]))[None]
-        rgb = torch.as_tensor(np.asarray(observation[f"{camera}/rgb"]))[None]
+            mask = torch.as_tensor(observed_mask(observation, camera, rgb.shape[:2]))[None]
+        rgb = torch.as_tensor(rgb)[None]
         pusher = np.asarray(observation["pusher_position"], dtype=np.float64)
         if not self.lift:
             located = locate(self.model, rgb, mask)
@@ -174,8 +175,9 @@ class _TransporterMethod:
         """(N, D) float32 latents of every dataset frame of the Transporter's camera; writes transporter_network.json.
 
         Raises:
-            ValueError: the dataset lacks the Transporter's camera, a keypoint falls where depth is unknown
-                (transporter3d), or a resumed run's Transporter changed.
+            ValueError: the dataset lacks the Transporter's camera, a frame's object mask is empty (a mask-crop
+                Transporter), a keypoint falls where depth is unknown (transporter3d), or a resumed run's
+                Transporter changed.
         """
         run = Path(config.transporter_run)
         model = load_transporter(run, "best")
@@ -201,6 +203,8 @@ class _TransporterMethod:
             stop = min(begin + BATCH, store.num_frames)
             rgb = torch.as_tensor(store.frames(f"{camera}/rgb", begin, stop))
             mask = torch.as_tensor(store.frames(f"{camera}/mask", begin, stop)) if model.crop == "mask" else None
+            if mask is not None:
+                check_masks(mask, rgb.shape[:3], begin, f"{store.path}, camera {camera}")
             if not self.lift:
                 parts.append(locate(model, rgb, mask).xy.flatten(1))
                 continue

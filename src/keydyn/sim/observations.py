@@ -5,6 +5,8 @@ An observation (see `PushingEnv` and docs/extending.md, "A new robot or environm
     pusher_position: (2,) finite world xy of the pusher, metres;
     per camera NAME: NAME/rgb (H, W, 3) uint8 0-255; NAME/depth (H, W) float z-depth in metres, registered to
         the RGB image; NAME/intrinsics (3, 3) finite pinhole K, pixels; NAME/pose (4, 4) finite T_world_camera.
+    and, read only by a Transporter trained on mask crops (a privileged segmentation): NAME/mask (H, W), nonzero
+        on the object, registered to the RGB image.
 
 Depth may have holes, as real sensors give: pixels that are 0, negative, NaN or inf are unknown, and the keypoint
 locator leaves them out (`keydyn.vision.heatmap.expectations_from_logits`); a depth image without one valid pixel
@@ -129,3 +131,25 @@ def observed_rgb(observation: Mapping[str, Any], camera: str, size: tuple[int, i
         ObservationError: the image is missing, not uint8, or of another shape.
     """
     return _rgb(observation, camera, size)
+
+
+def observed_mask(observation: Mapping[str, Any], camera: str, image_shape: tuple[int, int]) -> np.ndarray:
+    """Camera `camera`'s (H, W) object mask (nonzero on the object), checked to be `image_shape` (the RGB image's)
+    and to hold an object pixel, for encoders that crop around the object.
+
+    Raises:
+        ObservationError: the mask is missing, of another shape, or has no object pixel.
+    """
+    key = f"{camera}/mask"
+    mask = _entry(observation, key, camera)
+    if mask.shape != image_shape:
+        raise ObservationError(
+            f"observation {key} has shape {mask.shape}, the RGB image {image_shape}; give the object mask "
+            f"registered to the RGB image, one value per pixel ({FORMAT})"
+        )
+    if not mask.any():
+        raise ObservationError(
+            f"observation {key} has no object pixel: the object is out of view or its segmentation failed, and "
+            f"the mask crop has nothing to crop around ({FORMAT})"
+        )
+    return mask

@@ -183,15 +183,38 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
+def check_masks(mask: torch.Tensor, shape: tuple[int, ...], first_row: int = 0, where: str = "") -> None:
+    """Check object masks for crop "mask": one (H, W) mask per image, each with an object pixel.
+
+    Args:
+        mask: (B, H, W) masks (nonzero on the object).
+        shape: (B, H, W) of the images they belong to.
+        first_row: the row of mask 0 in the errors (a dataset's frame row).
+        where: what the masks are of, to begin the errors with (a dataset and camera).
+
+    Raises:
+        ValueError: the shapes differ, or a mask has no object pixel (the object out of view).
+    """
+    prefix = f"{where}: " if where else ""
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"{prefix}object masks of shape {tuple(mask.shape)} for images of {tuple(shape)}: give one (H, W) mask "
+            "per image, at the image's resolution"
+        )
+    empty = torch.nonzero(~mask.flatten(1).ne(0).any(dim=1)).flatten()
+    if len(empty):
+        rows = ", ".join(str(first_row + int(i)) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise ValueError(
+            f"{prefix}{len(empty)} object masks have no object pixel (rows {rows}): the object is out of view, and "
+            "the mask crop has nothing to crop around; use the whole image (--crop full), or leave those frames out"
+        )
+
+
 def mask_box(mask: torch.Tensor) -> tuple[int, int, int]:
     """(left, top, side) of the smallest square of pixels holding every pixel of an (H, W) mask's bounding box,
-    shifted to lie inside the image (side at most min(H, W)); the whole image's largest centred square when the
-    mask is empty."""
+    shifted to lie inside the image (side at most min(H, W)); the mask has an object pixel (`check_masks`)."""
     height, width = mask.shape
     rows, columns = torch.nonzero(mask, as_tuple=True)
-    if len(rows) == 0:
-        side = min(height, width)
-        return (width - side) // 2, (height - side) // 2, side
     top, bottom = int(rows.min()), int(rows.max())
     left, right = int(columns.min()), int(columns.max())
     side = min(max(bottom - top, right - left) + 1, height, width)
@@ -205,7 +228,8 @@ def prepare_images(rgb: torch.Tensor, mask: torch.Tensor | None, crop: CropMode,
 
     Args:
         rgb: (B, H, W, 3) uint8 images.
-        mask: (B, H, W) object masks (nonzero on the object); needed by crop "mask", ignored by "full".
+        mask: (B, H, W) object masks (nonzero on the object), each with an object pixel; needed by crop "mask",
+            ignored by "full".
         crop: "mask" (a square around the object, background zeroed) or "full" (the whole image, unmasked).
         size: S, the side of the network's input, pixels.
 
@@ -224,6 +248,7 @@ def prepare_images(rgb: torch.Tensor, mask: torch.Tensor | None, crop: CropMode,
         raise ValueError(f"crop {crop!r}: use 'mask' or 'full'")
     if mask is None:
         raise ValueError("crop 'mask' needs the object masks (NAME/mask); pass them, or use crop 'full'")
+    check_masks(mask, rgb.shape[:3])
     crops, boxes = [], []
     for image, object_mask in zip(images, mask, strict=True):
         left, top, side = mask_box(object_mask)

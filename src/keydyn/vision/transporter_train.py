@@ -64,6 +64,7 @@ from keydyn.vision.transporter import (
     CropMode,
     TransporterNet,
     TransporterNetConfig,
+    check_masks,
     prepare_images,
     to_network_range,
 )
@@ -152,13 +153,19 @@ def prepare_frames(
     chunk: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The network inputs of frames start .. stop of `store` seen by `camera`: (N, 3, S, S) uint8 images and
-    (N, 4) float64 crop boxes (`prepare_images`), read `chunk` frames at a time."""
+    (N, 4) float64 crop boxes (`prepare_images`), read `chunk` frames at a time.
+
+    Raises:
+        ValueError: crop "mask" and a frame's object mask has no object pixel (`check_masks`).
+    """
     stop = store.num_frames if stop is None else stop
     images, boxes = [], []
     for begin in range(start, stop, chunk):
         end = min(begin + chunk, stop)
         rgb = torch.as_tensor(store.frames(f"{camera}/rgb", begin, end))
         mask = torch.as_tensor(store.frames(f"{camera}/mask", begin, end)) if crop == "mask" else None
+        if mask is not None:
+            check_masks(mask, rgb.shape[:3], begin, f"{store.path}, camera {camera}")
         prepared = prepare_images(rgb, mask, crop, size)
         images.append(prepared.images)
         boxes.append(prepared.boxes)
@@ -198,7 +205,8 @@ def make_sources(config: TrainTransporterConfig, store: EpisodeStore, camera: st
     """The training and validation pair sources, from a seeded split by episode.
 
     Raises:
-        ValueError: an episode has fewer than 2 frames (no pair of halves).
+        ValueError: an episode has fewer than 2 frames (no pair of halves), or crop "mask" and a frame's object
+            mask is empty.
     """
     train_episodes, val_episodes = split_episodes(store.num_episodes, config.val_fraction, config.seed)
     ranges = torch.tensor([store.episode_range(e) for e in range(store.num_episodes)], dtype=torch.long)
