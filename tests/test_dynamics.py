@@ -296,6 +296,14 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(small_dataset, tmp
     assert json.loads((part / "config.json").read_text())["epochs"] == 4  # still the run's, not the 3 asked
 
 
+def test_a_diverging_run_stops_before_a_checkpoint_takes_its_loss_in(small_dataset, tmp_path):
+    with pytest.raises(ValueError, match=r"training loss is (nan|inf) at epoch \d: training diverged.*learning rate"):
+        train_dynamics(_config(small_dataset, tmp_path / "run", lr=1e30))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    assert all(math.isfinite(row["train_loss"]) for row in rows)  # every checkpointed epoch trained to a number
+
+
 @pytest.mark.parametrize("committed", [False, True])
 def test_a_kill_inside_a_checkpoint_commit_resumes_to_the_same_result(small_dataset, tmp_path, committed):
     """A kill while epoch 3's checkpoint is written: before last.json commits it (its files stay `.next`, dropped

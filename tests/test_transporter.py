@@ -184,6 +184,12 @@ def _keypoints_xy(store: EpisodeStore, run) -> np.ndarray:
     return get_latent("transporter3d").dataset_latents(store, config, run)[:, :18].reshape(-1, 6, 3)[..., :2]
 
 
+def test_a_diverging_run_stops_before_a_checkpoint_takes_its_loss_in(small_dataset, tmp_path):
+    with one_thread(), pytest.raises(ValueError, match=r"training loss is (nan|inf) at epoch 1: training diverged"):
+        train_transporter(_config(small_dataset, tmp_path / "run", epochs=2, lr=1e30))
+    assert not (tmp_path / "run" / "last.json").exists() and not (tmp_path / "run" / "best.json").exists()
+
+
 def test_a_briefly_trained_transporters_keypoints_move_with_the_box(tmp_path):
     """On the whole image (no crop that follows the box), 320 steps of a width-16 net on 8 pushing episodes put a
     keypoint on the box: it follows the box's displacement, where every keypoint of the net after one step stays

@@ -198,6 +198,13 @@ def test_loss_falls_on_real_pairs(small_dataset, tmp_path):
     assert last < 0.6 * first
 
 
+def test_a_diverging_run_stops_before_a_checkpoint_takes_its_loss_in(small_dataset, tmp_path):
+    with one_thread(), pytest.raises(ValueError, match=r"training loss is (nan|inf) at step \d: training diverged"):
+        train_visual(_config(small_dataset, tmp_path / "run", steps=6, lr=1e30, precision="fp32"))
+    last = tmp_path / "run" / "last.json"
+    assert not last.exists() or json.loads(last.read_text())["step"] < 6
+
+
 def test_init_from_starts_from_another_runs_best_weights(small_dataset, tmp_path):
     with one_thread():
         source = train_visual(_config(small_dataset, tmp_path / "source", steps=2))

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -43,6 +44,20 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices; use cuda:0")
     return resolved
+
+
+def check_finite_loss(value: float, where: str) -> None:
+    """Stop a training run whose loss is NaN or inf, before a checkpoint takes the diverged weights in.
+
+    Raises:
+        ValueError: naming `where` (the epoch or step) and what to try.
+    """
+    if not math.isfinite(value):
+        raise ValueError(
+            f"the training loss is {value} at {where}: training diverged, and the run stops with its last checkpoint "
+            "(if any) as it was (rerunning resumes from it, and diverges again); lower the learning rate, or train "
+            "in float32 (--precision fp32 where the command has it)"
+        )
 
 
 def open_dataset(path: Path) -> EpisodeStore:

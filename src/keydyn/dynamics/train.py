@@ -68,6 +68,7 @@ from keydyn.runs import (
     LAST_WEIGHTS,
     METRICS,
     Resumed,
+    check_finite_loss,
     commit_checkpoint,
     has_finished,
     load_checked,
@@ -637,6 +638,7 @@ def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> P
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(epoch)
         train_loss, train_terms = train_epoch(objective, optimizer, train, config, generator, world)
+        check_finite_loss(train_loss + sum(train_terms.values()), f"epoch {epoch}")
         if not world.main:
             continue  # rank 0 validates and writes; the others go on to the next epoch's gradient averaging
         val_loss, val_error, val_terms = math.nan, math.nan, dict.fromkeys(train_terms, math.nan)

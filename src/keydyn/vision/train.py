@@ -55,6 +55,7 @@ from keydyn.runs import (
     LAST_WEIGHTS,
     METRICS,
     Resumed,
+    check_finite_loss,
     commit_checkpoint,
     has_finished,
     load_checked,
@@ -462,6 +463,7 @@ def _train(config: TrainVisualConfig, world: World, device: torch.device) -> Pat
                 group["lr"] = lr
             batch = train.sample_batch(config.batch_size, generator).to(device)
             row = {"step": step, "lr": lr, **train_step(trained, optimizer, batch, config, generator, world)}
+            check_finite_loss(row["loss_total"], f"step {step}")
             metrics.append(row)
             bar.set_postfix(loss=f"{row['loss_total']:.3f}")
             if (step % config.validate_every and step != config.steps) or not world.main:

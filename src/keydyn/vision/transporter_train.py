@@ -48,6 +48,7 @@ from keydyn.runs import (
     LAST_WEIGHTS,
     METRICS,
     Resumed,
+    check_finite_loss,
     commit_checkpoint,
     has_finished,
     load_checked,
@@ -405,6 +406,7 @@ def train_transporter(config: TrainTransporterConfig) -> Path:
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * size
+        check_finite_loss(total, f"epoch {epoch}")
         val_error = validate(net, val, val_pairs, config, device)
         scheduler.step(val_error)
         row = {
