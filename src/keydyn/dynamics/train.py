@@ -95,9 +95,10 @@ class TrainDynamicsConfig:
     latent: str = "gt3d"
     """Latent method (`keydyn.latents` registry): gt3d = 4 ground-truth 3D object keypoints + pusher xy;
     ds / sds = descriptor keypoints (K = 50 random / K* = 5 spatial descriptors) located by --visual-run's
-    network; wds / wsds = learnt convex combinations of those; autoencoder = z of a convolutional autoencoder of
-    one camera's image trained jointly with the dynamics (--autoencoder.*; --preset autoencoder: the original's
-    training)."""
+    network; wds / wsds = learnt convex combinations of those; transporter3d / transporter2d = the keypoints of
+    --transporter-run's Transporter, lifted to world points with depth / as normalised image xy; autoencoder = z
+    of a convolutional autoencoder of one camera's image trained jointly with the dynamics (--autoencoder.*;
+    --preset autoencoder: the original's training)."""
     visual_run: Path | None = None
     """Run directory of `keydyn train-visual`, required by the descriptor latents."""
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
