@@ -11,9 +11,11 @@ import tyro
 
 from keydyn.cli import command_type, main
 from keydyn.control.run import load_run
+from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.report import summarize
 from keydyn.evaluation.tracking import pair_push, perturbed_start, record_demonstration, reference_window
+from keydyn.files import file_sha256
 from keydyn.models import shipped_run
 from keydyn.planning import CEMConfig, GradientShootingConfig, MPPIConfig, RandomShootingConfig
 from keydyn.sim.env import PushingEnv, object_yaw
@@ -143,6 +145,26 @@ def test_results_do_not_depend_on_worker_count_and_resume_continues(small_run, t
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "results.json").write_text(json.dumps(other_pairs))
     assert main(["table", str(tmp_path / "pool"), str(tmp_path / "other")]) == 2
+
+
+def test_a_resumed_evaluation_refuses_a_checkpoint_trained_on_since(small_dataset, tmp_path, capsys):
+    settings = {"dataset": small_dataset, "horizon": 5, "hidden": (64, 64), "val_fraction": 0.34, "progress": False}
+    run = train_dynamics(TrainDynamicsConfig(out=tmp_path / "run", epochs=2, **settings))
+    out = tmp_path / "eval"
+    base = ["evaluate", "--run", str(run), "--out", str(out), "--checkpoint", "last", "--videos", "0", *FAST_MPC]
+    assert main([*base, "--episodes", "1", "--workers", "0", "--no-progress"]) == 0
+    measured = json.loads((out / "results.json").read_text())["checkpoint_sha256"]
+    assert measured == file_sha256(run / "last.safetensors")
+    train_dynamics(TrainDynamicsConfig(out=run, epochs=3, resume=True, **settings))  # trained on: a new `last`
+    capsys.readouterr()
+    assert main([*base, "--episodes", "2", "--workers", "0", "--resume", "--no-progress"]) == 2
+    assert "holds episodes of another last.safetensors" in capsys.readouterr().err
+    assert len(rows(out)) == 1  # nothing of the new checkpoint was added to the old one's episodes
+    # An evaluation started before keydyn recorded its checkpoint resumes, saying what it takes its episodes as.
+    (out / "checkpoint.json").unlink()
+    assert main([*base, "--episodes", "2", "--workers", "0", "--resume", "--no-progress"]) == 0
+    assert "was started before keydyn recorded the checkpoint" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["checkpoint_sha256"] == file_sha256(run / "last.safetensors")
 
 
 def test_reported_errors_are_those_of_the_replayed_episodes(tmp_path):

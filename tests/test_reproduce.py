@@ -15,8 +15,16 @@ import pytest
 import torch
 
 from keydyn.cluster import ClusterConfig
-from keydyn.evaluation.reproduce import ReproduceConfig, method_preset, method_row, task_overlay
+from keydyn.evaluation.reproduce import (
+    ReproduceConfig,
+    format_table,
+    method_preset,
+    method_row,
+    results_table,
+    task_overlay,
+)
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
+from keydyn.files import file_sha256
 from keydyn.presets import from_preset, load_preset, merge, preset_names, stated_settings, without
 from keydyn.sim.config import TASK_NAMES, held_out_task
 
@@ -97,13 +105,17 @@ def test_reproduce_writes_the_table_and_resumes_after_a_kill_in_each_stage(tmp_p
             assert again["rows"][method][key] == table["rows"][method][key], (method, key)
 
 
-def _evaluation(directory: Path, positions: list[float], angles: list[float]) -> Path:
+def _evaluation(
+    directory: Path, positions: list[float], angles: list[float], stopped: tuple[int, ...] = (), bounds=(3.0, 30.0)
+) -> Path:
+    """An evaluation's results.json: its episodes' final errors, `stopped` those stopped by a refused observation."""
     rows = [
         {"index": i, "final_position_error_cm": p, "final_angle_error_deg": a}
+        | ({"fault": "ObservationError: no depth"} if i in stopped else {})
         for i, (p, a) in enumerate(zip(positions, angles, strict=True))
     ]
     summary = {
-        "success_threshold": {"position_cm": 3.0, "angle_deg": 30.0},
+        "success_threshold": {"position_cm": bounds[0], "angle_deg": bounds[1]},
         "initial_position_error_cm": {"mean": 10.0},
         "initial_angle_error_deg": {"mean": 30.0},
     }
@@ -112,12 +124,36 @@ def _evaluation(directory: Path, positions: list[float], angles: list[float]) ->
     return directory
 
 
+def test_reproduce_evaluates_anew_a_run_that_changed_since_its_evaluation(tmp_path, capsys):
+    from keydyn.cli import main
+
+    out = tmp_path / "repro"
+    args = ["reproduce", "table1", "--preset", "tiny", "--methods", "gt3d", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    table = (out / "table.json").read_text()
+    record = out / "eval" / "gt3d" / "seed0" / "checkpoint.json"
+    measured = json.loads(record.read_text())
+    assert measured["sha256"] == file_sha256(out / "runs" / "gt3d" / "seed0" / "best.safetensors")
+    record.write_text(json.dumps({**measured, "sha256": "0" * 64}))  # as if made with an earlier checkpoint
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "has changed since" in capsys.readouterr().err  # said, and evaluated anew
+    assert json.loads(record.read_text()) == measured  # evaluated anew, with the run's checkpoint
+    assert (out / "table.json").read_text() == table  # the same checkpoint gives the same rows
+
+
 def test_method_row_averages_seeds_and_reports_their_spread(tmp_path):
     one = _evaluation(tmp_path / "s0", [1.0, 2.0, 4.0], [5.0, 40.0, 10.0])
-    two = _evaluation(tmp_path / "s1", [3.0, 2.0, 1.0], [5.0, 5.0, 5.0])
+    two = _evaluation(tmp_path / "s1", [3.0, 2.0, 1.0], [5.0, 5.0, 5.0], stopped=(2,))
     row = method_row([one, two])
-    assert row["position_mean_cm"] == pytest.approx(np.mean([7 / 3, 2.0]))
-    assert row["success_rate"] == pytest.approx(np.mean([1 / 3, 1.0]))  # 40 deg and 4 cm fail; 3 cm succeeds
+    assert row["position_mean_cm"] == pytest.approx(np.mean([7 / 3, 2.0]))  # a stopped episode counts where it is
+    assert row["success_rate"] == pytest.approx(np.mean([1 / 3, 2 / 3]))  # 40 deg, 4 cm and stopped fail; 3 cm not
+    assert row["stopped_episodes"] == 1 and row["success_threshold"] == {"position_cm": 3.0, "angle_deg": 30.0}
+    text = format_table(results_table("table1", "top_down", {"gt3d": [one, two]}))
+    assert "success within 3 cm and 30 deg" in text
+    assert "Episodes stopped by a refused observation (at their last pose, failures; over the seeds): GT 3D 1" in text
+    with pytest.raises(ValueError, match="other bounds"):
+        method_row([one, _evaluation(tmp_path / "s2", [1.0, 2.0, 4.0], [5.0, 40.0, 10.0], bounds=(2.0, 30.0))])
     assert row["position_mean_over_seeds_cm"] == pytest.approx(spread([7 / 3, 2.0]))
     assert row["position_interval_cm"] == bootstrap_mean_interval([2.0, 2.0, 2.5])  # per-pair means over seeds
     other_pairs = tmp_path / "other"

@@ -2,6 +2,7 @@
 
 The output directory holds:
     config.json     the resolved EvaluateConfig
+    checkpoint.json the dynamics checkpoint evaluated and its SHA-256: a resumption of another refuses to continue
     episodes.jsonl  one row per finished episode, appended as episodes finish (what --resume continues from)
     results.json    config, summary (mean/median errors, success rate, Avg. trajectory) and every episode row
     results.md      the summary as a Markdown table like the paper's Table 1
@@ -22,6 +23,7 @@ import copy
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +40,14 @@ from keydyn.evaluation.goals import GoalPairConfig, goal_pair
 from keydyn.evaluation.report import markdown_table, plot_errors, summarize
 from keydyn.evaluation.scene import draw_frame
 from keydyn.evaluation.viewer import ViewerConfig, open_recording
-from keydyn.files import read_lines, write_json_atomic, write_lines_atomic, write_text_atomic
+from keydyn.files import (
+    file_sha256,
+    read_json,
+    read_lines,
+    write_json_atomic,
+    write_lines_atomic,
+    write_text_atomic,
+)
 from keydyn.latents.base import BatchLatentEncoder
 from keydyn.locks import one_writer
 from keydyn.runs import prepare_run_dir, resolve_device
@@ -47,6 +56,8 @@ from keydyn.sim.environment import make_environment
 from keydyn.video import write_video
 
 _RESUMABLE_FIELDS = ("episodes", "workers", "cluster", "batch", "resume", "progress", "videos", "viewer")
+MEASURED = "checkpoint.json"
+"""In an evaluation directory: the dynamics checkpoint its episodes were run with (`measured_checkpoint`)."""
 
 
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # the planner's options (MPPI's by default) show in --help
@@ -175,11 +186,48 @@ class GoalReachingWorker:
         return rows
 
 
+def measured_checkpoint(run: Path, checkpoint: str) -> dict[str, str]:
+    """What an evaluation of `run` measures: its `<checkpoint>.safetensors` (the dynamics, with a jointly trained
+    encoder's weights) and that file's SHA-256. The networks it locates its latents with are checked against the
+    run as it loads (`load_run`), so the checkpoint's bytes name the whole model."""
+    name = f"{checkpoint}.safetensors"
+    return {"run": str(run), "checkpoint": name, "sha256": file_sha256(Path(run) / name)}
+
+
+def measures_the_run(config: EvaluateConfig) -> bool:
+    """Whether the evaluation in config.out was run with config.run's current checkpoint (True too for a new
+    directory, and for one made before keydyn recorded the checkpoint)."""
+    recorded = config.out / MEASURED
+    if not recorded.exists():
+        return True
+    return read_json(recorded, ("sha256",))["sha256"] == measured_checkpoint(config.run, config.checkpoint)["sha256"]
+
+
 def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
-    """Create the output directory, or check it against a resumed one; return the episodes already done."""
+    """Create the output directory, or check it against a resumed one (its settings and the checkpoint it
+    measured); return the episodes already done.
+
+    Raises:
+        ValueError: a resumed evaluation's checkpoint has changed since (trained on, or trained anew).
+    """
+    measured = measured_checkpoint(config.run, config.checkpoint)
     if not prepare_run_dir(config.out, config, _RESUMABLE_FIELDS, "config.json", _upgrade_stored):
+        write_json_atomic(config.out / MEASURED, measured)
         return []
+    if not measures_the_run(config):
+        raise ValueError(
+            f"{config.out} holds episodes of another {measured['checkpoint']} of {config.run} than it holds now "
+            "(the run was trained on or trained anew since); evaluate it into a new --out, or delete "
+            f"{config.out} to evaluate it anew"
+        )
     rows = read_lines(config.out / "episodes.jsonl")
+    if rows and not (config.out / MEASURED).exists():
+        print(
+            f"keydyn evaluate: {config.out} was started before keydyn recorded the checkpoint it measures; its "
+            f"{len(rows)} episodes are taken as of {config.run}'s current {measured['checkpoint']}",
+            file=sys.stderr,
+        )
+    write_json_atomic(config.out / MEASURED, measured)
     write_lines_atomic(config.out / "episodes.jsonl", rows)  # without a torn last line: appends start afresh
     return rows
 
@@ -219,6 +267,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "latent": trained.latent,
         "label": label,
         "summary": summary,
+        "checkpoint_sha256": read_json(config.out / MEASURED, ("sha256",))["sha256"],
         "config": config.to_json(),
         "episodes": [{k: v for k, v in row.items() if k != "actions"} for row in rows],
     }
