@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from keydyn.data.store import CONTENT_HASH, EpisodeStore
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.latents import get_latent
-from keydyn.latents.descriptor.dataset import compute_keypoints, dataset_keypoints
+from keydyn.latents.descriptor.dataset import cache_key, compute_keypoints, dataset_keypoints
 from keydyn.latents.descriptor.method import load_descriptor_encoder, load_visual
 from keydyn.latents.descriptor.references import (
     RIGID_RANKING_THRESHOLD_M,
@@ -259,6 +261,34 @@ def test_dataset_keypoints_are_cached_by_network_and_references(small_dataset, v
     (tmp_path / "references").mkdir()
     expectation.save(tmp_path / "references")
     assert References.load(tmp_path / "references").depth_mode == "expectation"
+    saved = tmp_path / "references" / "references.safetensors"
+    damaged = bytearray(saved.read_bytes())
+    damaged[-1] ^= 0x01  # one flipped bit in the last tensor's data: the file still parses
+    saved.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"references\.safetensors"):
+        References.load(tmp_path / "references")
+
+
+def test_the_keypoint_cache_knows_a_dataset_collected_anew_at_the_same_path(small_dataset, visual_run, tmp_path):
+    """Same path, same settings, same length: only the frames differ (as after a re-collection by a keydyn whose
+    renderer changed), and the cached keypoints of the old frames are not taken for the new ones."""
+    copy = tmp_path / "data"
+    shutil.copytree(small_dataset, copy)
+    net, eta = load_visual(visual_run, "last")
+    with one_thread():
+        references = choose_references(net, open_dataset(copy), SMALL_KEYPOINTS, spatial=False, eta=eta)
+        before = cache_key(net, references, open_dataset(copy), bf16=False)
+        store = EpisodeStore.open(copy, "a")
+        frames = store.episode(0)
+        frames["action"] = frames["action"] + np.float32(0.01)
+        meta = {
+            name: store.episode_meta(name)[0]
+            for name in store.episode_fields
+            if name not in ("episode_ends", CONTENT_HASH)
+        }
+        store.rewrite_episode(0, frames, meta)
+        store.close()
+        assert cache_key(net, references, open_dataset(copy), bf16=False) != before
 
 
 def test_keypoint_weights_stay_convex_when_trained_with_the_dynamics(small_dataset, visual_run, tmp_path):

@@ -159,6 +159,19 @@ def test_misuse_is_rejected(tmp_path):
         writer.append_episode(bad, {"seed": 3})
     with pytest.raises(ValueError, match="exactly"):
         writer.append_episode(_episode(np.random.default_rng(0), 2, False), {})
+    unknown = _episode(np.random.default_rng(0), 4, False)
+    unknown["action"][2, 1] = np.nan
+    unknown["cam/depth"][:, 0, 0] = np.nan  # a depth hole is allowed
+    with pytest.raises(ValueError, match=r"action: frames rows \[2\] of the episode hold NaN or inf"):
+        writer.append_episode(unknown, {"seed": 3})
+    unknown["action"][2, 1] = 0.0
+    with pytest.raises(ValueError, match="episode metadata seed: rows"):
+        EpisodeStore.create(tmp_path / "floats", {}, FRAME_FIELDS, {"seed": ((), "float64")}).append_episode(
+            unknown, {"seed": np.inf}
+        )
+    episodes = writer.num_episodes
+    writer.append_episode(unknown, {"seed": 3})  # with the depth hole only
+    assert writer.num_episodes == episodes + 1
     with pytest.raises(IndexError, match="out of range"):
         writer.episode(5)
     with pytest.raises(KeyError, match="no per-frame array"):

@@ -325,6 +325,17 @@ def read_tensors(path: Path, fix: str = DAMAGED) -> dict[str, torch.Tensor]:
     return _tensors(Path(path).read_bytes(), Path(path), fix)
 
 
+def read_recorded_tensors(path: Path, fix: str = DAMAGED) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, checked against their digest when `write_tensors` recorded one (a file
+    of an older keydyn, without one, is only parsed).
+
+    Raises:
+        ValueError: naming `path` and `fix` when the file is damaged or its tensors differ from their digest.
+    """
+    tensors = read_checked_tensors(path, fix)
+    return read_tensors(path, fix) if tensors is None else tensors
+
+
 def _safetensors_counter(data: bytes, counter: str) -> int | None:
     """The `counter` ("epoch", "step") in the metadata of safetensors `data`; None when it holds none."""
     try:

@@ -564,8 +564,12 @@ class EpisodeStore:
         meta_fields = [f for f in self.episode_fields if f not in ("episode_ends", CONTENT_HASH)]
         if set(meta) != set(meta_fields):
             raise ValueError(f"episode metadata must have exactly {sorted(meta_fields)}, got {sorted(meta)}")
+        for name in meta_fields:
+            _require_finite(np.asarray(meta[name])[None], f"episode metadata {name}:")
         for name in self.frame_fields:
             values = frames[name]
+            if not isinstance(values, EncodedFrames) and not name.endswith("/depth"):  # depth alone has holes
+                _require_finite(np.asarray(values), f"{name}: frames")
             shape = values.frame_shape if isinstance(values, EncodedFrames) else np.shape(values)[1:]
             array = self._writer(f"data/{name}")
             stored = array.shape[1:]
@@ -660,6 +664,22 @@ class EpisodeStore:
     def _require_writable(self) -> None:
         if not self._writable:
             raise StoreError(f"{self.path} was opened read-only; open it with mode='a' to write")
+
+
+def _require_finite(rows: np.ndarray, what: str) -> None:
+    """Refuse float `rows` (N, ...) holding NaN or inf, naming the first rows: a dataset holds no unknown values
+    but depth's holes.
+
+    Raises:
+        ValueError: `what` and the rows.
+    """
+    if rows.dtype.kind not in "fc" or np.isfinite(rows).all():
+        return
+    bad = np.flatnonzero(~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1))
+    raise ValueError(
+        f"{what} rows {bad[:5].tolist()} of the episode hold NaN or inf; a dataset stores only finite values "
+        "(depth alone may have holes): check the simulator's state or the robot's readings"
+    )
 
 
 def _process_alive(pid: int) -> bool:

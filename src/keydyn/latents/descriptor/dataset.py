@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from keydyn.data.store import EpisodeStore
+from keydyn.data.store import CONTENT_HASH, EpisodeStore
 from keydyn.latents.descriptor.references import References, locate_references
 from keydyn.locks import taking_turns
 from keydyn.runs import read_checked_tensors, write_tensors
@@ -48,7 +48,8 @@ def network_hash(net: DescriptorNet) -> str:
 
 
 def cache_key(net: DescriptorNet, references: References, store: EpisodeStore, bf16: bool) -> str:
-    """A hash of everything the keypoints depend on: weights, references, camera, precision, dataset identity."""
+    """A hash of everything the keypoints depend on: weights, references, camera, precision, and the dataset (its
+    path and collection settings, and every episode's content SHA-256)."""
     digest = hashlib.sha256(network_hash(net).encode())
     for tensor in (references.descriptors, references.uv):
         digest.update(tensor.detach().float().contiguous().numpy().tobytes())
@@ -63,6 +64,7 @@ def cache_key(net: DescriptorNet, references: References, store: EpisodeStore, b
         "collection": store.attrs.get("collection", {}),
     }
     digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
+    digest.update(store.episode_meta(CONTENT_HASH).tobytes())  # the frames themselves: a store collected anew differs
     return digest.hexdigest()[:20]
 
 

@@ -73,24 +73,27 @@ class DescriptorLatent(KeypointLatent):
         """
         visual_run, keypoints = Path(config.visual_run), config.keypoints
         net, eta = load_visual(visual_run, keypoints.checkpoint)
-        if (out / "references.json").exists():
-            references = References.load(out)
-        else:
-            references = choose_references(net, store, keypoints, self.spatial, eta)
-            references.save(out)
         identity = {
             "visual_run": os.path.relpath(visual_run.resolve(), out.resolve()),  # relative: the runs can move together
             "checkpoint": keypoints.checkpoint,
             "network_sha256": network_hash(net),
         }
-        if (out / "visual_network.json").exists():  # a resumed run: its references belong to that network
+        resumed = (out / "visual_network.json").exists()
+        if resumed:  # a resumed run: its references belong to that network
             trained_with = read_json(out / "visual_network.json", ("network_sha256",))["network_sha256"]
             if trained_with != identity["network_sha256"]:
                 raise ValueError(
                     f"the {keypoints.checkpoint} network of {visual_run} changed since {out} started; its references "
                     "and cached keypoints belong to the earlier one: train the dynamics anew in a new --out"
                 )
+        # Written before the references, so that references never stand without the network they were chosen with
+        # (references left by a run cut before this record are chosen again: the same seed, the same choice).
         write_json_atomic(out / "visual_network.json", identity)
+        if resumed and (out / "references.json").exists():
+            references = References.load(out)
+        else:
+            references = choose_references(net, store, keypoints, self.spatial, eta)
+            references.save(out)
         rgb = store.frames(f"{references.camera}/rgb", references.frame, references.frame + 1)[0]
         title = f"{self.label}: {len(references)} reference descriptors, camera {references.camera}"
         write_reference_picture(out / "keypoints.png", rgb, references, title)

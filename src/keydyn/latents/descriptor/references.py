@@ -1,15 +1,15 @@
 """Reference descriptors of the descriptor keypoint latents: DS (K random) and SDS (K* reliable, spread out).
 
 Paper section 3.2 and appendix 8: K reference descriptors are sampled uniformly from the object mask of one
-reference image. DS keeps all K (K = 50). SDS ranks them by their mean confidence (eq. 15) over frames of
-the training data and keeps, greedily, the K* most confident whose reference pixels are at least
-`min_distance_px` apart (K* = 5; 25 px at 640x480, scaled with the image width). The weighted variants (WDS,
-WSDS) use the references of DS and SDS respectively.
+reference image. DS keeps all K (K = 50). SDS ranks them by their mean confidence (eq. 15) over frames drawn
+from the whole dataset (its dynamics validation episodes too) and keeps, greedily, the K* most confident whose
+reference pixels are at least `min_distance_px` apart (K* = 5; 25 px at 640x480, scaled with the image width).
+The weighted variants (WDS, WSDS) use the references of DS and SDS respectively.
 
 Beyond the paper, SDS first drops the candidates that the correspondence function does not find at their own
 pixel in the reference image (more than `reference_tolerance_px` away): an ambiguous descriptor (one that
 also matches a similar-looking part of the object) has a spread or two-peaked heatmap, and its keypoint marks
-some point between the parts rather than the one it was sampled at. A high mean confidence over the training
+some point between the parts rather than the one it was sampled at. A high mean confidence over the ranking
 frames does not reveal this.
 
 Also beyond the paper, and off by default: `sds_ranking="rigid"` ranks the candidates by how well they keep to
@@ -28,13 +28,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from keydyn.data.store import EpisodeStore
-from keydyn.files import read_json, write_atomic, write_json_atomic
+from keydyn.files import read_json, write_json_atomic
 from keydyn.latents.descriptor.fusion import fuse_keypoints
 from keydyn.latents.descriptor.rigid import rigid_consistency
-from keydyn.runs import read_tensors
+from keydyn.runs import read_recorded_tensors, write_tensors
 from keydyn.sim.config import check_seed
 from keydyn.vision.keypoints import (
     DEPTH_MODES,
@@ -204,7 +203,7 @@ class References:
         """Write `references.safetensors` (tensors) and `references.json` (the rest) into `directory`."""
         tensors = {"descriptors": self.descriptors, "uv": self.uv, "confidence": self.confidence}
         tensors = {name: value.detach().float().contiguous() for name, value in tensors.items()}
-        write_atomic(directory / "references.safetensors", lambda p: save_file(tensors, str(p)))
+        write_tensors(directory / "references.safetensors", tensors)
         info = {
             "camera": self.camera,
             "frame": self.frame,
@@ -222,7 +221,7 @@ class References:
             raise FileNotFoundError(f"{directory} has no references.json; train it with a descriptor --latent")
         info = read_json(path, ("camera", "frame", "eta", "depth_mode"))
         info["fused_cameras"] = tuple(info.get("fused_cameras", ()))  # runs before fusion have one camera
-        tensors = read_tensors(Path(directory) / "references.safetensors")
+        tensors = read_recorded_tensors(Path(directory) / "references.safetensors")
         return References(tensors["descriptors"], tensors["uv"], tensors["confidence"], **info)
 
     def subset(self, indices: torch.Tensor) -> References:

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from keydyn.files import read_json, write_atomic, write_json_atomic
-from keydyn.runs import read_tensors
+from keydyn.files import read_json, write_json_atomic
+from keydyn.runs import read_recorded_tensors, write_tensors
 
 MIN_INLIERS = 3  # a rigid motion in 3D is fixed by 3 points
 MAX_TRIPLES = 120  # all triples up to K = 10 keypoints; a fixed sample of this many beyond
@@ -149,7 +148,7 @@ class RigidFilter:
     def save(self, directory: Path) -> None:
         """Write `rigid_filter.safetensors` (the template) and `rigid_filter.json` (threshold and mode)."""
         template = {"template": self.template.detach().float().contiguous()}
-        write_atomic(Path(directory) / "rigid_filter.safetensors", lambda p: save_file(template, str(p)))
+        write_tensors(Path(directory) / "rigid_filter.safetensors", template)
         settings = {"threshold_m": self.threshold, "project": self.project}
         write_json_atomic(Path(directory) / "rigid_filter.json", settings)
 
@@ -159,7 +158,7 @@ class RigidFilter:
         path = Path(directory) / "rigid_filter.json"
         if not path.exists():
             return None
-        template = read_tensors(Path(directory) / "rigid_filter.safetensors")["template"]
+        template = read_recorded_tensors(Path(directory) / "rigid_filter.safetensors")["template"]
         settings = read_json(path, ("threshold_m",))
         return RigidFilter(template, float(settings["threshold_m"]), bool(settings.get("project", False)))
 
