@@ -118,6 +118,23 @@ def test_controller_keeps_history_and_shrinks_its_horizon():
     np.testing.assert_allclose(past[0, 0].numpy(), action)  # the action executed between the two latents
 
 
+def test_a_goal_of_another_latent_or_a_model_predicting_nan_is_refused():
+    torch.manual_seed(0)
+    model = DynamicsMLP(latent_dim=14, history=2, hidden=(32,))
+    controller = MPCController(model, small_mpc(horizon=4))
+    latent = np.zeros(14, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"goal latent has shape \(20,\), the model's latents \(14,\)"):
+        controller.goal_cost(np.zeros(20))  # a latent of another method (a DS goal for an SDS run, say)
+    with pytest.raises(ValueError, match=r"reference latents have shape \(4, 12\)"):
+        controller.tracking_cost(np.zeros((4, 12)))
+    with torch.no_grad():
+        model.net[0].weight[0, 0] = float("nan")  # a model that predicts NaN
+    controller = MPCController(model, small_mpc(horizon=4))
+    controller.reset(latent, seed=0)
+    with pytest.raises(ValueError, match=r"rollouts of planned episode rows \[0\] end in NaN or inf"):
+        controller.act(latent, lambda horizon: controller.goal_cost(latent), steps_left=4)
+
+
 DT = 0.1  # s, the step of `pushed_point_model`
 
 

@@ -45,7 +45,8 @@ def _per_environment(states: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def terminal_cost(goal: Tensor, part: slice, scale: float = 100.0) -> Cost:
-    """Cost = scale * || z_part(T) - z_part_goal ||_2 of the final predicted state (the original code's reward).
+    """Cost = scale * || z_part(T) - z_part_goal ||_2 of the final predicted state (the original code's reward,
+    negated and times `scale`: the original's was in metres, scale 1).
 
     goal: (P,) or (B, P) the goal latent's compared entries (`latent[MPCController.latent_part]`); must be finite.
     """

@@ -307,13 +307,25 @@ class MPCController:
     def goal_cost(self, goal: np.ndarray) -> Cost:
         """The goal-reaching cost toward the (D,) `goal` latent (`keydyn.control.costs.terminal_cost` of its
         compared entries, `latent_part`), for every horizon."""
-        part = torch.as_tensor(np.asarray(goal)[self.latent_part], device=self.device)
+        goal = np.asarray(goal)
+        if goal.shape != (self.model.latent_dim,):
+            raise ValueError(
+                f"MPCController.goal_cost: the goal latent has shape {goal.shape}, the model's latents "
+                f"({self.model.latent_dim},); encode the goal with the run's own latent method"
+            )
+        part = torch.as_tensor(goal[self.latent_part], device=self.device)
         return terminal_cost(part, self.state_part, self.config.cost_scale)
 
     def tracking_cost(self, reference: np.ndarray) -> Cost:
         """The tracking cost along (H, D) reference latents for the H predicted steps
         (`keydyn.control.costs.tracking_cost` of their compared entries, `latent_part`)."""
-        part = torch.as_tensor(np.asarray(reference)[:, self.latent_part], device=self.device)
+        reference = np.asarray(reference)
+        if reference.ndim != 2 or reference.shape[1] != self.model.latent_dim:
+            raise ValueError(
+                f"MPCController.tracking_cost: the reference latents have shape {reference.shape}, not (H, "
+                f"{self.model.latent_dim}); encode the reference with the run's own latent method"
+            )
+        part = torch.as_tensor(reference[:, self.latent_part], device=self.device)
         return tracking_cost(part, self.state_part, self.config.cost_scale)
 
     def _episode(self, index: int) -> _Episode:
@@ -350,7 +362,15 @@ class MPCController:
             warm_start = self._best_constant_velocity(state, cost, horizon) if self.config.grid_seed else None
         else:
             warm_start = torch.stack([self._padded(start, horizon) for start in starts])
-        return self.planner.plan(state, warm_start, horizon)
+        result = self.planner.plan(state, warm_start, horizon)
+        lost = torch.nonzero(~torch.isfinite(result.cost)).flatten().tolist()
+        if lost:  # argmin takes NaN for the lowest cost: an action of a NaN rollout would be executed
+            raise ValueError(
+                f"MPCController (keydyn/control/mpc.py): the dynamics model's rollouts of planned episode rows {lost} "
+                "end in NaN or inf, so no plan can be chosen; its weights or normaliser hold NaN, or the state lies "
+                "far outside its training data (retrain the run, or plan with --mpc.precision fp32)"
+            )
+        return result
 
     def _padded(self, warm_start: Tensor, horizon: int) -> Tensor:
         """(H', 2) warm start padded with zero actions to at least `horizon` steps."""
