@@ -106,7 +106,7 @@ def measure(client: Client, session: ControlSession, cameras: int, calls: int) -
             local.append(local_s)
     return {
         "cameras": cameras,
-        "request_bytes": len(encode(request("act", observation=steps[0]))),
+        "request_bytes": len(encode(request("act", observation=steps[0], step=0))),
         "round_trip_ms": percentiles(served),
         "in_process_ms": percentiles(local),
         "overhead_ms": percentiles([remote - own for remote, own in zip(served, local, strict=True)]),

@@ -131,8 +131,11 @@ def test_a_goal_of_another_latent_or_a_model_predicting_nan_is_refused():
         model.net[0].weight[0, 0] = float("nan")  # a model that predicts NaN
     controller = MPCController(model, small_mpc(horizon=4))
     controller.reset(latent, seed=0)
+    state, random_state = controller.state(), controller._episode(0).generator.get_state()
     with pytest.raises(ValueError, match=r"rollouts of planned episode rows \[0\] end in NaN or inf"):
-        controller.act(latent, lambda horizon: controller.goal_cost(latent), steps_left=4)
+        controller.act(latent + 0.01, lambda horizon: controller.goal_cost(latent), steps_left=4)
+    assert torch.equal(controller.state(), state)  # the refused step left the episode as it was
+    assert torch.equal(controller._episode(0).generator.get_state(), random_state)
 
 
 DT = 0.1  # s, the step of `pushed_point_model`

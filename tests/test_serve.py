@@ -127,11 +127,11 @@ def test_bad_requests_are_answered_with_the_problem_and_the_server_goes_on(setup
 
     try:
         assert "not msgpack" in answer(b"\xc1 not msgpack")
-        assert "protocol version 0, this server speaks version 3" in answer(encode({"version": 0, "op": "info"}))
+        assert "protocol version 0, this server speaks version 4" in answer(encode({"version": 0, "op": "info"}))
         assert "unknown op 'fly'" in answer(encode(request("fly")))
         assert "no observation" in answer(encode(request("act")))
         big_endian = {"dtype": ">f4", "shape": [2], "data": np.zeros(2, ">f4").tobytes()}
-        message = encode(request("act", observation={**observation, "pusher_position": big_endian}))
+        message = encode(request("act", observation={**observation, "pusher_position": big_endian}, step=0))
         assert "not a little-endian" in answer(message)
     finally:
         raw.close()
@@ -160,6 +160,16 @@ def test_bad_requests_are_answered_with_the_problem_and_the_server_goes_on(setup
             client.act(observation, frame_age_s=-1)
         assert client.info()["latent"] == "sds"
         assert client.act(observation, frame_age_s=limit / 2).shape == (2,)  # as it was before the refused requests
+        assert client.step == 1
+        client.step = 0  # as after a reply lost to a timeout: the server planned a step this robot never received
+        with pytest.raises(ServerError, match="request is for step 0 of the episode, the server has planned 1 steps"):
+            client.act(observation)
+        client.reset(goal=observation, seed=SEED)
+        assert client.step == 0 and client.act(observation).shape == (2,)
+        millimetres = {**observation, "top_down/depth": 1000 * observation["top_down/depth"]}  # float, not metres
+        with pytest.raises(ServerError, match=r"median .* m: depth in millimetres\?"):
+            client.act(millimetres)
+        assert client.act(observation).shape == (2,)  # the refused act left the episode as it was
 
 
 def test_images_at_twice_the_resolution_and_depth_in_millimetres_are_read_as_the_runs_own(setup, pair):
@@ -179,6 +189,9 @@ def test_images_at_twice_the_resolution_and_depth_in_millimetres_are_read_as_the
     expected = encoder.encode(small, {})[:15].reshape(5, 3)
     located = encoder.encode(prepared, {})[:15].reshape(5, 3)
     assert np.linalg.norm(located - expected, axis=1).max() < 0.002
+    whole_number_k = {**observation, "top_down/intrinsics": np.round(observation["top_down/intrinsics"]).astype(int)}
+    scaled = prepared_observation(whole_number_k, cameras, (320, 240))["top_down/intrinsics"]
+    assert scaled.dtype == np.float64 and scaled[0, 2] % 1 != 0  # the half pixels of the scaling are kept
     millimetres = {**small, "top_down/depth": np.round(1000 * small["top_down/depth"]).astype(np.uint16)}
     converted = prepared_observation(millimetres, cameras, (320, 240))["top_down/depth"]
     assert converted.dtype == np.float32
@@ -244,9 +257,9 @@ def test_keydyn_serve_serves_ground_truth_latents_and_stops_on_sigterm(pair):
 
 def test_a_frame_age_may_travel_as_an_int_or_a_float_and_nothing_else():
     for age in (0, 0.033):
-        assert check_request(request("act", observation={}, frame_age_s=age)) == (
+        assert check_request(request("act", observation={}, step=0, frame_age_s=age)) == (
             "act",
-            {"observation": {}, "frame_age_s": age},
+            {"observation": {}, "step": 0, "frame_age_s": age},
         )
     with pytest.raises(ProtocolError, match="the plan request's frame_age_s is a str; send a int or float"):
-        check_request(request("plan", observation={}, frame_age_s="0.1"))
+        check_request(request("plan", observation={}, step=0, frame_age_s="0.1"))

@@ -268,10 +268,24 @@ class MPCController:
     ) -> np.ndarray:
         """`act` for several episodes of `reset_batch` at once: (E, 2) actions in m/s, row e for `episodes[e]`
         planned from its newest (D,) `latents[e]` under `make_costs[e]` with `steps_left[e]` steps to go. Episodes
-        with the same horizon are planned in one planner call; the others keep their state."""
+        with the same horizon are planned in one planner call; the others keep their state. A refused latent or
+        plan raises with every episode as it was before the call."""
         horizons = [self.horizon(left) for left in steps_left]
         costs = [make_cost(horizon) for make_cost, horizon in zip(make_costs, horizons, strict=True)]
         chosen = [self._episode(index) for index in episodes]
+        before = [(dataclasses.replace(episode), episode.generator.get_state()) for episode in chosen]
+        try:
+            return self._act_recorded(chosen, latents, costs, horizons)
+        except Exception:  # a refused latent or plan: every episode as it was, to act again or end
+            for episode, (saved, random_state) in zip(chosen, before, strict=True):
+                vars(episode).update(vars(saved))
+                episode.generator.set_state(random_state)
+            raise
+
+    def _act_recorded(
+        self, chosen: list[_Episode], latents: Sequence[np.ndarray], costs: list[Cost], horizons: list[int]
+    ) -> np.ndarray:
+        """`act_batch` once its episodes, costs and horizons are known: record the latents, plan, keep the plans."""
         for episode, latent in zip(chosen, latents, strict=True):
             self._record(episode, latent)
         actions = np.zeros((len(chosen), 2), dtype=np.float32)

@@ -48,13 +48,17 @@ class Client:
 
     Each call sends one request and waits at most `timeout_s` seconds for its reply; a reply that does not come
     raises TimeoutError, and the socket is made afresh (a ZMQ REQ socket cannot send again before it has a
-    reply), so that the next call starts clean. A refused request raises ServerError.
+    reply), so that the next call can be sent. A refused request raises ServerError. An act or plan whose reply
+    was lost may still have been planned by the server: the next one is then refused (it sends the steps this
+    client received, `step`) until a reset starts the episode again.
     """
 
     def __init__(self, address: str = "tcp://127.0.0.1:5555", timeout_s: float = 10.0) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.address, self.timeout_s = address, timeout_s
+        self.step = 0
+        """Actions of the current episode received from the server (sent with each act and plan)."""
         self._context = zmq.Context()
         self._socket = self._connect()
 
@@ -101,6 +105,7 @@ class Client:
         Returns the target's latents: (D,) of the goal, or (T + 1, D) of the reference.
         """
         references = None if reference is None else list(reference)
+        self.step = 0
         return self._call("reset", goal=goal, reference=references, steps=steps, seed=seed)["target"]
 
     def act(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> np.ndarray:
@@ -111,12 +116,14 @@ class Client:
 
     def act_reply(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> Act:
         """`act`, with the latent the server observed and its encoding and planning times."""
-        reply = self._call("act", observation=observation, frame_age_s=frame_age_s)
+        reply = self._call("act", observation=observation, step=self.step, frame_age_s=frame_age_s)
+        self.step += 1
         return Act(reply["action"], reply["latent"], reply["encode_time_s"], reply["plan_time_s"])
 
     def plan(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> Plan:
         """`act`, returning the whole plan: its first action is the one to execute now."""
-        reply = self._call("plan", observation=observation, frame_age_s=frame_age_s)
+        reply = self._call("plan", observation=observation, step=self.step, frame_age_s=frame_age_s)
+        self.step += 1
         return Plan(reply["actions"], reply["latents"], reply.get("keypoints"))
 
     def save(self, name: str) -> str:

@@ -13,7 +13,9 @@ uint8, `NAME/depth` (H, W) float32 metres or uint16 millimetres, `NAME/intrinsic
 `NAME/pose` (4, 4) T_world_camera; optionally `info`, a map of ground truth for latents that read it (GT 3D in
 simulation: `object_position`, `object_quaternion`). An act or plan may carry `frame_age_s`: seconds from the
 capture of its images to the sending of the request, on the robot's clock (no clocks need agree); the server
-refuses a frame older than its limit.
+refuses a frame older than its limit. An act or plan carries `step`, the actions of this episode the robot has
+received (0 for its first): the server refuses one that does not match the steps it has planned, so that a
+reply lost to a timeout, or a second robot, cannot go on with a history the robot did not live.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 3
+VERSION = 4
 """Protocol version, sent with every request and checked by the server; bumped when a message changes meaning."""
 
 ARRAY_KEYS = frozenset({"dtype", "shape", "data"})
@@ -34,8 +36,8 @@ ARRAY_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 REQUESTS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "info": {},
     "reset": {"goal": (dict, False), "reference": (list, False), "steps": (int, False), "seed": (int, False)},
-    "act": {"observation": (dict, True), "frame_age_s": ((int, float), False)},
-    "plan": {"observation": (dict, True), "frame_age_s": ((int, float), False)},
+    "act": {"observation": (dict, True), "step": (int, True), "frame_age_s": ((int, float), False)},
+    "plan": {"observation": (dict, True), "step": (int, True), "frame_age_s": ((int, float), False)},
     "save": {"name": (str, True)},
 }
 """Each op's fields: name -> (msgpack type(s), required). reset takes exactly one of goal and reference."""

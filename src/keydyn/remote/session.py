@@ -103,7 +103,7 @@ def _downscaled_intrinsics(K: np.ndarray, k: int) -> np.ndarray:
     scaled = np.asarray(K, dtype=np.float64) / k
     scaled[:2, 2] -= (k - 1) / (2 * k)
     scaled[2] = K[2]
-    return scaled.astype(np.asarray(K).dtype)
+    return scaled  # float64 whatever K's dtype: whole-number K would lose the half pixels
 
 
 def prepared_observation(
@@ -276,11 +276,18 @@ class ControlSession:
                 "--max-frame-age-s if the latency is known and the dynamics allow it)"
             )
 
-    def _step(self, observation: Mapping[str, Any], frame_age_s: float | None) -> np.ndarray:
-        """Observe, plan and log one control step of the episode; the (2,) action, m/s."""
+    def _step(self, observation: Mapping[str, Any], step: int, frame_age_s: float | None) -> np.ndarray:
+        """Observe, plan and log one control step of the episode, the robot having received `step` of its actions
+        so far; the (2,) action, m/s."""
         episode = self.episode
         if episode is None:
             raise ValueError("no episode: send reset with a goal observation (or reference observations) first")
+        if step != len(episode.actions):
+            raise ValueError(
+                f"the request is for step {step} of the episode, the server has planned {len(episode.actions)} "
+                "steps of it: a reply was lost (a timeout) or another client acts in this episode; stop the robot "
+                "and send reset"
+            )
         self._check_frame_age(frame_age_s)
         if episode.steps is not None and len(episode.actions) >= episode.steps:
             raise ValueError(f"the episode's {episode.steps} steps are done; send reset to start another")
@@ -298,11 +305,12 @@ class ControlSession:
         episode.actions.append(action)
         return action
 
-    def act(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> dict[str, Any]:
-        """Plan from `observation` (its images captured `frame_age_s` seconds before the request, if given): the
-        (2,) world-xy pusher velocity (m/s) to execute now, the (D,) latent observed, and the seconds spent encoding
-        the observation and planning (the rest of a robot's round trip is transport and (de)serialisation)."""
-        action = self._step(observation, frame_age_s)
+    def act(self, observation: Mapping[str, Any], step: int, frame_age_s: float | None = None) -> dict[str, Any]:
+        """Plan step `step` of the episode (the actions the robot has received so far) from `observation` (its
+        images captured `frame_age_s` seconds before the request, if given): the (2,) world-xy pusher velocity
+        (m/s) to execute now, the (D,) latent observed, and the seconds spent encoding the observation and
+        planning (the rest of a robot's round trip is transport and (de)serialisation)."""
+        action = self._step(observation, step, frame_age_s)
         episode = self.episode
         return {
             "action": action,
@@ -311,10 +319,10 @@ class ControlSession:
             "plan_time_s": episode.plan_times[-1],
         }
 
-    def plan(self, observation: Mapping[str, Any], frame_age_s: float | None = None) -> dict[str, Any]:
+    def plan(self, observation: Mapping[str, Any], step: int, frame_age_s: float | None = None) -> dict[str, Any]:
         """`act`, with the whole plan: (H, 2) actions, (H + 1, D) predicted latents and, for keypoint latents,
         (H + 1, P, 3) world keypoints along it."""
-        reply = self.act(observation, frame_age_s)
+        reply = self.act(observation, step, frame_age_s)
         latents = self.controller.predicted_latents()
         reply.update(actions=self.controller.planned_actions(), latents=latents)
         points = [self.run.method.video_points(latent) for latent in latents]

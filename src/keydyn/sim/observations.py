@@ -10,8 +10,9 @@ An observation (see `PushingEnv` and docs/extending.md, "A new robot or environm
 
 Depth may have holes, as real sensors give: pixels that are 0, negative, NaN or inf are unknown, and the keypoint
 locator leaves them out (`keydyn.vision.heatmap.expectations_from_logits`); a depth image without one valid pixel
-is refused. `check_observation` raises `ObservationError`, a ValueError with one line naming the entry, the
-problem and the fix; the closed control loops (`keydyn.evaluation.episodes`) stop the pusher on it instead.
+is refused, and one whose valid pixels' median is over 20 m (depth in millimetres). `check_observation` raises
+`ObservationError`, a ValueError with one line naming the entry, the problem and the fix; the closed control
+loops (`keydyn.evaluation.episodes`) stop the pusher on it instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ import numpy as np
 
 FORMAT = 'docs/extending.md, "A new robot or environment"'
 """Where the observation format is described, named by every error."""
+
+MAX_MEDIAN_DEPTH_M = 20.0
+"""A depth image whose valid pixels' median is farther (metres) is refused: a table scene is never that far, and
+depth in millimetres would read 1000 times too far."""
 
 
 class ObservationError(ValueError):
@@ -92,10 +97,17 @@ def _depth(observation: Mapping[str, Any], camera: str, image_shape: tuple[int, 
             f"observation {key} has shape {depth.shape}, the RGB image {image_shape}; give the depth image "
             f"registered to the RGB image, one z-depth per pixel ({FORMAT})"
         )
-    if not (np.isfinite(depth) & (depth > 0)).any():
+    valid = np.isfinite(depth) & (depth > 0)
+    if not valid.any():
         raise ObservationError(
             f"observation {key} has no valid depth (every pixel is NaN, inf or <= 0); check that the depth camera "
             f"sees the scene and that depth is in metres ({FORMAT})"
+        )
+    median = float(np.median(depth[valid]))
+    if median > MAX_MEDIAN_DEPTH_M:
+        raise ObservationError(
+            f"observation {key} has a median valid depth of {median:.4g} m: depth in millimetres? give it in metres "
+            f"(depth / 1000; a RealSense z16 image times its depth_scale) ({FORMAT})"
         )
     return depth
 
