@@ -98,7 +98,7 @@ def measure(client: Client, session: ControlSession, cameras: int, calls: int) -
     served, local = [], []
     for index, observation in enumerate(steps):
         action, remote_s = timed(lambda observation=observation: client.act(observation))
-        reply, local_s = timed(lambda observation=observation: session.act(observation))
+        reply, local_s = timed(lambda observation=observation, index=index: session.act(observation, index))
         if not np.array_equal(action, reply["action"]):
             raise AssertionError(f"call {index}: served action {action} differs from in-process {reply['action']}")
         if index >= WARMUP:

@@ -15,7 +15,7 @@ import torch
 from keydyn.data.store import CONTENT_HASH, EpisodeStore
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.latents import get_latent
-from keydyn.latents.descriptor.dataset import cache_key, compute_keypoints, dataset_keypoints
+from keydyn.latents.descriptor.dataset import compute_keypoints, dataset_keypoints
 from keydyn.latents.descriptor.method import load_descriptor_encoder, load_visual
 from keydyn.latents.descriptor.references import (
     RIGID_RANKING_THRESHOLD_M,
@@ -275,9 +275,15 @@ def test_the_keypoint_cache_knows_a_dataset_collected_anew_at_the_same_path(smal
     copy = tmp_path / "data"
     shutil.copytree(small_dataset, copy)
     net, eta = load_visual(visual_run, "last")
+
+    def refuse(*args):
+        raise AssertionError("the cached keypoints were recomputed")
+
     with one_thread():
         references = choose_references(net, open_dataset(copy), SMALL_KEYPOINTS, spatial=False, eta=eta)
-        before = cache_key(net, references, open_dataset(copy), bf16=False)
+        dataset_keypoints(net, references, open_dataset(copy), tmp_path / "cache")
+        forward, net.forward = net.forward, refuse
+        dataset_keypoints(net, references, open_dataset(copy), tmp_path / "cache")  # the same frames: cached
         store = EpisodeStore.open(copy, "a")
         frames = store.episode(0)
         frames["action"] = frames["action"] + np.float32(0.01)
@@ -288,7 +294,9 @@ def test_the_keypoint_cache_knows_a_dataset_collected_anew_at_the_same_path(smal
         }
         store.rewrite_episode(0, frames, meta)
         store.close()
-        assert cache_key(net, references, open_dataset(copy), bf16=False) != before
+        with pytest.raises(AssertionError, match="recomputed"):  # other frames: located again
+            dataset_keypoints(net, references, open_dataset(copy), tmp_path / "cache")
+        net.forward = forward
 
 
 def test_keypoint_weights_stay_convex_when_trained_with_the_dynamics(small_dataset, visual_run, tmp_path):

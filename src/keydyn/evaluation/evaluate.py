@@ -210,10 +210,9 @@ def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
     Raises:
         ValueError: a resumed evaluation's checkpoint has changed since (trained on, or trained anew).
     """
-    measured = measured_checkpoint(config.run, config.checkpoint)
     if not prepare_run_dir(config.out, config, _RESUMABLE_FIELDS, "config.json", _upgrade_stored):
-        write_json_atomic(config.out / MEASURED, measured)
         return []
+    measured = measured_checkpoint(config.run, config.checkpoint)
     if not measures_the_run(config):
         raise ValueError(
             f"{config.out} holds episodes of another {measured['checkpoint']} of {config.run} than it holds now "
@@ -227,7 +226,6 @@ def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
             f"{len(rows)} episodes are taken as of {config.run}'s current {measured['checkpoint']}",
             file=sys.stderr,
         )
-    write_json_atomic(config.out / MEASURED, measured)
     write_lines_atomic(config.out / "episodes.jsonl", rows)  # without a torn last line: appends start afresh
     return rows
 
@@ -244,6 +242,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         )
     done = _prepare_out(config)
     write_json_atomic(config.out / "config.json", config.to_json())
+    write_json_atomic(config.out / MEASURED, measured_checkpoint(config.run, config.checkpoint))  # after config.json:
+    # a directory cut between the two resumes as one of an older keydyn
     finished = {row["index"] for row in done}
     todo = [index for index in range(config.episodes) if index not in finished]
     rows = [row for row in done if row["index"] < config.episodes]

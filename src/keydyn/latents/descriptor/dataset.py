@@ -2,7 +2,8 @@
 
 The cache file `keypoints-<hash>.safetensors` is keyed by a hash of the network weights, the references,
 the dataset (its path, number of frames and collection settings) and the cameras that locate the references,
-so a changed network or reference set is never served stale keypoints. It is written atomically.
+so a changed network or reference set is never served stale keypoints; it holds the digest of the dataset's
+contents too, and a dataset collected anew at the same path is located again. It is written atomically.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def network_hash(net: DescriptorNet) -> str:
 
 
 def cache_key(net: DescriptorNet, references: References, store: EpisodeStore, bf16: bool) -> str:
-    """A hash of everything the keypoints depend on: weights, references, camera, precision, and the dataset (its
-    path and collection settings, and every episode's content SHA-256)."""
+    """A hash of what the keypoints depend on: weights, references, camera, precision, the dataset's identity (its
+    path, frames and collection settings; its contents are checked apart, `content_digest`)."""
     digest = hashlib.sha256(network_hash(net).encode())
     for tensor in (references.descriptors, references.uv):
         digest.update(tensor.detach().float().contiguous().numpy().tobytes())
@@ -64,7 +65,6 @@ def cache_key(net: DescriptorNet, references: References, store: EpisodeStore, b
         "collection": store.attrs.get("collection", {}),
     }
     digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
-    digest.update(store.episode_meta(CONTENT_HASH).tobytes())  # the frames themselves: a store collected anew differs
     return digest.hexdigest()[:20]
 
 
@@ -139,12 +139,27 @@ def dataset_keypoints(
     """The keypoints of every frame of `store`, loaded from `cache_dir` when computed before, else computed
     (see `compute_keypoints`) and cached there."""
     path = Path(cache_dir) / f"keypoints-{cache_key(net, references, store, bf16)}.safetensors"
+    content = content_digest(store)
     with taking_turns(path.with_name(path.name + ".lock")):  # runs side by side (reproduce on Ray) locate them once
         if path.exists():
             fix = "delete it (the keypoints are located again) and run the command again"
             tensors = read_checked_tensors(path, fix)
-            if tensors is not None:  # else a cache of an older keydyn, without its digest: located again, replaced
+            # None: a cache of an older keydyn, without its digest: located again, replaced. A cache without the
+            # dataset's content digest is of a keydyn before 2026-11-29, taken as it is.
+            if tensors is not None and torch.equal(tensors.get("dataset_content", content), content):
                 return DatasetKeypoints(tensors["points"], tensors["confidence"])
+            if tensors is not None:
+                print(
+                    f"keydyn: {store.path} holds other frames than when {path.name} was cached: located again",
+                    file=sys.stderr,
+                )
         result = compute_keypoints(net, references, store, batch_size, bf16)
-        write_tensors(path, {"points": result.points, "confidence": result.confidence})
+        write_tensors(path, {"points": result.points, "confidence": result.confidence, "dataset_content": content})
     return result
+
+
+def content_digest(store: EpisodeStore) -> torch.Tensor:
+    """(32,) uint8 SHA-256 of every episode's content SHA-256: the dataset's frames themselves (a store collected
+    anew at the same path, with the same settings, differs)."""
+    digest = hashlib.sha256(store.episode_meta(CONTENT_HASH).tobytes()).digest()
+    return torch.frombuffer(bytearray(digest), dtype=torch.uint8)
