@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from keydyn.control import MPCConfig, MPCController, constant_velocity_grid, terminal_cost, tracking_cost
-from keydyn.control.mpc import model_dynamics
+from keydyn.control.mpc import PlanError, model_dynamics
 from keydyn.control.run import load_run, run_controller
 from keydyn.dynamics.model import PAPER_HIDDEN, DynamicsMLP
 from keydyn.dynamics.train import load_dynamics
@@ -132,8 +132,9 @@ def test_a_goal_of_another_latent_or_a_model_predicting_nan_is_refused():
     controller = MPCController(model, small_mpc(horizon=4))
     controller.reset(latent, seed=0)
     state, random_state = controller.state(), controller._episode(0).generator.get_state()
-    with pytest.raises(ValueError, match=r"rollouts of planned episode rows \[0\] end in NaN or inf"):
+    with pytest.raises(PlanError, match=r"episodes \[0\]: .* rollouts end in NaN or inf") as refused:
         controller.act(latent + 0.01, lambda horizon: controller.goal_cost(latent), steps_left=4)
+    assert refused.value.episodes == [0]
     assert torch.equal(controller.state(), state)  # the refused step left the episode as it was
     assert torch.equal(controller._episode(0).generator.get_state(), random_state)
 

@@ -3,13 +3,14 @@ and the closed loops' safe stop; with the real simulator, a real descriptor netw
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from keydyn.control import MPCConfig, terminal_cost, tracking_cost
+from keydyn.control import MPCConfig, MPCController, terminal_cost, tracking_cost
 from keydyn.control.run import control_setup
 from keydyn.evaluation.episodes import reach_goal
 from keydyn.evaluation.goals import GoalPairConfig, goal_pair
@@ -229,13 +230,26 @@ def test_an_invalid_observation_stops_the_pusher_and_fails_the_episode(small_run
     on_goal = [{**row, "final_position_error_cm": 0.0, "final_angle_error_deg": 0.0} for row in rows]
     assert summarize(on_goal)["success_rate"] == pytest.approx(1 / 3)  # a stopped episode fails wherever it ends
     table = markdown_table([("GT 3D (MPPI)", summary)])
-    assert "GT 3D (MPPI): 2 of 3 episodes stopped on a refused observation (zero velocity, counted as " in table
+    assert "GT 3D (MPPI): 2 of 3 episodes stopped on a refused observation or plan (zero velocity, counted as " in table
     assert f"1 x {stopped.fault}" in table
 
     demo = record_demonstration(setup.env, setup.encoder, *pair_push(pair))
     tracked = track(FaultyEnv(setup.env.task, fault_at=3), setup.encoder, setup.controller, demo, seed=0)
     assert tracked.fault.startswith("observation pusher_position") and tracked.steps == 4  # 3 steps, the stop
     np.testing.assert_array_equal(tracked.actions[-1], [0.0, 0.0])
+
+
+def test_a_model_that_predicts_nan_stops_its_episode_as_a_failure(small_run):
+    setup = control_setup(small_run, None, "best", FAST_MPC)
+    pair = goal_pair(setup.env, GoalPairConfig(push_steps=(6,)), 0)
+    model = copy.deepcopy(setup.controller.model)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    stopped = reach_goal(setup.env, setup.encoder, MPCController(model, FAST_MPC), pair, seed=0)
+    assert stopped.fault.startswith("PlanError: episodes [0]: MPCController (keydyn/control/mpc.py): the dynamics")
+    assert stopped.steps == 1 and len(stopped.latents) == 1  # no plan: the stop, from the start
+    np.testing.assert_array_equal(stopped.actions[-1], [0.0, 0.0])
+    assert summarize([stopped.row()])["stopped"] == 1
 
 
 def test_reproduce_counts_stopped_episodes_as_failures(tmp_path):

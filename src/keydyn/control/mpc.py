@@ -158,6 +158,15 @@ def constant_velocity_grid(headings: int, speeds: tuple[float, ...]) -> np.ndarr
     return np.concatenate([grid, np.zeros((1, 2))]).astype(np.float32)
 
 
+class PlanError(ValueError):
+    """No plan can be chosen: the dynamics model's rollouts end in NaN or inf. `episodes`: the episodes (indices of
+    `reset_batch`) whose plans failed; each is as it was before the call."""
+
+    def __init__(self, message: str, episodes: list[int]) -> None:
+        super().__init__(message)
+        self.episodes = episodes
+
+
 @dataclass
 class _Episode:
     """What the controller keeps of one episode: the last n (D,) latents and n - 1 (2,) actions (m/s) of its
@@ -275,7 +284,7 @@ class MPCController:
         chosen = [self._episode(index) for index in episodes]
         before = [(dataclasses.replace(episode), episode.generator.get_state()) for episode in chosen]
         try:
-            return self._act_recorded(chosen, latents, costs, horizons)
+            return self._act_recorded(episodes, chosen, latents, costs, horizons)
         except Exception:  # a refused latent or plan: every episode as it was, to act again or end
             for episode, (saved, random_state) in zip(chosen, before, strict=True):
                 vars(episode).update(vars(saved))
@@ -283,7 +292,12 @@ class MPCController:
             raise
 
     def _act_recorded(
-        self, chosen: list[_Episode], latents: Sequence[np.ndarray], costs: list[Cost], horizons: list[int]
+        self,
+        episodes: Sequence[int],
+        chosen: list[_Episode],
+        latents: Sequence[np.ndarray],
+        costs: list[Cost],
+        horizons: list[int],
     ) -> np.ndarray:
         """`act_batch` once its episodes, costs and horizons are known: record the latents, plan, keep the plans."""
         for episode, latent in zip(chosen, latents, strict=True):
@@ -293,7 +307,11 @@ class MPCController:
         for key in dict.fromkeys(keys):  # one call per horizon (and for first plans, which have no warm start)
             rows = [row for row, other in enumerate(keys) if other == key]
             group = [chosen[row] for row in rows]
-            result = self._plan(group, per_environment([costs[row] for row in rows]), key[0])
+            try:
+                result = self._plan(group, per_environment([costs[row] for row in rows]), key[0])
+            except PlanError as error:
+                failed = [episodes[rows[k]] for k in error.episodes]
+                raise PlanError(f"episodes {failed}: {error}", failed) from None
             for k, (row, episode) in enumerate(zip(rows, group, strict=True)):
                 episode.executed = result.actions[k, 0].float().cpu().numpy()
                 episode.warm_start = self.planner.shift(result.actions[k])
@@ -379,10 +397,11 @@ class MPCController:
         result = self.planner.plan(state, warm_start, horizon)
         lost = torch.nonzero(~torch.isfinite(result.cost)).flatten().tolist()
         if lost:  # argmin takes NaN for the lowest cost: an action of a NaN rollout would be executed
-            raise ValueError(
-                f"MPCController (keydyn/control/mpc.py): the dynamics model's rollouts of planned episode rows {lost} "
-                "end in NaN or inf, so no plan can be chosen; its weights or normaliser hold NaN, or the state lies "
-                "far outside its training data (retrain the run, or plan with --mpc.precision fp32)"
+            raise PlanError(
+                "MPCController (keydyn/control/mpc.py): the dynamics model's rollouts end in NaN or inf, so no plan "
+                "can be chosen; its weights or normaliser hold NaN, or the state lies far outside its training data "
+                "(retrain the run, or plan with --mpc.precision fp32)",
+                lost,
             )
         return result
 

@@ -5,7 +5,8 @@ against the target's true pose (ground truth is read for scoring only).
 
 An observation the encoder refuses (`keydyn.sim.observations.ObservationError`: a missing entry, a wrong dtype or
 shape, no valid depth, keypoints without depth) or whose latent is not finite is never planned from: the loop
-commands zero velocity, records why in the episode's `fault`, and ends the episode, which counts as failed.
+commands zero velocity, records why in the episode's `fault`, and ends the episode, which counts as failed. So
+does one that no plan can be made for (`keydyn.control.mpc.PlanError`: the model's rollouts end in NaN or inf).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from keydyn.control.costs import nonfinite_entries
-from keydyn.control.mpc import MPCController
+from keydyn.control.mpc import MPCController, PlanError
 from keydyn.evaluation.goals import GoalPair
 from keydyn.evaluation.metrics import pose_errors
 from keydyn.evaluation.scene import SceneFrame, capture_frame
@@ -219,12 +220,18 @@ def run_closed_loops(controller: MPCController, loops: list[ClosedLoop]) -> list
     controller.reset_batch([loop.latent for loop in started], [loop.seed for loop in started])
     while running := [(episode, loop) for episode, loop in enumerate(started) if loop.running]:
         begin = time.perf_counter()
-        actions = controller.act_batch(
-            [episode for episode, _ in running],
-            [loop.latent for _, loop in running],
-            [loop.cost for _, loop in running],
-            [loop.steps_left() for _, loop in running],
-        )
+        try:
+            actions = controller.act_batch(
+                [episode for episode, _ in running],
+                [loop.latent for _, loop in running],
+                [loop.cost for _, loop in running],
+                [loop.steps_left() for _, loop in running],
+            )
+        except PlanError as error:  # those episodes stop as on a refused observation; the others plan again
+            for episode, loop in running:
+                if episode in error.episodes:
+                    loop.fault, loop.ended = f"PlanError: {error}", True
+            continue
         share = (time.perf_counter() - begin) / len(running)
         for (episode, loop), action in zip(running, actions, strict=True):
             loop.plan_time += share

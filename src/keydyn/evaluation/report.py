@@ -15,7 +15,7 @@ from keydyn.plots import pyplot, save_figure
 
 
 def stops(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """How many episode rows were stopped by a refused observation (their `fault`), and why: {reason: count}."""
+    """How many episode rows were stopped by a refused observation or plan (their `fault`), and why: {reason: count}."""
     reasons = Counter(row["fault"] for row in rows if row.get("fault"))  # rows of older keydyn have no fault
     return {"stopped": sum(reasons.values()), "stop_reasons": dict(reasons.most_common())}
 
@@ -79,8 +79,8 @@ def stop_note(label: str, summary: dict[str, Any]) -> str:
     """One line saying how many of a summary's episodes were stopped by a refused observation, and why."""
     reasons = "; ".join(f"{count} x {reason}" for reason, count in summary["stop_reasons"].items())
     return (
-        f"{label}: {summary['stopped']} of {summary['episodes']} episodes stopped on a refused observation (zero "
-        f"velocity, counted as failures): {reasons}"
+        f"{label}: {summary['stopped']} of {summary['episodes']} episodes stopped on a refused observation or "
+        f"plan (zero velocity, counted as failures): {reasons}"
     )
 
 
