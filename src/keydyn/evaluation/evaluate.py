@@ -194,26 +194,28 @@ def measured_checkpoint(run: Path, checkpoint: str) -> dict[str, str]:
     return {"run": str(run), "checkpoint": name, "sha256": file_sha256(Path(run) / name)}
 
 
+def _recorded_as(out: Path, measured: dict[str, str]) -> bool:
+    """Whether the evaluation in `out` recorded the checkpoint `measured` (True too when it recorded none: a new
+    directory, or one made before keydyn recorded the checkpoint)."""
+    recorded = out / MEASURED
+    return not recorded.exists() or read_json(recorded, ("sha256",))["sha256"] == measured["sha256"]
+
+
 def measures_the_run(config: EvaluateConfig) -> bool:
-    """Whether the evaluation in config.out was run with config.run's current checkpoint (True too for a new
-    directory, and for one made before keydyn recorded the checkpoint)."""
-    recorded = config.out / MEASURED
-    if not recorded.exists():
-        return True
-    return read_json(recorded, ("sha256",))["sha256"] == measured_checkpoint(config.run, config.checkpoint)["sha256"]
+    """Whether the evaluation in config.out was run with config.run's current checkpoint (see `_recorded_as`)."""
+    return _recorded_as(config.out, measured_checkpoint(config.run, config.checkpoint))
 
 
-def _prepare_out(config: EvaluateConfig) -> list[dict[str, Any]]:
+def _prepare_out(config: EvaluateConfig, measured: dict[str, str]) -> list[dict[str, Any]]:
     """Create the output directory, or check it against a resumed one (its settings and the checkpoint it
-    measured); return the episodes already done.
+    measured, `measured` now); return the episodes already done.
 
     Raises:
         ValueError: a resumed evaluation's checkpoint has changed since (trained on, or trained anew).
     """
     if not prepare_run_dir(config.out, config, _RESUMABLE_FIELDS, "config.json", _upgrade_stored):
         return []
-    measured = measured_checkpoint(config.run, config.checkpoint)
-    if not measures_the_run(config):
+    if not _recorded_as(config.out, measured):
         raise ValueError(
             f"{config.out} holds episodes of another {measured['checkpoint']} of {config.run} than it holds now "
             "(the run was trained on or trained anew since); evaluate it into a new --out, or delete "
@@ -240,10 +242,11 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             f"--encoder-device {config.encoder_device}: the {trained.latent} latent's encoder runs on the CPU only "
             "(the descriptor latents' encoders move to a device); drop the flag"
         )
-    done = _prepare_out(config)
+    measured = measured_checkpoint(config.run, config.checkpoint)
+    done = _prepare_out(config, measured)
     write_json_atomic(config.out / "config.json", config.to_json())
-    write_json_atomic(config.out / MEASURED, measured_checkpoint(config.run, config.checkpoint))  # after config.json:
-    # a directory cut between the two resumes as one of an older keydyn
+    # After config.json: a directory cut between the two resumes as one of an older keydyn.
+    write_json_atomic(config.out / MEASURED, measured)
     finished = {row["index"] for row in done}
     todo = [index for index in range(config.episodes) if index not in finished]
     rows = [row for row in done if row["index"] < config.episodes]
@@ -267,7 +270,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "latent": trained.latent,
         "label": label,
         "summary": summary,
-        "checkpoint_sha256": read_json(config.out / MEASURED, ("sha256",))["sha256"],
+        "checkpoint_sha256": measured["sha256"],
         "config": config.to_json(),
         "episodes": [{k: v for k, v in row.items() if k != "actions"} for row in rows],
     }
