@@ -292,8 +292,11 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(small_dataset, tmp
     assert (whole / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
     assert json.loads((whole / "best.json").read_text()) == json.loads((part / "best.json").read_text())
     assert json.loads((part / "config.json").read_text())["epochs"] == 4  # the resumption's own, rewritten
-    train_dynamics(_config(small_dataset, part, epochs=3, resume=True))  # finished: nothing to train
-    assert json.loads((part / "config.json").read_text())["epochs"] == 4  # still the run's, not the 3 asked
+    stored = (part / "config.json").read_text()
+    train_dynamics(_config(small_dataset, part, epochs=4, resume=True))  # finished: nothing to train
+    with pytest.raises(ValueError, match="has trained 4 epochs, more than the 3 asked for"):
+        train_dynamics(_config(small_dataset, part, epochs=3, resume=True))  # not passed off as a 3-epoch run
+    assert (part / "config.json").read_text() == stored
 
 
 def test_a_diverging_run_stops_before_a_checkpoint_takes_its_loss_in(small_dataset, tmp_path):

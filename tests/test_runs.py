@@ -258,6 +258,33 @@ def test_resuming_compares_paths_resolved(small_dataset, tmp_path, monkeypatch):
         train_dynamics(_dynamics(other, run, epochs=3, resume=True))
 
 
+def test_a_run_is_not_resumed_on_a_dataset_grown_or_collected_anew_since(small_dataset, tmp_path):
+    """More episodes would split into training and validation otherwise: validation episodes would become training
+    ones, and a finished run would be reused as if trained on the dataset as it is."""
+    from keydyn.data.collect import collect
+
+    from .conftest import small_collect_config
+
+    dataset = _copy(small_dataset, tmp_path / "data")
+    with one_thread():
+        part = train_dynamics(_dynamics(dataset, tmp_path / "part", epochs=1))
+        whole = train_dynamics(_dynamics(dataset, tmp_path / "whole", epochs=2))
+        recorded = json.loads((part / "last.json").read_text())
+        assert recorded["dataset_episodes"] == 3 and len(recorded["dataset_sha256"]) == 64
+        collect(small_collect_config(dataset, episodes=4, resume=True))
+        for run, epochs in ((part, 2), (whole, 2)):  # to go on, and finished
+            with pytest.raises(ValueError, match=r"holds other episodes than the run trained on \(3 episodes then, 4"):
+                train_dynamics(_dynamics(dataset, run, epochs=epochs, resume=True))
+        shutil.rmtree(dataset)
+        collect(small_collect_config(dataset, seed=8))  # as many episodes, others
+        with pytest.raises(ValueError, match=r"\(3 episodes then, 3 now, or the same number with other contents\)"):
+            train_dynamics(_dynamics(dataset, part, epochs=2, resume=True))
+        shutil.rmtree(dataset)
+        collect(small_collect_config(dataset))  # the same episodes again: the run goes on
+        train_dynamics(_dynamics(dataset, part, epochs=2, resume=True))
+    _assert_same_run(whole, part)
+
+
 def test_a_run_resumes_under_another_preset_name_with_the_same_settings(small_dataset, tmp_path):
     from keydyn.cli import TrainDynamics
 

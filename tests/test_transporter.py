@@ -156,9 +156,11 @@ def test_train_transporter_resumes_bit_for_bit(small_dataset, tmp_path, capsys):
     finished = (whole / "last.safetensors").read_bytes()
     capsys.readouterr()
     stored = (whole / "config.json").read_text()
-    train_transporter(_config(small_dataset, whole, epochs=2, resume=True))  # a finished run: nothing to train
+    train_transporter(_config(small_dataset, whole, epochs=3, resume=True))  # a finished run: nothing to train
     assert f"{whole} has finished its 3 epochs" in capsys.readouterr().err
-    assert (whole / "config.json").read_text() == stored  # still the 3 epochs it trained, not the 2 asked
+    with pytest.raises(ValueError, match="has trained 3 epochs, more than the 2 asked for, and a run cannot be cut"):
+        train_transporter(_config(small_dataset, whole, epochs=2, resume=True))  # its best may be of epoch 3
+    assert (whole / "config.json").read_text() == stored
     assert (whole / "last.safetensors").read_bytes() == finished
     assert (whole / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
     with pytest.raises(ValueError, match="--camera 'nowhere'"):
@@ -338,3 +340,30 @@ def test_dynamics_on_transporter_latents_train_and_evaluate(small_dataset, trans
     results = evaluate(evaluate_config)
     assert results["latent"] == latent and results["label"].startswith(get_latent(latent).label)
     assert all(row["steps"] > 0 and np.isfinite(row["final_position_error_cm"]) for row in results["episodes"])
+
+
+def test_a_dynamics_run_is_not_reused_on_a_transporter_trained_since(small_dataset, transporter_run, tmp_path, capsys):
+    """A finished dynamics run whose Transporter trained further (`--transporter fast`, then `plateau`) is refused
+    by train-dynamics --resume, and `keydyn reproduce` trains it anew on the current network."""
+    import shutil
+
+    from keydyn.evaluation.reproduce import ReproduceConfig, stage_dynamics
+    from keydyn.latents import SourceChangedError
+    from keydyn.latents.descriptor.dataset import network_hash
+
+    network = shutil.copytree(transporter_run, tmp_path / "transporter")
+    config = from_preset(ReproduceConfig, "reproduce", "tiny", out=tmp_path / "repro", progress=False)
+    with one_thread():
+        run = stage_dynamics(config, "transporter2d@full", 0, small_dataset, None, network)
+        trained_with = json.loads((run / "transporter_network.json").read_text())["network_sha256"]
+        train_transporter(_config(small_dataset, network, epochs=4, resume=True))
+        assert json.loads((network / "best.json").read_text())["epoch"] > 2  # the best network changed
+        settings = {"dataset": small_dataset, "out": run, "latent": "transporter2d", "transporter_run": network}
+        again = from_preset(TrainDynamicsConfig, "train-dynamics", "tiny", **settings, resume=True, progress=False)
+        with pytest.raises(SourceChangedError, match=r"changed since .* was trained; train the dynamics anew"):
+            train_dynamics(again)  # finished: it would otherwise be taken as it is
+        capsys.readouterr()
+        assert stage_dynamics(config, "transporter2d@full", 0, small_dataset, None, network) == run
+    assert "training " + str(run) + " anew" in capsys.readouterr().err
+    now = json.loads((run / "transporter_network.json").read_text())["network_sha256"]
+    assert now != trained_with and now == network_hash(load_transporter(network, "best").net)

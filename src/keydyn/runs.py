@@ -466,21 +466,43 @@ def _resumed_metrics(out: Path, counter: str, last: int) -> list[dict[str, Any]]
     return rows
 
 
+def dataset_record(store: EpisodeStore) -> dict[str, Any]:
+    """What a trainer's last.json records of the dataset it trains on, so that resuming checks it is unchanged
+    (`resumed_checkpoint`): its episode count and content SHA-256 (`EpisodeStore.content_sha256`)."""
+    return {"dataset_episodes": store.num_episodes, "dataset_sha256": store.content_sha256()}
+
+
+def _check_same_dataset(out: Path, info: dict[str, Any], store: EpisodeStore) -> None:
+    """Refuse to resume a run on a dataset other than the one its last checkpoint recorded (`dataset_record`):
+    grown or collected anew, its episodes would be split into training and validation differently."""
+    recorded = info.get("dataset_sha256")
+    if recorded is None:  # a run of a keydyn before 2026-11-30, which did not record its dataset
+        return
+    if recorded != store.content_sha256():
+        raise ValueError(
+            f"cannot resume {out}: {store.path} holds other episodes than the run trained on "
+            f"({info.get('dataset_episodes')} episodes then, {store.num_episodes} now, or the same number with other "
+            "contents), so its training/validation split would change; resume on the dataset as it was, or train "
+            "anew in a new --out"
+        )
+
+
 def resumed_checkpoint(
     out: Path,
     config: RunConfig,
     may_change: tuple[str, ...],
     counter: str,
+    store: EpisodeStore,
     required: tuple[str, ...] = (),
     upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Resumed | None:
     """For a trainer: prepare `out` (see prepare_run_dir); when resuming, recover its last checkpoint
-    (`recover_checkpoint`) and return it, every file verified and of last.json's `counter` ("epoch", "step");
-    None when the run starts from the beginning.
+    (`recover_checkpoint`) and return it, every file verified and of last.json's `counter` ("epoch", "step"),
+    trained on `store` as it is now (`dataset_record`); None when the run starts from the beginning.
 
     Raises:
         ValueError: as prepare_run_dir; last.json lacks `counter` or `required`; a file is corrupt (damaged,
-            truncated) or of another counter; naming the file and the fix.
+            truncated) or of another counter; the dataset changed since; naming the file and the fix.
     """
     if not prepare_run_dir(out, config, may_change, LAST_INFO, upgrade):
         return None
@@ -489,6 +511,7 @@ def resumed_checkpoint(
     info = read_json(info_path, (counter, *required), fix)
     if not isinstance(info[counter], int):
         raise ValueError(f"{info_path}: its {counter} is {info[counter]!r}, not a whole number; {fix}")
+    _check_same_dataset(out, info, store)
     recover_checkpoint(out, info, counter)
     hashes = _hashes(info, info_path)
     files = {}
@@ -511,12 +534,19 @@ def resumed_checkpoint(
 
 def has_finished(resumed: Resumed | None, counter: str, total: int, out: Path, quiet: bool = False) -> bool:
     """Whether the resumed run in `out` has already trained all `total` of its `counter`s ("epoch", "step"), so
-    that resuming it has nothing to do; says so on stderr unless `quiet` (the other ranks of a torchrun). A trainer
+    that resuming it has nothing to do; says so on stderr unless `quiet` (the other ranks of a torchrun). A run
+    trained for more than `total` is refused (ValueError): its checkpoints are not those of a `total` run. A trainer
     checks this before it loads its data (the latents of every frame, say), so that rerunning a finished stage
-    (`keydyn reproduce` again) costs seconds; the checks made while loading (the dataset, the networks a dynamics
-    run's latents came from) are then left to whatever reads the run next (`keydyn evaluate` checks its networks)."""
+    (`keydyn reproduce` again) costs seconds; the dataset is checked unchanged before (`resumed_checkpoint`), and
+    a dynamics run checks the networks its latents came from (`LatentMethod.check_sources`)."""
     if resumed is None or resumed.info[counter] < total:
         return False
+    if resumed.info[counter] > total:
+        raise ValueError(
+            f"{out} has trained {resumed.info[counter]} {counter}s, more than the {total} asked for, and a run "
+            f"cannot be cut back: ask for at least {resumed.info[counter]} {counter}s to use it as it is, or train "
+            "anew in a new --out"
+        )
     if quiet:
         return True
     print(

@@ -404,6 +404,11 @@ class EpisodeStore:
             raise KeyError(f"no per-episode array {name!r}; the store has {', '.join(self.episode_fields)}")
         return self._read(f"meta/{name}", 0, self._num_episodes)
 
+    def content_sha256(self) -> str:
+        """Hex SHA-256 of every committed episode's content SHA-256, in order: the dataset's frames themselves, so
+        a store collected anew at the same path, or grown by more episodes, differs."""
+        return hashlib.sha256(self.episode_meta(CONTENT_HASH).tobytes()).hexdigest()
+
     def _read(self, array_path: str, start: int, stop: int) -> np.ndarray:
         try:
             return self._reader[array_path][start:stop]

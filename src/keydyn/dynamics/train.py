@@ -70,6 +70,7 @@ from keydyn.runs import (
     Resumed,
     check_finite_loss,
     commit_checkpoint,
+    dataset_record,
     has_finished,
     load_checked,
     load_checkpoint,
@@ -482,11 +483,18 @@ def save_checkpoint(
     epoch: int,
     best_error: float,
     metrics: list[dict[str, Any]],
+    dataset: dict[str, Any],
 ) -> None:
-    """Commit last.safetensors, last_optim.pt, metrics.jsonl (the rows of epochs 1 .. `epoch`) and last.json
-    together (`keydyn.runs.commit_checkpoint`)."""
+    """Commit last.safetensors, last_optim.pt, metrics.jsonl (the rows of epochs 1 .. `epoch`) and last.json (with
+    `dataset`, `keydyn.runs.dataset_record`) together (`keydyn.runs.commit_checkpoint`)."""
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-    info = {"model": model.config(), "latent": config.latent, "epoch": epoch, best_key(config.method): best_error}
+    info = {
+        "model": model.config(),
+        "latent": config.latent,
+        "epoch": epoch,
+        **dataset,
+        best_key(config.method): best_error,
+    }
     files = {
         LAST_WEIGHTS: lambda path: save_model(path, model, epoch, config.method, trainable),
         LAST_STATE: lambda path: save_state(state, path),
@@ -604,9 +612,12 @@ def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> P
             config,
             RESUMABLE_FIELDS + unread_settings(config.method),
             "epoch",
+            store,
             (best_key(config.method),),
             upgrade_stored_config,
         )
+        if resumed is not None:
+            config.method.check_sources(config.out)  # before a finished run is taken as it is
     resumed = world.broadcast(resumed)
     if has_finished(resumed, "epoch", config.epochs, config.out, quiet=not world.main):
         world.barrier()  # its config.json stays the one it trained with
@@ -625,7 +636,7 @@ def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> P
     if trainable is not None:
         parameters += list(trainable.to(device).parameters())
     optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=(0.9, 0.999))
-    start_epoch, best_error = 0, math.inf
+    start_epoch, best_error, dataset = 0, math.inf, dataset_record(store)
     metrics = []
     if resumed is not None:
         _restore(config, resumed, model, trainable, optimizer, generator)
@@ -654,7 +665,7 @@ def _train(config: TrainDynamicsConfig, world: World, device: torch.device) -> P
             if pictured is not None:
                 with torch.no_grad():
                     config.method.write_picture(trainable, pictured.to(next(trainable.parameters()).device), config.out)
-        save_checkpoint(config, model, trainable, optimizer, generator, epoch, best_error, metrics)
+        save_checkpoint(config, model, trainable, optimizer, generator, epoch, best_error, metrics, dataset)
         bar.set_postfix(train=f"{train_loss:.2e}", val_err_m=f"{val_error:.4f}")
     world.barrier()  # the last checkpoint is written when any rank returns
     return config.out

@@ -45,7 +45,7 @@ from keydyn.evaluation.evaluate import EvaluateConfig, evaluate, measures_the_ru
 from keydyn.evaluation.paper import TABLES
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
 from keydyn.files import read_json, write_json_atomic, write_text_atomic
-from keydyn.latents import get_latent, latent_names
+from keydyn.latents import SourceChangedError, get_latent, latent_names
 from keydyn.locks import one_writer
 from keydyn.presets import DEFAULT, from_preset, merge, preset_names, preset_overlay, stated_settings, without
 from keydyn.runs import resolve_device
@@ -311,34 +311,39 @@ def stage_transporter(config: ReproduceConfig, seed: int, dataset: Path, crop: s
 def stage_dynamics(
     config: ReproduceConfig, row: str, seed: int, dataset: Path, visual: Path | None, transporter: Path | None = None
 ) -> Path:
-    """Train (or finish training) the dynamics of table row `row` on the dataset of `seed`."""
+    """Train (or finish training) the dynamics of table row `row` on the dataset of `seed`; a run whose descriptor
+    or Transporter network was trained on since (another preset for that stage) is cleared and trained anew."""
     method = method_of(row)
     out = config.out / "runs" / row / f"seed{seed}"
     resume = _fresh_or_resumed(out, "last.json")
     preset = method_preset("train-dynamics", config.dynamics, method, config.dynamics_by_method)
-    train_dynamics(
-        from_preset(
-            TrainDynamicsConfig,
+    settings = from_preset(
+        TrainDynamicsConfig,
+        "train-dynamics",
+        preset,
+        # DS and WDS (SDS and WSDS) of one network share their references, so their located keypoints too.
+        overrides=task_overlay(
             "train-dynamics",
+            config.task,
             preset,
-            # DS and WDS (SDS and WSDS) of one network share their references, so their located keypoints too.
-            overrides=task_overlay(
-                "train-dynamics",
-                config.task,
-                preset,
-                keypoints={"seed": seed, "cache_dir": str(config.out / "keypoint_cache" / f"seed{seed}")},
-            ),
-            dataset=dataset,
-            out=out,
-            latent=method,
-            visual_run=visual if _needs_visual(method) else None,
-            transporter_run=transporter if _needs_transporter(method) else None,
-            seed=seed,
-            device=config.device,
-            resume=resume,
-            progress=config.progress,
-        )
+            keypoints={"seed": seed, "cache_dir": str(config.out / "keypoint_cache" / f"seed{seed}")},
+        ),
+        dataset=dataset,
+        out=out,
+        latent=method,
+        visual_run=visual if _needs_visual(method) else None,
+        transporter_run=transporter if _needs_transporter(method) else None,
+        seed=seed,
+        device=config.device,
+        resume=resume,
+        progress=config.progress,
     )
+    try:
+        train_dynamics(settings)
+    except SourceChangedError as error:
+        print(f"keydyn reproduce: {error}; training {out} anew", file=sys.stderr)
+        shutil.rmtree(out)
+        train_dynamics(dataclasses.replace(settings, resume=False))
     return out
 
 

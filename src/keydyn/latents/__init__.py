@@ -13,6 +13,7 @@ from keydyn.latents.base import (
     LatentEncoder,
     LatentLayout,
     LatentMethod,
+    SourceChangedError,
 )
 from keydyn.latents.registry import get_latent, latent_names, register_latent
 
@@ -38,6 +39,7 @@ __all__ = [
     "LatentEncoder",
     "LatentLayout",
     "LatentMethod",
+    "SourceChangedError",
     "autoencoder",
     "descriptor",
     "get_latent",

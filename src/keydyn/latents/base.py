@@ -30,6 +30,11 @@ from keydyn.sim.observations import ObservationError
 PUSHER_DIM = 2  # the pusher's world xy, metres
 
 
+class SourceChangedError(ValueError):
+    """A network that a dynamics run's latents were computed with (a descriptor or Transporter run) has changed
+    since the dynamics run was trained: its model no longer matches the latents the network gives."""
+
+
 @dataclass(frozen=True)
 class LatentLayout:
     """Where things sit in a keypoint latent of `num_keypoints` object keypoints plus the pusher xy."""
@@ -142,6 +147,11 @@ class LatentMethod(ABC):
 
     def check_config(self, config: Any) -> None:  # noqa: B027 (optional: most methods need no settings)
         """Raise ValueError when `config` (a TrainDynamicsConfig) lacks a setting the method needs."""
+
+    def check_sources(self, run_dir: Path) -> None:  # noqa: B027 (optional: most methods read no other run)
+        """Raise SourceChangedError when a network whose outputs are this method's latents in dynamics run `run_dir` has
+        changed since `dataset_latents` recorded it there; nothing when the run has recorded none yet. Called before
+        a run is resumed, so that a finished run is not reused on a network trained further since."""
 
     def trainable(self, latent_dim: int, config: Any = None) -> nn.Module | None:
         """A fresh module trained jointly with the dynamics, mapping (..., D) window latents to the (..., D)

@@ -25,7 +25,7 @@ import torch
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import read_json, write_json_atomic
-from keydyn.latents.base import KeypointLatent, LatentMethod
+from keydyn.latents.base import KeypointLatent, LatentMethod, SourceChangedError
 from keydyn.latents.descriptor.dataset import network_hash
 from keydyn.latents.registry import register_latent
 from keydyn.sim.config import TaskConfig
@@ -93,7 +93,7 @@ def load_run_transporter(run_dir: Path) -> TransporterModel:
 
     Raises:
         FileNotFoundError: `run_dir` has no transporter_network.json (not a run of these latents).
-        ValueError: the Transporter's weights changed since the dynamics run was trained.
+        SourceChangedError: the Transporter's weights changed since the dynamics run was trained.
     """
     path = Path(run_dir) / IDENTITY
     if not path.exists():
@@ -101,9 +101,9 @@ def load_run_transporter(run_dir: Path) -> TransporterModel:
     identity = read_json(path, ("transporter_run", "network_sha256"))
     model = load_transporter(Path(run_dir) / identity["transporter_run"], "best")
     if network_hash(model.net) != identity["network_sha256"]:
-        raise ValueError(
-            f"the best network of {identity['transporter_run']} changed since {run_dir} was trained; retrain the "
-            "dynamics with keydyn train-dynamics --transporter-run on the current network"
+        raise SourceChangedError(
+            f"the best network of {identity['transporter_run']} changed since {run_dir} was trained; train the "
+            "dynamics anew on the current network (keydyn train-dynamics --transporter-run, in a new --out)"
         )
     return model
 
@@ -171,6 +171,10 @@ class _TransporterMethod:
                 "run directory of `keydyn train-transporter`"
             )
 
+    def check_sources(self, run_dir: Path) -> None:
+        if (Path(run_dir) / IDENTITY).exists():
+            load_run_transporter(run_dir)
+
     def dataset_latents(self, store: EpisodeStore, config: Any, out: Path) -> np.ndarray:
         """(N, D) float32 latents of every dataset frame of the Transporter's camera; writes transporter_network.json.
 
@@ -192,7 +196,7 @@ class _TransporterMethod:
         if (out / IDENTITY).exists():
             trained_with = read_json(out / IDENTITY, ("network_sha256",))["network_sha256"]
             if trained_with != identity["network_sha256"]:
-                raise ValueError(
+                raise SourceChangedError(
                     f"the best network of {run} changed since {out} started; train the dynamics anew in a new --out"
                 )
         write_json_atomic(out / IDENTITY, identity)

@@ -57,6 +57,7 @@ from keydyn.runs import (
     Resumed,
     check_finite_loss,
     commit_checkpoint,
+    dataset_record,
     has_finished,
     load_checked,
     load_checkpoint,
@@ -365,9 +366,10 @@ def save_checkpoint(
     step: int,
     best_error: float,
     metrics: list[dict[str, Any]],
+    dataset: dict[str, Any],
 ) -> None:
-    """Commit last.safetensors, last_optim.pt, metrics.jsonl (the rows of steps 1 .. `step`) and last.json
-    together (`keydyn.runs.commit_checkpoint`)."""
+    """Commit last.safetensors, last_optim.pt, metrics.jsonl (the rows of steps 1 .. `step`) and last.json (with
+    `dataset`, `keydyn.runs.dataset_record`) together (`keydyn.runs.commit_checkpoint`)."""
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -380,7 +382,7 @@ def save_checkpoint(
         METRICS: lambda path: write_lines(path, metrics),
     }
     commit_checkpoint(
-        config.out, "last", files, {**_network_info(config, step), "best_val_pixel_error_median": best_error}
+        config.out, "last", files, {**_network_info(config, step), **dataset, "best_val_pixel_error_median": best_error}
     )
 
 
@@ -433,7 +435,9 @@ def _train(config: TrainVisualConfig, world: World, device: torch.device) -> Pat
         copy_initial_weights(net, config.init_from)  # before anything is written: a wrong run is refused
     resumed = None
     if world.main:
-        resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "step", ("best_val_pixel_error_median",))
+        resumed = resumed_checkpoint(
+            config.out, config, _RESUMABLE_FIELDS, "step", train.store, ("best_val_pixel_error_median",)
+        )
     resumed = world.broadcast(resumed)
     if has_finished(resumed, "step", config.steps, config.out, quiet=not world.main):
         world.barrier()  # its config.json stays the one it trained with
@@ -450,7 +454,7 @@ def _train(config: TrainVisualConfig, world: World, device: torch.device) -> Pat
         write_json_atomic(config.out / "task.json", store_task(train.store).to_dict())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        start, best_error, metrics = 0, math.inf, []
+        start, best_error, metrics, dataset = 0, math.inf, [], dataset_record(train.store)
         if resumed is not None:
             _restore(config.out, resumed, net, optimizer, generator)
             start, best_error = resumed.info["step"], resumed.info["best_val_pixel_error_median"]
@@ -473,7 +477,7 @@ def _train(config: TrainVisualConfig, world: World, device: torch.device) -> Pat
             if row["val_pixel_error_median"] < best_error:
                 best_error = row["val_pixel_error_median"]
                 save_best(net, config, step, row)
-            save_checkpoint(net, optimizer, generator, config, step, best_error, metrics)
+            save_checkpoint(net, optimizer, generator, config, step, best_error, metrics, dataset)
             bar.set_postfix(loss=f"{row['loss_total']:.3f}", val_px=f"{row['val_pixel_error_median']:.1f}")
     world.barrier()  # the last checkpoint is written when any rank returns
     return config.out

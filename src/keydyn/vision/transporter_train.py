@@ -50,6 +50,7 @@ from keydyn.runs import (
     Resumed,
     check_finite_loss,
     commit_checkpoint,
+    dataset_record,
     has_finished,
     load_checked,
     load_checkpoint,
@@ -309,9 +310,11 @@ def save_checkpoints(
     metrics: list[dict[str, Any]],
     best: float,
     improved: bool,
+    dataset: dict[str, Any],
 ) -> None:
     """Commit best.safetensors/json when the last epoch (metrics[-1]) `improved` the validation error, then
-    last.safetensors, last_optim.pt, metrics.jsonl and last.json together (`keydyn.runs.commit_checkpoint`)."""
+    last.safetensors, last_optim.pt, metrics.jsonl and last.json (with `dataset`, `keydyn.runs.dataset_record`)
+    together (`keydyn.runs.commit_checkpoint`)."""
     epoch = metrics[-1]["epoch"]
     info = _network_info(config, camera, epoch)
     if improved:
@@ -328,7 +331,7 @@ def save_checkpoints(
         LAST_STATE: lambda path: save_state(state, path),
         METRICS: lambda path: write_lines(path, metrics),
     }
-    commit_checkpoint(config.out, "last", files, {**info, "best_val_reconstruction_mse": best})
+    commit_checkpoint(config.out, "last", files, {**info, **dataset, "best_val_reconstruction_mse": best})
 
 
 @dataclass(frozen=True)
@@ -371,7 +374,9 @@ def train_transporter(config: TrainTransporterConfig) -> Path:
     store = open_dataset(config.dataset)
     camera = store.camera(config.camera)
     task = store_task(store)
-    resumed = resumed_checkpoint(config.out, config, _RESUMABLE_FIELDS, "epoch", ("best_val_reconstruction_mse",))
+    resumed = resumed_checkpoint(
+        config.out, config, _RESUMABLE_FIELDS, "epoch", store, ("best_val_reconstruction_mse",)
+    )
     if has_finished(resumed, "epoch", config.epochs, config.out):  # its config.json stays the one it trained with
         return config.out
     train, val = make_sources(config, store, camera)
@@ -387,7 +392,7 @@ def train_transporter(config: TrainTransporterConfig) -> Path:
     val_pairs = val.sample(config.val_pairs, torch.Generator().manual_seed(config.seed + 1))
     write_json_atomic(config.out / "config.json", {**config.to_json(), "device": str(device)})
     write_json_atomic(config.out / "task.json", task.to_dict())
-    start, best, metrics = 0, math.inf, []
+    start, best, metrics, dataset = 0, math.inf, [], dataset_record(store)
     if resumed is not None:
         _restore(config.out, resumed, net, optimizer, scheduler, generator)
         start, best, metrics = resumed.info["epoch"], resumed.info["best_val_reconstruction_mse"], resumed.metrics
@@ -419,6 +424,6 @@ def train_transporter(config: TrainTransporterConfig) -> Path:
         draw_pictures(net, val, val_pairs, config, device)
         improved = val_error < best
         best = min(best, val_error)
-        save_checkpoints(net, optimizer, scheduler, generator, config, camera, metrics, best, improved)
+        save_checkpoints(net, optimizer, scheduler, generator, config, camera, metrics, best, improved, dataset)
         bar.set_postfix(loss=f"{row['loss']:.4f}", val=f"{val_error:.4f}")
     return config.out

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from keydyn.data.store import CONTENT_HASH, EpisodeStore
+from keydyn.data.store import EpisodeStore
 from keydyn.latents.descriptor.references import References, locate_references
 from keydyn.locks import taking_turns
 from keydyn.runs import read_checked_tensors, write_tensors
@@ -161,5 +161,4 @@ def dataset_keypoints(
 def content_digest(store: EpisodeStore) -> torch.Tensor:
     """(32,) uint8 SHA-256 of every episode's content SHA-256: the dataset's frames themselves (a store collected
     anew at the same path, with the same settings, differs)."""
-    digest = hashlib.sha256(store.episode_meta(CONTENT_HASH).tobytes()).digest()
-    return torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+    return torch.frombuffer(bytearray(bytes.fromhex(store.content_sha256())), dtype=torch.uint8)

@@ -25,7 +25,7 @@ import torch
 
 from keydyn.data.store import EpisodeStore
 from keydyn.files import read_json, write_json_atomic
-from keydyn.latents.base import KeypointLatent, LatentLayout
+from keydyn.latents.base import KeypointLatent, LatentLayout, SourceChangedError
 from keydyn.latents.descriptor.dataset import dataset_keypoints, network_hash, require_lifted
 from keydyn.latents.descriptor.encoder import DescriptorEncoder
 from keydyn.latents.descriptor.pictures import write_reference_picture
@@ -64,6 +64,10 @@ class DescriptorLatent(KeypointLatent):
                 "run directory of `keydyn train-visual`"
             )
 
+    def check_sources(self, run_dir: Path) -> None:
+        if (Path(run_dir) / "visual_network.json").exists():
+            load_run_visual(run_dir)
+
     def dataset_latents(self, store: EpisodeStore, config: Any, out: Path) -> np.ndarray:
         """(N, 3 K + 2) float32 latents of every dataset frame: located keypoints (world, metres) and pusher xy.
 
@@ -82,7 +86,7 @@ class DescriptorLatent(KeypointLatent):
         if resumed:  # a resumed run: its references belong to that network
             trained_with = read_json(out / "visual_network.json", ("network_sha256",))["network_sha256"]
             if trained_with != identity["network_sha256"]:
-                raise ValueError(
+                raise SourceChangedError(
                     f"the {keypoints.checkpoint} network of {visual_run} changed since {out} started; its references "
                     "and cached keypoints belong to the earlier one: train the dynamics anew in a new --out"
                 )
@@ -166,7 +170,7 @@ def load_run_visual(run_dir: Path) -> tuple[DescriptorNet, Path]:
 
     Raises:
         FileNotFoundError: `run_dir` has no visual_network.json (not a descriptor-latent run).
-        ValueError: the visual run's weights changed since the dynamics run was trained.
+        SourceChangedError: the visual run's weights changed since the dynamics run was trained.
     """
     path = Path(run_dir) / "visual_network.json"
     if not path.exists():
@@ -175,9 +179,9 @@ def load_run_visual(run_dir: Path) -> tuple[DescriptorNet, Path]:
     visual_run = Path(run_dir) / identity["visual_run"]  # relative to the run (an absolute path stays as it is)
     net, _ = load_visual(visual_run, identity["checkpoint"])
     if network_hash(net) != identity["network_sha256"]:
-        raise ValueError(
+        raise SourceChangedError(
             f"the {identity['checkpoint']} network of {identity['visual_run']} changed since {run_dir} was trained; "
-            "retrain the dynamics with keydyn train-dynamics --visual-run on the current network"
+            "train the dynamics anew on the current network (keydyn train-dynamics --visual-run, in a new --out)"
         )
     return net, visual_run
 
