@@ -119,6 +119,54 @@ def test_resume_with_other_settings_is_refused(small_dataset, tmp_path):
         collect(small_collect_config(tmp_path / "absent", resume=True))
 
 
+def test_a_resume_under_another_mujoco_version_is_refused(small_dataset, tmp_path):
+    import mujoco
+
+    out = tmp_path / "data"
+    collect(small_collect_config(out, episodes=1))
+    assert EpisodeStore.open(out).attrs["mujoco_version"] == mujoco.__version__
+    store = EpisodeStore.open(out, mode="a")
+    store.update_attrs({"mujoco_version": "2.3.7"})
+    store.close()
+    with pytest.raises(StoreError, match=r"simulated by MuJoCo 2\.3\.7, this is .*install mujoco==2\.3\.7"):
+        collect(small_collect_config(out, episodes=2, resume=True))
+    assert EpisodeStore.open(out).num_episodes == 1
+
+
+def test_the_stored_action_is_the_velocity_the_pusher_was_given(tmp_path):
+    """A policy faster than the task's pusher (max_speed 0.3 m/s per axis): the dataset holds the clipped velocity
+    that was applied, never the command, so dynamics never learn from actions that did not happen."""
+    from keydyn.sim.policy import RandomPushConfig
+
+    fast = RandomPushConfig(min_speed=0.4, max_speed=0.5)
+    store = collect(small_collect_config(tmp_path / "fast", episodes=1, policy=fast))
+    action = store.frames("action")[:-1]
+    assert np.abs(action).max() == pytest.approx(0.3) and (np.abs(action) == np.float32(0.3)).sum() >= 3
+    velocity = store.frames("pusher_velocity")[1:]  # what the pusher did after each action, m/s
+    assert np.abs(velocity).max() < 0.3 + 0.02
+
+
+class _EndsStrangely(PushingEnv):
+    def step(self, action):
+        observation, reward, _, truncated, info = super().step(action)
+        return observation, reward, True, truncated, {**info, "termination": "fell_asleep"}
+
+
+def test_an_unknown_termination_is_named_with_the_known_ones():
+    from keydyn.data.collect import collect_episode
+
+    config = small_collect_config(Path("unused"), episodes=1)
+    env = _EndsStrangely(config.task_config(), images=False)
+    try:
+        with pytest.raises(
+            ValueError,
+            match=r"_EndsStrangely ended an episode with termination 'fell_asleep'.*out_of_bounds, tipped_over",
+        ):
+            collect_episode(env, config, 0)
+    finally:
+        env.close()
+
+
 def test_cli_collect_info_and_video(tmp_path, capsys):
     out = tmp_path / "angled"
     argv = [

@@ -342,6 +342,22 @@ def test_a_registered_environment_and_task_are_what_collection_runs(tmp_path, re
         assert np.all(np.sign(velocity_x[firm]) == sign * np.sign(action_x[firm]))
 
 
+def test_a_task_registered_by_a_script_is_collected_by_spawned_workers(tmp_path, registries):
+    """Spawned workers know only the built-in tasks: they are given the task itself, so that two workers collect
+    what one does."""
+    from keydyn.data.collect import collect
+    from keydyn.sim import register_task
+
+    from .conftest import small_collect_config
+
+    register_task(replace(task_config("top_down"), name="top_down_renamed"))
+    one = collect(small_collect_config(tmp_path / "one", episodes=2, task="top_down_renamed"))
+    two = collect(small_collect_config(tmp_path / "two", episodes=2, task="top_down_renamed", workers=2))
+    assert two.attrs["task"] == "top_down_renamed"
+    for name in ("action", "object_position", "top_down/rgb"):
+        assert np.array_equal(one.frames(name), two.frames(name)), name
+
+
 def test_an_unregistered_environment_is_named_with_the_known_ones(registries):
     task = replace(task_config("top_down"), environment="no_such_robot")
     with pytest.raises(ValueError, match=r"'no_such_robot', which is not registered \(known: .*keydyn"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mujoco
 import numpy as np
 from tqdm import tqdm
 
@@ -22,7 +23,7 @@ from keydyn.data.store import EpisodeStore, StoreError, encode_frames
 from keydyn.files import disk_full_error, is_disk_full
 from keydyn.locks import DirectoryLock
 from keydyn.sim.config import TaskConfig, check_seed, task_config, task_names
-from keydyn.sim.environment import PushingEnvironment, make_environment
+from keydyn.sim.environment import PushingEnvironment, applied_action, make_environment
 from keydyn.sim.policy import RandomPushConfig, RandomPushPolicy
 
 TERMINATIONS = ("", "out_of_bounds", "tipped_over")  # meta/termination codes
@@ -154,8 +155,13 @@ def simulate_episode(
         obs, _, terminated, _, step_info = env.step(action)
         if terminated:
             termination = step_info["termination"]
+            if termination not in TERMINATIONS[1:]:
+                raise ValueError(
+                    f"{type(env).__name__} ended an episode with termination {termination!r}, which a dataset cannot "
+                    f"record: an environment names one of {', '.join(TERMINATIONS[1:])} (keydyn.sim.environment)"
+                )
             break
-        actions.append(action)
+        actions.append(applied_action(action, env.task).astype(np.float32))  # the velocity applied
         records.append((obs, step_info))
     actions.append(np.zeros(2, dtype=np.float32))
     frames: dict[str, np.ndarray] = {"action": np.stack(actions)}
@@ -201,11 +207,14 @@ def collect_episode(env: PushingEnvironment, config: CollectConfig, index: int) 
 
 class EpisodeWorker:
     """A collection worker: the task's environment, built once per process; called with an episode index, it
-    returns the episode with its images compressed (where it was simulated)."""
+    returns the episode with its images compressed (where it was simulated).
 
-    def __init__(self, config: CollectConfig) -> None:
-        self.config = config
-        self.env = make_environment(config.task_config())
+    job: the settings and the task they resolve to in the launching process, passed whole: a spawned process or
+    Ray actor knows only the built-in tasks, not one registered by the script that launched it."""
+
+    def __init__(self, job: tuple[CollectConfig, TaskConfig]) -> None:
+        self.config, task = job
+        self.env = make_environment(task)
 
     def __call__(self, index: int) -> tuple[dict, dict]:
         frames, meta = collect_episode(self.env, self.config, index)
@@ -219,14 +228,15 @@ def _episodes(config: CollectConfig, indices: Sequence[int]) -> Iterator[tuple[d
     """Episodes `indices` in order, simulated by up to `config.workers` processes (`keydyn.cluster.process_count`;
     one runs them in this process)."""
     workers = process_count(config.workers, len(indices), config.cluster)
+    job = (config, config.task_config())
     if workers == 1:
-        worker = EpisodeWorker(config)
+        worker = EpisodeWorker(job)
         try:
             yield from map(worker, indices)
         finally:
             worker.close()
         return
-    yield from map_units(EpisodeWorker, config, indices, workers, config.cluster, ordered=True)
+    yield from map_units(EpisodeWorker, job, indices, workers, config.cluster, ordered=True)
 
 
 def _open_for_collection(config: CollectConfig) -> EpisodeStore:
@@ -244,6 +254,13 @@ def _open_for_collection(config: CollectConfig) -> EpisodeStore:
             raise StoreError(
                 f"cannot resume {config.out}: its {', '.join(different)} differ from this command's; resume "
                 "with the original settings or collect into a new --out"
+            )
+        simulated_by = store.attrs.get("mujoco_version", mujoco.__version__)  # absent: a store of before 2026-11-30
+        if simulated_by != mujoco.__version__:
+            raise StoreError(
+                f"cannot resume {config.out}: its episodes were simulated by MuJoCo {simulated_by}, this is "
+                f"{mujoco.__version__}, whose episodes may differ; install mujoco=={simulated_by} to resume, or "
+                "collect into a new --out"
             )
         return store
     env = make_environment(task)
@@ -270,6 +287,7 @@ def _open_for_collection(config: CollectConfig) -> EpisodeStore:
         "target_episodes": config.episodes,
         "terminations": list(TERMINATIONS),
         "sim_state_spec": "mjSTATE_INTEGRATION",
+        "mujoco_version": mujoco.__version__,
     }
     return EpisodeStore.create(config.out, attributes, frame_fields, episode_fields)
 

@@ -12,6 +12,7 @@ from gymnasium import spaces
 
 from keydyn.sim.config import SUGAR_BOX_SIZE, TaskConfig, task_config
 from keydyn.sim.environment import (
+    applied_action,
     camera_entries,
     observation_space,
     read_state,
@@ -254,7 +255,7 @@ class PushingEnv(gym.Env):
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (2,) or not np.all(np.isfinite(action)):
             raise ValueError(f"action must be a finite (2,) pusher velocity in m/s, got {action!r}")
-        self._actuate(np.clip(action, -self.task.max_speed, self.task.max_speed))
+        self._actuate(applied_action(action, self.task))
         self._simulate(self.task.substeps)
         info = self._info()
         termination = self._termination()

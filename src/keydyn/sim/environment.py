@@ -8,8 +8,9 @@ What an environment gives (docs/extending.md, "A new robot or environment"):
 
 - `reset(seed=, options=)` -> (observation, info); options: `start` = {object_xy (2,), object_yaw (rad),
   pusher_xy (2,)} to place the scene, or `sim_state` to restore a state from an earlier `info`.
-- `step(action)` with a (2,) world xy pusher velocity in m/s -> (observation, reward, terminated, truncated,
-  info); on termination `info["termination"]` names why ("out_of_bounds", "tipped_over").
+- `step(action)` with a (2,) world xy pusher velocity in m/s, applied clipped per axis to +-task.max_speed
+  (`applied_action`, what datasets store) -> (observation, reward, terminated, truncated, info); on termination
+  `info["termination"]` names why ("out_of_bounds", "tipped_over").
 - observation: `pusher_position` (2,) metres and `pusher_velocity` (2,) m/s; per camera NAME of `task.cameras`:
   NAME/rgb (H, W, 3) uint8, NAME/depth (H, W) float32 metres (0 or NaN: no reading), NAME/mask (H, W) uint8 object
   pixels (for descriptor training), NAME/intrinsics (3, 3) K in pixels, NAME/pose (4, 4) T_world_camera (OpenCV
@@ -36,6 +37,13 @@ from keydyn.sim.render import camera_intrinsics
 
 ACTION_DIM = 2
 """An action is a (2,) world xy pusher velocity, m/s."""
+
+
+def applied_action(action: np.ndarray, task: TaskConfig) -> np.ndarray:
+    """The (2,) float64 world xy pusher velocity (m/s) an environment applies for the command `action`: clipped per
+    axis to +-task.max_speed. Collection stores this as the step's action, not the command, so that a policy
+    faster than the task's pusher never gives a dataset actions that did not happen."""
+    return np.clip(np.asarray(action, dtype=np.float64), -task.max_speed, task.max_speed)
 
 
 @runtime_checkable

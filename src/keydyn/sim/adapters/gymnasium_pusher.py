@@ -47,6 +47,7 @@ from gymnasium.envs.mujoco import pusher_v5
 from keydyn.sim.config import CameraSpec, StartDistribution, TaskConfig, register_task
 from keydyn.sim.environment import (
     UnreachableStartError,
+    applied_action,
     camera_entries,
     observation_space,
     read_state,
@@ -174,7 +175,7 @@ class GymnasiumPusherEnv(gym.Env):
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (2,) or not np.all(np.isfinite(action)):
             raise ValueError(f"action must be a finite (2,) tip velocity in m/s, got {action!r}")
-        velocity = np.clip(action, -self.task.max_speed, self.task.max_speed)
+        velocity = applied_action(action, self.task)
         for _ in range(self.task.substeps):
             self._physics_step(velocity)
         mujoco.mj_forward(self._model, self._data)  # positions of the new state, for observations and info
