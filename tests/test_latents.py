@@ -114,6 +114,30 @@ def test_a_latent_registered_here_trains_and_evaluates(small_dataset, tmp_path):
     assert (out / "videos" / "episode_000.mp4").stat().st_size > 0  # recorded, with nothing drawn on it
 
 
+class HalfUnreadable(PlanarPose):
+    """The planar pose with every other frame unreadable (NaN): no window of n + H frames is whole."""
+
+    name = "test_half_unreadable"
+
+    def dataset_latents(self, store: EpisodeStore, config: Any, out: Path) -> np.ndarray:
+        latents = super().dataset_latents(store, config, out)
+        latents[::2] = np.nan
+        return latents
+
+
+def test_windows_lost_to_frames_the_latent_cannot_encode_are_named(small_dataset, tmp_path, monkeypatch):
+    from keydyn.latents import registry
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    method = register_latent(HalfUnreadable())
+    config = TrainDynamicsConfig(
+        dataset=small_dataset, out=tmp_path / "run", latent=method.name, horizon=4, epochs=1, progress=False
+    )
+    with pytest.raises(ValueError, match=r"every training window .* could not encode \(\d+ of \d+ frames have no"):
+        train_dynamics(config)
+    assert not (tmp_path / "run" / "last.json").exists()
+
+
 # -- import layering --------------------------------------------------------------------------------------
 LAYERS = (
     {"sim"},

@@ -260,6 +260,14 @@ def load_windows(
     ends = store.episode_ends
     train = make_windows(latents, actions, ends, train_episodes, config.history, config.horizon, inputs)
     val = make_windows(latents, actions, ends, val_episodes, config.history, config.horizon, inputs)
+    for which, windows in (("training", train), ("validation", val)):
+        if len(windows) == 0 and (which == "training" or config.val_fraction > 0):
+            lost = int((~np.isfinite(latents).all(axis=1)).sum())
+            raise ValueError(
+                f"every {which} window of {config.dataset} holds a frame that --latent {config.latent} could not "
+                f"encode ({lost} of {len(latents)} frames have no latent); check those frames (keydyn dataset "
+                "video) or the network the latents come from"
+            )
     return train, val
 
 
