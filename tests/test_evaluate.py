@@ -243,6 +243,29 @@ def test_demonstration_replays_its_pair_and_offsets_move_the_start(small_run):
     env.close()
 
 
+def test_a_perturbed_mug_turns_about_its_centre_where_errors_are_measured():
+    """A mug's frame sits at its base: turning it about that point would also move its centre (2.3 cm at 30 deg
+    for mug 0), so a pure turn of the region-of-attraction grid would pass for a move. It turns about its centre."""
+    from keydyn.evaluation.metrics import pose_errors
+    from keydyn.evaluation.tracking import Demonstration
+
+    env = PushingEnv("mugs", images=False, width=64, height=48)
+    observation, info = env.reset(seed=3)
+    start = {"sim_state": info["sim_state"], **{k: info[k] for k in ("mug_instance", "mug_material", "mug_rgba")}}
+    latent = np.concatenate([np.zeros(12), observation["pusher_position"]])[None]
+    pose = [np.asarray(info[key])[None] for key in ("object_position", "object_quaternion")]
+    demo = Demonstration(
+        start, np.zeros((0, 2)), latent, *pose, np.array([info["object_yaw"]]), np.asarray(info["object_centre_offset"])
+    )
+    assert np.linalg.norm(demo.centre_offset) > 0.03  # half the mug's length
+    for dx, dyaw_deg in ((0.0, 30.0), (0.02, -60.0)):
+        env.reset(options=perturbed_start(demo, dx, 0.0, np.radians(dyaw_deg)))
+        position, quaternion = env.object_pose()
+        moved, turned = pose_errors(position, quaternion, pose[0][0], pose[1][0], demo.centre_offset)
+        assert moved == pytest.approx(abs(dx), abs=1e-3) and np.degrees(turned) == pytest.approx(abs(dyaw_deg), abs=2.0)
+    env.close()
+
+
 @pytest.mark.slow
 def test_cli_track_writes_region_of_attraction(small_run, tmp_path):
     out = tmp_path / "track"

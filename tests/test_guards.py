@@ -239,6 +239,26 @@ def test_an_invalid_observation_stops_the_pusher_and_fails_the_episode(small_run
     np.testing.assert_array_equal(tracked.actions[-1], [0.0, 0.0])
 
 
+class EndsOnTheFault(FaultyEnv):
+    """As FaultyEnv, and the step that gives the refused observation also ends the episode (the box fell off)."""
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = super().step(action)
+        if self.observations - 1 == self.fault_at:
+            return observation, reward, True, truncated, {**info, "termination": "out_of_bounds"}
+        return observation, reward, terminated, truncated, info
+
+
+def test_an_episode_ended_by_the_step_whose_observation_is_refused_keeps_its_termination(small_run):
+    setup = control_setup(small_run, None, "best", FAST_MPC)
+    pair = goal_pair(setup.env, GoalPairConfig(push_steps=(8,)), 0)
+    env = EndsOnTheFault(setup.env.task, fault_at=4)
+    ended = reach_goal(env, setup.encoder, setup.controller, pair, seed=0)
+    assert ended.fault.startswith("observation pusher_position") and ended.termination == "out_of_bounds"
+    assert ended.steps == 3 and len(env.commands) == 3  # no stop sent to an environment that has ended
+    assert ended.row()["termination"] == "out_of_bounds"
+
+
 def test_a_model_that_predicts_nan_stops_its_episode_as_a_failure(small_run):
     setup = control_setup(small_run, None, "best", FAST_MPC)
     pair = goal_pair(setup.env, GoalPairConfig(push_steps=(6,)), 0)

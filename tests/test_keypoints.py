@@ -376,6 +376,19 @@ def test_cli_trains_sds_dynamics_and_evaluates_them(small_dataset, visual_run, t
     assert "changed since" in capsys.readouterr().err
 
 
+def test_keypoint_accuracy_refuses_a_dataset_the_visual_run_did_not_train_on(visual_run, tmp_path):
+    """Its held-out episodes come from the visual run's seeded split, which another dataset (or the same one grown)
+    would mix with the episodes it trained on."""
+    from keydyn.data.collect import collect
+    from keydyn.evaluation.keypoint_accuracy import KeypointAccuracyConfig, keypoint_accuracy
+
+    from .conftest import small_collect_config
+
+    other = collect(small_collect_config(tmp_path / "other", seed=8)).path
+    with pytest.raises(ValueError, match=r"trained on other episodes than .* holds"):
+        keypoint_accuracy(KeypointAccuracyConfig(dataset=other, visual_run=visual_run))
+
+
 def test_keypoint_errors_measure_located_points_against_the_true_object_points(small_dataset, visual_run):
     """The reference points carried by the true object poses land on the object mask wherever they count as
     visible, and the errors of a trained network are far below those of an untrained one."""

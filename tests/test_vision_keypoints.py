@@ -135,6 +135,8 @@ def test_keypoints_locate_known_descriptors_in_3d_with_full_confidence():
     single = locate_keypoints(image, references, depths[1], K[1], T[1])
     torch.testing.assert_close(single.points_world, located.points_world[1])
     assert single.heatmaps is None and single.confidence.shape == (4,)
+    per_frame = locate_keypoints(image, references[None], depths[1], K[1], T[1])  # (B = 1, K, D) references
+    torch.testing.assert_close(per_frame.points_world, single.points_world)
 
 
 def test_reference_descriptors_come_from_the_mask_and_are_seeded():

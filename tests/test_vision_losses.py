@@ -91,6 +91,18 @@ def test_losses_vanish_for_perfect_descriptors_and_grow_for_wrong_matches():
     torch.testing.assert_close(again.total, 2.0 * off.heatmap + 0.5 * (off.pixel + off.depth))
 
 
+def test_a_b_image_without_valid_depth_leaves_the_gradients_finite():
+    """Its depth term is left out (no valid depth under any heatmap); its 0 / 0 must not make the gradients NaN,
+    which Adam would write into the weights."""
+    shift = torch.tensor([3.25, -2.5])
+    descriptors_a, descriptors_b = (d.requires_grad_() for d in _shifted_pair(shift, 2.0))
+    matches = _matches(torch.tensor([[20.0, 20.0], [35.0, 30.0]]), shift, 0.8, pad=2)
+    losses = descriptor_losses(descriptors_a, descriptors_b, torch.zeros(1, HEIGHT, WIDTH), matches)
+    losses.total.backward()
+    assert torch.isfinite(losses.total) and losses.depth == 0
+    assert torch.isfinite(descriptors_a.grad).all() and torch.isfinite(descriptors_b.grad).all()
+
+
 def test_hidden_loss_is_the_best_match_b_offers_and_pushes_only_that_pixel_away():
     config = DescriptorLossConfig(hidden_weight=0.5)
     shift = torch.tensor([3.0, -2.0])

@@ -180,12 +180,12 @@ class ClosedLoop:
     def observed(self, latent: np.ndarray | None, fault: str) -> None:
         """Take the latent of the observation `advance` made (or why it is refused: the loop stops)."""
         self.latent, self.fault = latent, fault
+        if self._terminated:  # also when its observation is refused: the episode ended there, for that reason
+            self.termination, self.ended = self.info.get("termination", "terminated"), True
         if self.fault:
             self.ended = True
             return
         self.latents.append(self.latent)
-        if self._terminated:
-            self.termination, self.ended = self.info.get("termination", "terminated"), True
 
     def _record(self, target, current, predicted=None, action=None) -> None:
         """Capture the scene with these points (see `SceneFrame`) and pass it to `on_frame`."""
@@ -196,7 +196,7 @@ class ClosedLoop:
 
     def finish(self, latent_dim: int) -> ClosedLoopRun:
         """End the loop (the zero-velocity stop after a refused observation) and return what it observed."""
-        if self.fault:  # the safe stop: the pusher is commanded to stand still, and the episode ends
+        if self.fault and not self.termination:  # the safe stop: the pusher is told to stand still; the episode ends
             stop = np.zeros(ACTION_DIM, dtype=np.float32)
             self.observation, _, terminated, _, self.info = self.env.step(stop)
             self.actions.append(stop)

@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from keydyn.data.split import split_episodes
+from keydyn.data.store import EpisodeStore
 from keydyn.files import read_json, write_json_atomic
 from keydyn.latents.descriptor.accuracy import VISIBILITY_TOLERANCE_M, confidence_auc, keypoint_errors
 from keydyn.latents.descriptor.method import load_run_visual, load_visual, run_locates_in_bf16
@@ -58,11 +59,23 @@ class KeypointAccuracyConfig:
     occluded sightings: whether the confidence flags occlusion."""
 
 
+def check_trained_on(visual_run: Path, store: EpisodeStore) -> None:
+    """Refuse a dataset other than the one `visual_run` trained on (its last.json's `dataset_sha256`; runs from
+    before 2026-11-30 recorded none): its seeded split would hold out episodes the network trained on."""
+    trained_on = read_json(Path(visual_run) / "last.json").get("dataset_sha256")
+    if trained_on is not None and trained_on != store.content_sha256():
+        raise ValueError(
+            f"{visual_run} trained on other episodes than {store.path} holds (grown or collected anew since), so the "
+            "episodes it held out cannot be told from those it trained on: give --dataset the dataset as it was "
+            "when the visual run trained"
+        )
+
+
 def keypoint_accuracy(config: KeypointAccuracyConfig) -> dict:
     """The figures (3D errors of visible points, confidence of visible and occluded points, the machine).
 
     Raises:
-        ValueError: neither --run nor --visual-run is given.
+        ValueError: neither --run nor --visual-run is given, or the dataset is not the one the visual run trained on.
     """
     if config.run is not None and (
         config.visual_run is not None or config.latent != "sds" or config.keypoints != KeypointConfig()
@@ -79,11 +92,13 @@ def keypoint_accuracy(config: KeypointAccuracyConfig) -> dict:
     store = open_dataset(config.dataset)
     if config.run is not None:
         net, visual_run = load_run_visual(config.run)
+        check_trained_on(visual_run, store)
         references = References.load(config.run)
         bf16 = run_locates_in_bf16(config.run)
         rigid = RigidFilter.load(config.run)
     elif config.visual_run is not None:
         visual_run = config.visual_run
+        check_trained_on(visual_run, store)
         net, eta = load_visual(visual_run, config.keypoints.checkpoint)
         references = choose_references(net, store, config.keypoints, spatial=config.latent == "sds", eta=eta)
         bf16 = config.keypoints.bf16

@@ -19,6 +19,7 @@ from keydyn.control.mpc import MPCController
 from keydyn.evaluation.episodes import EpisodeResult, FrameSink, VideoPoints, run_closed_loop
 from keydyn.evaluation.goals import GoalPair
 from keydyn.latents.base import PUSHER_DIM, LatentEncoder
+from keydyn.latents.gt3d import rotate_by_quaternions
 from keydyn.sim.environment import PushingEnvironment
 
 
@@ -28,8 +29,9 @@ class Demonstration:
 
     reset_options: `env.reset` options that restore its start.
     actions: (T, 2) pusher velocities, m/s. latents: (T + 1, D) observed latents.
-    positions: (T + 1, 3) true object positions, metres; quaternions: (T + 1, 4) (w, x, y, z); yaws: (T + 1,)
-    the environment's object yaw, radians.
+    positions: (T + 1, 3) true object positions (its frame's origin), metres; quaternions: (T + 1, 4) (w, x, y, z);
+    yaws: (T + 1,) the environment's object yaw, radians; centre_offset: (3,) the object's centre in its own frame,
+    metres (the environment's `object_centre_offset`; zeros: the frame's origin).
     """
 
     reset_options: dict[str, Any]
@@ -38,6 +40,7 @@ class Demonstration:
     positions: np.ndarray
     quaternions: np.ndarray
     yaws: np.ndarray
+    centre_offset: np.ndarray
 
     @classmethod
     def from_replay(
@@ -52,6 +55,7 @@ class Demonstration:
             np.stack([info["object_position"] for info in infos]),
             np.stack([info["object_quaternion"] for info in infos]),
             np.array([info["object_yaw"] for info in infos]),
+            np.asarray(infos[0].get("object_centre_offset", np.zeros(3)), dtype=np.float64),
         )
 
     @property
@@ -103,13 +107,19 @@ def pair_push(pair: GoalPair) -> tuple[dict[str, Any], np.ndarray]:
 
 
 def perturbed_start(demo: Demonstration, dx: float, dy: float, dyaw: float) -> dict[str, Any]:
-    """Reset options placing the object at the demonstration's start offset by (dx, dy) metres and dyaw radians,
-    the pusher where it started (the scene then settles)."""
-    start_xy = demo.positions[0, :2]
+    """Reset options placing the object at the demonstration's start with its centre moved by (dx, dy) metres and
+    turned by dyaw radians about the vertical through its centre (where errors are measured: a mug's frame sits at
+    its base, which a turn about the frame's origin would move the centre around), the pusher where it started (the
+    scene then settles)."""
+    origin = demo.positions[0]
+    centre = origin + rotate_by_quaternions(demo.quaternions[0], demo.centre_offset[None])[0]
+    cos, sin = np.cos(dyaw), np.sin(dyaw)
+    arm = origin[:2] - centre[:2]  # the frame's origin seen from the centre, xy
+    turned = np.array([cos * arm[0] - sin * arm[1], sin * arm[0] + cos * arm[1]])
     options = {k: v for k, v in demo.reset_options.items() if k != "sim_state"}
     pusher_xy = demo.latents[0, -PUSHER_DIM:].astype(np.float64)
-    yaw = demo.yaws[0] + dyaw
-    options["start"] = {"object_xy": start_xy + np.array([dx, dy]), "object_yaw": yaw, "pusher_xy": pusher_xy}
+    object_xy = centre[:2] + turned + np.array([dx, dy])
+    options["start"] = {"object_xy": object_xy, "object_yaw": demo.yaws[0] + dyaw, "pusher_xy": pusher_xy}
     return options
 
 

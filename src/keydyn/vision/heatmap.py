@@ -76,7 +76,10 @@ def expectations_from_logits(
     basis = torch.cat([grid, (values * valid).unsqueeze(-1), valid.unsqueeze(-1)], dim=-1)  # (B, H W, 4)
     sums = weights @ basis  # (B, K, 4)
     support = sums[..., 3]  # the share of each heatmap's weight on valid depth
-    return sums[..., :2], (sums[..., 2] / support).masked_fill(support < min_support, float("nan"))
+    # No weight on valid depth at all: NaN, through a division that keeps the gradient finite (0 / 0 would make it
+    # NaN even where a loss masks the value out).
+    depth_mean = sums[..., 2] / support.clamp_min(torch.finfo(support.dtype).tiny)
+    return sums[..., :2], depth_mean.masked_fill((support < min_support) | (support == 0), float("nan"))
 
 
 def heatmap_expectations(

@@ -84,8 +84,6 @@ def locate_keypoints(
     single = descriptors.dim() == 3
     if single:
         descriptors, depth = descriptors.unsqueeze(0), depth.unsqueeze(0)
-        if references.dim() == 3:
-            references = references.unsqueeze(0)
     if intrinsics.dim() == 2:
         intrinsics = intrinsics.unsqueeze(0)
     if T_world_camera.dim() == 2:

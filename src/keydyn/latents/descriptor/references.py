@@ -359,9 +359,10 @@ def choose_references(
     view = load_view(store, camera, frame)
     if int(view.mask.sum()) < config.num_descriptors:
         raise ValueError(
-            f"the reference image (episode {config.reference_episode}, frame {config.reference_frame}, camera "
+            f"the reference image (dataset row {frame}: frame {config.reference_frame} of its episode, camera "
             f"{camera}) shows {int(view.mask.sum())} object pixels, fewer than --keypoints.num-descriptors "
-            f"{config.num_descriptors}; pick another --keypoints.reference-episode/-frame"
+            f"{config.num_descriptors}; pick another --keypoints.reference-episode/-frame (or "
+            "--keypoints.reference-largest-of)"
         )
     generator = torch.Generator().manual_seed(config.seed)
     descriptors = net.infer(rgb_to_tensor(view.rgb)[None], bf16=config.bf16)[0]
