@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import mujoco
 import numpy as np
@@ -165,6 +166,37 @@ def test_a_resumed_evaluation_refuses_a_checkpoint_trained_on_since(small_datase
     assert main([*base, "--episodes", "2", "--workers", "0", "--resume", "--no-progress"]) == 0
     assert "was started before keydyn recorded the checkpoint" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["checkpoint_sha256"] == file_sha256(run / "last.safetensors")
+
+
+def test_evaluations_of_pairs_drawn_otherwise_are_not_resumed_or_compared(small_run, tmp_path, capsys):
+    """Each row records its pair's digest (start and goal states, mug): a resumed evaluation whose settings now
+    draw other pairs (keydyn, MuJoCo or the task changed) is refused, as is a table or Table row mixing them."""
+    from keydyn.evaluation.goals import GoalPairConfig, goal_pair
+    from keydyn.evaluation.reproduce import method_row
+
+    base = ["evaluate", "--run", str(small_run), "--videos", "0", *FAST_MPC, "--workers", "0", "--no-progress"]
+    out, other = tmp_path / "eval", tmp_path / "other"
+    assert main([*base, "--out", str(out), "--episodes", "2"]) == 0
+    env = PushingEnv(load_run(small_run).task, images=False)
+    assert [row["pair_sha256"] for row in rows(out)] == [goal_pair(env, GoalPairConfig(), k).sha256 for k in (0, 1)]
+    env.close()
+    shutil.copytree(out, other)
+    log = other / "episodes.jsonl"
+    changed = [{**row, "pair_sha256": "0" * 64} for row in rows(other)]  # as if drawn by another keydyn
+    log.write_text("".join(json.dumps(row) + "\n" for row in changed))
+    capsys.readouterr()
+    assert main([*base, "--out", str(other), "--episodes", "3", "--resume"]) == 2
+    assert "holds episodes of other start/goal pairs than --goals.* give now" in capsys.readouterr().err
+    results = json.loads((other / "results.json").read_text())
+    results["episodes"] = [{**row, "pair_sha256": "0" * 64} for row in results["episodes"]]
+    (other / "results.json").write_text(json.dumps(results))
+    assert main(["table", str(out), str(other)]) == 2
+    with pytest.raises(ValueError, match="holds other start/goal pairs"):
+        method_row([out, other])
+    older = json.loads((out / "results.json").read_text())  # rows of a keydyn before 2026-11-30: no digests
+    older["episodes"] = [{k: v for k, v in row.items() if k != "pair_sha256"} for row in older["episodes"]]
+    (other / "results.json").write_text(json.dumps(older))
+    assert main(["table", str(out), str(other)]) == 0 and method_row([out, other])["pairs"] == 2
 
 
 def test_reported_errors_are_those_of_the_replayed_episodes(tmp_path):

@@ -51,7 +51,7 @@ from keydyn.files import (
 from keydyn.latents.base import BatchLatentEncoder
 from keydyn.locks import one_writer
 from keydyn.runs import prepare_run_dir, resolve_device
-from keydyn.sim.config import check_seed
+from keydyn.sim.config import TaskConfig, check_seed
 from keydyn.sim.environment import make_environment
 from keydyn.video import write_video
 
@@ -182,7 +182,8 @@ class GoalReachingWorker:
         for index, pair, result in zip(group, pairs, results, strict=True):
             if index < config.videos:
                 write_video([draw_frame(frame) for frame in result.frames], videos / f"episode_{index:03d}.mp4", 5)
-            rows.append({**result.row(), "push_steps": pair.push_steps, "actions": result.actions.tolist()})
+            row = {**result.row(), "push_steps": pair.push_steps, "pair_sha256": pair.sha256}
+            rows.append({**row, "actions": result.actions.tolist()})
         return rows
 
 
@@ -232,6 +233,25 @@ def _prepare_out(config: EvaluateConfig, measured: dict[str, str]) -> list[dict[
     return rows
 
 
+def _check_same_pairs(config: EvaluateConfig, task: TaskConfig, done: list[dict[str, Any]]) -> None:
+    """Refuse to resume an evaluation whose episodes ran other start/goal pairs than its settings give now (keydyn,
+    MuJoCo or the run's task changed since): its first recorded pair is drawn again and compared."""
+    recorded = next((row for row in sorted(done, key=lambda row: row["index"]) if "pair_sha256" in row), None)
+    if recorded is None:  # nothing done yet, or episodes of a keydyn before 2026-11-30
+        return
+    env = make_environment(task, images=False)
+    try:
+        drawn = goal_pair(env, config.goals, recorded["index"])
+    finally:
+        env.close()
+    if drawn.sha256 != recorded["pair_sha256"]:
+        raise ValueError(
+            f"{config.out} holds episodes of other start/goal pairs than --goals.* give now (pair "
+            f"{recorded['index']}'s start or goal differs: keydyn, MuJoCo or the run's task changed since); evaluate "
+            f"into a new --out, or delete {config.out} to evaluate anew"
+        )
+
+
 @one_writer("keydyn evaluate")
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Run (or resume) the evaluation; returns the results written to results.json."""
@@ -244,6 +264,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         )
     measured = measured_checkpoint(config.run, config.checkpoint)
     done = _prepare_out(config, measured)
+    _check_same_pairs(config, trained.task, done)
     write_json_atomic(config.out / "config.json", config.to_json())
     # After config.json: a directory cut between the two resumes as one of an older keydyn.
     write_json_atomic(config.out / MEASURED, measured)

@@ -8,8 +8,11 @@ re-drawn. Pair k depends only on (seed, k), so the same 200 pairs come out on ev
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +64,16 @@ class GoalPair:
         if self.mug_instance >= 0:
             options.update(mug_instance=self.mug_instance, mug_material=self.mug_material, mug_rgba=self.mug_rgba)
         return options
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the pair's start and goal states and its mug (instance, material, colours): the same
+        wherever and whenever the pair is drawn, and other when keydyn, MuJoCo or the task draws another pair."""
+        digest = hashlib.sha256()
+        mug = [self.mug_instance, self.mug_material, *(() if self.mug_rgba is None else self.mug_rgba)]
+        for part in (self.start_state, self.goal_state, mug):
+            digest.update(np.ascontiguousarray(part, dtype="<f8").tobytes())
+        return digest.hexdigest()
 
     @property
     def initial_errors(self) -> tuple[float, float]:
@@ -143,3 +156,17 @@ def goal_pair(env: PushingEnvironment, config: GoalPairConfig, index: int) -> Go
 def make_goal_pairs(env: PushingEnvironment, config: GoalPairConfig, count: int) -> list[GoalPair]:
     """Pairs 0 to `count` - 1 of the set `config` describes, in `env` (deterministic in config.seed)."""
     return [goal_pair(env, config, index) for index in range(count)]
+
+
+def pair_identity(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, str | None]]:
+    """(index, `pair_sha256`) of an evaluation's episode rows, in index order; the digest is None in rows of a
+    keydyn before 2026-11-30, which did not record it."""
+    return sorted((int(row["index"]), row.get("pair_sha256")) for row in rows)
+
+
+def same_pairs(a: Sequence[tuple[int, str | None]], b: Sequence[tuple[int, str | None]]) -> bool:
+    """Whether two evaluations (`pair_identity`) ran the same start/goal pairs: the same indices, and the same
+    pair digests wherever both recorded one."""
+    if [index for index, _ in a] != [index for index, _ in b]:
+        return False
+    return all(x is None or y is None or x == y for (_, x), (_, y) in zip(a, b, strict=True))

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from keydyn.evaluation.goals import pair_identity, same_pairs
 from keydyn.files import read_json
 from keydyn.plots import pyplot, save_figure
 
@@ -123,6 +124,7 @@ def comparison_table(evaluations: Sequence[Path]) -> str:
         raise ValueError("give one or more evaluation directories written by `keydyn evaluate`")
     by_task: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     pairs: dict[str, tuple[Any, ...]] = {}
+    identities: dict[str, list[tuple[int, str | None]]] = {}
     for directory in evaluations:
         path = Path(directory) / "results.json"
         if not path.exists():
@@ -133,10 +135,13 @@ def comparison_table(evaluations: Sequence[Path]) -> str:
         config, task = results["config"], results["task"]
         goals = {key: value for key, value in config["goals"].items() if key != "pairs"}  # older keydyn's, unused
         setting = (json.dumps(goals, sort_keys=True), results["summary"]["episodes"])
-        if pairs.setdefault(task, setting) != setting:
+        identity = pair_identity(results["episodes"]) if "episodes" in results else None
+        first = identities.setdefault(task, identity) if identity is not None else None
+        if pairs.setdefault(task, setting) != setting or (first is not None and not same_pairs(first, identity)):
             raise ValueError(
                 f"{directory} was evaluated on other start/goal pairs than the first `{task}` evaluation (--goals.* "
-                "or --episodes differ); compare evaluations of the same pairs"
+                "or --episodes differ, or keydyn, MuJoCo or the task drew them otherwise); compare evaluations of "
+                "the same pairs"
             )
         by_task.setdefault(task, []).append((f"{results['label']} [{Path(directory).name}]", results["summary"]))
     return "\n".join(f"Goal reaching on `{task}`\n\n{markdown_table(rows)}" for task, rows in by_task.items())

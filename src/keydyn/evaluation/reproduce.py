@@ -42,6 +42,7 @@ from keydyn.cluster import ClusterConfig, RayTasks
 from keydyn.data.collect import CollectConfig, collect
 from keydyn.dynamics.train import TrainDynamicsConfig, train_dynamics
 from keydyn.evaluation.evaluate import EvaluateConfig, evaluate, measures_the_run
+from keydyn.evaluation.goals import pair_identity, same_pairs
 from keydyn.evaluation.paper import TABLES
 from keydyn.evaluation.statistics import bootstrap_mean_interval, spread
 from keydyn.files import read_json, write_json_atomic, write_text_atomic
@@ -440,15 +441,15 @@ def run_reproduce(config: ReproduceConfig) -> dict[str, Any]:
     return table
 
 
-def _episode_errors(evaluation: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """(P,) final position errors (cm), angle errors (deg), pair indices and whether each episode was stopped by a
-    refused observation, of an evaluation, and its summary."""
+def _episode_errors(evaluation: Path) -> tuple[np.ndarray, np.ndarray, list, np.ndarray, dict[str, Any]]:
+    """(P,) final position errors (cm), angle errors (deg), the pairs (`pair_identity`) and whether each episode was
+    stopped by a refused observation, of an evaluation, and its summary."""
     results = read_json(evaluation / "results.json", ("episodes", "summary"))
     rows = sorted(results["episodes"], key=lambda row: row["index"])
     position = np.array([row["final_position_error_cm"] for row in rows])
     angle = np.array([row["final_angle_error_deg"] for row in rows])
     stopped = np.array([bool(row.get("fault")) for row in rows], dtype=bool)
-    return position, angle, np.array([row["index"] for row in rows]), stopped, results["summary"]
+    return position, angle, pair_identity(rows), stopped, results["summary"]
 
 
 def method_row(evaluations: list[Path]) -> dict[str, Any]:
@@ -466,7 +467,7 @@ def method_row(evaluations: list[Path]) -> dict[str, Any]:
     pairs, initial, threshold, stopped_episodes = None, None, None, 0
     for evaluation in evaluations:
         position, angle, indices, stopped, summary = _episode_errors(evaluation)
-        if pairs is not None and not np.array_equal(indices, pairs):
+        if pairs is not None and not same_pairs(indices, pairs):
             raise ValueError(f"{evaluation} holds other start/goal pairs than {evaluations[0]}; evaluate them alike")
         if threshold is not None and summary["success_threshold"] != threshold:
             raise ValueError(f"{evaluation} counts success within other bounds than {evaluations[0]}; evaluate alike")
@@ -507,7 +508,7 @@ def results_table(table: str, task: str, evaluations: dict[str, list[Path]]) -> 
     if REFERENCE in evaluations:  # ratios compare errors on the same pairs
         reference_pairs = _episode_errors(evaluations[REFERENCE][0])[2]
         for paths in evaluations.values():
-            if not np.array_equal(_episode_errors(paths[0])[2], reference_pairs):
+            if not same_pairs(_episode_errors(paths[0])[2], reference_pairs):
                 raise ValueError(f"{paths[0]} holds other start/goal pairs than {evaluations[REFERENCE][0]}")
     reference = rows.get(REFERENCE)
     for name, row in rows.items():
