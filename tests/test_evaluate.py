@@ -309,3 +309,15 @@ def test_cli_track_writes_region_of_attraction(small_run, tmp_path):
     assert all(r["steps"] == 6 or (r["termination"] and r["steps"] < 6) for r in track["runs"])
     assert (out / "region_of_attraction.png").stat().st_size > 0
     assert (out / "videos" / "track.mp4").stat().st_size > 0
+
+
+def test_bounds_draws_and_seed_figures_that_cannot_mean_anything_are_refused(tmp_path):
+    from keydyn.evaluation.evaluate import EvaluateConfig
+    from keydyn.evaluation.statistics import spread
+
+    with pytest.raises(ValueError, match=r"--success-position-cm and --success-angle-deg .* must be positive"):
+        EvaluateConfig(run=tmp_path / "run", out=tmp_path / "eval", success_angle_deg=0.0)
+    with pytest.raises(ValueError, match=r"--goals\.max-attempts must be at least 1"):
+        GoalPairConfig(max_attempts=0)
+    with pytest.raises(ValueError, match="no per-seed figures to spread"):
+        spread([])

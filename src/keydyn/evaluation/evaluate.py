@@ -114,6 +114,11 @@ class EvaluateConfig:
             raise ValueError("--workers and --videos must be >= 0")
         if self.batch < 1:
             raise ValueError(f"--batch must be at least 1 (episodes planned together), got {self.batch}")
+        if not (self.success_position_cm > 0 and self.success_angle_deg > 0):
+            raise ValueError(
+                "--success-position-cm and --success-angle-deg bound a success and must be positive, got "
+                f"{self.success_position_cm} and {self.success_angle_deg}"
+            )
         check_seed(self.seed)
 
     def to_json(self) -> dict[str, Any]:

@@ -36,6 +36,8 @@ class GoalPairConfig:
     def __post_init__(self) -> None:
         if not self.push_steps or min(self.push_steps) < 1:
             raise ValueError(f"need push_steps >= 1, got {self.push_steps}")
+        if self.max_attempts < 1:
+            raise ValueError(f"--goals.max-attempts must be at least 1 (draws per pair), got {self.max_attempts}")
         check_seed(self.seed, "--goals.seed")
 
 

@@ -32,6 +32,8 @@ def bootstrap_mean_interval(
 def spread(values: Sequence[float]) -> dict[str, float]:
     """Mean, sample standard deviation (0 for one value), minimum and maximum of per-seed figures."""
     data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        raise ValueError("no per-seed figures to spread: give at least one seed's")
     return {
         "mean": float(data.mean()),
         "std": float(data.std(ddof=1)) if data.size > 1 else 0.0,
