@@ -472,13 +472,17 @@ def dataset_record(store: EpisodeStore) -> dict[str, Any]:
     return {"dataset_episodes": store.num_episodes, "dataset_sha256": store.content_sha256()}
 
 
+def trained_on_other_data(info: dict[str, Any], store: EpisodeStore) -> bool:
+    """Whether `store` holds other episodes than the dataset a checkpoint's JSON `info` recorded (`dataset_record`):
+    grown or collected anew. False when it recorded none (a run of a keydyn before 2026-11-30)."""
+    recorded = info.get("dataset_sha256")
+    return recorded is not None and recorded != store.content_sha256()
+
+
 def _check_same_dataset(out: Path, info: dict[str, Any], store: EpisodeStore) -> None:
     """Refuse to resume a run on a dataset other than the one its last checkpoint recorded (`dataset_record`):
     grown or collected anew, its episodes would be split into training and validation differently."""
-    recorded = info.get("dataset_sha256")
-    if recorded is None:  # a run of a keydyn before 2026-11-30, which did not record its dataset
-        return
-    if recorded != store.content_sha256():
+    if trained_on_other_data(info, store):
         raise ValueError(
             f"cannot resume {out}: {store.path} holds other episodes than the run trained on "
             f"({info.get('dataset_episodes')} episodes then, {store.num_episodes} now, or the same number with other "

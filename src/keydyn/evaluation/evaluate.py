@@ -241,7 +241,7 @@ def _prepare_out(config: EvaluateConfig, measured: dict[str, str]) -> list[dict[
 def _check_same_pairs(config: EvaluateConfig, task: TaskConfig, done: list[dict[str, Any]]) -> None:
     """Refuse to resume an evaluation whose episodes ran other start/goal pairs than its settings give now (keydyn,
     MuJoCo or the run's task changed since): its first recorded pair is drawn again and compared."""
-    recorded = next((row for row in sorted(done, key=lambda row: row["index"]) if "pair_sha256" in row), None)
+    recorded = min((row for row in done if "pair_sha256" in row), key=lambda row: row["index"], default=None)
     if recorded is None:  # nothing done yet, or episodes of a keydyn before 2026-11-30
         return
     env = make_environment(task, images=False)

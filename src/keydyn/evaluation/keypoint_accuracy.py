@@ -32,7 +32,7 @@ from keydyn.latents.descriptor.references import KeypointConfig, References, cho
 from keydyn.latents.descriptor.rigid import RigidFilter
 from keydyn.machine import machine
 from keydyn.plots import pyplot, save_figure
-from keydyn.runs import open_dataset
+from keydyn.runs import open_dataset, trained_on_other_data
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,9 @@ class KeypointAccuracyConfig:
 
 
 def check_trained_on(visual_run: Path, store: EpisodeStore) -> None:
-    """Refuse a dataset other than the one `visual_run` trained on (its last.json's `dataset_sha256`; runs from
-    before 2026-11-30 recorded none): its seeded split would hold out episodes the network trained on."""
-    trained_on = read_json(Path(visual_run) / "last.json").get("dataset_sha256")
-    if trained_on is not None and trained_on != store.content_sha256():
+    """Refuse a dataset other than the one `visual_run` trained on (`keydyn.runs.trained_on_other_data`): its
+    seeded split would hold out episodes the network trained on."""
+    if trained_on_other_data(read_json(Path(visual_run) / "last.json"), store):
         raise ValueError(
             f"{visual_run} trained on other episodes than {store.path} holds (grown or collected anew since), so the "
             "episodes it held out cannot be told from those it trained on: give --dataset the dataset as it was "
